@@ -1,0 +1,233 @@
+//! The probe catalog: every kernel function refwatch knows how to hook, what transition it
+//! carries, where its page argument sits, and for which prototype that was checked.
+//!
+//! This is the one place kernel-version knowledge lives. The loader resolves it against the
+//! running kernel (kallsyms for presence, BTF for the prototype), so an entry whose prototype
+//! does not match is never attached with the wrong argument registers. Sources: Debian's
+//! 5.10/6.1/6.12/7.2 trees and their -dbg vmlinux (see the README's kernel notes).
+
+use crate::event::EventKind;
+
+/// Where the page is found among the function's arguments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arg {
+    /// `struct page *` in argument n.
+    Page(u8),
+    /// `struct folio *` in argument n.
+    Folio(u8),
+    /// `pfn_t` by value in argument n; only pfns with PFN_DEV|PFN_MAP have struct pages.
+    PfnT(u8),
+    /// `pte_t` by value in argument n.
+    Pte(u8),
+    /// `pmd_t *` in argument n (the entry is read at function entry).
+    PmdPtr(u8),
+    /// `struct dev_pagemap *` in argument n.
+    Pgmap(u8),
+}
+
+/// How many references (or pages) the transition moves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refs {
+    One,
+    /// The count is argument n.
+    Arg(u8),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Probe {
+    /// Kernel symbol name (never a `.isra`/`.constprop` clone: their ABI may differ).
+    pub function: &'static str,
+    pub kind: EventKind,
+    pub arg: Arg,
+    pub refs: Refs,
+    /// Argument holding the GUP `flags` (FOLL_GET / FOLL_PIN), if any.
+    pub gup_flags: Option<u8>,
+    /// The BTF prototype this entry was written for: one pattern per parameter, `page*`,
+    /// `folio*`, `pfn_t`, `pte_t`, `pmd_t*`, `dev_pagemap*`, or `_` for anything.
+    pub params: &'static [&'static str],
+    /// Alternatives share a site; the first entry that resolves is used, the rest are skipped
+    /// so that a transition is not counted twice.
+    pub site: &'static str,
+    /// A grab that legitimately fails on refcount 0 (gup-fast).
+    pub speculative: bool,
+    /// The hit counts only when called from this function (kprobe mode: the return address).
+    pub caller: Option<&'static str>,
+    /// Kernel versions (major, minor), inclusive, where the entry applies. Used only where
+    /// presence and prototype cannot tell (a function that exists but is inlined into a caller
+    /// on some kernels).
+    pub since: (u8, u8),
+    /// Kernels the entry was checked on.
+    pub checked: &'static str,
+    pub note: &'static str,
+}
+
+const ANY: (u8, u8) = (0, 0);
+
+const fn p(
+    function: &'static str,
+    kind: EventKind,
+    arg: Arg,
+    params: &'static [&'static str],
+    site: &'static str,
+    checked: &'static str,
+    note: &'static str,
+) -> Probe {
+    Probe {
+        function,
+        kind,
+        arg,
+        refs: Refs::One,
+        gup_flags: None,
+        params,
+        site,
+        speculative: false,
+        caller: None,
+        since: ANY,
+        checked,
+        note,
+    }
+}
+
+const fn refs(mut probe: Probe, refs: Refs, gup_flags: Option<u8>) -> Probe {
+    probe.refs = refs;
+    probe.gup_flags = gup_flags;
+    probe
+}
+
+const fn speculative(mut probe: Probe) -> Probe {
+    probe.speculative = true;
+    probe
+}
+
+const fn caller(mut probe: Probe, caller: &'static str) -> Probe {
+    probe.caller = Some(caller);
+    probe
+}
+
+const fn since(mut probe: Probe, version: (u8, u8)) -> Probe {
+    probe.since = version;
+    probe
+}
+
+use Arg::*;
+use EventKind::*;
+
+pub const CATALOG_LEN: usize = 31;
+
+pub const CATALOG: [Probe; CATALOG_LEN] = [
+    // --- pgmap creation / teardown -----------------------------------------------------------
+    p("memremap_pages", PgmapAdd, Pgmap(0), &["dev_pagemap*", "_"], "memremap_pages",
+      "5.10 6.1 6.12 7.2", "ranges and type are set by the caller before entry"),
+    p("memunmap_pages", PgmapRemove, Pgmap(0), &["dev_pagemap*"], "memunmap_pages",
+      "5.10 6.1 6.12 7.2", "also runs inside a failing memremap_pages"),
+    // --- insertion into user page tables -----------------------------------------------------
+    p("__vm_insert_mixed", Insert, PfnT(2), &["_", "_", "pfn_t", "_", "_"], "pte-insert-pfn",
+      "5.10 6.1", "vmf_insert_mixed(_mkwrite) tail-call it; no reference is taken"),
+    p("__vm_insert_mixed", Insert, PfnT(2), &["_", "_", "pfn_t", "_"], "pte-insert-pfn",
+      "6.12", "vmf_insert_mixed(_mkwrite) tail-call it; no reference is taken"),
+    p("insert_pfn", Insert, PfnT(2), &["_", "_", "pfn_t", "_", "_"], "pte-insert-pfn",
+      "5.10 6.1 6.12", "fallback where __vm_insert_mixed is inlined"),
+    p("vmf_insert_pfn_pmd_prot", Insert, PfnT(1), &["_", "pfn_t", "_", "_"], "pmd-insert-pfn",
+      "5.10 6.1", "fsdax and device-dax PMD faults; no reference is taken"),
+    p("vmf_insert_pfn_pmd", Insert, PfnT(1), &["_", "pfn_t", "_"], "pmd-insert-pfn",
+      "6.12", "fsdax and device-dax PMD faults; no reference is taken"),
+    p("vmf_insert_pfn_pud_prot", Insert, PfnT(1), &["_", "pfn_t", "_", "_"], "pud-insert-pfn",
+      "5.10 6.1", "device-dax PUD faults"),
+    p("vmf_insert_pfn_pud", Insert, PfnT(1), &["_", "pfn_t", "_"], "pud-insert-pfn",
+      "6.12", "device-dax PUD faults"),
+    p("vmf_insert_page_mkwrite", Insert, Page(1), &["_", "page*", "_"], "pte-insert-page",
+      "7.2", "fsdax/device-dax PTE faults; the mapping takes a reference and a mapcount"),
+    p("vmf_insert_folio_pmd", Insert, Folio(1), &["_", "folio*", "_"], "pmd-insert-folio",
+      "7.2", "the mapping takes a reference and the entire mapcount"),
+    p("vmf_insert_folio_pud", Insert, Folio(1), &["_", "folio*", "_"], "pud-insert-folio",
+      "7.2", "device-dax PUD faults"),
+    p("vm_insert_page", Insert, Page(2), &["_", "_", "page*"], "vm-insert-page",
+      "5.10 6.1 6.12 7.2", "P2PDMA and driver mmaps of device pages"),
+    // --- references taken -------------------------------------------------------------------
+    refs(p("try_grab_page", Get, Page(0), &["page*", "_"], "gup-grab",
+      "5.10 6.1", "slow GUP and follow_devmap_*; FOLL_PIN adds GUP_PIN_COUNTING_BIAS"),
+      Refs::One, Some(1)),
+    refs(p("try_grab_folio", Get, Folio(0), &["folio*", "_", "_"], "gup-grab-folio",
+      "6.12 7.2", "slow GUP; WARNs and fails on refcount <= 0"), Refs::Arg(1), Some(2)),
+    speculative(refs(p("try_grab_folio", Get, Page(0), &["page*", "_", "_"], "gup-fast-grab",
+      "6.1", "gup-fast: speculative, fails on refcount 0"), Refs::Arg(1), Some(2))),
+    speculative(refs(p("try_grab_compound_head", Get, Page(0), &["page*", "_", "_"],
+      "gup-fast-grab", "5.10", "gup-fast: speculative"), Refs::Arg(1), Some(2))),
+    speculative(refs(p("try_grab_folio_fast", Get, Page(0), &["page*", "_", "_"],
+      "gup-fast-grab", "6.12 7.2", "gup-fast: speculative"), Refs::Arg(1), Some(2))),
+    p("zone_device_page_init", Get, Page(0), &["page*"], "zone-device-page-init",
+      "6.1 6.12", "driver allocation of a device-private/coherent page: 0 -> 1 by design"),
+    p("zone_device_page_init", Get, Page(0), &["page*", "_", "_"], "zone-device-page-init",
+      "7.2", "driver allocation: 0 -> 1 by design"),
+    // --- references dropped -----------------------------------------------------------------
+    p("put_devmap_managed_page", Put, Page(0), &["page*"], "devmap-put",
+      "5.10", "put_page() of FS_DAX/DEVICE_PRIVATE pages; 2 -> 1 is the idle wakeup"),
+    refs(p("__put_devmap_managed_page_refs", Put, Page(0), &["page*", "_"], "devmap-put",
+      "6.1", "put_page() of ZONE_DEVICE pages while an FS_DAX pgmap exists"), Refs::Arg(1), None),
+    refs(p("__put_devmap_managed_folio_refs", Put, Folio(0), &["folio*", "_"], "devmap-put",
+      "6.12", "folio_put() of ZONE_DEVICE folios while an FS_DAX pgmap exists"),
+      Refs::Arg(1), None),
+    refs(p("gup_put_folio", Put, Folio(0), &["folio*", "_", "_"], "gup-put",
+      "6.1 6.12 7.2", "unpin/undo of GUP references"), Refs::Arg(1), Some(2)),
+    since(p("unpin_user_page", Put, Page(0), &["page*"], "unpin-user-page",
+      "7.2", "gup_put_folio is inlined into it from 7.x on"), (7, 0)),
+    // --- free -------------------------------------------------------------------------------
+    p("free_devmap_managed_page", Free, Page(0), &["page*"], "free",
+      "5.10", "called at refcount 1: the 1-based idle/free point"),
+    p("free_zone_device_page", Free, Page(0), &["page*"], "free",
+      "6.1", "called at refcount 0; FS_DAX and GENERIC pages never get here when healthy"),
+    p("free_zone_device_folio", Free, Folio(0), &["folio*"], "free",
+      "6.12 7.2", "called at refcount 0; on 7.x the normal end of every fsdax mapping"),
+    // --- mappings going away ----------------------------------------------------------------
+    refs(p("folio_remove_rmap_ptes", Unmap, Folio(0), &["folio*", "page*", "_", "_"],
+      "unmap-pte", "7.2", "zap of PTEs mapping the folio; refs are the PTE count"),
+      Refs::Arg(2), None),
+    p("folio_remove_rmap_pmd", Unmap, Folio(0), &["folio*", "page*", "_"], "unmap-pmd",
+      "7.2", "zap of a PMD mapping the folio"),
+    caller(p("vm_normal_page", Unmap, Pte(2), &["_", "_", "pte_t"], "unmap-pte",
+      "5.10 6.1 6.12", "zap of a devmap PTE: no rmap, no refcount change"), "unmap_page_range"),
+];
+
+/// A transition that happens in a static inline function, and the out-of-line functions that
+/// carry it instead.
+#[derive(Clone, Copy, Debug)]
+pub struct Inline {
+    pub name: &'static str,
+    pub covered_by: &'static [&'static str],
+    pub note: &'static str,
+}
+
+pub const INLINES: [Inline; 4] = [
+    Inline {
+        name: "get_page",
+        covered_by: &["try_grab_page", "try_grab_folio", "try_grab_compound_head",
+            "try_grab_folio_fast", "vmf_insert_page_mkwrite", "vmf_insert_folio_pmd",
+            "vmf_insert_folio_pud", "vm_insert_page"],
+        note: "other get_page() calls on device pages are invisible; their effect shows in the \
+               refcount read at the next probe",
+    },
+    Inline {
+        name: "put_page",
+        covered_by: &["put_devmap_managed_page", "__put_devmap_managed_page_refs",
+            "__put_devmap_managed_folio_refs", "gup_put_folio", "unpin_user_page",
+            "free_devmap_managed_page", "free_zone_device_page", "free_zone_device_folio"],
+        note: "non-final puts of GENERIC/P2PDMA pages are inline atomics and invisible",
+    },
+    Inline {
+        name: "folio_get",
+        covered_by: &["try_grab_folio", "vmf_insert_page_mkwrite", "vmf_insert_folio_pmd",
+            "vmf_insert_folio_pud"],
+        note: "the fsdax fault path's temporary folio_ref_inc is invisible",
+    },
+    Inline {
+        name: "folio_put",
+        covered_by: &["__put_devmap_managed_folio_refs", "gup_put_folio",
+            "free_zone_device_folio"],
+        note: "only the final put (through the free path) is seen on 7.x",
+    },
+];
+
+/// Catalog index of a probe, as carried in [`crate::Event::probe`].
+pub const fn probe(id: u8) -> &'static Probe {
+    &CATALOG[id as usize]
+}

@@ -1,0 +1,113 @@
+//! The record one probe hit sends to userspace.
+
+/// A ZONE_DEVICE page changed hands. Field order keeps the struct free of padding holes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// `bpf_get_current_pid_tgid()`: tgid in the upper half, pid (thread id) in the lower.
+    pub pid_tgid: u64,
+    pub pfn: u64,
+    /// Address of the struct page the probe was handed (the head page for a folio).
+    pub page: u64,
+    /// `struct dev_pagemap *` of the page, 0 when it could not be read.
+    pub pgmap: u64,
+    /// Kind-specific: references moved (get/put), pages (unmap), first pfn (pgmap events).
+    pub extra: u64,
+    /// Kind-specific: end pfn, exclusive (pgmap events); GUP flags (get/put) where known.
+    pub extra2: u64,
+    /// `page->_refcount` of the head page, read at the probe.
+    pub refcount: i32,
+    /// `page_mapcount()`-style value (`_mapcount + 1`, or the folio's large mapcount).
+    pub mapcount: i32,
+    /// Kernel stack id in the `STACKS` map, negative when none was captured.
+    pub stack_id: i32,
+    pub cpu: u16,
+    /// Index into [`crate::CATALOG`].
+    pub probe: u8,
+    /// [`EventKind`] as u8.
+    pub kind: u8,
+    /// Raw `enum memory_type` value of the pgmap (its meaning differs between kernels).
+    pub pgmap_type: u8,
+    /// [`flags`] bits.
+    pub flags: u8,
+    pub _pad: [u8; 6],
+    pub comm: [u8; 16],
+}
+
+/// Bits of [`Event::flags`].
+pub mod flags {
+    /// The pgmap was learned from a page, not from memremap_pages (it existed before refwatch).
+    pub const DISCOVERED: u8 = 1 << 0;
+    /// The page is a compound head (a large folio).
+    pub const HEAD: u8 = 1 << 1;
+    /// The probe is a speculative grab that may fail on refcount 0 without harm.
+    pub const SPECULATIVE: u8 = 1 << 2;
+    /// The pgmap fields could not be read.
+    pub const PGMAP_UNREADABLE: u8 = 1 << 3;
+}
+
+/// Unknown `enum memory_type`.
+pub const PGMAP_TYPE_UNKNOWN: u8 = 0xff;
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Event {}
+
+/// The logical transition an event stands for.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EventKind {
+    /// A ZONE_DEVICE page enters a user page table.
+    Insert = 0,
+    /// A reference is taken.
+    Get = 1,
+    /// A reference is dropped.
+    Put = 2,
+    /// The page reached its free path.
+    Free = 3,
+    /// A mapping of the page goes away.
+    Unmap = 4,
+    /// A dev_pagemap range appears (memremap_pages, or first sight of an existing one).
+    PgmapAdd = 5,
+    /// memunmap_pages starts tearing a dev_pagemap down.
+    PgmapRemove = 6,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 7] = [
+        EventKind::Insert,
+        EventKind::Get,
+        EventKind::Put,
+        EventKind::Free,
+        EventKind::Unmap,
+        EventKind::PgmapAdd,
+        EventKind::PgmapRemove,
+    ];
+
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Self::Insert),
+            1 => Some(Self::Get),
+            2 => Some(Self::Put),
+            3 => Some(Self::Free),
+            4 => Some(Self::Unmap),
+            5 => Some(Self::PgmapAdd),
+            6 => Some(Self::PgmapRemove),
+            _ => None,
+        }
+    }
+
+    /// The name used in JSON output and on the command line.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Insert => "insert",
+            Self::Get => "get",
+            Self::Put => "put",
+            Self::Free => "free",
+            Self::Unmap => "unmap",
+            Self::PgmapAdd => "pgmap_add",
+            Self::PgmapRemove => "pgmap_remove",
+        }
+    }
+}

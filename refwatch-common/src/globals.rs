@@ -1,0 +1,73 @@
+//! Globals the loader writes into the eBPF object before load (`EbpfLoader::set_global`).
+//! Every struct offset comes from the running kernel's BTF; none is compiled in.
+
+use crate::catalog::CATALOG_LEN;
+
+/// Layout facts about the running kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Layout {
+    /// Address of the `vmemmap_base` variable (its value is read at run time).
+    pub vmemmap_base_addr: u64,
+    /// `sizeof(struct page)`.
+    pub page_size: u64,
+    /// Zone bits of `page->flags`: `(flags >> zones_shift) & zones_mask == zone_device`.
+    pub zones_shift: u64,
+    pub zones_mask: u64,
+    pub zone_device: u64,
+    /// `1 << PG_head`.
+    pub pg_head_mask: u64,
+    pub off_flags: u64,
+    /// `page->compound_head` (or `compound_info` on kernels that store a mask there).
+    pub off_compound_head: u64,
+    /// 1: head = compound_head - 1; 2: head = page & compound_info.
+    pub compound_mode: u64,
+    pub off_refcount: u64,
+    pub off_mapcount: u64,
+    /// `folio->_large_mapcount`, or u64::MAX where the kernel has none.
+    pub off_large_mapcount: u64,
+    /// `page->pgmap` (≤6.12) or `folio->pgmap` (on the head).
+    pub off_pgmap: u64,
+    pub off_pgmap_type: u64,
+    pub off_pgmap_nr_range: u64,
+    /// First `struct range` of the pgmap (`range` / `ranges[]` union).
+    pub off_pgmap_ranges: u64,
+}
+
+pub const COMPOUND_MINUS_ONE: u64 = 1;
+pub const COMPOUND_MASK: u64 = 2;
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Layout {}
+
+/// `[lo, hi)` address ranges of the caller a probe must be called from; `[0, 0)` means any.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Callers {
+    pub range: [[u64; 2]; CATALOG_LEN],
+}
+
+impl Default for Callers {
+    fn default() -> Self {
+        Self { range: [[0; 2]; CATALOG_LEN] }
+    }
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Callers {}
+
+pub const LAYOUT: &str = "LAYOUT";
+pub const CALLERS: &str = "CALLERS";
+
+/// Map names.
+pub const EVENTS: &str = "EVENTS";
+pub const DROPS: &str = "DROPS";
+pub const STACKS: &str = "STACKS";
+pub const PGMAPS_SEEN: &str = "PGMAPS_SEEN";
+
+/// Default ring buffer size in bytes (a power of two, a multiple of the page size).
+pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
+pub const STACK_DEPTH: usize = 127;
+pub const MAX_STACKS: u32 = 16384;
+/// Ranges reported per pgmap event; pgmaps with more ranges are reported up to this many.
+pub const MAX_PGMAP_RANGES: u32 = 8;

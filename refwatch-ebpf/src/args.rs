@@ -1,0 +1,35 @@
+//! Argument access that works the same for kprobe (pt_regs) and fentry (BTF ctx) programs.
+
+use aya_ebpf::{
+    EbpfContext,
+    helpers::bpf_probe_read_kernel,
+    programs::{FEntryContext, ProbeContext},
+};
+
+pub trait Args: EbpfContext {
+    fn arg_u64(&self, n: u8) -> u64;
+    /// Return address of the probed call, where the program type can see it.
+    fn return_address(&self) -> Option<u64>;
+}
+
+impl Args for ProbeContext {
+    fn arg_u64(&self, n: u8) -> u64 {
+        self.arg::<u64>(n as usize).unwrap_or(0)
+    }
+
+    fn return_address(&self) -> Option<u64> {
+        // At function entry the return address is the word at the stack pointer.
+        let sp = unsafe { (*self.regs).rsp };
+        unsafe { bpf_probe_read_kernel(sp as *const u64) }.ok()
+    }
+}
+
+impl Args for FEntryContext {
+    fn arg_u64(&self, n: u8) -> u64 {
+        self.arg::<u64>(n as usize)
+    }
+
+    fn return_address(&self) -> Option<u64> {
+        None
+    }
+}

@@ -1,0 +1,162 @@
+//! Turning one probe hit into ring-buffer events.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    programs::tracing::StackIdContext,
+};
+use refwatch_common::{
+    Arg, Event, EventKind, Probe, Refs,
+    event::{PGMAP_TYPE_UNKNOWN, flags},
+    globals::MAX_PGMAP_RANGES,
+};
+
+use crate::{DROPS, EVENTS, PGMAPS_SEEN, STACKS, args::Args, layout, page};
+
+/// Bytes of one `struct range { u64 start; u64 end; }`.
+const RANGE_SIZE: u64 = 16;
+const PAGE_SHIFT: u64 = 12;
+
+#[inline(always)]
+pub fn handle<C: Args + StackIdContext>(ctx: &C, id: u8, probe: &Probe) {
+    if let Arg::Pgmap(n) = probe.arg {
+        let pgmap = ctx.arg_u64(n);
+        if probe.kind == EventKind::PgmapRemove {
+            let _ = PGMAPS_SEEN.remove(&pgmap);
+        } else {
+            let _ = PGMAPS_SEEN.insert(&pgmap, &1, 0);
+        }
+        pgmap_ranges(ctx, id, probe.kind, pgmap, 0);
+        return;
+    }
+    if !called_from_wanted_caller(ctx, id) {
+        return;
+    }
+    let Some(page) = page_arg(ctx, probe.arg) else {
+        return;
+    };
+    // The filter every hit pays for: one read and a compare.
+    if page::zone_device_flags(page).is_none() {
+        return;
+    }
+    let head = page::head(page);
+    let state = page::state(head);
+    if state.pgmap != 0 && unsafe { PGMAPS_SEEN.get(&state.pgmap) }.is_none() {
+        let _ = PGMAPS_SEEN.insert(&state.pgmap, &1, 0);
+        pgmap_ranges(ctx, id, EventKind::PgmapAdd, state.pgmap, flags::DISCOVERED);
+    }
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        count_drop();
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    unsafe {
+        fill_common(ctx, ev, id, probe.kind);
+        (*ev).pfn = page::page_to_pfn(head).unwrap_or(u64::MAX);
+        (*ev).page = head;
+        (*ev).pgmap = state.pgmap;
+        (*ev).extra = match probe.refs {
+            Refs::One => 1,
+            Refs::Arg(n) => ctx.arg_u64(n),
+        };
+        (*ev).extra2 = match probe.gup_flags {
+            Some(n) => ctx.arg_u64(n),
+            None => 0,
+        };
+        (*ev).refcount = state.refcount;
+        (*ev).mapcount = state.mapcount;
+        (*ev).pgmap_type = pgmap_type_u8(state.pgmap);
+        let mut f = 0;
+        if state.is_head {
+            f |= flags::HEAD;
+        }
+        if probe.speculative {
+            f |= flags::SPECULATIVE;
+        }
+        (*ev).flags = f;
+    }
+    entry.submit(0);
+}
+
+#[inline(always)]
+fn page_arg<C: Args>(ctx: &C, arg: Arg) -> Option<u64> {
+    match arg {
+        Arg::Page(n) | Arg::Folio(n) => Some(ctx.arg_u64(n)).filter(|p| *p != 0),
+        Arg::PfnT(n) => page::pfn_t_page(ctx.arg_u64(n)),
+        Arg::Pte(n) => page::pte_page(ctx.arg_u64(n)),
+        Arg::PmdPtr(n) => page::pmd_page(ctx.arg_u64(n)),
+        Arg::Pgmap(_) => None,
+    }
+}
+
+#[inline(always)]
+fn called_from_wanted_caller<C: Args>(ctx: &C, id: u8) -> bool {
+    let range = unsafe { core::ptr::read_volatile(&raw const crate::CALLERS.range[id as usize]) };
+    if range[1] == 0 {
+        return true;
+    }
+    ctx.return_address().is_some_and(|ret| ret >= range[0] && ret < range[1])
+}
+
+#[inline(always)]
+fn pgmap_type_u8(pgmap: u64) -> u8 {
+    if pgmap == 0 {
+        return PGMAP_TYPE_UNKNOWN;
+    }
+    page::pgmap_type(pgmap).map_or(PGMAP_TYPE_UNKNOWN, |t| t as u8)
+}
+
+/// One event per range of the pgmap: `extra..extra2` are its pfns.
+#[inline(always)]
+fn pgmap_ranges<C: Args + StackIdContext>(ctx: &C, id: u8, kind: EventKind, pgmap: u64, f: u8) {
+    let nr = page::read::<i32>(pgmap + layout!(off_pgmap_nr_range)).unwrap_or(0);
+    let ty = pgmap_type_u8(pgmap);
+    for i in 0..MAX_PGMAP_RANGES {
+        if i as i32 >= nr {
+            break;
+        }
+        let at = pgmap + layout!(off_pgmap_ranges) + i as u64 * RANGE_SIZE;
+        let (Some(start), Some(end)) = (page::read::<u64>(at), page::read::<u64>(at + 8)) else {
+            break;
+        };
+        let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+            count_drop();
+            return;
+        };
+        let ev = entry.as_mut_ptr();
+        unsafe {
+            fill_common(ctx, ev, id, kind);
+            (*ev).pfn = start >> PAGE_SHIFT;
+            (*ev).page = 0;
+            (*ev).pgmap = pgmap;
+            (*ev).extra = start >> PAGE_SHIFT;
+            // range.end is inclusive, in bytes.
+            (*ev).extra2 = (end + 1) >> PAGE_SHIFT;
+            (*ev).refcount = 0;
+            (*ev).mapcount = 0;
+            (*ev).pgmap_type = ty;
+            (*ev).flags = f;
+        }
+        entry.submit(0);
+    }
+}
+
+#[inline(always)]
+unsafe fn fill_common<C: StackIdContext>(ctx: &C, ev: *mut Event, id: u8, kind: EventKind) {
+    unsafe {
+        (*ev).ts_ns = bpf_ktime_get_ns();
+        (*ev).pid_tgid = bpf_get_current_pid_tgid();
+        (*ev).stack_id = ctx.get_stackid(&STACKS, 0).map_or(-1, |s| s as i32);
+        (*ev).cpu = bpf_get_smp_processor_id() as u16;
+        (*ev).probe = id;
+        (*ev).kind = kind as u8;
+        (*ev)._pad = [0; 6];
+        (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    }
+}
+
+#[inline(always)]
+fn count_drop() {
+    if let Some(n) = DROPS.get_ptr_mut(0) {
+        unsafe { *n += 1 };
+    }
+}
