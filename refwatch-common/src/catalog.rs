@@ -231,3 +231,60 @@ pub const INLINES: [Inline; 4] = [
 pub const fn probe(id: u8) -> &'static Probe {
     &CATALOG[id as usize]
 }
+
+/// How a kernel counts ZONE_DEVICE references. The rules the aggregator checks follow from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefModel {
+    /// Every ZONE_DEVICE page is idle at refcount 1; `free_devmap_managed_page` runs at 1 and a
+    /// page reaches 0 only in memunmap_pages. Mappings hold no reference.
+    AllOneBased,
+    /// DEVICE_PRIVATE/COHERENT are 0-based and freed at 0; FS_DAX, GENERIC and P2PDMA stay idle
+    /// at 1 and never reach the free path when healthy. Mappings hold no reference.
+    FsdaxOneBased,
+    /// Every type but GENERIC is idle at 0 and freed at 0; a mapping holds a reference and a
+    /// mapcount, as for normal pages.
+    ZeroBased,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Era {
+    /// First kernel (major, minor) of the era.
+    pub since: (u8, u8),
+    pub name: &'static str,
+    pub model: RefModel,
+    pub note: &'static str,
+}
+
+/// Refcount eras, oldest first.
+pub const ERAS: [Era; 3] = [
+    Era {
+        since: (0, 0),
+        name: "1-based (≤5.17)",
+        model: RefModel::AllOneBased,
+        note: "all ZONE_DEVICE pages idle at refcount 1",
+    },
+    Era {
+        since: (5, 18),
+        name: "fsdax 1-based (5.18–6.14)",
+        model: RefModel::FsdaxOneBased,
+        note: "27674ef6c73f made DEVICE_PRIVATE 0-based; FS_DAX/GENERIC stay idle at 1",
+    },
+    Era {
+        since: (6, 15),
+        name: "0-based (6.15+)",
+        model: RefModel::ZeroBased,
+        note: "fsdax pages refcounted like normal pages; mappings take a ref and a mapcount",
+    },
+];
+
+pub fn era(version: (u8, u8)) -> &'static Era {
+    let mut found = &ERAS[0];
+    let mut i = 0;
+    while i < ERAS.len() {
+        if version >= ERAS[i].since {
+            found = &ERAS[i];
+        }
+        i += 1;
+    }
+    found
+}

@@ -9,6 +9,8 @@ use crate::catalog::CATALOG_LEN;
 pub struct Layout {
     /// Address of the `vmemmap_base` variable (its value is read at run time).
     pub vmemmap_base_addr: u64,
+    /// The vmemmap start to use when `vmemmap_base_addr` is 0 (no RANDOMIZE_MEMORY).
+    pub vmemmap_start: u64,
     /// `sizeof(struct page)`.
     pub page_size: u64,
     /// Zone bits of `page->flags`: `(flags >> zones_shift) & zones_mask == zone_device`.
@@ -33,6 +35,9 @@ pub struct Layout {
     /// First `struct range` of the pgmap (`range` / `ranges[]` union).
     pub off_pgmap_ranges: u64,
 }
+
+/// x86-64 `VMEMMAP_START` with 4-level paging when the kernel does not randomize it.
+pub const X86_64_VMEMMAP_START: u64 = 0xffff_ea00_0000_0000;
 
 pub const COMPOUND_MINUS_ONE: u64 = 1;
 pub const COMPOUND_MASK: u64 = 2;

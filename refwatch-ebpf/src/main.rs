@@ -21,6 +21,7 @@ use refwatch_common::{
 #[unsafe(no_mangle)]
 static LAYOUT: Layout = Layout {
     vmemmap_base_addr: 0,
+    vmemmap_start: 0,
     page_size: 0,
     zones_shift: 0,
     zones_mask: 0,

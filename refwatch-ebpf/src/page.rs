@@ -23,7 +23,10 @@ const PFN_T_MASK: u64 = 0x000f_ffff_ffff_ffff;
 
 #[inline(always)]
 fn vmemmap() -> Option<u64> {
-    read::<u64>(layout!(vmemmap_base_addr))
+    match layout!(vmemmap_base_addr) {
+        0 => Some(layout!(vmemmap_start)),
+        addr => read::<u64>(addr),
+    }
 }
 
 #[inline(always)]

@@ -1,0 +1,114 @@
+//! The capture loop every attaching command shares: read events until Ctrl-C/SIGTERM, a
+//! duration, or the exit of a command refwatch started after its probes were attached.
+
+use std::{process::ExitStatus, time::Duration};
+
+use refwatch_common::Event;
+use tokio::{
+    process::{Child, Command},
+    signal::unix::{SignalKind, signal},
+    time::{Instant, sleep_until},
+};
+
+use crate::session::Session;
+
+/// When to stop.
+#[derive(Clone, Debug, Default)]
+pub struct StopWhen {
+    pub duration: Option<Duration>,
+    /// Run this command (argv) once the probes are attached; stop when it exits.
+    pub command: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    CommandExited(ExitStatus),
+    Duration,
+    Signal,
+    /// The sink asked to stop (e.g. `q` in the live view).
+    Requested,
+}
+
+/// What a capture feeds.
+pub trait Sink {
+    /// A batch of events, in ring-buffer order. Returning `Ok(false)` stops the capture.
+    fn events(&mut self, session: &mut Session, events: &[Event]) -> anyhow::Result<bool>;
+    /// Called about every `tick()`; returning `Ok(false)` stops the capture.
+    fn tick(&mut self, _session: &mut Session) -> anyhow::Result<bool> {
+        Ok(true)
+    }
+    fn tick_interval(&self) -> Option<Duration> {
+        None
+    }
+}
+
+fn spawn(argv: &[String]) -> anyhow::Result<Option<Child>> {
+    let Some((prog, args)) = argv.split_first() else {
+        return Ok(None);
+    };
+    let child = Command::new(prog)
+        .args(args)
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("cannot run {prog}: {e}"))?;
+    Ok(Some(child))
+}
+
+async fn wait(child: &mut Option<Child>) -> std::io::Result<ExitStatus> {
+    match child {
+        Some(c) => c.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn at(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs the capture; the session's probes stay attached until it returns, and every event
+/// already in the ring buffer at the end is delivered before it does.
+pub async fn capture(session: &mut Session, stop: &StopWhen, sink: &mut impl Sink) -> anyhow::Result<End> {
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let deadline = stop.duration.map(|d| Instant::now() + d);
+    let tick = sink.tick_interval();
+    let mut next_tick = tick.map(|t| Instant::now() + t);
+    let mut child = spawn(&stop.command)?;
+    let mut batch = Vec::with_capacity(4096);
+    let end = loop {
+        let mut end = None;
+        let mut ticked = false;
+        tokio::select! {
+            r = session.next_batch(&mut batch) => r?,
+            status = wait(&mut child) => end = Some(End::CommandExited(status?)),
+            _ = at(deadline) => end = Some(End::Duration),
+            _ = at(next_tick) => ticked = true,
+            _ = sigint.recv() => end = Some(End::Signal),
+            _ = sigterm.recv() => end = Some(End::Signal),
+        }
+        if end.is_some() {
+            session.drain(&mut batch);
+        }
+        if !batch.is_empty() && !sink.events(session, &batch)? {
+            end = end.or(Some(End::Requested));
+        }
+        batch.clear();
+        if ticked {
+            next_tick = tick.map(|t| Instant::now() + t);
+            if !sink.tick(session)? {
+                end = end.or(Some(End::Requested));
+            }
+        }
+        if let Some(end) = end {
+            break end;
+        }
+    };
+    if let Some(mut c) = child.filter(|_| !matches!(end, End::CommandExited(_))) {
+        // We stop watching, so the command stops too.
+        let _ = c.start_kill();
+        let _ = c.wait().await;
+    }
+    Ok(end)
+}

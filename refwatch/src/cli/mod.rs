@@ -1,0 +1,55 @@
+//! Subcommands. Each lives in its own module; exit codes follow `refwatch check`'s convention:
+//! 0 ok, 1 findings over the limit, 2 usage or environment error, 3 inconclusive.
+
+mod probes;
+mod stream;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use refwatch::plan::AttachMode;
+use refwatch_common::globals::DEFAULT_RING_BYTES;
+
+#[derive(Parser)]
+#[command(name = "refwatch", version, about = "Watch ZONE_DEVICE page reference counts with eBPF")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show the probe plan for the running kernel: what refwatch can and cannot see.
+    Probes(probes::ProbesArgs),
+    /// Print every ZONE_DEVICE refcount transition as it happens.
+    Stream(stream::StreamArgs),
+}
+
+/// Options shared by every command that attaches probes.
+#[derive(Args, Clone)]
+pub struct AttachArgs {
+    /// kprobe, fentry, or auto (fentry where the kernel allows it, else kprobe).
+    #[arg(long, value_enum, default_value_t = AttachMode::Kprobe)]
+    pub attach: AttachMode,
+    /// Ring buffer size in KiB (a power of two).
+    #[arg(long, default_value_t = DEFAULT_RING_BYTES / 1024)]
+    pub ring_kib: u32,
+}
+
+/// The error exit code for usage and environment problems.
+pub const EXIT_ERROR: u8 = 2;
+
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Probes(args) => probes::run(args),
+        Command::Stream(args) => stream::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("refwatch: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}

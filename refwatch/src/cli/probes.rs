@@ -1,0 +1,132 @@
+//! `refwatch probes`: the probe plan for the running kernel, in plain words or JSON.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Args;
+use refwatch::{
+    plan::{self, AttachMode, Plan, Resolution},
+    privileges,
+    session::{self, Kernel},
+};
+use refwatch_common::EventKind;
+use serde_json::json;
+
+#[derive(Args)]
+pub struct ProbesArgs {
+    #[arg(long)]
+    json: bool,
+    /// Print the kernel facts the plan was resolved from (to save for tests and bug reports).
+    #[arg(long, conflicts_with = "json")]
+    facts: bool,
+    /// Also load (verify) every kprobe program into the running kernel, without attaching.
+    #[arg(long)]
+    verify: bool,
+    #[arg(long, value_enum, default_value_t = AttachMode::Kprobe)]
+    attach: AttachMode,
+}
+
+pub fn run(args: ProbesArgs) -> Result<ExitCode> {
+    let kernel = Kernel::inspect()?;
+    if args.facts {
+        println!("{}", serde_json::to_string_pretty(&kernel.facts)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let plan = plan::resolve(&kernel.facts, args.attach);
+    let root = privileges::missing().is_empty();
+    // A real load tells whether fentry is allowed; it needs privileges and one resolved function.
+    let fentry = match plan.used().next() {
+        _ if !root => Err("unknown: needs root to try".to_owned()),
+        None => Err("unknown: no function to try it on".to_owned()),
+        Some(p) => session::fentry_allowed(&kernel, p.id, &p.function),
+    };
+    let verified = if args.verify {
+        Some(session::verify_kprobe_programs(&kernel)?)
+    } else {
+        None
+    };
+    let verify_failed = verified.iter().flatten().any(|(_, r)| r.is_err());
+    if args.json {
+        let verified = verified.map(|v| {
+            v.into_iter()
+                .map(|(name, r)| json!({"program": name, "loaded": r.is_ok(), "error": r.err()}))
+                .collect::<Vec<_>>()
+        });
+        let out = json!({
+            "kernel": plan.kernel,
+            "btf": kernel.facts.btf,
+            "kprobes": kernel.facts.kprobes,
+            "fentry": {"allowed": fentry.is_ok(), "error": fentry.err()},
+            "plan": plan,
+            "verified": verified,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print_text(&kernel, &plan, &fentry);
+        if let Some(verified) = &verified {
+            let ok = verified.iter().filter(|(_, r)| r.is_ok()).count();
+            println!("\nverifier: {ok}/{} kprobe programs load on this kernel", verified.len());
+            for (name, r) in verified {
+                if let Err(e) = r {
+                    println!("  {name}: {e}");
+                }
+            }
+        }
+    }
+    Ok(if verify_failed { ExitCode::from(super::EXIT_ERROR) } else { ExitCode::SUCCESS })
+}
+
+fn print_text(kernel: &Kernel, plan: &Plan, fentry: &Result<(), String>) {
+    let f = &kernel.facts;
+    println!("kernel:   {} (refcount era: {})", f.release, plan.era);
+    match &f.layout {
+        Ok(_) => println!("BTF:      yes ({})", refwatch::facts::BTF_PATH),
+        Err(e) => println!("BTF:      no: {e}"),
+    }
+    if f.kprobes {
+        println!("kprobes:  yes");
+    } else {
+        println!("kprobes:  no: {} is absent (CONFIG_KPROBES off?): kprobe mode cannot attach",
+            refwatch::facts::KPROBE_PMU);
+    }
+    match fentry {
+        Ok(()) => println!("fentry:   allowed"),
+        Err(e) => println!("fentry:   not usable: {e}"),
+    }
+    println!("attach:   {:?} requested", plan.requested);
+    for kind in EventKind::ALL {
+        println!("\n{}:", kind.name());
+        for p in plan.probes.iter().filter(|p| p.kind == kind.name()) {
+            let modes: Vec<String> = p.modes.iter().map(|m| format!("{m:?}").to_lowercase()).collect();
+            let what = match &p.resolution {
+                Resolution::Use => format!("will attach ({})", modes.join(", then ")),
+                Resolution::Missing => "not in kallsyms (inlined or absent)".to_owned(),
+                Resolution::NoPrototype => "in kallsyms but not in BTF: argument layout unverifiable, skipped".to_owned(),
+                Resolution::OtherPrototype { found } => {
+                    format!("other prototype here ({}), not this entry", found.join(", "))
+                }
+                Resolution::Superseded { by } => format!("covered by {by}"),
+                Resolution::NotThisKernel { since } => format!("applies from {since} on"),
+                Resolution::CallerMissing { caller } => format!("caller {caller} not in kallsyms"),
+            };
+            let mark = if p.resolution == Resolution::Use { "+" } else { "-" };
+            println!("  {mark} {:<34} {what}", p.function);
+        }
+        if plan.used().all(|p| p.kind != kind.name()) {
+            println!("  ! nothing on this kernel carries {} events", kind.name());
+        }
+    }
+    println!();
+    for i in &plan.inlines {
+        if i.out_of_line {
+            println!("{}: an out-of-line symbol on this kernel (not probed directly)", i.name);
+        } else if i.covered_by.is_empty() {
+            println!("{}: inline in this kernel, not covered by any probe here; {}", i.name, i.note);
+        } else {
+            println!("{}: inline in this kernel, covered by {}; {}", i.name, i.covered_by.join(", "), i.note);
+        }
+    }
+    if !plan.blockers.is_empty() {
+        println!("\nrefwatch cannot run here: {}", plan.blockers.join("; "));
+    }
+}

@@ -1,0 +1,60 @@
+//! Userspace views of the raw [`Event`]: accessors and the JSON line `refwatch stream` prints.
+
+use refwatch_common::{Event, EventKind, event::PGMAP_TYPE_UNKNOWN};
+use serde_json::{Value, json};
+
+use crate::plan::Plan;
+
+pub trait EventExt {
+    fn event_kind(&self) -> Option<EventKind>;
+    fn tgid(&self) -> u32;
+    fn pid(&self) -> u32;
+    fn comm_str(&self) -> &str;
+}
+
+impl EventExt for Event {
+    fn event_kind(&self) -> Option<EventKind> {
+        EventKind::from_u8(self.kind)
+    }
+
+    fn tgid(&self) -> u32 {
+        (self.pid_tgid >> 32) as u32
+    }
+
+    fn pid(&self) -> u32 {
+        self.pid_tgid as u32
+    }
+
+    fn comm_str(&self) -> &str {
+        let end = self.comm.iter().position(|&b| b == 0).unwrap_or(self.comm.len());
+        std::str::from_utf8(&self.comm[..end]).unwrap_or("?")
+    }
+}
+
+/// One event as a JSON object; `stack` is the symbolized kernel stack, innermost first.
+pub fn to_json(ev: &Event, plan: &Plan, stack: &[String]) -> Value {
+    let pgmap_type = if ev.pgmap_type == PGMAP_TYPE_UNKNOWN {
+        "unknown"
+    } else {
+        plan.pgmap_type_name(ev.pgmap_type)
+    };
+    json!({
+        "kind": ev.event_kind().map_or("unknown", EventKind::name),
+        "probe": plan.function(ev.probe),
+        "ts_ns": ev.ts_ns,
+        "cpu": ev.cpu,
+        "pid": ev.pid(),
+        "tgid": ev.tgid(),
+        "comm": ev.comm_str(),
+        "pfn": ev.pfn,
+        "page": format!("{:#x}", ev.page),
+        "refcount": ev.refcount,
+        "mapcount": ev.mapcount,
+        "pgmap": format!("{:#x}", ev.pgmap),
+        "pgmap_type": pgmap_type,
+        "extra": ev.extra,
+        "extra2": ev.extra2,
+        "flags": ev.flags,
+        "stack": stack,
+    })
+}

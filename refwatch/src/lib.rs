@@ -1,0 +1,11 @@
+//! refwatch's reusable core: kernel facts, probe plan, loader and event decoding. The CLI in
+//! main.rs is a thin layer over it.
+
+pub mod btf;
+pub mod capture;
+pub mod event;
+pub mod facts;
+pub mod kallsyms;
+pub mod plan;
+pub mod privileges;
+pub mod session;

@@ -1,0 +1,218 @@
+//! The probe plan: the catalog resolved against one kernel's facts. Pure: facts in, plan out.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use refwatch_common::{
+    CATALOG, EventKind, Probe, RefModel,
+    catalog::{INLINES, era},
+};
+use serde::{Deserialize, Serialize};
+
+use crate::facts::KernelFacts;
+
+/// How programs are attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    Kprobe,
+    Fentry,
+    /// fentry where the kernel allows it, else kprobe, per function.
+    Auto,
+}
+
+/// The outcome for one catalog entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Resolution {
+    /// Will be attached (or was, see [`ProbeEntry::attached`]).
+    Use,
+    /// Not in kallsyms: inlined everywhere, or not in this kernel.
+    Missing,
+    /// In kallsyms but with no BTF prototype, so its argument registers cannot be trusted.
+    NoPrototype,
+    /// Present, but its prototype is not the one this entry was written for.
+    OtherPrototype { found: Vec<String> },
+    /// Another entry of the same site already covers the transition.
+    Superseded { by: String },
+    /// The entry does not apply to this kernel version.
+    NotThisKernel { since: String },
+    /// The caller it must be called from is not in kallsyms.
+    CallerMissing { caller: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeEntry {
+    pub id: u8,
+    pub function: String,
+    pub kind: String,
+    pub site: String,
+    #[serde(flatten)]
+    pub resolution: Resolution,
+    /// Attach modes this entry may use, best first.
+    pub modes: Vec<AttachMode>,
+    /// The mode it was attached with, once attached; the error if attaching failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attached: Option<Result<AttachMode, String>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InlineCoverage {
+    pub name: String,
+    /// True when the name is, unexpectedly, an out-of-line symbol on this kernel.
+    pub out_of_line: bool,
+    pub covered_by: Vec<String>,
+    pub note: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub kernel: String,
+    pub version: (u8, u8),
+    pub era: String,
+    pub model: Model,
+    pub requested: AttachMode,
+    pub probes: Vec<ProbeEntry>,
+    pub inlines: Vec<InlineCoverage>,
+    pub pgmap_types: BTreeMap<u8, String>,
+    /// Problems that stop refwatch from running at all on this kernel.
+    pub blockers: Vec<String>,
+}
+
+/// Serializable mirror of [`RefModel`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Model {
+    AllOneBased,
+    FsdaxOneBased,
+    ZeroBased,
+}
+
+impl From<RefModel> for Model {
+    fn from(m: RefModel) -> Self {
+        match m {
+            RefModel::AllOneBased => Model::AllOneBased,
+            RefModel::FsdaxOneBased => Model::FsdaxOneBased,
+            RefModel::ZeroBased => Model::ZeroBased,
+        }
+    }
+}
+
+fn matches_prototype(probe: &Probe, found: &[String]) -> bool {
+    probe.params.len() == found.len()
+        && probe.params.iter().zip(found).all(|(want, got)| {
+            *want == "_" || want == got
+        })
+}
+
+fn modes_for(probe: &Probe, requested: AttachMode) -> Vec<AttachMode> {
+    // fentry programs cannot see the return address, so caller-filtered entries are kprobe-only.
+    let fentry_ok = probe.caller.is_none();
+    match requested {
+        AttachMode::Kprobe => vec![AttachMode::Kprobe],
+        AttachMode::Fentry if fentry_ok => vec![AttachMode::Fentry],
+        AttachMode::Fentry => vec![AttachMode::Kprobe],
+        AttachMode::Auto if fentry_ok => vec![AttachMode::Fentry, AttachMode::Kprobe],
+        AttachMode::Auto => vec![AttachMode::Kprobe],
+    }
+}
+
+pub fn resolve(facts: &KernelFacts, requested: AttachMode) -> Plan {
+    let era = era(facts.version);
+    let mut taken: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut probes = Vec::with_capacity(CATALOG.len());
+    for (id, probe) in CATALOG.iter().enumerate() {
+        let resolution = if facts.version < probe.since {
+            Resolution::NotThisKernel { since: format!("{}.{}", probe.since.0, probe.since.1) }
+        } else if !facts.symbols.contains_key(probe.function) {
+            Resolution::Missing
+        } else if let Some(caller) = probe.caller.filter(|c| !facts.symbols.contains_key(*c)) {
+            Resolution::CallerMissing { caller: caller.to_owned() }
+        } else {
+            match facts.prototypes.get(probe.function) {
+                None => Resolution::NoPrototype,
+                Some(found) if !matches_prototype(probe, found) => {
+                    Resolution::OtherPrototype { found: found.clone() }
+                }
+                Some(_) => match taken.get(probe.site) {
+                    Some(by) => Resolution::Superseded { by: (*by).to_owned() },
+                    None => {
+                        taken.insert(probe.site, probe.function);
+                        Resolution::Use
+                    }
+                },
+            }
+        };
+        probes.push(ProbeEntry {
+            id: id as u8,
+            function: probe.function.to_owned(),
+            kind: probe.kind.name().to_owned(),
+            site: probe.site.to_owned(),
+            resolution,
+            modes: modes_for(probe, requested),
+            attached: None,
+        });
+    }
+    let used: BTreeSet<&str> = probes
+        .iter()
+        .filter(|p| p.resolution == Resolution::Use)
+        .map(|p| p.function.as_str())
+        .collect();
+    let inlines = INLINES
+        .iter()
+        .map(|i| InlineCoverage {
+            name: i.name.to_owned(),
+            out_of_line: facts.symbols.contains_key(i.name),
+            covered_by: i.covered_by.iter().filter(|f| used.contains(**f)).map(|f| (*f).to_owned()).collect(),
+            note: i.note.to_owned(),
+        })
+        .collect();
+    let mut blockers = Vec::new();
+    if let Err(e) = &facts.layout {
+        blockers.push(format!("struct layout unknown: {e}"));
+    }
+    if !facts.kprobes && requested == AttachMode::Kprobe {
+        blockers.push(format!(
+            "kprobes are not available ({} is absent: CONFIG_KPROBES off?)",
+            crate::facts::KPROBE_PMU
+        ));
+    }
+    if used.is_empty() {
+        blockers.push("no catalog function resolved on this kernel".into());
+    }
+    Plan {
+        kernel: facts.release.clone(),
+        version: facts.version,
+        era: era.name.to_owned(),
+        model: era.model.into(),
+        requested,
+        probes,
+        inlines,
+        pgmap_types: facts.pgmap_types.clone(),
+        blockers,
+    }
+}
+
+impl Plan {
+    pub fn used(&self) -> impl Iterator<Item = &ProbeEntry> {
+        self.probes.iter().filter(|p| p.resolution == Resolution::Use)
+    }
+
+    /// Entries that are attached and delivering events.
+    pub fn attached(&self) -> impl Iterator<Item = &ProbeEntry> {
+        self.probes.iter().filter(|p| matches!(p.attached, Some(Ok(_))))
+    }
+
+    /// Whether any attached probe carries events of `kind`.
+    pub fn sees(&self, kind: EventKind) -> bool {
+        self.attached().any(|p| p.kind == kind.name())
+    }
+
+    /// The function name of a catalog id.
+    pub fn function(&self, id: u8) -> &str {
+        self.probes.get(id as usize).map_or("?", |p| p.function.as_str())
+    }
+
+    pub fn pgmap_type_name(&self, raw: u8) -> &str {
+        self.pgmap_types.get(&raw).map_or("unknown", String::as_str)
+    }
+}

@@ -1,0 +1,291 @@
+//! Loading the programs, attaching them per the plan, and reading events, drops and stacks.
+
+use std::collections::HashMap;
+
+use aya::{
+    EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
+    programs::{FEntry, KProbe},
+};
+use refwatch_common::{
+    Event,
+    globals::{self, Callers, Layout},
+};
+use tokio::io::unix::AsyncFd;
+
+use crate::{
+    btf::Btf,
+    facts::{BTF_PATH, KernelFacts, LayoutFacts, VMEMMAP_BASE},
+    kallsyms::Kallsyms,
+    plan::{self, AttachMode, Plan},
+    privileges,
+};
+
+static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/refwatch"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("refwatch needs root or {}: missing {}", "CAP_BPF+CAP_PERFMON+CAP_SYSLOG", .0.join(", "))]
+    Privileges(Vec<&'static str>),
+    #[error("cannot read /proc/kallsyms: {0}")]
+    Kallsyms(std::io::Error),
+    #[error("kernel addresses are hidden in /proc/kallsyms (kptr_restrict): run as root")]
+    HiddenAddresses,
+    #[error("refwatch cannot run on {kernel}: {}", .reasons.join("; "))]
+    Unsupported { kernel: String, reasons: Vec<String> },
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("eBPF map {0}: {1}")]
+    Map(&'static str, String),
+    #[error("no probe could be attached on {kernel}:\n  {}", .errors.join("\n  "))]
+    NothingAttached { kernel: String, errors: Vec<String> },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub struct SessionOptions {
+    pub attach: AttachMode,
+    /// Ring buffer size in bytes (rounded up to a power of two pages by the caller).
+    pub ring_bytes: u32,
+}
+
+/// The running kernel as refwatch sees it, before anything is loaded.
+pub struct Kernel {
+    pub kallsyms: Kallsyms,
+    pub facts: KernelFacts,
+    pub aya_btf: Option<aya::Btf>,
+}
+
+impl Kernel {
+    pub fn inspect() -> Result<Self, SessionError> {
+        let kallsyms = Kallsyms::read().map_err(SessionError::Kallsyms)?;
+        let (btf, btf_error) = match std::fs::read(BTF_PATH) {
+            Ok(bytes) => match Btf::parse(&bytes) {
+                Ok(btf) => (Some(btf), None),
+                Err(e) => (None, Some(format!("{BTF_PATH}: {e}"))),
+            },
+            Err(e) => (None, Some(format!("{BTF_PATH}: {e}"))),
+        };
+        let facts = KernelFacts::gather(&kallsyms, btf.as_ref(), btf_error);
+        let aya_btf = btf.is_some().then(aya::Btf::from_sys_fs).and_then(Result::ok);
+        Ok(Self { kallsyms, facts, aya_btf })
+    }
+}
+
+pub struct Session {
+    // Owns the programs and links: dropping it detaches everything.
+    _ebpf: aya::Ebpf,
+    ring: AsyncFd<RingBuf<MapData>>,
+    drops: PerCpuArray<MapData, u64>,
+    stacks: StackTraceMap<MapData>,
+    pub plan: Plan,
+    pub kallsyms: Kallsyms,
+    symbolized: HashMap<i32, Vec<String>>,
+}
+
+fn raise_memlock() {
+    // 5.10 still charges BPF maps to RLIMIT_MEMLOCK.
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+}
+
+impl Session {
+    /// Loads and attaches; must be called inside a tokio runtime (the ring buffer is polled).
+    pub fn open(kernel: Kernel, opts: &SessionOptions) -> Result<Self, SessionError> {
+        let missing = privileges::missing();
+        if !missing.is_empty() {
+            return Err(SessionError::Privileges(missing));
+        }
+        let Kernel { kallsyms, facts, aya_btf } = kernel;
+        if !kallsyms.addresses_visible() {
+            return Err(SessionError::HiddenAddresses);
+        }
+        let mut plan = plan::resolve(&facts, opts.attach);
+        if !plan.blockers.is_empty() {
+            return Err(SessionError::Unsupported { kernel: plan.kernel, reasons: plan.blockers });
+        }
+        let layout = facts
+            .layout
+            .as_ref()
+            .expect("no blockers implies a layout")
+            .with_vmemmap_base(kallsyms.get(VMEMMAP_BASE).map_or(0, |s| s.addr));
+        let mut callers = Callers::default();
+        for entry in plan.used() {
+            if let Some(caller) = refwatch_common::CATALOG[entry.id as usize].caller {
+                if let Some((lo, hi)) = kallsyms.range(caller) {
+                    callers.range[entry.id as usize] = [lo, hi];
+                }
+            }
+        }
+        let mut ebpf = load_object(&layout, &callers, opts.ring_bytes)?;
+        let mut errors = Vec::new();
+        for entry in plan.probes.iter_mut().filter(|p| p.resolution == plan::Resolution::Use) {
+            let mut last_err = String::new();
+            for &mode in &entry.modes {
+                match attach(&mut ebpf, entry.id, &entry.function, mode, aya_btf.as_ref()) {
+                    Ok(()) => {
+                        entry.attached = Some(Ok(mode));
+                        break;
+                    }
+                    Err(e) => last_err = format!("{mode:?}: {e}"),
+                }
+            }
+            if entry.attached.is_none() {
+                errors.push(format!("{}: {last_err}", entry.function));
+                entry.attached = Some(Err(last_err));
+            }
+        }
+        if plan.attached().next().is_none() {
+            return Err(SessionError::NothingAttached { kernel: plan.kernel, errors });
+        }
+        let take = |ebpf: &mut aya::Ebpf, name: &'static str| {
+            ebpf.take_map(name).ok_or_else(|| SessionError::Map(name, "missing".into()))
+        };
+        let ring = RingBuf::try_from(take(&mut ebpf, globals::EVENTS)?)
+            .map_err(|e| SessionError::Map(globals::EVENTS, e.to_string()))?;
+        let drops = PerCpuArray::try_from(take(&mut ebpf, globals::DROPS)?)
+            .map_err(|e| SessionError::Map(globals::DROPS, e.to_string()))?;
+        let stacks = StackTraceMap::try_from(take(&mut ebpf, globals::STACKS)?)
+            .map_err(|e| SessionError::Map(globals::STACKS, e.to_string()))?;
+        Ok(Self {
+            _ebpf: ebpf,
+            // SAFETY: the ring buffer owns its fd and outlives the registration (both are moved
+            // into the AsyncFd together).
+            ring: unsafe { AsyncFd::register(ring) }.map_err(|e| SessionError::Io(e.into()))?,
+            drops,
+            stacks,
+            plan,
+            kallsyms,
+            symbolized: HashMap::new(),
+        })
+    }
+
+    /// Waits until the ring buffer has data, then moves every pending event into `out`.
+    pub async fn next_batch(&mut self, out: &mut Vec<Event>) -> std::io::Result<()> {
+        let mut guard = self.ring.readable_mut().await?;
+        drain(guard.get_inner_mut(), out);
+        guard.clear_ready();
+        Ok(())
+    }
+
+    /// Moves pending events into `out` without waiting (used at shutdown).
+    pub fn drain(&mut self, out: &mut Vec<Event>) {
+        drain(self.ring.get_mut(), out);
+    }
+
+    /// Failed ring-buffer reservations, summed over CPUs.
+    pub fn dropped(&self) -> u64 {
+        self.drops.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
+    }
+
+    /// The symbolized kernel stack of a stack id, innermost frame first.
+    pub fn stack(&mut self, id: i32) -> &[String] {
+        if id < 0 {
+            return &[];
+        }
+        let Self { symbolized, stacks, kallsyms, .. } = self;
+        symbolized.entry(id).or_insert_with(|| {
+            stacks
+                .get(&(id as u32), 0)
+                .map(|trace| trace.frames().iter().map(|f| kallsyms.symbolize(f.ip)).collect())
+                .unwrap_or_default()
+        })
+    }
+}
+
+fn load_object(layout: &Layout, callers: &Callers, ring_bytes: u32) -> Result<aya::Ebpf, aya::EbpfError> {
+    raise_memlock();
+    EbpfLoader::new()
+        .override_global(globals::LAYOUT, layout, true)
+        .override_global(globals::CALLERS, callers, true)
+        .map_max_entries(globals::EVENTS, ring_bytes)
+        .load(PROGRAMS)
+}
+
+/// Loads (verifies) every kprobe program without attaching: the object's programs must pass
+/// the verifier of the running kernel even where it cannot attach them. Program name → outcome.
+pub fn verify_kprobe_programs(kernel: &Kernel) -> Result<Vec<(String, Result<(), String>)>, SessionError> {
+    let layout = kernel.facts.layout.clone().unwrap_or_else(|_| LayoutFacts::placeholder());
+    let mut ebpf = load_object(&layout.with_vmemmap_base(0), &Callers::default(), globals::DEFAULT_RING_BYTES)?;
+    Ok((0..refwatch_common::CATALOG.len())
+        .map(|id| {
+            let name = format!("k_{id}");
+            let outcome = ebpf
+                .program_mut(&name)
+                .ok_or_else(|| "program missing".to_owned())
+                .and_then(|p| <&mut KProbe>::try_from(p).map_err(|e| error_chain(&e)))
+                .and_then(|p| p.load().map_err(|e| error_chain(&e)));
+            (name, outcome)
+        })
+        .collect())
+}
+
+/// Whether the kernel accepts an fentry program on `function` (some kernels refuse every
+/// fentry load with EPERM).
+pub fn fentry_allowed(kernel: &Kernel, id: u8, function: &str) -> Result<(), String> {
+    let layout = kernel.facts.layout.clone().map_err(|e| e.to_string())?;
+    let mut ebpf = load_object(&layout.with_vmemmap_base(0), &Callers::default(), globals::DEFAULT_RING_BYTES)
+        .map_err(|e| error_chain(&e))?;
+    let btf = kernel.aya_btf.as_ref().ok_or("no kernel BTF")?;
+    let prog: &mut FEntry = ebpf
+        .program_mut(&format!("f_{id}"))
+        .ok_or("program missing")?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+    prog.load(function, btf).map_err(|e| error_chain(&e))
+}
+
+fn drain(ring: &mut RingBuf<MapData>, out: &mut Vec<Event>) {
+    while let Some(item) = ring.next() {
+        if item.len() >= size_of::<Event>() {
+            // The ring only holds Events; read unaligned since the item is a byte slice.
+            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
+        }
+    }
+}
+
+fn attach(
+    ebpf: &mut aya::Ebpf,
+    id: u8,
+    function: &str,
+    mode: AttachMode,
+    btf: Option<&aya::Btf>,
+) -> Result<(), String> {
+    match mode {
+        AttachMode::Kprobe => {
+            let name = format!("k_{id}");
+            let prog: &mut KProbe = ebpf
+                .program_mut(&name)
+                .ok_or("program missing")?
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+            prog.load().map_err(|e| error_chain(&e))?;
+            prog.attach(function, 0).map_err(|e| error_chain(&e))?;
+        }
+        AttachMode::Fentry => {
+            let btf = btf.ok_or("no kernel BTF")?;
+            let name = format!("f_{id}");
+            let prog: &mut FEntry = ebpf
+                .program_mut(&name)
+                .ok_or("program missing")?
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+            prog.load(function, btf).map_err(|e| error_chain(&e))?;
+            prog.attach().map_err(|e| error_chain(&e))?;
+        }
+        AttachMode::Auto => unreachable!("the plan expands auto into concrete modes"),
+    }
+    Ok(())
+}
+
+/// An error with its sources, on one line (aya's errors keep the useful part in `source`).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}

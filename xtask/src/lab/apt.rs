@@ -1,0 +1,118 @@
+//! A private apt configuration under the lab cache: it downloads kernel packages from any
+//! Debian suite without touching the system's /etc/apt or its package state.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Once;
+
+use anyhow::{Context, Result, bail};
+
+use crate::cmd::{self, note};
+use crate::paths;
+
+const MIRROR: &str = "http://deb.debian.org/debian";
+const SECURITY_MIRROR: &str = "http://deb.debian.org/debian-security";
+const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+
+/// Every suite a kernel in the table comes from (bookworm-security serves the current 6.1).
+const SOURCES: &[(&str, &str)] = &[
+    (MIRROR, "bullseye"),
+    (MIRROR, "bookworm"),
+    (SECURITY_MIRROR, "bookworm-security"),
+    (MIRROR, "bookworm-backports"),
+    (MIRROR, "trixie-backports"),
+    (MIRROR, "sid"),
+];
+
+pub struct Apt {
+    dir: PathBuf,
+    updated: Once,
+}
+
+impl Apt {
+    pub fn new() -> Result<Self> {
+        let dir = paths::lab_cache()?.join("apt");
+        for sub in ["lists/partial", "cache/archives/partial", "empty", "debs"] {
+            paths::create_dir(&dir.join(sub))?;
+        }
+        let sources: String = SOURCES
+            .iter()
+            .map(|(uri, suite)| format!("deb [signed-by={KEYRING}] {uri} {suite} main\n"))
+            .collect();
+        let list = dir.join("sources.list");
+        if std::fs::read_to_string(&list).ok().as_deref() != Some(sources.as_str()) {
+            std::fs::write(&list, sources).with_context(|| format!("writing {}", list.display()))?;
+        }
+        Ok(Self { dir, updated: Once::new() })
+    }
+
+    fn apt(&self, program: &str) -> Command {
+        let d = |sub: &str| self.dir.join(sub).display().to_string();
+        let mut cmd = Command::new(program);
+        for opt in [
+            format!("Dir::Etc::SourceList={}", d("sources.list")),
+            format!("Dir::Etc::SourceParts={}", d("empty")),
+            format!("Dir::Etc::Preferences={}", d("empty/none")),
+            format!("Dir::Etc::PreferencesParts={}", d("empty")),
+            format!("Dir::State::Lists={}", d("lists")),
+            format!("Dir::Cache={}", d("cache")),
+            "Dir::State::Status=/dev/null".into(),
+            "APT::Architecture=amd64".into(),
+            "APT::Architectures=amd64".into(),
+            "Acquire::Languages=none".into(),
+            // The system's appstream hook would fetch metadata we never read.
+            "Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false".into(),
+            "Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false".into(),
+            // Downloads land in our cache dir, which the _apt user cannot write.
+            "APT::Sandbox::User=root".into(),
+        ] {
+            cmd.arg("-o").arg(opt);
+        }
+        cmd
+    }
+
+    /// Refreshes the package lists at most once per xtask process, and only when a package
+    /// is actually missing from the cache.
+    fn update(&self) -> Result<()> {
+        let mut result = Ok(());
+        self.updated.call_once(|| {
+            note("apt: refreshing package lists (private config)");
+            result = cmd::run(self.apt("apt-get").args(["update", "-q"]));
+        });
+        result
+    }
+
+    /// Returns the .deb for exactly `name` at `version`, downloading it on a cache miss.
+    pub fn download(&self, name: &str, version: &str) -> Result<PathBuf> {
+        let debs = self.dir.join("debs");
+        if let Some(found) = find_deb(&debs, name, version)? {
+            return Ok(found);
+        }
+        self.update()?;
+        note(format_args!("apt: downloading {name}={version}"));
+        cmd::run(
+            self.apt("apt-get")
+                .args(["download", "-q"])
+                .arg(format!("{name}={version}"))
+                .current_dir(&debs),
+        )
+        .with_context(|| format!("downloading {name}={version}: is the pinned version still served?"))?;
+        match find_deb(&debs, name, version)? {
+            Some(found) => Ok(found),
+            None => bail!("apt-get download left no .deb for {name}={version} in {}", debs.display()),
+        }
+    }
+}
+
+/// apt names files `NAME_VERSION_ARCH.deb` with the version's ':' escaped as "%3a".
+fn find_deb(dir: &Path, name: &str, version: &str) -> Result<Option<PathBuf>> {
+    let prefix = format!("{name}_{}_", version.replace(':', "%3a"));
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        let file = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if file.starts_with(&prefix) && file.ends_with(".deb") {
+            return Ok(Some(path));
+        }
+    }
+    Ok(None)
+}

@@ -1,0 +1,188 @@
+//! Booting a kernel + generated initramfs under QEMU (TCG) and collecting what the guest
+//! wrote to its results disk.
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use super::guest::{self, Assets, GuestJob};
+use super::kernel::Kernel;
+use crate::cmd::{self, note};
+use crate::paths;
+
+/// memmap=256M!1G reserves [1 GiB, 1.25 GiB) as legacy pmem: pfns 0x40000..0x50000.
+pub const PMEM_PFNS: std::ops::Range<u64> = 0x40000..0x50000;
+const CMDLINE: &str = "console=ttyS0 panic=-1 loglevel=4 memmap=256M!1G";
+/// Sparse; only the tar the guest writes takes space.
+const RESULTS_DISK_BYTES: u64 = 512 << 20;
+
+pub struct VmResult {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub exit_code: i32,
+    /// What the guest left under /out.
+    pub out_dir: PathBuf,
+    pub console_log: PathBuf,
+}
+
+enum Boot {
+    /// The guest wrote a result (the command ran, or the lab's /init reported an error).
+    Finished,
+    /// No result: the kernel or /init never got there. Worth one retry.
+    Failed(String),
+}
+
+/// Runs `job` in a fresh VM. Files of the run (initramfs, console log, results) are kept in
+/// the lab cache under runs/`label`. An Err is a failure of the lab, never of the command.
+pub fn run_in_vm(kernel: &Kernel, assets: &Assets, job: &GuestJob, label: &str) -> Result<VmResult> {
+    let run_dir = paths::lab_cache()?.join("runs").join(label);
+    if run_dir.exists() {
+        fs::remove_dir_all(&run_dir).with_context(|| format!("clearing {}", run_dir.display()))?;
+    }
+    paths::create_dir(&run_dir)?;
+    let initrd = run_dir.join("initramfs.gz");
+    guest::build_initramfs(kernel, assets, job, run_dir.join("staging"), &initrd)?;
+    fs::remove_dir_all(run_dir.join("staging"))?;
+
+    let console_log = run_dir.join("console.log");
+    let results = run_dir.join("result");
+    let mut failure = String::new();
+    for attempt in 1..=2 {
+        match boot(kernel, job, &initrd, &run_dir, &console_log, attempt)? {
+            Boot::Finished => {
+                fs::remove_file(&initrd)?;
+                return collect(&run_dir, &results, console_log);
+            }
+            Boot::Failed(why) => {
+                note(format_args!("{}: boot attempt {attempt} failed: {why}", kernel.spec.name));
+                failure = why;
+            }
+        }
+    }
+    bail!(
+        "kernel {} did not run the job ({failure}); console log {}:\n{}",
+        kernel.spec.name,
+        console_log.display(),
+        tail(&console_log, 40)
+    )
+}
+
+fn boot(kernel: &Kernel, job: &GuestJob, initrd: &Path, run_dir: &Path, console_log: &Path, attempt: u32) -> Result<Boot> {
+    let disk = run_dir.join("results.img");
+    let file = fs::File::create(&disk)?;
+    file.set_len(RESULTS_DISK_BYTES)?;
+    drop(file);
+
+    let mut qemu = Command::new("qemu-system-x86_64");
+    // thread=single: multi-threaded TCG oopsed with a stray int3 in about 1 of 35 boots of 7.2.
+    qemu.args(["-accel", "tcg,thread=single", "-cpu", "qemu64", "-smp", "2", "-m", "2G", "-no-reboot"])
+        .arg("-kernel")
+        .arg(kernel.vmlinuz()?)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", CMDLINE])
+        .arg("-drive")
+        .arg(format!("file={},format=raw,if=virtio", disk.display()));
+    if job.interactive {
+        qemu.arg("-nographic");
+    } else {
+        qemu.args(["-display", "none", "-monitor", "none", "-serial"])
+            .arg(format!("file:{}", console_log.display()))
+            .stdin(Stdio::null());
+    }
+    note(format_args!(
+        "{}: booting {} (attempt {attempt}; console: {})",
+        kernel.spec.name,
+        kernel.spec.release,
+        if job.interactive { "this terminal".into() } else { console_log.display().to_string() }
+    ));
+    let started = Instant::now();
+    let mut child = qemu.spawn().with_context(|| format!("starting `{}`", cmd::describe(&qemu)))?;
+    let mut progress = ProgressTail::default();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if !job.interactive {
+            progress.show(console_log, kernel.spec.name, started);
+        }
+        if job.timeout.is_some_and(|limit| started.elapsed() > limit) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(Boot::Failed(format!("timed out after {:.0?}", started.elapsed())));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    progress.show(console_log, kernel.spec.name, started);
+    note(format_args!("{}: VM exited after {:.1?}", kernel.spec.name, started.elapsed()));
+    if !status.success() {
+        return Ok(Boot::Failed(format!("qemu exited with {status}")));
+    }
+
+    let results = run_dir.join("result");
+    if results.exists() {
+        fs::remove_dir_all(&results)?;
+    }
+    paths::create_dir(&results)?;
+    // An empty disk has no tar in it: that is the "guest never finished" case.
+    if !cmd::succeeds(Command::new("tar").arg("-xf").arg(&disk).arg("-C").arg(&results)) {
+        return Ok(Boot::Failed("the guest wrote no results".into()));
+    }
+    fs::remove_file(&disk)?;
+    Ok(Boot::Finished)
+}
+
+fn collect(run_dir: &Path, results: &Path, console_log: PathBuf) -> Result<VmResult> {
+    let meta = results.join("lab/result");
+    if let Ok(why) = fs::read_to_string(meta.join("infra-error")) {
+        bail!("the lab's /init failed: {}; console log {}:\n{}", why.trim(), console_log.display(), tail(&console_log, 40));
+    }
+    let read = |name: &str| fs::read(meta.join(name)).unwrap_or_default();
+    let status = String::from_utf8_lossy(&read("status")).trim().to_owned();
+    let exit_code = status
+        .parse()
+        .with_context(|| format!("bad exit status {status:?} from the guest (run dir {})", run_dir.display()))?;
+    Ok(VmResult {
+        stdout: read("stdout"),
+        stderr: read("stderr"),
+        exit_code,
+        out_dir: results.join("out"),
+        console_log,
+    })
+}
+
+/// Echoes the guest's "lab: " progress lines from the console log as they appear.
+#[derive(Default)]
+struct ProgressTail {
+    offset: u64,
+    partial: String,
+}
+
+impl ProgressTail {
+    fn show(&mut self, log: &Path, name: &str, started: Instant) {
+        let Ok(mut file) = fs::File::open(log) else { return };
+        let mut new = String::new();
+        if file.seek(SeekFrom::Start(self.offset)).is_err() || file.read_to_string(&mut new).is_err() {
+            return;
+        }
+        self.offset += new.len() as u64;
+        self.partial.push_str(&new);
+        let Some(end) = self.partial.rfind('\n') else { return };
+        for line in self.partial[..end].lines() {
+            if let Some(msg) = line.trim_end_matches('\r').strip_prefix("lab: ") {
+                note(format_args!("{name} +{:.1}s: {msg}", started.elapsed().as_secs_f64()));
+            }
+        }
+        self.partial.drain(..=end);
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

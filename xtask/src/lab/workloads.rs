@@ -1,0 +1,36 @@
+//! The lab's C workloads (xtask/lab/workloads), built static with the host gcc so the guest
+//! needs no libc for them.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::Result;
+
+use crate::cmd;
+use crate::paths;
+
+/// Where the workloads live in the guest; it is on the guest's PATH.
+pub const GUEST_DIR: &str = "/usr/lib/refwatch-lab";
+
+const PROGRAMS: &[&str] = &["daxload"];
+
+/// Compiles every workload into target/lab/workloads and returns (program name, binary).
+pub fn build() -> Result<Vec<(&'static str, PathBuf)>> {
+    let root = paths::workspace_root();
+    let out_dir = root.join("target/lab/workloads");
+    paths::create_dir(&out_dir)?;
+    PROGRAMS
+        .iter()
+        .map(|name| {
+            let source = root.join("xtask/lab/workloads").join(format!("{name}.c"));
+            let binary = out_dir.join(name);
+            cmd::run(
+                Command::new("gcc")
+                    .args(["-O2", "-static", "-Wall", "-Wextra", "-Werror", "-o"])
+                    .arg(&binary)
+                    .arg(&source),
+            )?;
+            Ok((*name, binary))
+        })
+        .collect()
+}
