@@ -47,14 +47,14 @@
 
 #include "refwatch_inject.h"
 
-static unsigned long phys_base = 0x60000000;
-module_param(phys_base, ulong, 0444);
-MODULE_PARM_DESC(phys_base, "physical base of the reserved range (memmap=..$..)");
+static unsigned long inj_base = 0x60000000;
+module_param_named(base, inj_base, ulong, 0444);
+MODULE_PARM_DESC(base, "physical base of the reserved range (memmap=..$..)");
 
 /* memremap_pages needs subsection (2 MiB) granularity */
-static unsigned long phys_size = SZ_2M;
-module_param(phys_size, ulong, 0444);
-MODULE_PARM_DESC(phys_size, "bytes to turn into ZONE_DEVICE pages (2 MiB multiple)");
+static unsigned long inj_size = SZ_2M;
+module_param_named(size, inj_size, ulong, 0444);
+MODULE_PARM_DESC(size, "bytes to turn into ZONE_DEVICE pages (2 MiB multiple)");
 
 /* exported read-only so a tracefs kprobe can fetch @page0+0x34 */
 static unsigned long page0_addr;
@@ -124,19 +124,19 @@ static noinline int inj_pgmap_create(int scenario, int type)
 	memset(&inj.pgmap, 0, sizeof(inj.pgmap));
 	inj.pgmap.type = type == INJ_TYPE_FS_DAX ? MEMORY_DEVICE_FS_DAX :
 						   MEMORY_DEVICE_GENERIC;
-	inj.pgmap.range.start = phys_base;
-	inj.pgmap.range.end = phys_base + phys_size - 1;
+	inj.pgmap.range.start = inj_base;
+	inj.pgmap.range.end = inj_base + inj_size - 1;
 	inj.pgmap.nr_range = 1;
 	inj.pgmap.ops = &inj_pgmap_ops;
 
 	addr = memremap_pages(&inj.pgmap, NUMA_NO_NODE);
 	if (IS_ERR(addr)) {
-		pr_err("memremap_pages(%#lx+%#lx): %ld\n", phys_base,
-		       phys_size, PTR_ERR(addr));
+		pr_err("memremap_pages(%#lx+%#lx): %ld\n", inj_base,
+		       inj_size, PTR_ERR(addr));
 		return PTR_ERR(addr);
 	}
-	inj.base_pfn = PHYS_PFN(phys_base);
-	inj.nr_pages = phys_size >> PAGE_SHIFT;
+	inj.base_pfn = PHYS_PFN(inj_base);
+	inj.nr_pages = inj_size >> PAGE_SHIFT;
 	inj.scenario = scenario;
 	inj.type = type;
 	inj.pin_stat_fix = 0;
@@ -408,7 +408,7 @@ static long inj_setup(struct inj_setup __user *uarg)
 	if (s.scenario == INJ_INSERT_ZERO_REF)
 		inj_insert_zero_ref_arm(inj_page(0));
 	s.nr_pages = inj.nr_pages;
-	s.phys = phys_base;
+	s.phys = inj_base;
 	s.page0 = (unsigned long)inj_page(0);
 	return copy_to_user(uarg, &s, sizeof(s)) ? -EFAULT : 0;
 }
@@ -539,8 +539,8 @@ static struct miscdevice inj_misc = {
 
 static int __init inj_init(void)
 {
-	if (!phys_size || (phys_base | phys_size) & (SZ_2M - 1)) {
-		pr_err("phys_base/phys_size must be 2 MiB aligned\n");
+	if (!inj_size || (inj_base | inj_size) & (SZ_2M - 1)) {
+		pr_err("base/size must be 2 MiB aligned\n");
 		return -EINVAL;
 	}
 	pr_warn("TEST-ONLY module: breaks ZONE_DEVICE refcounts on request\n");
