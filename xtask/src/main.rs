@@ -1,1 +1,46 @@
-fn main() {}
+//! Developer tasks for refwatch: `cargo xtask setup | lab | test`.
+
+mod cmd;
+mod lab;
+mod paths;
+mod setup;
+mod test;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "refwatch developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the build's and the lab's dependencies (idempotent).
+    Setup,
+    /// Boot a Debian kernel in QEMU with emulated pmem and run a command there.
+    Lab(lab::LabArgs),
+    /// Unit tests, host checks and the VM matrix (what CI runs).
+    Test,
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Task::Setup => report(setup::run()),
+        Task::Lab(args) => lab::main(args),
+        Task::Test => test::main(),
+    }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -129,10 +129,16 @@ impl Kernel {
     /// The uncompressed .ko files to insmod, dependencies first, for each requested module
     /// (names or aliases); built-in modules are skipped. Decompressed copies are cached.
     pub fn module_load_order(&self, modules: &[&str]) -> Result<Vec<PathBuf>> {
+        // The host's /etc/modprobe.d must not apply (ndctl's turns libnvdimm into an
+        // `install` command); an empty config dir inside the tree replaces it.
+        let config = self.tree.join("etc/modprobe.d");
+        paths::create_dir(&config)?;
         let mut order: Vec<PathBuf> = Vec::new();
         for module in modules {
             let listing = cmd::output(
                 Command::new("modprobe")
+                    .arg("-C")
+                    .arg(&config)
                     .arg("-d")
                     .arg(&self.tree)
                     .args(["-S", self.spec.release, "--show-depends", module]),

@@ -19,6 +19,8 @@ pub const PMEM_PFNS: std::ops::Range<u64> = 0x40000..0x50000;
 const CMDLINE: &str = "console=ttyS0 panic=-1 loglevel=4 memmap=256M!1G";
 /// Sparse; only the tar the guest writes takes space.
 const RESULTS_DISK_BYTES: u64 = 512 << 20;
+/// The guest's /lab/result (stdout, stderr, status, infra-error) inside the results tar.
+const RESULT_META: &str = "lab/result";
 
 pub struct VmResult {
     pub stdout: Vec<u8>,
@@ -128,8 +130,10 @@ fn boot(kernel: &Kernel, job: &GuestJob, initrd: &Path, run_dir: &Path, console_
         fs::remove_dir_all(&results)?;
     }
     paths::create_dir(&results)?;
-    // An empty disk has no tar in it: that is the "guest never finished" case.
-    if !cmd::succeeds(Command::new("tar").arg("-xf").arg(&disk).arg("-C").arg(&results)) {
+    // A disk the guest never wrote is all zeros, which tar reads as an empty archive.
+    let extracted = cmd::succeeds(Command::new("tar").arg("-xf").arg(&disk).arg("-C").arg(&results));
+    let meta = results.join(RESULT_META);
+    if !(extracted && (meta.join("status").exists() || meta.join("infra-error").exists())) {
         return Ok(Boot::Failed("the guest wrote no results".into()));
     }
     fs::remove_file(&disk)?;
@@ -137,7 +141,7 @@ fn boot(kernel: &Kernel, job: &GuestJob, initrd: &Path, run_dir: &Path, console_
 }
 
 fn collect(run_dir: &Path, results: &Path, console_log: PathBuf) -> Result<VmResult> {
-    let meta = results.join("lab/result");
+    let meta = results.join(RESULT_META);
     if let Ok(why) = fs::read_to_string(meta.join("infra-error")) {
         bail!("the lab's /init failed: {}; console log {}:\n{}", why.trim(), console_log.display(), tail(&console_log, 40));
     }
@@ -165,12 +169,12 @@ struct ProgressTail {
 impl ProgressTail {
     fn show(&mut self, log: &Path, name: &str, started: Instant) {
         let Ok(mut file) = fs::File::open(log) else { return };
-        let mut new = String::new();
-        if file.seek(SeekFrom::Start(self.offset)).is_err() || file.read_to_string(&mut new).is_err() {
+        let mut new = Vec::new();
+        if file.seek(SeekFrom::Start(self.offset)).is_err() || file.read_to_end(&mut new).is_err() {
             return;
         }
         self.offset += new.len() as u64;
-        self.partial.push_str(&new);
+        self.partial.push_str(&String::from_utf8_lossy(&new));
         let Some(end) = self.partial.rfind('\n') else { return };
         for line in self.partial[..end].lines() {
             if let Some(msg) = line.trim_end_matches('\r').strip_prefix("lab: ") {

@@ -1,0 +1,112 @@
+//! The VM lab: Debian kernels under QEMU with emulated pmem, running refwatch and workloads.
+
+mod apt;
+mod guest;
+mod initramfs;
+mod kernel;
+pub mod matrix;
+mod vm;
+mod workloads;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+pub use apt::Apt;
+pub use guest::{Assets, GuestJob};
+pub use kernel::{KERNELS, Kernel, KernelSpec};
+pub use vm::{PMEM_PFNS, VmResult, run_in_vm};
+
+use crate::cmd;
+
+/// Exit status for "the lab itself failed" (boot, fetch, build), as git bisect run uses it.
+pub const INFRA_FAILURE: u8 = 125;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Attach {
+    Kprobe,
+    Fentry,
+    Auto,
+}
+
+impl Attach {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Attach::Kprobe => "kprobe",
+            Attach::Fentry => "fentry",
+            Attach::Auto => "auto",
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct LabArgs {
+    /// Kernel short name (5.10, 6.1, 6.12, 7.2, 7.3).
+    #[arg(long, default_value = "6.1")]
+    kernel: String,
+    /// Host file or directory to copy into the guest's /include (on PATH).
+    #[arg(long = "include", value_name = "HOST_PATH")]
+    includes: Vec<PathBuf>,
+    /// Host directory that receives what the guest wrote under /out.
+    #[arg(long, value_name = "HOST_DIR")]
+    output: Option<PathBuf>,
+    /// An interactive shell in the guest instead of a command.
+    #[arg(long, conflicts_with = "command")]
+    shell: bool,
+    /// Attach mode for refwatch: exported as REFWATCH_ATTACH, and passed to the default command.
+    #[arg(long, value_enum, default_value = "auto")]
+    attach: Attach,
+    /// Seconds one boot may take before it is killed.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+    /// Command to run in the guest (default: refwatch live over `daxload fsdax-mmap`).
+    #[arg(last = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+pub fn main(args: LabArgs) -> ExitCode {
+    match lab(args) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("xtask lab: {err:#}");
+            ExitCode::from(INFRA_FAILURE)
+        }
+    }
+}
+
+fn lab(args: LabArgs) -> Result<ExitCode> {
+    let spec = kernel::spec(&args.kernel)?;
+    let kernel = Kernel::fetch(spec, &Apt::new()?)?;
+    let assets = Assets::build()?;
+    let argv = if args.command.is_empty() {
+        ["refwatch", "live", "--attach", args.attach.as_str(), "--", "daxload", "fsdax-mmap"]
+            .map(String::from)
+            .to_vec()
+    } else {
+        args.command
+    };
+    let job = GuestJob {
+        argv,
+        interactive: args.shell,
+        includes: args.includes,
+        env: vec![("REFWATCH_ATTACH".into(), args.attach.as_str().into())],
+        timeout: (!args.shell).then(|| Duration::from_secs(args.timeout)),
+        ..GuestJob::default()
+    };
+    let label = format!("lab-{}-{}", spec.name, std::process::id());
+    let result = run_in_vm(&kernel, &assets, &job, &label)?;
+    std::io::stdout().write_all(&result.stdout)?;
+    std::io::stderr().write_all(&result.stderr)?;
+    if let Some(dir) = args.output {
+        crate::paths::create_dir(&dir)?;
+        if result.out_dir.is_dir() {
+            cmd::run(Command::new("cp").arg("-a").arg("-T").arg(&result.out_dir).arg(&dir))
+                .with_context(|| format!("copying the guest's /out to {}", dir.display()))?;
+        }
+    }
+    // Exit statuses above 255 cannot come from a shell; clamp rather than wrap.
+    Ok(ExitCode::from(u8::try_from(result.exit_code).unwrap_or(u8::MAX)))
+}
