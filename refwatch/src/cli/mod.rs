@@ -31,9 +31,17 @@ pub struct AttachArgs {
     /// kprobe, fentry, or auto (fentry where the kernel allows it, else kprobe).
     #[arg(long, value_enum, default_value_t = AttachMode::Kprobe)]
     pub attach: AttachMode,
-    /// Ring buffer size in KiB (a power of two).
-    #[arg(long, default_value_t = DEFAULT_RING_BYTES / 1024)]
+    /// Ring buffer size in KiB (a power of two, at least 4).
+    #[arg(long, default_value_t = DEFAULT_RING_BYTES / 1024, value_parser = ring_kib)]
     pub ring_kib: u32,
+}
+
+fn ring_kib(s: &str) -> Result<u32, String> {
+    let kib: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    if kib < 4 || !kib.is_power_of_two() || kib > (1 << 20) {
+        return Err("must be a power of two between 4 and 1048576".into());
+    }
+    Ok(kib)
 }
 
 /// The error exit code for usage and environment problems.
