@@ -24,14 +24,14 @@ enum Task {
     /// Boot a Debian kernel in QEMU with emulated pmem and run a command there.
     Lab(lab::LabArgs),
     /// Unit tests, host checks and the VM matrix (what CI runs).
-    Test,
+    Test(test::TestArgs),
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
         Task::Setup => report(setup::run()),
         Task::Lab(args) => lab::main(args),
-        Task::Test => test::main(),
+        Task::Test(args) => test::main(args),
     }
 }
 

@@ -1,2 +1,79 @@
-//! `cargo xtask test`.
-pub fn main() -> std::process::ExitCode { std::process::ExitCode::FAILURE }
+//! `cargo xtask test` (what CI runs): setup, the workspace's unit tests, host checks of the
+//! release binary, then the VM matrix. Everything runs even after a failure so one CI run
+//! shows all of it; the closing line counts host checks and VM cases.
+
+use std::process::{Command, ExitCode};
+
+use anyhow::Result;
+
+use crate::cmd::{self, note};
+use crate::lab::{Apt, Assets, matrix};
+use crate::paths;
+
+#[derive(clap::Args)]
+pub struct TestArgs {
+    /// Only run matrix cases whose id (kernel/scenario/attach) contains this.
+    #[arg(long)]
+    filter: Option<String>,
+}
+
+pub fn main(args: TestArgs) -> ExitCode {
+    match test(args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(err) => {
+            eprintln!("xtask test: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn test(args: TestArgs) -> Result<bool> {
+    crate::setup::run()?;
+    let root = paths::workspace_root();
+    note("unit tests: cargo test --workspace");
+    let unit_ok = cmd::run(Command::new("cargo").args(["test", "--workspace"]).current_dir(&root))
+        .inspect_err(|e| println!("FAIL unit tests: {e:#}"))
+        .is_ok();
+
+    let assets = Assets::build()?;
+    let (mut passed, mut failed) = (0, 0);
+    for check in [&["probes"][..], &["probes", "--json"][..]] {
+        match host_check(&assets, check) {
+            Ok(()) => {
+                passed += 1;
+                println!("PASS host: refwatch {}", check.join(" "));
+            }
+            Err(e) => {
+                failed += 1;
+                println!("FAIL host: refwatch {}: {e:#}", check.join(" "));
+            }
+        }
+    }
+
+    let cases: Vec<&matrix::Case> = matrix::CASES
+        .iter()
+        .filter(|c| args.filter.as_deref().is_none_or(|f| c.id().contains(f)))
+        .collect();
+    note(format_args!("VM matrix: {} cases, two VMs at a time", cases.len()));
+    let (vm_passed, vm_failed) = matrix::run_all(&cases, &assets, &Apt::new()?);
+    passed += vm_passed;
+    failed += vm_failed;
+    println!("{passed} passed, {failed} failed");
+    Ok(unit_ok && failed == 0)
+}
+
+/// The release binary on the host kernel (no kprobes there): it must still list its probes.
+fn host_check(assets: &Assets, args: &[&str]) -> Result<()> {
+    let stdout = cmd::output(Command::new(&assets.refwatch).args(args))?;
+    if args.contains(&"--json") {
+        let whole: Result<serde_json::Value, _> = serde_json::from_str(&stdout);
+        if whole.is_err() {
+            for line in stdout.lines().filter(|l| !l.trim().is_empty()) {
+                serde_json::from_str::<serde_json::Value>(line)
+                    .map_err(|e| anyhow::anyhow!("output is not JSON ({e}): {line}"))?;
+            }
+        }
+    }
+    Ok(())
+}

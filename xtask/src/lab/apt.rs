@@ -49,6 +49,8 @@ impl Apt {
     fn apt(&self, program: &str) -> Command {
         let d = |sub: &str| self.dir.join(sub).display().to_string();
         let mut cmd = Command::new(program);
+        // The lab's stdout carries only the guest command's output.
+        cmd.stdout(std::io::stderr());
         for opt in [
             format!("Dir::Etc::SourceList={}", d("sources.list")),
             format!("Dir::Etc::SourceParts={}", d("empty")),

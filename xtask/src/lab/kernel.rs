@@ -97,10 +97,6 @@ impl Kernel {
         Ok(kernel)
     }
 
-    pub fn tree(&self) -> &Path {
-        &self.tree
-    }
-
     pub fn modules_dir(&self) -> PathBuf {
         self.tree.join("lib/modules").join(self.spec.release)
     }

@@ -1,1 +1,267 @@
-//! The VM test matrix.
+//! The VM test matrix: which scenario runs on which kernel in which attach mode, and what
+//! refwatch must have seen. Each case boots a VM, runs the workload under
+//! `refwatch stream --json` and asserts on the events on the host.
+//!
+//! Expected numbers come from tracefs kprobe counts on the same kernels (shared lab-notes):
+//! a 16 MiB file touched page by page is 4096 PTE faults. When refwatch disagrees with a number
+//! here, find out which side is right and record it next to the expectation.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+use super::{Apt, Assets, Attach, GuestJob, Kernel, PMEM_PFNS, VmResult, run_in_vm};
+
+/// 16 MiB of 4 KiB pages: what every fsdax workload maps and touches.
+const PAGES: usize = 4096;
+
+pub struct Case {
+    pub kernel: &'static str,
+    /// A `daxload` subcommand (xtask/lab/workloads/daxload.c).
+    pub scenario: &'static str,
+    pub attach: Attach,
+    /// Beyond these, every case needs exit status 0, a summary line and zero dropped events.
+    pub expect: &'static [Expect],
+}
+
+impl Case {
+    pub fn id(&self) -> String {
+        format!("{}/{}/{}", self.kernel, self.scenario, self.attach.as_str())
+    }
+}
+
+pub enum Expect {
+    /// At least `at_least` events of `kind` on distinct pfns inside the emulated pmem.
+    DistinctPmemPfns { kind: &'static str, at_least: usize },
+    /// At least `at_least` events of `kind`, wherever (pgmap events carry no page).
+    Events { kind: &'static str, at_least: usize },
+}
+
+use Attach::{Fentry, Kprobe};
+use Expect::{DistinctPmemPfns, Events};
+
+/// 5.10–6.12 map fsdax pages by pfn without taking a reference (insert_pfn); nothing is
+/// freed at munmap.
+const MMAP_6: &[Expect] = &[DistinctPmemPfns { kind: "insert", at_least: PAGES }];
+/// 7.x takes a folio reference per PTE (vmf_insert_page_mkwrite) and frees each page at
+/// munmap (free_zone_device_folio: 4096 hits).
+const MMAP_7: &[Expect] = &[
+    DistinctPmemPfns { kind: "insert", at_least: PAGES },
+    DistinctPmemPfns { kind: "free", at_least: PAGES },
+];
+/// 6.1 pins through try_grab_page (4099 hits: 3 outside the file) and unpins through
+/// __put_devmap_managed_page_refs (4096, refs=GUP_PIN_COUNTING_BIAS).
+const GUP_6: &[Expect] = &[
+    DistinctPmemPfns { kind: "insert", at_least: PAGES },
+    DistinctPmemPfns { kind: "get", at_least: PAGES },
+    DistinctPmemPfns { kind: "put", at_least: PAGES },
+];
+/// 7.x pins through try_grab_folio (4099 hits).
+const GUP_7: &[Expect] = &[
+    DistinctPmemPfns { kind: "insert", at_least: PAGES },
+    DistinctPmemPfns { kind: "get", at_least: PAGES },
+    DistinctPmemPfns { kind: "free", at_least: PAGES },
+];
+/// The hole punch unmaps every page before freeing its blocks; the touches after it fault
+/// pages in again (possibly on other pfns, so only the first pass is counted).
+const TRUNCATE_6: &[Expect] = MMAP_6;
+const TRUNCATE_7: &[Expect] = MMAP_7;
+/// Huge faults: 6.1 maps the PMD by pfn (vmf_insert_pfn_pmd, inlined), so there may be no
+/// probe-able event at all, and whether a PMD is used depends on block placement.
+const PMD_6: &[Expect] = &[];
+/// 7.x takes a folio reference per PMD (vmf_insert_folio_pmd): 8 for 16 MiB when aligned.
+const PMD_7: &[Expect] = &[Events { kind: "insert", at_least: 1 }];
+/// Reconfiguring to device-dax maps a new pgmap (memremap_pages); 4 KiB alignment gives one
+/// PTE fault per page.
+const DEVDAX: &[Expect] = &[
+    Events { kind: "pgmap_add", at_least: 1 },
+    DistinctPmemPfns { kind: "insert", at_least: PAGES },
+];
+/// Disabling the namespace unmaps its pgmap (memunmap_pages).
+const TEARDOWN: &[Expect] = &[Events { kind: "pgmap_remove", at_least: 1 }];
+
+const fn case(kernel: &'static str, scenario: &'static str, attach: Attach, expect: &'static [Expect]) -> Case {
+    Case { kernel, scenario, attach, expect }
+}
+
+pub const CASES: &[Case] = &[
+    case("6.1", "fsdax-mmap", Kprobe, MMAP_6),
+    case("6.1", "fsdax-gup", Kprobe, GUP_6),
+    case("6.1", "fsdax-truncate", Kprobe, TRUNCATE_6),
+    case("6.1", "fsdax-pmd", Kprobe, PMD_6),
+    case("6.1", "devdax", Kprobe, DEVDAX),
+    case("6.1", "teardown", Kprobe, TEARDOWN),
+    case("6.1", "fsdax-mmap", Fentry, MMAP_6),
+    case("7.2", "fsdax-mmap", Kprobe, MMAP_7),
+    case("7.2", "fsdax-gup", Kprobe, GUP_7),
+    case("7.2", "fsdax-truncate", Kprobe, TRUNCATE_7),
+    case("7.2", "fsdax-pmd", Kprobe, PMD_7),
+    case("7.2", "devdax", Kprobe, DEVDAX),
+    case("7.2", "teardown", Kprobe, TEARDOWN),
+    case("7.2", "fsdax-mmap", Fentry, MMAP_7),
+    case("7.3", "fsdax-mmap", Kprobe, MMAP_7),
+    case("7.3", "fsdax-gup", Kprobe, GUP_7),
+    case("7.3", "fsdax-truncate", Kprobe, TRUNCATE_7),
+    case("7.3", "fsdax-pmd", Kprobe, PMD_7),
+    case("7.3", "devdax", Kprobe, DEVDAX),
+    case("7.3", "teardown", Kprobe, TEARDOWN),
+    case("7.3", "fsdax-mmap", Fentry, MMAP_7),
+    case("5.10", "fsdax-mmap", Kprobe, MMAP_6),
+    case("6.12", "fsdax-mmap", Kprobe, MMAP_6),
+];
+
+/// The guest side of a case. A later `refwatch check --json` (zero findings) slots in here
+/// as a second command writing /out/check.json, asserted in `assess`.
+fn job(case: &Case) -> GuestJob {
+    let script = format!(
+        "refwatch stream --json --attach {} -- daxload {} > /out/events.jsonl 2> /out/stream.err",
+        case.attach.as_str(),
+        case.scenario
+    );
+    GuestJob {
+        argv: vec!["sh".into(), "-c".into(), script],
+        timeout: Some(std::time::Duration::from_secs(240)),
+        ..GuestJob::default()
+    }
+}
+
+/// One line of `refwatch stream --json`; fields the assertions do not use are ignored.
+#[derive(Deserialize)]
+struct Event {
+    kind: String,
+    pfn: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct SummaryLine {
+    summary: Summary,
+}
+
+#[derive(Deserialize)]
+struct Summary {
+    events: u64,
+    dropped: u64,
+}
+
+/// Runs one case; Err carries every reason it failed.
+pub fn run(case: &Case, kernel: &Kernel, assets: &Assets) -> Result<(), Vec<String>> {
+    let label = format!("matrix-{}", case.id().replace('/', "-"));
+    let result = run_in_vm(kernel, assets, &job(case), &label).map_err(|e| vec![format!("{e:#}")])?;
+    let failures = assess(case, &result);
+    if failures.is_empty() { Ok(()) } else { Err(failures) }
+}
+
+fn assess(case: &Case, result: &VmResult) -> Vec<String> {
+    let mut failures = Vec::new();
+    let out = &result.out_dir;
+    let stream_err = std::fs::read_to_string(out.join("stream.err")).unwrap_or_default();
+    if result.exit_code != 0 {
+        failures.push(format!(
+            "exit status {} (stream.err: {}; console: {})",
+            result.exit_code,
+            last_lines(&stream_err, 5),
+            result.console_log.display()
+        ));
+    }
+    match summary(&stream_err) {
+        Some(s) if s.dropped > 0 => failures.push(format!("{} of {} events dropped", s.dropped, s.events)),
+        Some(_) => {}
+        None => failures.push("no {\"summary\":…} line on stderr".into()),
+    }
+    match load_events(&out.join("events.jsonl")) {
+        Ok(events) => failures.extend(case.expect.iter().filter_map(|e| check(e, &events))),
+        Err(e) => failures.push(format!("{e:#}")),
+    }
+    failures
+}
+
+fn check(expect: &Expect, events: &[Event]) -> Option<String> {
+    let (kind, at_least, seen, what) = match *expect {
+        DistinctPmemPfns { kind, at_least } => {
+            let pfns: HashSet<u64> = events
+                .iter()
+                .filter(|e| e.kind == kind)
+                .filter_map(|e| e.pfn)
+                .filter(|pfn| PMEM_PFNS.contains(pfn))
+                .collect();
+            (kind, at_least, pfns.len(), "distinct pmem pfns")
+        }
+        Events { kind, at_least } => (kind, at_least, events.iter().filter(|e| e.kind == kind).count(), "events"),
+    };
+    (seen < at_least).then(|| {
+        format!("{kind}: {seen} {what}, expected ≥ {at_least} (all kinds: {:?})", kinds(events))
+    })
+}
+
+fn kinds(events: &[Event]) -> BTreeMap<&str, usize> {
+    let mut counts = BTreeMap::new();
+    for e in events {
+        *counts.entry(e.kind.as_str()).or_default() += 1;
+    }
+    counts
+}
+
+fn summary(stderr: &str) -> Option<Summary> {
+    stderr.lines().rev().find_map(|line| serde_json::from_str::<SummaryLine>(line).ok()).map(|l| l.summary)
+}
+
+fn load_events(path: &Path) -> Result<Vec<Event>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(n, line)| serde_json::from_str(line).with_context(|| format!("events.jsonl line {}: {line}", n + 1)))
+        .collect()
+}
+
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
+/// Runs the cases (two VMs at a time: one TCG thread each on a 2-core machine) and returns
+/// (passed, failed). Kernels are fetched up front; a kernel that cannot be had fails its cases.
+pub fn run_all(cases: &[&Case], assets: &Assets, apt: &Apt) -> (usize, usize) {
+    let mut kernels: BTreeMap<&str, Result<Kernel, String>> = BTreeMap::new();
+    for case in cases {
+        kernels.entry(case.kernel).or_insert_with(|| {
+            super::kernel::spec(case.kernel)
+                .and_then(|spec| Kernel::fetch(spec, apt))
+                .map_err(|e| format!("{e:#}"))
+        });
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let tally = std::sync::Mutex::new((0, 0));
+    std::thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| {
+                while let Some(case) = cases.get(next.fetch_add(1, std::sync::atomic::Ordering::SeqCst)) {
+                    let started = Instant::now();
+                    let outcome = match &kernels[case.kernel] {
+                        Ok(kernel) => run(case, kernel, assets),
+                        Err(e) => Err(vec![e.clone()]),
+                    };
+                    let secs = started.elapsed().as_secs_f64();
+                    let mut tally = tally.lock().expect("no panics while held");
+                    match outcome {
+                        Ok(()) => {
+                            tally.0 += 1;
+                            println!("PASS {} ({secs:.1}s)", case.id());
+                        }
+                        Err(reasons) => {
+                            tally.1 += 1;
+                            println!("FAIL {} ({secs:.1}s)", case.id());
+                            for reason in reasons {
+                                println!("    {reason}");
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    tally.into_inner().expect("no panics while held")
+}

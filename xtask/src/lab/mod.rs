@@ -17,7 +17,7 @@ use anyhow::{Context, Result};
 
 pub use apt::Apt;
 pub use guest::{Assets, GuestJob};
-pub use kernel::{KERNELS, Kernel, KernelSpec};
+pub use kernel::Kernel;
 pub use vm::{PMEM_PFNS, VmResult, run_in_vm};
 
 use crate::cmd;
