@@ -56,10 +56,13 @@ static unsigned long inj_size = SZ_2M;
 module_param_named(size, inj_size, ulong, 0444);
 MODULE_PARM_DESC(size, "bytes to turn into ZONE_DEVICE pages (2 MiB multiple)");
 
-/* exported read-only so a tracefs kprobe can fetch @page0+0x34 */
+/*
+ * Exported read-only so a tracefs kprobe can fetch @page0+0x34.  With
+ * SPARSEMEM_VMEMMAP pfn_to_page() is arithmetic, so it is known at load.
+ */
 static unsigned long page0_addr;
 module_param(page0_addr, ulong, 0444);
-MODULE_PARM_DESC(page0_addr, "struct page * of the first device page (0 when no pgmap)");
+MODULE_PARM_DESC(page0_addr, "struct page * of the first device page");
 
 static const char * const inj_names[] = {
 	[INJ_HEALTHY] = "healthy",
@@ -140,7 +143,6 @@ static noinline int inj_pgmap_create(int scenario, int type)
 	inj.scenario = scenario;
 	inj.type = type;
 	inj.pin_stat_fix = 0;
-	page0_addr = (unsigned long)inj_page(0);
 	WRITE_ONCE(inj.live, true);
 	pr_info("%s: pgmap %s pfn %#lx-%#lx page0 %px refcount %d\n",
 		inj_names[scenario], type == INJ_TYPE_FS_DAX ? "FS_DAX" : "GENERIC",
@@ -178,7 +180,6 @@ static noinline void inj_pgmap_destroy(void)
 		return;
 	WRITE_ONCE(inj.live, false);
 	memunmap_pages(&inj.pgmap);
-	page0_addr = 0;
 	pr_info("%s: pgmap removed\n", inj_names[inj.scenario]);
 }
 
@@ -326,7 +327,6 @@ static noinline int inj_teardown_busy(struct inj_fire *f)
 	inj_log("memunmap_pages with the page mapped and pinned", page);
 	WRITE_ONCE(inj.live, false);
 	memunmap_pages(&inj.pgmap);
-	page0_addr = 0;
 	f->refcount = 0;	/* memmap is gone: do not read it */
 	pr_info("teardown-busy: pgmap removed; leaked pin on pfn %#lx\n", pfn);
 	return 0;
@@ -543,7 +543,9 @@ static int __init inj_init(void)
 		pr_err("base/size must be 2 MiB aligned\n");
 		return -EINVAL;
 	}
-	pr_warn("TEST-ONLY module: breaks ZONE_DEVICE refcounts on request\n");
+	page0_addr = (unsigned long)pfn_to_page(PHYS_PFN(inj_base));
+	pr_warn("TEST-ONLY module: breaks ZONE_DEVICE refcounts on request (page0 %px)\n",
+		(void *)page0_addr);
 	return misc_register(&inj_misc);
 }
 
