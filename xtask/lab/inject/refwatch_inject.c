@@ -57,6 +57,17 @@ module_param_named(size, inj_size, ulong, 0444);
 MODULE_PARM_DESC(size, "bytes to turn into ZONE_DEVICE pages (2 MiB multiple)");
 
 /*
+ * Like device-dax's dax_set_mapping() and fsdax's dax_associate_entry(),
+ * give each page a ->mapping/->index at fault time.  It matters on 6.12:
+ * GUP-fast (gup_fast_folio_allowed, CONFIG_SECRETMEM=y) refuses order-0
+ * folios with mapping == NULL, undoes its grab with gup_put_folio and
+ * falls back to the slow path; real DAX pages do not take that detour.
+ */
+static bool dax_mapping = true;
+module_param(dax_mapping, bool, 0644);
+MODULE_PARM_DESC(dax_mapping, "set page->mapping/index at fault like device-dax (default Y)");
+
+/*
  * Exported read-only so a tracefs kprobe can fetch @page0+0x34.  With
  * SPARSEMEM_VMEMMAP pfn_to_page() is arithmetic, so it is known at load.
  */
@@ -166,6 +177,9 @@ static void inj_restore(void)
 			/* inline atomic: invisible to refwatch, on purpose */
 			set_page_count(page, 1);
 		}
+		/* the next memremap_pages re-inits the memmap anyway */
+		page->mapping = NULL;
+		page->index = 0;
 	}
 	if (inj.pin_stat_fix) {
 		mod_node_page_state(page_pgdat(inj_page(0)),
@@ -347,6 +361,12 @@ static vm_fault_t inj_vm_fault(struct vm_fault *vmf)
 	if (!READ_ONCE(inj.live) || vmf->pgoff >= inj.nr_pages)
 		return VM_FAULT_SIGBUS;
 	pfn = inj.base_pfn + vmf->pgoff;
+	if (dax_mapping && !pfn_to_page(pfn)->mapping) {
+		struct page *page = pfn_to_page(pfn);
+
+		page->mapping = vmf->vma->vm_file->f_mapping;
+		page->index = vmf->pgoff;
+	}
 	/* device-dax/fsdax style: devmap PTE, no ref taken (<= 6.12) */
 	ret = vmf_insert_mixed(vmf->vma, vmf->address,
 			       __pfn_to_pfn_t(pfn, PFN_DEV | PFN_MAP));
