@@ -1,6 +1,7 @@
 //! refwatch's reusable core: kernel facts, probe plan, loader and event decoding. The CLI in
 //! main.rs is a thin layer over it.
 
+pub mod aggregate;
 pub mod btf;
 pub mod capture;
 pub mod event;

@@ -1,0 +1,368 @@
+//! The aggregator: a pure state machine from events to per-page/per-pgmap state and findings.
+//! No I/O and no clock, so a live capture and a recorded trace give the same answer.
+
+mod rules;
+mod state;
+#[cfg(test)]
+pub(crate) mod synth;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+
+use refwatch_common::{CATALOG, Event, EventKind, Probe, catalog::CATALOG_LEN, event::PGMAP_TYPE_UNKNOWN};
+use serde::Serialize;
+
+pub use rules::{Coverage, PgType, Rule, idle, idle_visible};
+pub use state::{Counters, PgmapState, Transition};
+use rules::{Level, PageView};
+use state::PageState;
+
+use crate::{event::EventExt, plan::{Model, Plan}};
+
+/// Findings kept with their details; beyond this only the per-rule counts grow.
+pub const KEPT_FINDINGS: usize = 1000;
+
+/// What the aggregator needs to know about the kernel, taken from the [`Plan`].
+#[derive(Clone, Debug)]
+pub struct Context {
+    pub model: Model,
+    attached: [bool; CATALOG_LEN],
+    pgmap_types: BTreeMap<u8, String>,
+}
+
+impl Context {
+    pub fn new(model: Model, attached: impl IntoIterator<Item = u8>, pgmap_types: BTreeMap<u8, String>) -> Self {
+        let mut mask = [false; CATALOG_LEN];
+        for id in attached {
+            if let Some(slot) = mask.get_mut(id as usize) {
+                *slot = true;
+            }
+        }
+        Self { model, attached: mask, pgmap_types }
+    }
+
+    pub fn from_plan(plan: &Plan) -> Self {
+        Self::new(plan.model, plan.attached().map(|p| p.id), plan.pgmap_types.clone())
+    }
+
+    fn attached_probes(&self) -> impl Iterator<Item = &'static Probe> {
+        CATALOG.iter().zip(self.attached).filter(|(_, on)| *on).map(|(p, _)| p)
+    }
+
+    pub fn sees(&self, kind: EventKind) -> bool {
+        self.attached_probes().any(|p| p.kind == kind)
+    }
+
+    fn unmap_seen(&self, level: Level) -> bool {
+        self.attached_probes().any(|p| p.kind == EventKind::Unmap && rules::level(p) == level)
+    }
+
+    pub fn type_name(&self, raw: u8) -> &str {
+        if raw == PGMAP_TYPE_UNKNOWN {
+            return "unknown";
+        }
+        self.pgmap_types.get(&raw).map_or("unknown", String::as_str)
+    }
+
+    fn pg_type(&self, raw: u8) -> PgType {
+        PgType::from_name(self.type_name(raw))
+    }
+
+    pub fn coverage(&self, rule: Rule) -> Coverage {
+        rules::coverage(rule, self)
+    }
+}
+
+/// The pgmap a finding's page belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PgmapRef {
+    #[serde(serialize_with = "hex")]
+    pub address: u64,
+    #[serde(rename = "type")]
+    pub type_name: String,
+    pub start: Option<u64>,
+    pub end: Option<u64>,
+}
+
+fn hex<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{v:#x}"))
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub rule: Rule,
+    pub detail: String,
+    pub pfn: u64,
+    #[serde(serialize_with = "hex")]
+    pub page: u64,
+    pub pgmap: PgmapRef,
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: String,
+    pub ts_ns: u64,
+    /// Kernel stack id; the caller symbolizes it (the aggregator has no kernel to ask).
+    #[serde(skip)]
+    pub stack_id: i32,
+    /// The page's transitions up to and including the one that broke the rule, oldest first.
+    pub recent: Vec<Transition>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Aggregator {
+    ctx: Option<Context>,
+    pages: HashMap<u64, PageState>,
+    /// Live pgmaps by address.
+    pgmaps: BTreeMap<u64, PgmapState>,
+    /// Pgmaps whose teardown started, oldest first, bounded.
+    retired: Vec<PgmapState>,
+    events: u64,
+    by_rule: BTreeMap<Rule, u64>,
+    findings: Vec<Finding>,
+}
+
+/// Retired pgmaps kept for the summary.
+const RETIRED: usize = 64;
+
+impl Aggregator {
+    pub fn new(ctx: Context) -> Self {
+        Self { ctx: Some(ctx), ..Self::default() }
+    }
+
+    pub fn context(&self) -> &Context {
+        self.ctx.as_ref().expect("built with new()")
+    }
+
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// Findings so far (the first [`KEPT_FINDINGS`] of them).
+    pub fn findings(&self) -> &[Finding] {
+        &self.findings
+    }
+
+    pub fn count(&self, rule: Rule) -> u64 {
+        self.by_rule.get(&rule).copied().unwrap_or(0)
+    }
+
+    pub fn total_findings(&self) -> u64 {
+        self.by_rule.values().sum()
+    }
+
+    /// Live pgmaps, then retired ones.
+    pub fn pgmaps(&self) -> impl Iterator<Item = &PgmapState> {
+        self.pgmaps.values().chain(&self.retired)
+    }
+
+    /// Pages tracked right now (bounded by live device pages).
+    pub fn live_pages(&self) -> usize {
+        self.pages.len()
+    }
+
+    /// References above idle and mapped pages of a pgmap, from the pages tracked now.
+    /// References count only for types whose return to idle is visible.
+    pub fn load(&self, pgmap: u64) -> (i64, u64) {
+        let model = self.context().model;
+        self.pages.values().filter(|p| p.pgmap == pgmap).fold((0, 0), |(refs, mapped), p| {
+            let above = match idle(model, p.ty) {
+                Some(i) if idle_visible(model, p.ty) => (p.refcount - i).max(0),
+                _ => 0,
+            };
+            (refs + above, mapped + u64::from(p.mapped > 0))
+        })
+    }
+
+    /// Feeds one event; returns how many findings it raised.
+    pub fn observe(&mut self, ev: &Event) -> usize {
+        self.events += 1;
+        let Some(kind) = ev.event_kind() else { return 0 };
+        let Some(probe) = CATALOG.get(ev.probe as usize) else { return 0 };
+        match kind {
+            EventKind::PgmapAdd => {
+                self.pgmap_add(ev);
+                0
+            }
+            EventKind::PgmapRemove => self.pgmap_remove(ev),
+            _ => self.page_event(ev, kind, probe),
+        }
+    }
+
+    fn pgmap_add(&mut self, ev: &Event) {
+        let ty = self.context().pg_type(ev.pgmap_type);
+        let pg = self.pgmaps.entry(ev.pgmap).or_insert_with(|| PgmapState {
+            address: ev.pgmap,
+            raw_type: ev.pgmap_type,
+            ty,
+            ranges: Vec::new(),
+            discovered: ev.flags & refwatch_common::event::flags::DISCOVERED != 0,
+            teardown: false,
+            counters: Counters::default(),
+        });
+        let range = (ev.extra, ev.extra2);
+        if range.0 < range.1 && !pg.ranges.contains(&range) {
+            pg.ranges.push(range);
+        }
+    }
+
+    fn pgmap_remove(&mut self, ev: &Event) -> usize {
+        let model = self.context().model;
+        let busy: Vec<(u64, String)> = self
+            .pages
+            .iter()
+            .filter(|(_, p)| p.pgmap == ev.pgmap)
+            .filter_map(|(&pfn, p)| {
+                let above = match idle(model, p.ty) {
+                    Some(i) if idle_visible(model, p.ty) && p.refcount > i => {
+                        Some(format!("refcount {} above idle {i}", p.refcount))
+                    }
+                    _ => None,
+                };
+                let mapped = (p.mapped > 0).then(|| format!("{} mapping(s) left", p.mapped));
+                let why = [above, mapped].into_iter().flatten().collect::<Vec<_>>().join(", ");
+                (!why.is_empty()).then_some((pfn, why))
+            })
+            .collect();
+        let raised = busy.len();
+        for (pfn, why) in busy {
+            let page = self.pages.get(&pfn).expect("collected above");
+            let finding = self.finding(Rule::TeardownBusy, format!("memunmap_pages with the page busy: {why}"), ev, pfn, page);
+            self.raise(finding);
+        }
+        self.pages.retain(|_, p| p.pgmap != ev.pgmap);
+        if let Some(mut pg) = self.pgmaps.remove(&ev.pgmap) {
+            pg.teardown = true;
+            if self.retired.len() == RETIRED {
+                self.retired.remove(0);
+            }
+            self.retired.push(pg);
+        }
+        raised
+    }
+
+    fn page_event(&mut self, ev: &Event, kind: EventKind, probe: &'static Probe) -> usize {
+        let ctx = self.ctx.as_ref().expect("built with new()");
+        let model = ctx.model;
+        let ty = ctx.pg_type(ev.pgmap_type);
+        let teardown = self.retired.iter().any(|p| p.address == ev.pgmap) && !self.pgmaps.contains_key(&ev.pgmap);
+        let pg = match self.pgmaps.get_mut(&ev.pgmap) {
+            Some(pg) => Some(pg),
+            None if teardown => self.retired.iter_mut().rev().find(|p| p.address == ev.pgmap),
+            None => Some(self.pgmaps.entry(ev.pgmap).or_insert_with(|| PgmapState {
+                address: ev.pgmap,
+                raw_type: ev.pgmap_type,
+                ty,
+                ranges: Vec::new(),
+                discovered: true,
+                teardown: false,
+                counters: Counters::default(),
+            })),
+        };
+        let mut fresh = false;
+        let page = self.pages.entry(ev.pfn).or_insert_with(|| {
+            fresh = true;
+            let mut p = PageState::new(ev.pgmap, ty);
+            p.refcount = i64::from(ev.refcount);
+            p
+        });
+        if let Some(pg) = pg {
+            pg.counters.count(kind);
+            pg.counters.pages_seen += u64::from(fresh);
+        }
+        page.pgmap = ev.pgmap;
+        page.ty = ty;
+        page.remember(Transition::new(ev, kind));
+        let view = PageView { ty, mapped: page.mapped, pgmap_in_teardown: teardown };
+        let verdict = rules::judge(ctx, probe, ev, &view);
+        advance(ctx, probe, kind, ev, page);
+        let key = verdict.as_ref().map(|(rule, _)| (*rule, ev.pid_tgid, ev.refcount));
+        let repeat = key.is_some() && key == page.last_finding;
+        page.last_finding = key;
+        let mut raised = 0;
+        if let Some((rule, detail)) = verdict.filter(|_| !repeat) {
+            let page = &self.pages[&ev.pfn];
+            let finding = self.finding(rule, detail, ev, ev.pfn, page);
+            self.raise(finding);
+            raised = 1;
+        }
+        let page = &self.pages[&ev.pfn];
+        let idle_now = match idle(model, page.ty) {
+            Some(i) if idle_visible(model, page.ty) => page.refcount <= i,
+            _ => true,
+        };
+        if teardown || (idle_now && page.mapped <= 0) {
+            self.pages.remove(&ev.pfn);
+        }
+        raised
+    }
+
+    fn finding(&self, rule: Rule, detail: String, ev: &Event, pfn: u64, page: &PageState) -> Finding {
+        let pg = self.pgmaps().find(|p| p.address == page.pgmap);
+        let range = pg.and_then(|p| p.range_of(pfn));
+        Finding {
+            rule,
+            detail,
+            pfn,
+            page: if ev.pfn == pfn { ev.page } else { 0 },
+            pgmap: PgmapRef {
+                address: page.pgmap,
+                type_name: self.context().type_name(pg.map_or(PGMAP_TYPE_UNKNOWN, |p| p.raw_type)).to_owned(),
+                start: range.map(|r| r.0),
+                end: range.map(|r| r.1),
+            },
+            pid: ev.pid(),
+            tgid: ev.tgid(),
+            comm: ev.comm_str().to_owned(),
+            ts_ns: ev.ts_ns,
+            stack_id: ev.stack_id,
+            recent: page.recent.iter().cloned().collect(),
+        }
+    }
+
+    fn raise(&mut self, finding: Finding) {
+        *self.by_rule.entry(finding.rule).or_default() += 1;
+        if self.findings.len() < KEPT_FINDINGS {
+            self.findings.push(finding);
+        }
+    }
+}
+
+/// Moves a page's refcount and mapping estimate past the probed function.
+fn advance(ctx: &Context, probe: &Probe, kind: EventKind, ev: &Event, page: &mut PageState) {
+    let r = i64::from(ev.refcount);
+    let m = i64::from(ev.mapcount);
+    let refs = ev.extra.max(1) as i64;
+    let zero_based = ctx.model == Model::ZeroBased;
+    let tracked = ctx.unmap_seen(rules::level(probe));
+    match kind {
+        EventKind::Insert => {
+            // 7.x: the mapping takes a reference and a mapcount, unless the insert fails on 0.
+            let ok = !zero_based || r >= 1;
+            page.refcount = if zero_based && ok { r + 1 } else { r };
+            if tracked && ok {
+                page.mapped = if zero_based { m + 1 } else { page.mapped + 1 };
+            }
+        }
+        EventKind::Get => {
+            let fails = probe.speculative && r <= 0;
+            page.refcount = if fails { r } else { r + refs };
+        }
+        EventKind::Put => page.refcount = r - refs,
+        EventKind::Free => {
+            // 7.x GENERIC is reset to its idle 1; every other free leaves the count as it was.
+            page.refcount = match (zero_based, page.ty) {
+                (true, PgType::Generic) => 1,
+                _ => r,
+            };
+            if zero_based {
+                // A freed folio starts over; a nonzero mapcount here is reported, not carried.
+                page.mapped = 0;
+            }
+        }
+        EventKind::Unmap => {
+            page.refcount = r;
+            page.mapped = if zero_based { m - refs } else { (page.mapped - refs).max(0) };
+        }
+        EventKind::PgmapAdd | EventKind::PgmapRemove => {}
+    }
+}

@@ -1,0 +1,275 @@
+//! Synthetic event streams for tests: a tiny model of how a healthy kernel of each era moves
+//! ZONE_DEVICE refcounts, emitting what refwatch's probes would see (refcount at entry).
+//! Synthetic: nothing here was recorded on a real kernel.
+
+use std::collections::BTreeMap;
+
+use refwatch_common::{CATALOG, Event, EventKind};
+
+use super::Context;
+use crate::plan::Model;
+
+pub const PGMAP: u64 = 0xffff_8881_0000_2000;
+pub const BASE_PFN: u64 = 0x24_0000;
+const VMEMMAP: u64 = 0xffff_ea00_0000_0000;
+
+/// Catalog id of `function` for the kernel named in its `checked` list.
+pub fn probe_id(function: &str, kernel: &str) -> u8 {
+    CATALOG
+        .iter()
+        .position(|p| p.function == function && p.checked.split(' ').any(|k| k == kernel))
+        .unwrap_or_else(|| panic!("{function} for {kernel} is not in the catalog")) as u8
+}
+
+/// The probes a kernel of each era attaches, as in the notes' catalog.
+pub struct Probes {
+    pub model: Model,
+    pub insert: u8,
+    pub unmap: u8,
+    pub get: u8,
+    pub spec_get: u8,
+    /// The devmap put every FS_DAX put goes through (≤6.12).
+    pub devmap_put: Option<u8>,
+    pub gup_put: Option<u8>,
+    pub free: u8,
+    pub add: u8,
+    pub remove: u8,
+    pub fsdax: u8,
+    pub generic: u8,
+}
+
+impl Probes {
+    pub fn for_model(model: Model) -> Self {
+        let k = match model {
+            Model::AllOneBased => "5.10",
+            Model::FsdaxOneBased => "6.12",
+            Model::ZeroBased => "7.2",
+        };
+        let (insert, unmap, get, spec, devmap_put, gup_put, free) = match model {
+            Model::AllOneBased => ("__vm_insert_mixed", "vm_normal_page", "try_grab_page",
+                "try_grab_compound_head", Some("put_devmap_managed_page"), None, "free_devmap_managed_page"),
+            Model::FsdaxOneBased => ("__vm_insert_mixed", "vm_normal_page", "try_grab_folio",
+                "try_grab_folio_fast", Some("__put_devmap_managed_folio_refs"), Some("gup_put_folio"),
+                "free_zone_device_folio"),
+            Model::ZeroBased => ("vmf_insert_page_mkwrite", "folio_remove_rmap_ptes", "try_grab_folio",
+                "try_grab_folio_fast", None, Some("gup_put_folio"), "free_zone_device_folio"),
+        };
+        // enum memory_type: FS_DAX=2 GENERIC=3 on 5.10, FS_DAX=3 GENERIC=4 from 6.1.
+        let (fsdax, generic) = if model == Model::AllOneBased { (2, 3) } else { (3, 4) };
+        Self {
+            model,
+            insert: probe_id(insert, k),
+            unmap: probe_id(unmap, k),
+            get: probe_id(get, k),
+            spec_get: probe_id(spec, k),
+            devmap_put: devmap_put.map(|f| probe_id(f, k)),
+            gup_put: gup_put.map(|f| probe_id(f, k)),
+            free: probe_id(free, k),
+            add: probe_id("memremap_pages", k),
+            remove: probe_id("memunmap_pages", k),
+            fsdax,
+            generic,
+        }
+    }
+
+    pub fn context(&self) -> Context {
+        let ids = [self.insert, self.unmap, self.get, self.spec_get, self.free, self.add, self.remove]
+            .into_iter()
+            .chain(self.devmap_put)
+            .chain(self.gup_put);
+        let types = if self.model == Model::AllOneBased {
+            BTreeMap::from([(1, "private".into()), (2, "fsdax".into()), (3, "generic".into()), (4, "p2pdma".into())])
+        } else {
+            BTreeMap::from([(1, "private".into()), (2, "coherent".into()), (3, "fsdax".into()),
+                (4, "generic".into()), (5, "p2pdma".into())])
+        };
+        Context::new(self.model, ids, types)
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Op {
+    Map(usize),
+    Unmap(usize),
+    Grab(usize, bool),
+    Release(usize),
+}
+
+#[derive(Clone, Copy, Default)]
+struct Page {
+    refs: i32,
+    maps: i32,
+    pins: i32,
+}
+
+/// A healthy kernel's events for `ops` on `pages` pages of one pgmap, from memremap_pages to
+/// memunmap_pages (with every mapping and pin released before the teardown).
+pub struct Sim<'a> {
+    pub p: &'a Probes,
+    generic: bool,
+    pages: Vec<Page>,
+    pub out: Vec<Event>,
+    ts: u64,
+}
+
+impl<'a> Sim<'a> {
+    pub fn new(p: &'a Probes, generic: bool, pages: usize) -> Self {
+        let idle = if generic || p.model != Model::ZeroBased { 1 } else { 0 };
+        let mut sim = Self { p, generic, pages: vec![Page { refs: idle, ..Page::default() }; pages], out: Vec::new(), ts: 1_000_000 };
+        let mut add = sim.event(p.add, 0, EventKind::PgmapAdd);
+        add.pfn = 0;
+        add.page = 0;
+        add.extra = BASE_PFN;
+        add.extra2 = BASE_PFN + pages as u64;
+        sim.out.push(add);
+        sim
+    }
+
+    fn ty(&self) -> u8 {
+        if self.generic { self.p.generic } else { self.p.fsdax }
+    }
+
+    pub fn event(&mut self, probe: u8, page: usize, kind: EventKind) -> Event {
+        self.ts += 1_500 + (self.out.len() as u64 * 7919) % 40_000;
+        let pfn = BASE_PFN + page as u64;
+        let st = self.pages.get(page).copied().unwrap_or_default();
+        let mut comm = [0u8; 16];
+        comm[..3].copy_from_slice(b"fio");
+        Event {
+            ts_ns: self.ts,
+            pid_tgid: (4242u64 << 32) | (4242 + (page as u64 % 2)),
+            pfn,
+            page: VMEMMAP + pfn * 64,
+            pgmap: PGMAP,
+            extra: 1,
+            extra2: 0,
+            refcount: st.refs,
+            mapcount: if self.p.model == Model::ZeroBased { st.maps } else { 0 },
+            stack_id: (probe as i32 % 5) + page as i32 % 3,
+            cpu: (page % 2) as u16,
+            probe,
+            kind: kind as u8,
+            pgmap_type: self.ty(),
+            flags: 0,
+            _pad: [0; 6],
+            comm,
+        }
+    }
+
+    fn emit(&mut self, probe: u8, page: usize, kind: EventKind) {
+        let ev = self.event(probe, page, kind);
+        self.out.push(ev);
+    }
+
+    /// Drops one reference the way the era's put_page does; the final one frees (7.x).
+    fn put_ref(&mut self, i: usize) {
+        self.pages[i].refs -= 1;
+        if self.p.model == Model::ZeroBased && self.pages[i].refs == 0 {
+            self.emit(self.p.free, i, EventKind::Free);
+        }
+    }
+
+    pub fn apply(&mut self, op: Op) {
+        let zero_based = self.p.model == Model::ZeroBased;
+        match op {
+            Op::Map(i) => {
+                let i = i % self.pages.len();
+                // 7.x fsdax: dax_fault_iter's temporary folio_ref_inc (invisible).
+                let temp = zero_based && !self.generic;
+                self.pages[i].refs += i32::from(temp);
+                self.emit(self.p.insert, i, EventKind::Insert);
+                if zero_based {
+                    self.pages[i].refs += 1;
+                }
+                self.pages[i].maps += 1;
+                self.pages[i].refs -= i32::from(temp);
+            }
+            Op::Unmap(i) => {
+                let i = i % self.pages.len();
+                if self.pages[i].maps == 0 {
+                    return;
+                }
+                self.emit(self.p.unmap, i, EventKind::Unmap);
+                self.pages[i].maps -= 1;
+                if zero_based {
+                    self.put_ref(i);
+                }
+            }
+            Op::Grab(i, spec) => {
+                let i = i % self.pages.len();
+                if self.pages[i].maps == 0 {
+                    return;
+                }
+                self.emit(if spec { self.p.spec_get } else { self.p.get }, i, EventKind::Get);
+                self.pages[i].refs += 1;
+                self.pages[i].pins += 1;
+            }
+            Op::Release(i) => {
+                let i = i % self.pages.len();
+                if self.pages[i].pins == 0 {
+                    return;
+                }
+                self.pages[i].pins -= 1;
+                if let Some(gup) = self.p.gup_put {
+                    self.emit(gup, i, EventKind::Put);
+                }
+                match (self.p.model, self.generic) {
+                    (Model::ZeroBased, _) => self.put_ref(i),
+                    // GENERIC puts outside unpin are inline.
+                    (_, true) => self.pages[i].refs -= 1,
+                    (Model::AllOneBased, false) => {
+                        self.emit(self.p.devmap_put.expect("5.10"), i, EventKind::Put);
+                        self.pages[i].refs -= 1;
+                        if self.pages[i].refs == 1 {
+                            self.emit(self.p.free, i, EventKind::Free);
+                        }
+                    }
+                    (Model::FsdaxOneBased, false) => {
+                        // Nested in gup_put_folio, same refcount at entry.
+                        self.emit(self.p.devmap_put.expect("6.12"), i, EventKind::Put);
+                        self.pages[i].refs -= 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Releases everything, then memunmap_pages (and 5.10's own 1 -> 0 puts).
+    pub fn teardown(&mut self) {
+        for i in 0..self.pages.len() {
+            while self.pages[i].maps > 0 {
+                self.apply(Op::Unmap(i));
+            }
+            while self.pages[i].pins > 0 {
+                self.apply(Op::Release(i));
+            }
+        }
+        self.remove();
+    }
+
+    pub fn remove(&mut self) {
+        let mut rm = self.event(self.p.remove, 0, EventKind::PgmapRemove);
+        rm.pfn = 0;
+        rm.page = 0;
+        self.out.push(rm);
+        if self.p.model == Model::AllOneBased && !self.generic {
+            for i in 0..self.pages.len() {
+                self.emit(self.p.devmap_put.expect("5.10"), i, EventKind::Put);
+                self.pages[i].refs = 0;
+            }
+        }
+    }
+}
+
+/// A healthy stream: every kind of transition at least once, then `ops`, then the teardown.
+pub fn healthy(p: &Probes, generic: bool, pages: usize, ops: &[Op]) -> Vec<Event> {
+    let mut sim = Sim::new(p, generic, pages);
+    for op in [Op::Map(0), Op::Grab(0, false), Op::Grab(0, true), Op::Release(0), Op::Release(0), Op::Unmap(0)]
+        .iter()
+        .chain(ops)
+    {
+        sim.apply(*op);
+    }
+    sim.teardown();
+    sim.out
+}

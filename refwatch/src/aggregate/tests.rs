@@ -1,0 +1,171 @@
+//! Property tests over synthetic healthy streams per era: silence without a breach, and every
+//! injected breach found exactly once.
+
+use proptest::{prelude::*, sample::Index};
+use refwatch_common::{CATALOG, Event, EventKind};
+
+use super::{
+    Aggregator, Coverage, Rule,
+    synth::{Op, Probes, healthy},
+};
+use crate::plan::Model;
+
+fn model() -> impl Strategy<Value = Model> {
+    prop_oneof![Just(Model::AllOneBased), Just(Model::FsdaxOneBased), Just(Model::ZeroBased)]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0..4usize).prop_map(Op::Map),
+        (0..4usize).prop_map(Op::Unmap),
+        (0..4usize, any::<bool>()).prop_map(|(i, s)| Op::Grab(i, s)),
+        (0..4usize).prop_map(Op::Release),
+    ]
+}
+
+fn run(p: &Probes, events: &[Event]) -> Aggregator {
+    let mut agg = Aggregator::new(p.context());
+    for ev in events {
+        agg.observe(ev);
+    }
+    agg
+}
+
+fn kind(ev: &Event) -> EventKind {
+    EventKind::from_u8(ev.kind).unwrap()
+}
+
+/// Plants one breach of `rule` in a healthy stream; returns the pfn it concerns, or None when
+/// the stream has no place for it (or the rule is unchecked on this era).
+fn inject(p: &Probes, events: &mut Vec<Event>, rule: Rule, at: &dyn Fn(usize) -> usize, generic: bool) -> Option<u64> {
+    let idle = super::idle(p.model, if generic { super::PgType::Generic } else { super::PgType::FsDax }).unwrap() as i32;
+    let pick = |events: &[Event], f: &dyn Fn(&Event) -> bool| {
+        let c: Vec<usize> = (0..events.len()).filter(|&i| f(&events[i])).collect();
+        (!c.is_empty()).then(|| c[at(c.len())])
+    };
+    match rule {
+        Rule::InsertZeroRef => {
+            let i = pick(events, &|e| kind(e) == EventKind::Insert)?;
+            events[i].refcount = 0;
+            Some(events[i].pfn)
+        }
+        Rule::GetFromZero => {
+            let i = pick(events, &|e| kind(e) == EventKind::Get && !CATALOG[e.probe as usize].speculative)?;
+            events[i].refcount = 0;
+            Some(events[i].pfn)
+        }
+        Rule::PutUnderflow => {
+            let removed = events.iter().position(|e| kind(e) == EventKind::PgmapRemove).unwrap();
+            let i = pick(&events[..removed], &|e| kind(e) == EventKind::Put)?;
+            events[i].refcount = idle;
+            Some(events[i].pfn)
+        }
+        Rule::FreeWhileMapped => match p.model {
+            Model::AllOneBased => None,
+            Model::ZeroBased => {
+                let i = pick(events, &|e| kind(e) == EventKind::Free)?;
+                events[i].mapcount = 1;
+                Some(events[i].pfn)
+            }
+            Model::FsdaxOneBased => {
+                let i = pick(events, &|e| kind(e) == EventKind::Insert)?;
+                let mut free = events[i];
+                free.probe = p.free;
+                free.kind = EventKind::Free as u8;
+                free.refcount = 0;
+                free.ts_ns += 1;
+                events.insert(i + 1, free);
+                Some(free.pfn)
+            }
+        },
+        Rule::TeardownBusy => {
+            let removed = events.iter().position(|e| kind(e) == EventKind::PgmapRemove).unwrap();
+            let mut leak = *events.iter().find(|e| kind(e) == EventKind::Insert)?;
+            leak.refcount = idle.max(1);
+            leak.mapcount = 0;
+            leak.ts_ns = events[removed].ts_ns - 1;
+            events.insert(removed, leak);
+            Some(leak.pfn)
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn healthy_streams_are_silent(model in model(), generic in any::<bool>(), pages in 1..5usize,
+                                  ops in prop::collection::vec(op(), 0..80)) {
+        let p = Probes::for_model(model);
+        let events = healthy(&p, generic, pages, &ops);
+        let agg = run(&p, &events);
+        prop_assert!(agg.findings().is_empty(), "{:#?}", agg.findings());
+        // Everything was released and torn down: no page state is left.
+        prop_assert_eq!(agg.live_pages(), 0);
+    }
+
+    #[test]
+    fn injected_breaches_are_found_once(model in model(), generic in any::<bool>(), pages in 1..5usize,
+                                        ops in prop::collection::vec(op(), 0..80),
+                                        rule in prop::sample::select(Rule::ALL.to_vec()), at in any::<Index>()) {
+        let p = Probes::for_model(model);
+        let mut events = healthy(&p, generic, pages, &ops);
+        let pfn = inject(&p, &mut events, rule, &|n| at.index(n), generic);
+        let agg = run(&p, &events);
+        match pfn {
+            None => prop_assert!(agg.findings().is_empty()),
+            Some(pfn) => {
+                prop_assert_eq!(agg.findings().len(), 1, "{:#?}", agg.findings());
+                let f = &agg.findings()[0];
+                prop_assert_eq!((f.rule, f.pfn), (rule, pfn));
+                prop_assert!(!f.recent.is_empty() || rule == Rule::TeardownBusy);
+            }
+        }
+    }
+}
+
+#[test]
+fn rules_without_their_probes_are_unchecked() {
+    let p = Probes::for_model(Model::FsdaxOneBased);
+    let all = p.context();
+    assert!(Rule::ALL.iter().all(|&r| all.coverage(r) == Coverage::Checked));
+    let no_unmap = super::Context::new(
+        Model::FsdaxOneBased,
+        [p.insert, p.get, p.free, p.remove],
+        Default::default(),
+    );
+    assert!(matches!(no_unmap.coverage(Rule::FreeWhileMapped), Coverage::Unchecked(r) if r.contains("unmap")));
+    assert!(matches!(no_unmap.coverage(Rule::PutUnderflow), Coverage::Checked));
+    let old = Probes::for_model(Model::AllOneBased).context();
+    assert!(matches!(old.coverage(Rule::FreeWhileMapped), Coverage::Unchecked(_)));
+}
+
+#[test]
+fn findings_carry_the_page_history() {
+    let p = Probes::for_model(Model::ZeroBased);
+    let mut events = healthy(&p, false, 1, &[]);
+    let free = events.iter().position(|e| kind(e) == EventKind::Free).unwrap();
+    events[free].mapcount = 2;
+    let agg = run(&p, &events);
+    let f = &agg.findings()[0];
+    assert_eq!(f.rule, Rule::FreeWhileMapped);
+    assert_eq!(f.pgmap.type_name, "fsdax");
+    assert_eq!((f.pgmap.start, f.pgmap.end), (Some(super::synth::BASE_PFN), Some(super::synth::BASE_PFN + 1)));
+    assert_eq!(f.recent.last().unwrap().function, "free_zone_device_folio");
+    assert_eq!(f.comm, "fio");
+}
+
+#[test]
+fn every_checked_rule_has_a_breach_to_find() {
+    for model in [Model::AllOneBased, Model::FsdaxOneBased, Model::ZeroBased] {
+        let p = Probes::for_model(model);
+        for rule in Rule::ALL {
+            let mut events = healthy(&p, false, 2, &[Op::Map(1), Op::Grab(1, false), Op::Release(1), Op::Unmap(1)]);
+            let pfn = inject(&p, &mut events, rule, &|_| 0, false);
+            let checked = p.context().coverage(rule) == Coverage::Checked;
+            assert_eq!(pfn.is_some(), checked, "{model:?} {rule:?}");
+            let agg = run(&p, &events);
+            assert_eq!(agg.count(rule), u64::from(checked), "{model:?} {rule:?}: {:#?}", agg.findings());
+        }
+    }
+}
