@@ -10,3 +10,4 @@ pub mod kallsyms;
 pub mod plan;
 pub mod privileges;
 pub mod session;
+pub mod trace;

@@ -273,3 +273,60 @@ pub fn healthy(p: &Probes, generic: bool, pages: usize, ops: &[Op]) -> Vec<Event
     sim.teardown();
     sim.out
 }
+
+impl Probes {
+    /// A plan as a recording on this era would carry it, with the probes above attached.
+    pub fn plan(&self) -> crate::plan::Plan {
+        use crate::plan::{AttachMode, Plan, ProbeEntry, Resolution};
+        let ctx = self.context();
+        let probes = CATALOG
+            .iter()
+            .enumerate()
+            .map(|(id, probe)| {
+                let on = ctx.attached_probes().any(|p| std::ptr::eq(p, probe));
+                ProbeEntry {
+                    id: id as u8,
+                    function: probe.function.into(),
+                    kind: probe.kind.name().into(),
+                    site: probe.site.into(),
+                    resolution: if on { Resolution::Use } else { Resolution::Missing },
+                    modes: vec![AttachMode::Kprobe],
+                    attached: on.then_some(Ok(AttachMode::Kprobe)),
+                }
+            })
+            .collect();
+        let version = match self.model {
+            Model::AllOneBased => (5, 10),
+            Model::FsdaxOneBased => (6, 12),
+            Model::ZeroBased => (7, 2),
+        };
+        Plan {
+            kernel: format!("{}.{}.0-synthetic", version.0, version.1),
+            version,
+            era: refwatch_common::catalog::era(version).name.into(),
+            model: self.model,
+            requested: AttachMode::Kprobe,
+            probes,
+            inlines: Vec::new(),
+            pgmap_types: ctx.pgmap_types.clone(),
+            blockers: Vec::new(),
+        }
+    }
+
+    /// A synthetic trace of `events`, as `refwatch record` would write it.
+    pub fn trace(&self, events: &[Event], dropped: u64) -> Vec<u8> {
+        use crate::trace::{Footer, Header, TraceWriter};
+        let header = Header {
+            kernel: self.plan().kernel,
+            plan: self.plan(),
+            layout: None,
+            command: vec!["synthetic".into()],
+            synthetic: true,
+        };
+        let mut w = TraceWriter::new(Vec::new(), &header).unwrap();
+        for ev in events {
+            w.event(ev, |id| vec![format!("frame_{id}+0x10"), "caller+0x20".into()]).unwrap();
+        }
+        w.finish(Footer { dropped, end: "synthetic".into(), ..Footer::default() }).unwrap()
+    }
+}

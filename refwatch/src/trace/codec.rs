@@ -1,0 +1,195 @@
+//! Varints and the delta coding of events against the previous one.
+
+use std::io::{self, Write};
+
+use refwatch_common::{CATALOG, Event};
+
+pub fn put_uvar(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+pub fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+pub fn unzigzag(v: u64) -> i64 {
+    (v >> 1) as i64 ^ -((v & 1) as i64)
+}
+
+pub fn put_ivar(out: &mut Vec<u8>, v: i64) {
+    put_uvar(out, zigzag(v));
+}
+
+pub fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    put_uvar(out, b.len() as u64);
+    out.extend_from_slice(b);
+}
+
+/// What an event is coded against. Writer and reader keep identical copies.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Context {
+    pub prev: Event,
+    pub task: u64,
+}
+
+const TASK: u8 = 1 << 0;
+const PAGE: u8 = 1 << 1;
+const PGMAP: u8 = 1 << 2;
+const TYPE: u8 = 1 << 3;
+const CPU: u8 = 1 << 4;
+const EXTRA: u8 = 1 << 5;
+const EXTRA2: u8 = 1 << 6;
+const MAP_KIND: u8 = 1 << 7;
+
+fn predicted_page(prev: &Event, pfn: u64) -> u64 {
+    prev.page.wrapping_add(pfn.wrapping_sub(prev.pfn).wrapping_mul(64))
+}
+
+fn catalog_kind(probe: u8) -> u8 {
+    CATALOG.get(probe as usize).map_or(u8::MAX, |p| p.kind as u8)
+}
+
+impl Context {
+    /// Appends the event frame (tag included); `task` is the interned index of its task.
+    pub fn encode(&mut self, ev: &Event, task: u64, out: &mut Vec<u8>) {
+        let p = &self.prev;
+        let page_delta = ev.page.wrapping_sub(predicted_page(p, ev.pfn)) as i64;
+        let mut present = 0;
+        present |= if task != self.task { TASK } else { 0 };
+        present |= if page_delta != 0 { PAGE } else { 0 };
+        present |= if ev.pgmap != p.pgmap { PGMAP } else { 0 };
+        present |= if (ev.pgmap_type, ev.flags) != (p.pgmap_type, p.flags) { TYPE } else { 0 };
+        present |= if ev.cpu != p.cpu { CPU } else { 0 };
+        present |= if ev.extra != 1 { EXTRA } else { 0 };
+        present |= if ev.extra2 != 0 { EXTRA2 } else { 0 };
+        present |= if ev.mapcount != 0 || ev.kind != catalog_kind(ev.probe) { MAP_KIND } else { 0 };
+        out.push(ev.probe);
+        out.push(present);
+        put_ivar(out, ev.ts_ns.wrapping_sub(p.ts_ns) as i64);
+        put_ivar(out, ev.pfn.wrapping_sub(p.pfn) as i64);
+        put_ivar(out, ev.refcount.into());
+        put_ivar(out, ev.stack_id.into());
+        if present & TASK != 0 {
+            put_uvar(out, task);
+        }
+        if present & PAGE != 0 {
+            put_ivar(out, page_delta);
+        }
+        if present & PGMAP != 0 {
+            put_uvar(out, ev.pgmap);
+        }
+        if present & TYPE != 0 {
+            out.extend_from_slice(&[ev.pgmap_type, ev.flags]);
+        }
+        if present & CPU != 0 {
+            put_uvar(out, ev.cpu.into());
+        }
+        if present & EXTRA != 0 {
+            put_uvar(out, ev.extra);
+        }
+        if present & EXTRA2 != 0 {
+            put_uvar(out, ev.extra2);
+        }
+        if present & MAP_KIND != 0 {
+            put_ivar(out, ev.mapcount.into());
+            out.push(ev.kind);
+        }
+        self.prev = *ev;
+        self.task = task;
+    }
+
+    /// Decodes an event frame whose tag (`probe`) was already read. `task` maps a task index
+    /// to (pid_tgid, comm).
+    pub fn decode(
+        &mut self,
+        probe: u8,
+        src: &mut impl Source,
+        task: impl Fn(u64) -> Option<(u64, [u8; 16])>,
+    ) -> Result<Event, Cut> {
+        let p = self.prev;
+        let present = src.byte()?;
+        let mut ev = Event { probe, ..p };
+        ev.ts_ns = p.ts_ns.wrapping_add(src.ivar()? as u64);
+        ev.pfn = p.pfn.wrapping_add(src.ivar()? as u64);
+        ev.refcount = src.ivar()? as i32;
+        ev.stack_id = src.ivar()? as i32;
+        if present & TASK != 0 {
+            self.task = src.uvar()?;
+        }
+        let (pid_tgid, comm) = task(self.task).ok_or_else(|| Cut::Corrupt(format!("unknown task {}", self.task)))?;
+        ev.pid_tgid = pid_tgid;
+        ev.comm = comm;
+        ev.page = predicted_page(&p, ev.pfn);
+        if present & PAGE != 0 {
+            ev.page = ev.page.wrapping_add(src.ivar()? as u64);
+        }
+        if present & PGMAP != 0 {
+            ev.pgmap = src.uvar()?;
+        }
+        if present & TYPE != 0 {
+            ev.pgmap_type = src.byte()?;
+            ev.flags = src.byte()?;
+        }
+        if present & CPU != 0 {
+            ev.cpu = src.uvar()? as u16;
+        }
+        ev.extra = if present & EXTRA != 0 { src.uvar()? } else { 1 };
+        ev.extra2 = if present & EXTRA2 != 0 { src.uvar()? } else { 0 };
+        (ev.mapcount, ev.kind) = if present & MAP_KIND != 0 {
+            (src.ivar()? as i32, src.byte()?)
+        } else {
+            (0, catalog_kind(probe))
+        };
+        self.prev = ev;
+        Ok(ev)
+    }
+}
+
+/// Why a frame could not be read.
+#[derive(Debug)]
+pub enum Cut {
+    /// The file ends inside the frame.
+    Eof,
+    Corrupt(String),
+    Io(io::Error),
+}
+
+/// Bytes for the decoder.
+pub trait Source {
+    fn byte(&mut self) -> Result<u8, Cut>;
+
+    fn uvar(&mut self) -> Result<u64, Cut> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte()?;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(Cut::Corrupt("varint longer than 64 bits".into()))
+    }
+
+    fn ivar(&mut self) -> Result<i64, Cut> {
+        self.uvar().map(unzigzag)
+    }
+
+    fn bytes(&mut self, limit: usize) -> Result<Vec<u8>, Cut> {
+        let n = self.uvar()? as usize;
+        if n > limit {
+            return Err(Cut::Corrupt(format!("length {n} over {limit}")));
+        }
+        (0..n).map(|_| self.byte()).collect()
+    }
+}
+
+/// Writes `buf` and clears it.
+pub fn flush_frame(out: &mut impl Write, buf: &mut Vec<u8>) -> io::Result<()> {
+    out.write_all(buf)?;
+    buf.clear();
+    Ok(())
+}

@@ -1,0 +1,100 @@
+//! The `refwatch record` trace format, version 1.
+//!
+//! A trace is self-describing: `refwatch report` needs nothing from the recording machine.
+//!
+//! ```text
+//! file    = magic "RFWTRACE" | version u16 LE | header_len u32 LE | header (JSON, header_len bytes)
+//!           | frame* | footer-frame?
+//! frame   = tag u8 | payload
+//! ```
+//!
+//! The header ([`Header`]) holds the kernel release, the probe [`Plan`] (with attach results
+//! and the pgmap type names of this kernel), the struct layout, and the command recorded.
+//! Integers in frames are LEB128 varints; signed ones are zigzag-encoded first.
+//!
+//! | tag | frame | payload |
+//! |---|---|---|
+//! | `0x00..=0x7f` | event | see below; the tag is the catalog probe id |
+//! | `0xf0` | task | `pid_tgid`, comm length, comm bytes. Tasks are numbered from 0 in order of appearance |
+//! | `0xf1` | stack | stack id (zigzag), frame count, then per frame: length, UTF-8 bytes (innermost first) |
+//! | `0xff` | footer | JSON length, [`Footer`] JSON. Always the last frame of a finished trace |
+//!
+//! A task and a stack frame come before the first event that uses them. An event is coded
+//! against the previous event (the "context"):
+//!
+//! ```text
+//! event = tag=probe | present u8 | ts delta | pfn delta (zigzag) | refcount (zigzag)
+//!         | stack id (zigzag) | optional fields, in bit order, when their `present` bit is set:
+//!   bit0 task index          (else: same task as the previous event)
+//!   bit1 page - predicted    (zigzag; predicted = previous page + 64 × pfn delta)
+//!   bit2 pgmap               (else: same as previous)
+//!   bit3 pgmap_type, flags   (two bytes; else: same as previous)
+//!   bit4 cpu                 (else: same as previous)
+//!   bit5 extra               (else: 1)
+//!   bit6 extra2              (else: 0)
+//!   bit7 mapcount (zigzag), kind (u8) (else: 0, and the catalog kind of the probe)
+//! ```
+//!
+//! The context starts zeroed (task 0 unset, page 0, cpu 0, pgmap 0, type 0, flags 0). A
+//! trace cut short (crash, kill, full disk) has no footer: the reader returns every whole
+//! frame and reports the cut as a warning. A wrong magic, an unknown version, a bad header or
+//! an unknown tag is an error.
+
+mod codec;
+mod reader;
+mod writer;
+#[cfg(test)]
+mod tests;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{facts::LayoutFacts, plan::Plan};
+
+pub use reader::TraceReader;
+pub use writer::TraceWriter;
+
+pub const MAGIC: &[u8; 8] = b"RFWTRACE";
+pub const VERSION: u16 = 1;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    pub kernel: String,
+    pub plan: Plan,
+    pub layout: Option<LayoutFacts>,
+    /// The command refwatch ran while recording, if any.
+    pub command: Vec<String>,
+    /// True for traces made up by tests rather than recorded.
+    #[serde(default)]
+    pub synthetic: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Footer {
+    pub events: u64,
+    /// Events the kernel side could not queue (ring buffer full).
+    pub dropped: u64,
+    /// Why recording stopped.
+    pub end: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("empty file: not a refwatch trace")]
+    Empty,
+    #[error("not a refwatch trace (bad magic)")]
+    BadMagic,
+    #[error("trace format version {found} is not supported (this refwatch reads version {VERSION})")]
+    Version { found: u16 },
+    #[error("trace header is cut off")]
+    ShortHeader,
+    #[error("bad trace header: {0}")]
+    Header(#[from] serde_json::Error),
+    #[error("corrupt trace at byte {offset}: {what}")]
+    Corrupt { offset: u64, what: String },
+}
+
+const TAG_TASK: u8 = 0xf0;
+const TAG_STACK: u8 = 0xf1;
+const TAG_FOOTER: u8 = 0xff;

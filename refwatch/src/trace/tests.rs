@@ -1,0 +1,117 @@
+//! Round trip, size and damage tests on synthetic traces (made by the aggregator's
+//! synthetic kernel model, not recorded).
+
+use refwatch_common::Event;
+
+use super::{TraceError, TraceReader};
+use crate::{
+    aggregate::synth::{Op, Probes, healthy},
+    plan::Model,
+};
+
+fn fsdax_stream(ops: usize) -> (Probes, Vec<Event>) {
+    let p = Probes::for_model(Model::FsdaxOneBased);
+    // A busy fsdax workload: faults, GUP and unpins over a few dozen pages.
+    let ops: Vec<Op> = (0..ops)
+        .map(|i| match i % 6 {
+            0 => Op::Map(i * 7),
+            1 | 2 => Op::Grab(i * 7 - 7 * (i % 6), i % 4 == 1),
+            3 | 4 => Op::Release(i * 7 - 7 * (i % 6)),
+            _ => Op::Unmap(i * 7 - 35),
+        })
+        .collect();
+    let events = healthy(&p, false, 64, &ops);
+    (p, events)
+}
+
+fn read_all(bytes: &[u8]) -> Result<(Vec<Event>, Option<String>), TraceError> {
+    let mut r = TraceReader::new(bytes)?;
+    let mut out = Vec::new();
+    while let Some(ev) = r.next_event()? {
+        out.push(ev);
+    }
+    Ok((out, r.warning().map(str::to_owned)))
+}
+
+#[test]
+fn round_trip() {
+    let (p, events) = fsdax_stream(3000);
+    let bytes = p.trace(&events, 7);
+    let mut r = TraceReader::new(&bytes[..]).unwrap();
+    assert!(r.header().synthetic);
+    assert_eq!(r.header().plan, p.plan());
+    let mut back = Vec::new();
+    while let Some(ev) = r.next_event().unwrap() {
+        back.push(ev);
+    }
+    assert_eq!(back, events);
+    assert_eq!(r.footer().map(|f| (f.events, f.dropped)), Some((events.len() as u64, 7)));
+    assert_eq!(r.warning(), None);
+    assert_eq!(r.stack(events[1].stack_id)[1], "caller+0x20");
+}
+
+#[test]
+fn round_trip_of_odd_values() {
+    let (p, mut events) = fsdax_stream(10);
+    events[3].refcount = i32::MIN;
+    events[4].mapcount = -7;
+    events[5].page = 0;
+    events[6].ts_ns = 3; // time going backwards
+    events[7].kind = 0x7e;
+    events[8].extra = u64::MAX;
+    events[9].stack_id = -14;
+    events[10].comm = *b"0123456789abcdef";
+    let (back, warning) = read_all(&p.trace(&events, 0)).unwrap();
+    assert_eq!(back, events);
+    assert_eq!(warning, None);
+}
+
+#[test]
+fn fsdax_events_stay_small() {
+    let (p, events) = fsdax_stream(20_000);
+    let bytes = p.trace(&events, 0);
+    let header = TraceReader::new(&bytes[..]).map(|r| serde_json::to_vec(r.header()).unwrap().len()).unwrap();
+    let per_event = (bytes.len() - header) as f64 / events.len() as f64;
+    eprintln!("{} events, {:.2} bytes/event", events.len(), per_event);
+    assert!(per_event <= 12.0, "{per_event:.2} bytes/event");
+}
+
+#[test]
+fn every_truncation_reads_a_prefix() {
+    let (p, events) = fsdax_stream(12);
+    let bytes = p.trace(&events, 0);
+    let header_end = 14 + serde_json::to_vec(TraceReader::new(&bytes[..]).unwrap().header()).unwrap().len();
+    for cut in 0..bytes.len() {
+        match read_all(&bytes[..cut]) {
+            Ok((got, warning)) => {
+                assert!(cut >= header_end, "cut {cut}: header accepted");
+                assert_eq!(&events[..got.len()], &got[..], "cut {cut}");
+                assert!(warning.is_some(), "cut {cut}: no warning");
+            }
+            Err(TraceError::Empty) => assert_eq!(cut, 0),
+            Err(TraceError::ShortHeader) => assert!(cut < header_end),
+            Err(e) => panic!("cut {cut}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn bad_files_are_errors() {
+    let (p, events) = fsdax_stream(2);
+    let good = p.trace(&events, 0);
+    assert!(matches!(TraceReader::new(&b""[..]), Err(TraceError::Empty)));
+    assert!(matches!(TraceReader::new(&b"PK\x03\x04 not a trace"[..]), Err(TraceError::BadMagic)));
+    let mut v2 = good.clone();
+    v2[8] = 2;
+    assert!(matches!(TraceReader::new(&v2[..]), Err(TraceError::Version { found: 2 })));
+    let mut bad_header = good.clone();
+    bad_header[14] = b'!';
+    assert!(matches!(TraceReader::new(&bad_header[..]), Err(TraceError::Header(_))));
+    let mut junk = good.clone();
+    let at = junk.len() - 40;
+    junk[at..].fill(0xee);
+    assert!(matches!(read_all(&junk), Err(TraceError::Corrupt { .. })));
+    let mut trailing = good;
+    trailing.push(0);
+    assert!(matches!(read_all(&trailing), Err(TraceError::Corrupt { .. })));
+}
