@@ -10,4 +10,5 @@ pub mod kallsyms;
 pub mod plan;
 pub mod privileges;
 pub mod session;
+pub mod summary;
 pub mod trace;

@@ -283,7 +283,7 @@ impl Probes {
             .iter()
             .enumerate()
             .map(|(id, probe)| {
-                let on = ctx.attached_probes().any(|p| std::ptr::eq(p, probe));
+                let on = ctx.attached[id];
                 ProbeEntry {
                     id: id as u8,
                     function: probe.function.into(),

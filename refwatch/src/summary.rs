@@ -1,0 +1,299 @@
+//! What live, report and check show: one summary built from the aggregator, rendered as JSON
+//! or as tables, and the check verdict.
+
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use serde::Serialize;
+
+use crate::aggregate::{Aggregator, Coverage, Finding, Rule, Transition};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RuleSummary {
+    pub id: &'static str,
+    pub count: u64,
+    #[serde(flatten)]
+    pub coverage: Coverage,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PgmapSummary {
+    pub address: String,
+    #[serde(rename = "type")]
+    pub type_name: String,
+    pub ranges: Vec<(u64, u64)>,
+    pub discovered: bool,
+    pub teardown: bool,
+    #[serde(flatten)]
+    pub counters: crate::aggregate::Counters,
+    pub live_refs: i64,
+    pub mapped_pages: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FindingOut {
+    #[serde(flatten)]
+    pub finding: Finding,
+    /// Symbolized kernel stack, innermost first.
+    pub stack: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub kernel: String,
+    pub attach: String,
+    pub events: u64,
+    /// None when unknown (a trace cut off before its footer).
+    pub dropped: Option<u64>,
+    pub rules: Vec<RuleSummary>,
+    pub pgmaps: Vec<PgmapSummary>,
+    pub findings_total: u64,
+    pub findings: Vec<FindingOut>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// The attach modes in a plan, e.g. "kprobe" or "fentry+kprobe".
+pub fn attach_mode(plan: &crate::plan::Plan) -> String {
+    let mut modes: Vec<String> = plan
+        .attached()
+        .filter_map(|p| p.attached.as_ref()?.as_ref().ok())
+        .map(|m| format!("{m:?}").to_lowercase())
+        .collect();
+    modes.sort();
+    modes.dedup();
+    modes.join("+")
+}
+
+impl Summary {
+    pub fn build(
+        agg: &Aggregator,
+        plan: &crate::plan::Plan,
+        dropped: Option<u64>,
+        mut stack: impl FnMut(i32) -> Vec<String>,
+    ) -> Self {
+        let ctx = agg.context();
+        Self {
+            kernel: plan.kernel.clone(),
+            attach: attach_mode(plan),
+            events: agg.events(),
+            dropped,
+            rules: Rule::ALL
+                .iter()
+                .map(|&r| RuleSummary { id: r.id(), count: agg.count(r), coverage: ctx.coverage(r) })
+                .collect(),
+            pgmaps: agg
+                .pgmaps()
+                .map(|p| {
+                    let (live_refs, mapped_pages) = if p.teardown { (0, 0) } else { agg.load(p.address) };
+                    PgmapSummary {
+                        address: format!("{:#x}", p.address),
+                        type_name: ctx.type_name(p.raw_type).to_owned(),
+                        ranges: p.ranges.clone(),
+                        discovered: p.discovered,
+                        teardown: p.teardown,
+                        counters: p.counters.clone(),
+                        live_refs,
+                        mapped_pages,
+                    }
+                })
+                .collect(),
+            findings_total: agg.total_findings(),
+            findings: agg
+                .findings()
+                .iter()
+                .map(|f| FindingOut { finding: f.clone(), stack: stack(f.stack_id) })
+                .collect(),
+            warnings: Vec::new(),
+        }
+    }
+
+    /// Findings of the selected rules (all rules when `rules` is empty).
+    fn counted(&self, rules: &[Rule]) -> u64 {
+        self.rules
+            .iter()
+            .filter(|r| rules.is_empty() || rules.iter().any(|s| s.id() == r.id))
+            .map(|r| r.count)
+            .sum()
+    }
+
+    pub fn verdict(&self, max_violations: u64, rules: &[Rule]) -> Verdict {
+        let count = self.counted(rules);
+        if count > max_violations {
+            return Verdict::Fail { count };
+        }
+        let mut reasons: Vec<String> = self
+            .rules
+            .iter()
+            .filter(|r| rules.iter().any(|s| s.id() == r.id))
+            .filter_map(|r| match &r.coverage {
+                Coverage::Unchecked(why) => Some(format!("{} is unchecked: {why}", r.id)),
+                Coverage::Checked => None,
+            })
+            .collect();
+        match self.dropped {
+            Some(0) => {}
+            Some(n) => reasons.push(format!("{n} events were dropped")),
+            None => reasons.push("the drop count is unknown".into()),
+        }
+        if reasons.is_empty() { Verdict::Pass { count } } else { Verdict::Inconclusive { count, reasons } }
+    }
+
+    /// Tables for a terminal: pgmaps, rules, then the latest `findings` findings.
+    pub fn render(&self, findings: usize) -> String {
+        let mut out = String::new();
+        let mut t = Table::new();
+        t.load_preset(UTF8_FULL_CONDENSED).set_header([
+            "pgmap", "type", "range (pfn)", "pages", "inserts", "gets", "puts", "frees", "unmaps",
+            "live refs", "mapped",
+        ]);
+        for p in &self.pgmaps {
+            let range = match (p.ranges.iter().map(|r| r.0).min(), p.ranges.iter().map(|r| r.1).max()) {
+                (Some(s), Some(e)) => format!("{s:#x}-{e:#x}"),
+                _ => "?".into(),
+            };
+            let state = if p.teardown { " (torn down)" } else if p.discovered { " (found)" } else { "" };
+            let c = &p.counters;
+            t.add_row([
+                format!("{}{state}", p.address), p.type_name.clone(), range, c.pages_seen.to_string(),
+                c.inserts.to_string(), c.gets.to_string(), c.puts.to_string(), c.frees.to_string(),
+                c.unmaps.to_string(), p.live_refs.to_string(), p.mapped_pages.to_string(),
+            ]);
+        }
+        out.push_str(&format!("{t}\n"));
+        let mut t = Table::new();
+        t.load_preset(UTF8_FULL_CONDENSED).set_header(["rule", "findings", "state"]);
+        for r in &self.rules {
+            let state = match &r.coverage {
+                Coverage::Checked => "checked".to_owned(),
+                Coverage::Unchecked(why) => format!("unchecked: {why}"),
+            };
+            t.add_row([r.id.to_owned(), r.count.to_string(), state]);
+        }
+        out.push_str(&format!("{t}\n"));
+        let dropped = self.dropped.map_or("unknown".into(), |d| d.to_string());
+        out.push_str(&format!(
+            "kernel {}, attach {}, {} events, {dropped} dropped, {} findings\n",
+            self.kernel, self.attach, self.events, self.findings_total
+        ));
+        let skip = self.findings.len().saturating_sub(findings);
+        for f in &self.findings[skip..] {
+            out.push_str(&render_finding(f));
+        }
+        for w in &self.warnings {
+            out.push_str(&format!("warning: {w}\n"));
+        }
+        out
+    }
+}
+
+fn render_finding(f: &FindingOut) -> String {
+    let g = &f.finding;
+    let range = match (g.pgmap.start, g.pgmap.end) {
+        (Some(s), Some(e)) => format!(" {s:#x}-{e:#x}"),
+        _ => String::new(),
+    };
+    let mut s = format!(
+        "\n[{}] pfn {:#x} page {:#x} ({} pgmap {:#x}{range}) {}/{} {} at {:.6}s\n  {}\n",
+        g.rule.id(), g.pfn, g.page, g.pgmap.type_name, g.pgmap.address, g.comm, g.tgid, g.pid,
+        g.ts_ns as f64 / 1e9, g.detail
+    );
+    for frame in &f.stack {
+        s.push_str(&format!("    {frame}\n"));
+    }
+    s.push_str("  recent transitions (oldest first):\n");
+    for t in &g.recent {
+        s.push_str(&transition_line(t));
+    }
+    s
+}
+
+fn transition_line(t: &Transition) -> String {
+    format!(
+        "    {:>14.6} {:<6} {:<32} ref={} map={} n={} {}/{}\n",
+        t.ts_ns as f64 / 1e9, t.kind.name(), t.function, t.refcount, t.mapcount, t.refs, t.comm, t.pid
+    )
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "verdict", rename_all = "lowercase")]
+pub enum Verdict {
+    Pass { count: u64 },
+    Fail { count: u64 },
+    Inconclusive { count: u64, reasons: Vec<String> },
+}
+
+impl Verdict {
+    /// `refwatch check`'s exit code.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Verdict::Pass { .. } => 0,
+            Verdict::Fail { .. } => 1,
+            Verdict::Inconclusive { .. } => 3,
+        }
+    }
+}
+
+/// Replays a trace through the aggregator (what `report` and `check --trace` show).
+pub fn from_trace<R: std::io::Read>(
+    mut reader: crate::trace::TraceReader<R>,
+) -> Result<Summary, crate::trace::TraceError> {
+    let plan = reader.header().plan.clone();
+    let mut agg = Aggregator::new(crate::aggregate::Context::from_plan(&plan));
+    while let Some(ev) = reader.next_event()? {
+        agg.observe(&ev);
+    }
+    let dropped = reader.footer().map(|f| f.dropped);
+    let mut summary = Summary::build(&agg, &plan, dropped, |id| reader.stack(id).to_vec());
+    summary.warnings.extend(reader.warning().map(str::to_owned));
+    if reader.header().synthetic {
+        summary.warnings.push("synthetic trace (made by a test, not recorded)".into());
+    }
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        aggregate::synth::{Probes, healthy},
+        plan::Model,
+        trace::TraceReader,
+    };
+
+    fn summary(model: Model, breach: bool, dropped: u64) -> Summary {
+        let p = Probes::for_model(model);
+        let mut events = healthy(&p, false, 2, &[]);
+        if breach {
+            let i = events.iter().position(|e| e.kind == refwatch_common::EventKind::Insert as u8).unwrap();
+            events[i].refcount = 0;
+        }
+        let bytes = p.trace(&events, dropped);
+        from_trace(TraceReader::new(&bytes[..]).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn verdicts() {
+        assert_eq!(summary(Model::ZeroBased, false, 0).verdict(0, &[]).exit_code(), 0);
+        let bad = summary(Model::ZeroBased, true, 0);
+        assert_eq!(bad.verdict(0, &[]).exit_code(), 1);
+        assert_eq!(bad.verdict(1, &[]).exit_code(), 0);
+        assert_eq!(bad.verdict(0, &[Rule::TeardownBusy]).exit_code(), 0);
+        assert_eq!(summary(Model::ZeroBased, false, 3).verdict(0, &[]).exit_code(), 3);
+        let old = summary(Model::AllOneBased, false, 0);
+        assert_eq!(old.verdict(0, &[]).exit_code(), 0);
+        assert_eq!(old.verdict(0, &[Rule::FreeWhileMapped]).exit_code(), 3);
+    }
+
+    #[test]
+    fn json_and_tables_carry_the_finding() {
+        let s = summary(Model::FsdaxOneBased, true, 0);
+        let json = serde_json::to_value(&s).unwrap();
+        let f = &json["findings"][0];
+        assert_eq!(f["rule"], "insert-zero-ref");
+        assert_eq!(f["pgmap"]["type"], "fsdax");
+        assert!(f["stack"][0].as_str().unwrap().starts_with("frame_"));
+        assert!(f["recent"].as_array().is_some_and(|r| !r.is_empty()));
+        assert_eq!(json["rules"][0]["state"], "checked");
+        let text = s.render(5);
+        assert!(text.contains("[insert-zero-ref]") && text.contains("synthetic"), "{text}");
+    }
+}
