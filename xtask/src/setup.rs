@@ -73,7 +73,9 @@ fn add_rust_src() -> Result<()> {
 }
 
 fn install_bpf_linker() -> Result<()> {
-    if cmd::succeeds(Command::new("bpf-linker").arg("--version")) {
+    // bpf-linker loads the nightly's libLLVM, which only `rustup run nightly` puts on the
+    // library path (cargo +nightly, as aya-build uses it, does the same).
+    if cmd::succeeds(Command::new("rustup").args(["run", "nightly", "bpf-linker", "--version"])) {
         note("setup: bpf-linker already installed");
         return Ok(());
     }

@@ -103,6 +103,10 @@ fn boot(kernel: &Kernel, job: &GuestJob, initrd: &Path, run_dir: &Path, console_
         if job.interactive { "this terminal".into() } else { console_log.display().to_string() }
     ));
     let started = Instant::now();
+    // A stale log would be echoed as this boot's progress before qemu truncates it.
+    if console_log.exists() {
+        fs::rename(console_log, console_log.with_extension(format!("attempt{}.log", attempt - 1)))?;
+    }
     let mut child = qemu.spawn().with_context(|| format!("starting `{}`", cmd::describe(&qemu)))?;
     let mut progress = ProgressTail::default();
     let status = loop {
