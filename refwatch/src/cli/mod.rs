@@ -1,7 +1,12 @@
 //! Subcommands. Each lives in its own module; exit codes follow `refwatch check`'s convention:
 //! 0 ok, 1 findings over the limit, 2 usage or environment error, 3 inconclusive.
 
+mod attach;
+mod check;
+mod live;
 mod probes;
+mod record;
+mod report;
 mod stream;
 
 use std::process::ExitCode;
@@ -13,8 +18,9 @@ use refwatch_common::globals::DEFAULT_RING_BYTES;
 #[derive(Parser)]
 #[command(name = "refwatch", version, about = "Watch ZONE_DEVICE page reference counts with eBPF")]
 struct Cli {
+    /// Without a subcommand: `live`.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
@@ -23,6 +29,14 @@ enum Command {
     Probes(probes::ProbesArgs),
     /// Print every ZONE_DEVICE refcount transition as it happens.
     Stream(stream::StreamArgs),
+    /// Live tables per pgmap with findings, refreshed about once a second (the default).
+    Live(live::LiveArgs),
+    /// Record events into a trace file for `report` and `check --trace`.
+    Record(record::RecordArgs),
+    /// Summarize a trace: per-pgmap counts and findings with stacks (no root needed).
+    Report(report::ReportArgs),
+    /// Exit 0/1/3 on the findings of a capture or a trace (pass/fail/inconclusive).
+    Check(check::CheckArgs),
 }
 
 /// Options shared by every command that attaches probes.
@@ -49,9 +63,14 @@ pub const EXIT_ERROR: u8 = 2;
 
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
+    let command = cli.command.or_else(|| Cli::parse_from(["refwatch", "live"]).command);
+    let result = match command.expect("live parses") {
         Command::Probes(args) => probes::run(args),
         Command::Stream(args) => stream::run(args),
+        Command::Live(args) => live::run(args),
+        Command::Record(args) => record::run(args),
+        Command::Report(args) => report::run(args),
+        Command::Check(args) => check::run(args),
     };
     match result {
         Ok(code) => code,

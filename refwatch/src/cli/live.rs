@@ -1,0 +1,121 @@
+//! `refwatch live` (and bare `refwatch`): tables refreshed in place about once a second;
+//! `q` or Ctrl-C quits with a final summary. Without a terminal, plain tables every few seconds.
+
+use std::{process::ExitCode, time::Duration};
+
+use anyhow::Result;
+use clap::Args;
+use refwatch::{
+    capture::{self, Sink},
+    session::Session,
+};
+use refwatch_common::Event;
+
+use super::{AttachArgs, attach};
+
+#[derive(Args)]
+pub struct LiveArgs {
+    /// Stop after this many seconds.
+    #[arg(short, long)]
+    duration: Option<f64>,
+    #[command(flatten)]
+    attach: AttachArgs,
+}
+
+/// Findings shown under the tables.
+const LATEST: usize = 3;
+
+struct Live {
+    inner: attach::Aggregate,
+    tty: bool,
+    keys: Option<RawStdin>,
+    last_events: u64,
+    last_dropped: u64,
+}
+
+impl Sink for Live {
+    fn events(&mut self, session: &mut Session, events: &[Event]) -> Result<bool> {
+        self.inner.events(session, events)
+    }
+
+    fn tick(&mut self, session: &mut Session) -> Result<bool> {
+        let secs = self.tick_interval().expect("set").as_secs_f64();
+        let s = self.inner.summary(session);
+        let rates = format!(
+            "{:.0} events/s, {:.0} drops/s, {} live pages tracked",
+            (s.events - self.last_events) as f64 / secs,
+            (s.dropped.unwrap_or(0) - self.last_dropped) as f64 / secs,
+            self.inner.agg.live_pages(),
+        );
+        self.last_events = s.events;
+        self.last_dropped = s.dropped.unwrap_or(0);
+        if self.tty {
+            // Home and clear: redraw in place.
+            print!("\x1b[H\x1b[2J{rates}   (q quits)\n{}", s.render(LATEST).replace('\n', "\r\n"));
+        } else {
+            println!("{rates}\n{}", s.render(LATEST));
+        }
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        Ok(!self.keys.as_ref().is_some_and(RawStdin::quit_pressed))
+    }
+
+    fn tick_interval(&self) -> Option<Duration> {
+        Some(Duration::from_secs(if self.tty { 1 } else { 5 }))
+    }
+}
+
+/// Stdin without line buffering or echo, restored on drop. Ctrl-C still raises SIGINT.
+struct RawStdin(libc::termios);
+
+impl RawStdin {
+    fn new() -> Option<Self> {
+        // SAFETY: plain termios calls on fd 0 with a zeroed, then filled, struct.
+        unsafe {
+            let mut saved: libc::termios = std::mem::zeroed();
+            if libc::isatty(0) != 1 || libc::tcgetattr(0, &mut saved) != 0 {
+                return None;
+            }
+            let mut raw = saved;
+            raw.c_lflag &= !(libc::ICANON | libc::ECHO);
+            raw.c_cc[libc::VMIN] = 0;
+            raw.c_cc[libc::VTIME] = 0;
+            (libc::tcsetattr(0, libc::TCSANOW, &raw) == 0).then_some(Self(saved))
+        }
+    }
+
+    fn quit_pressed(&self) -> bool {
+        let mut buf = [0u8; 64];
+        // SAFETY: reads into a local buffer; VMIN=0 makes it non-blocking.
+        let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
+        n > 0 && buf[..n as usize].iter().any(|&b| b == b'q' || b == b'Q')
+    }
+}
+
+impl Drop for RawStdin {
+    fn drop(&mut self) {
+        // SAFETY: restores the settings saved in new().
+        unsafe { libc::tcsetattr(0, libc::TCSANOW, &self.0) };
+    }
+}
+
+pub fn run(args: LiveArgs) -> Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let (mut session, _) = attach::open(&args.attach)?;
+        // SAFETY: isatty only inspects the fd.
+        let tty = unsafe { libc::isatty(1) } == 1;
+        let mut live = Live {
+            inner: attach::Aggregate::new(&session),
+            tty,
+            keys: if tty { RawStdin::new() } else { None },
+            last_events: 0,
+            last_dropped: 0,
+        };
+        capture::capture(&mut session, &attach::stop_when(args.duration, &[]), &mut live).await?;
+        drop(live.keys.take());
+        let s = live.inner.summary(&mut session);
+        println!("\n{}", s.render(usize::MAX));
+        Ok(ExitCode::SUCCESS)
+    })
+}

@@ -1,0 +1,76 @@
+//! `refwatch record`: capture into a trace file for `refwatch report` / `check --trace`.
+
+use std::{fs::File, io::BufWriter, path::PathBuf, process::ExitCode};
+
+use anyhow::{Context as _, Result};
+use clap::Args;
+use refwatch::{
+    capture::{self, Sink},
+    session::Session,
+    trace::{Footer, Header, TraceWriter},
+};
+use refwatch_common::Event;
+
+use super::{AttachArgs, attach};
+
+#[derive(Args)]
+pub struct RecordArgs {
+    /// Trace file to write.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Stop after this many seconds.
+    #[arg(short, long)]
+    duration: Option<f64>,
+    #[command(flatten)]
+    attach: AttachArgs,
+    /// Command to run once the probes are attached; recording stops when it exits.
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+struct Recorder(TraceWriter<BufWriter<File>>);
+
+impl Sink for Recorder {
+    fn events(&mut self, session: &mut Session, events: &[Event]) -> Result<bool> {
+        for ev in events {
+            self.0.event(ev, |id| session.stack(id).to_vec()).context("writing the trace")?;
+        }
+        Ok(true)
+    }
+}
+
+pub fn run(args: RecordArgs) -> Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let (mut session, layout) = attach::open(&args.attach)?;
+        let header = Header {
+            kernel: session.plan.kernel.clone(),
+            plan: session.plan.clone(),
+            layout,
+            command: args.command.clone(),
+            synthetic: false,
+        };
+        let writer = TraceWriter::create(&args.output, &header)
+            .with_context(|| format!("creating {}", args.output.display()))?;
+        let mut rec = Recorder(writer);
+        let stop = attach::stop_when(args.duration, &args.command);
+        // A write error ends the capture; the footer is still attempted so the trace stays readable.
+        let end = capture::capture(&mut session, &stop, &mut rec).await;
+        let dropped = session.dropped();
+        let end_name = match &end {
+            Ok(e) => format!("{e:?}").to_lowercase(),
+            Err(e) => format!("error: {e:#}"),
+        };
+        let (events, bytes) = (rec.0.events(), rec.0.bytes());
+        rec.0
+            .finish(Footer { dropped, end: end_name, ..Footer::default() })
+            .with_context(|| format!("finishing {}", args.output.display()))?;
+        end?;
+        eprintln!(
+            "{}: {events} events, {dropped} dropped, {bytes} bytes ({:.1} bytes/event)",
+            args.output.display(),
+            bytes as f64 / events.max(1) as f64
+        );
+        Ok(ExitCode::SUCCESS)
+    })
+}
