@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::cmd;
 use crate::paths;
@@ -24,12 +24,15 @@ pub fn build() -> Result<Vec<(&'static str, PathBuf)>> {
         .map(|name| {
             let source = root.join("xtask/lab/workloads").join(format!("{name}.c"));
             let binary = out_dir.join(name);
+            // Build beside and rename: a concurrent lab run may be copying the old binary.
+            let tmp = out_dir.join(format!("{name}.{}.tmp", std::process::id()));
             cmd::run(
                 Command::new("gcc")
                     .args(["-O2", "-static", "-Wall", "-Wextra", "-Werror", "-o"])
-                    .arg(&binary)
+                    .arg(&tmp)
                     .arg(&source),
             )?;
+            std::fs::rename(&tmp, &binary).with_context(|| format!("installing {}", binary.display()))?;
             Ok((*name, binary))
         })
         .collect()
