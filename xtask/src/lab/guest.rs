@@ -17,6 +17,7 @@ use anyhow::{Context, Result};
 
 use super::initramfs::Initramfs;
 use super::kernel::Kernel;
+use super::vm::COMMAND_STARTED;
 use super::workloads;
 use crate::cmd;
 use crate::paths;
@@ -188,7 +189,7 @@ mkfs.ext4 -q -F -b 4096 -U {FS_UUID} -E hash_seed={FS_UUID} /dev/pmem0 || fail "
 mount -o dax /dev/pmem0 /mnt/dax || fail "mount -o dax /dev/pmem0"
 {setup}
 cd /tmp
-echo "lab: running the command"
+echo "lab: {COMMAND_STARTED}"
 {run}
 echo "lab: command exited $(cat /lab/result/status)"
 finish

@@ -129,7 +129,8 @@ fn job(case: &Case) -> GuestJob {
     );
     GuestJob {
         argv: vec!["sh".into(), "-c".into(), script],
-        timeout: Some(std::time::Duration::from_secs(240)),
+        // Boot ≈10 s and a workload ≈2 s under TCG; kprobes slow the workload, not by minutes.
+        timeout: Some(std::time::Duration::from_secs(180)),
         ..GuestJob::default()
     }
 }

@@ -19,6 +19,8 @@ pub const PMEM_PFNS: std::ops::Range<u64> = 0x40000..0x50000;
 const CMDLINE: &str = "console=ttyS0 panic=-1 loglevel=4 memmap=256M!1G";
 /// Sparse; only the tar the guest writes takes space.
 const RESULTS_DISK_BYTES: u64 = 512 << 20;
+/// The progress line /init prints right before the command.
+pub const COMMAND_STARTED: &str = "running the command";
 /// The guest's /lab/result (stdout, stderr, status, infra-error) inside the results tar.
 const RESULT_META: &str = "lab/result";
 
@@ -119,7 +121,12 @@ fn boot(kernel: &Kernel, job: &GuestJob, initrd: &Path, run_dir: &Path, console_
         if job.timeout.is_some_and(|limit| started.elapsed() > limit) {
             let _ = child.kill();
             let _ = child.wait();
-            return Ok(Boot::Failed(format!("timed out after {:.0?}", started.elapsed())));
+            let why = format!("timed out after {:.0?}", started.elapsed());
+            // A command that hangs would hang again: only a boot that never got to it is retried.
+            if progress.command_started {
+                bail!("the guest command {why}; console log {}:\n{}", console_log.display(), tail(console_log, 40));
+            }
+            return Ok(Boot::Failed(why));
         }
         std::thread::sleep(Duration::from_millis(200));
     };
@@ -166,6 +173,7 @@ fn collect(run_dir: &Path, results: &Path, console_log: PathBuf) -> Result<VmRes
 /// Echoes the guest's "lab: " progress lines from the console log as they appear.
 #[derive(Default)]
 struct ProgressTail {
+    command_started: bool,
     offset: u64,
     partial: String,
 }
@@ -182,6 +190,7 @@ impl ProgressTail {
         let Some(end) = self.partial.rfind('\n') else { return };
         for line in self.partial[..end].lines() {
             if let Some(msg) = line.trim_end_matches('\r').strip_prefix("lab: ") {
+                self.command_started |= msg == COMMAND_STARTED;
                 note(format_args!("{name} +{:.1}s: {msg}", started.elapsed().as_secs_f64()));
             }
         }
