@@ -186,7 +186,7 @@ for i in $(seq 100); do [ -b /dev/pmem0 ] && [ -b /dev/vda ] && break; sleep 0.1
 [ -b /dev/pmem0 ] || fail "no /dev/pmem0"
 [ -b /dev/vda ] || fail "no /dev/vda"
 mkfs.ext4 -q -F -b 4096 -U {FS_UUID} -E hash_seed={FS_UUID} /dev/pmem0 || fail "mkfs.ext4 /dev/pmem0"
-mount -o dax /dev/pmem0 /mnt/dax || fail "mount -o dax /dev/pmem0"
+mount -t ext4 -o dax /dev/pmem0 /mnt/dax || fail "mount -o dax /dev/pmem0"
 {setup}
 cd /tmp
 echo "lab: {COMMAND_STARTED}"
