@@ -19,7 +19,8 @@ pub struct Event {
     pub extra2: u64,
     /// `page->_refcount` of the head page, read at the probe.
     pub refcount: i32,
-    /// `page_mapcount()`-style value (`_mapcount + 1`, or the folio's large mapcount).
+    /// `page_mapcount()`-style value (`_mapcount + 1`, or the folio's large mapcount); for
+    /// pgmap events the pgmap's `nr_range` (only the first range is carried).
     pub mapcount: i32,
     /// Kernel stack id in the `STACKS` map, negative when none was captured.
     pub stack_id: i32,

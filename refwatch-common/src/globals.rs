@@ -74,5 +74,3 @@ pub const PGMAPS_SEEN: &str = "PGMAPS_SEEN";
 pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
 pub const STACK_DEPTH: usize = 127;
 pub const MAX_STACKS: u32 = 16384;
-/// Ranges reported per pgmap event; pgmaps with more ranges are reported up to this many.
-pub const MAX_PGMAP_RANGES: u32 = 8;

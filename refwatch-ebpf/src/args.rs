@@ -26,7 +26,10 @@ impl Args for ProbeContext {
 
 impl Args for FEntryContext {
     fn arg_u64(&self, n: u8) -> u64 {
-        self.arg::<u64>(n as usize)
+        // Read the slot through a helper: loaded directly, a pointer argument is BTF-typed and
+        // the verifier then refuses the arithmetic refwatch does on it (page -> pfn).
+        let slot = unsafe { self.as_ptr().cast::<u64>().add(n as usize) };
+        unsafe { bpf_probe_read_kernel(slot) }.unwrap_or(0)
     }
 
     fn return_address(&self) -> Option<u64> {

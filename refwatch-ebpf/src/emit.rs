@@ -7,13 +7,10 @@ use aya_ebpf::{
 use refwatch_common::{
     Arg, Event, EventKind, Probe, Refs,
     event::{PGMAP_TYPE_UNKNOWN, flags},
-    globals::MAX_PGMAP_RANGES,
 };
 
 use crate::{DROPS, EVENTS, PGMAPS_SEEN, STACKS, args::Args, layout, page};
 
-/// Bytes of one `struct range { u64 start; u64 end; }`.
-const RANGE_SIZE: u64 = 16;
 const PAGE_SHIFT: u64 = 12;
 
 #[inline(always)]
@@ -25,7 +22,7 @@ pub fn handle<C: Args + StackIdContext>(ctx: &C, id: u8, probe: &Probe) {
         } else {
             let _ = PGMAPS_SEEN.insert(&pgmap, &1, 0);
         }
-        pgmap_ranges(ctx, id, probe.kind, pgmap, 0);
+        pgmap_event(ctx, id, probe.kind, pgmap, 0);
         return;
     }
     if !called_from_wanted_caller(ctx, id) {
@@ -42,7 +39,7 @@ pub fn handle<C: Args + StackIdContext>(ctx: &C, id: u8, probe: &Probe) {
     let state = page::state(head);
     if state.pgmap != 0 && unsafe { PGMAPS_SEEN.get(&state.pgmap) }.is_none() {
         let _ = PGMAPS_SEEN.insert(&state.pgmap, &1, 0);
-        pgmap_ranges(ctx, id, EventKind::PgmapAdd, state.pgmap, flags::DISCOVERED);
+        pgmap_event(ctx, id, EventKind::PgmapAdd, state.pgmap, flags::DISCOVERED);
     }
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count_drop();
@@ -105,39 +102,34 @@ fn pgmap_type_u8(pgmap: u64) -> u8 {
     page::pgmap_type(pgmap).map_or(PGMAP_TYPE_UNKNOWN, |t| t as u8)
 }
 
-/// One event per range of the pgmap: `extra..extra2` are its pfns.
+/// One event for the pgmap, carrying its first range: `extra..extra2` are its pfns and
+/// `mapcount` its `nr_range`. One range, not a loop over all: the loop multiplied the states
+/// older verifiers (6.1 and before) walk in every program past what a TCG guest can wait for.
 #[inline(always)]
-fn pgmap_ranges<C: Args + StackIdContext>(ctx: &C, id: u8, kind: EventKind, pgmap: u64, f: u8) {
+fn pgmap_event<C: Args + StackIdContext>(ctx: &C, id: u8, kind: EventKind, pgmap: u64, f: u8) {
     let nr = page::read::<i32>(pgmap + layout!(off_pgmap_nr_range)).unwrap_or(0);
-    let ty = pgmap_type_u8(pgmap);
-    for i in 0..MAX_PGMAP_RANGES {
-        if i as i32 >= nr {
-            break;
-        }
-        let at = pgmap + layout!(off_pgmap_ranges) + i as u64 * RANGE_SIZE;
-        let (Some(start), Some(end)) = (page::read::<u64>(at), page::read::<u64>(at + 8)) else {
-            break;
-        };
-        let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
-            count_drop();
-            return;
-        };
-        let ev = entry.as_mut_ptr();
-        unsafe {
-            fill_common(ctx, ev, id, kind);
-            (*ev).pfn = start >> PAGE_SHIFT;
-            (*ev).page = 0;
-            (*ev).pgmap = pgmap;
-            (*ev).extra = start >> PAGE_SHIFT;
-            // range.end is inclusive, in bytes.
-            (*ev).extra2 = (end + 1) >> PAGE_SHIFT;
-            (*ev).refcount = 0;
-            (*ev).mapcount = 0;
-            (*ev).pgmap_type = ty;
-            (*ev).flags = f;
-        }
-        entry.submit(0);
+    let at = pgmap + layout!(off_pgmap_ranges);
+    let start = page::read::<u64>(at).unwrap_or(0);
+    let end = page::read::<u64>(at + 8).unwrap_or(0);
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        count_drop();
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    unsafe {
+        fill_common(ctx, ev, id, kind);
+        (*ev).pfn = start >> PAGE_SHIFT;
+        (*ev).page = 0;
+        (*ev).pgmap = pgmap;
+        (*ev).extra = start >> PAGE_SHIFT;
+        // range.end is inclusive, in bytes.
+        (*ev).extra2 = (end + 1) >> PAGE_SHIFT;
+        (*ev).refcount = 0;
+        (*ev).mapcount = nr;
+        (*ev).pgmap_type = pgmap_type_u8(pgmap);
+        (*ev).flags = f;
     }
+    entry.submit(0);
 }
 
 #[inline(always)]

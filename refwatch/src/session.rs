@@ -279,6 +279,7 @@ fn attach(
 }
 
 /// An error with its sources, on one line (aya's errors keep the useful part in `source`).
+/// A verifier log is cut to its verdict: the line before the statistics line.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
@@ -287,5 +288,16 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         s.push_str(&inner.to_string());
         cur = inner.source();
     }
-    s
+    match s.split_once("Verifier output:") {
+        Some((head, log)) => {
+            let lines: Vec<&str> = log.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+            let verdict = lines
+                .iter()
+                .rposition(|l| l.starts_with("processed "))
+                .and_then(|i| i.checked_sub(1))
+                .map_or_else(|| lines.last().copied().unwrap_or(""), |i| lines[i]);
+            format!("{head}verifier: {verdict}")
+        }
+        None => s,
+    }
 }
