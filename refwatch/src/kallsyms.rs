@@ -60,6 +60,17 @@ impl Kallsyms {
         Some((start, end))
     }
 
+    /// The symbol an address falls in.
+    fn containing(&self, addr: u64) -> Option<&Symbol> {
+        let i = self.sorted.partition_point(|s| s.addr <= addr);
+        i.checked_sub(1).map(|i| &self.sorted[i])
+    }
+
+    /// Whether the address is in a BPF program or trampoline (refwatch's own frames, for fentry).
+    pub fn is_bpf(&self, addr: u64) -> bool {
+        self.containing(addr).is_some_and(|s| s.module.as_deref() == Some("bpf"))
+    }
+
     /// The kernel's own `%pS` form: `func+0x1f/0x40 [module]`.
     pub fn symbolize(&self, addr: u64) -> String {
         let i = self.sorted.partition_point(|s| s.addr <= addr);
@@ -85,6 +96,8 @@ ffffffff81234240 T vmf_insert_mixed_mkwrite
 ffffffff82600000 D vmemmap_base
 ffffffffc0001000 t inject_fault\t[refwatch_inject]
 ffffffffc0001100 t inject_ioctl\t[refwatch_inject]
+ffffffffc0002000 t bpf_trampoline_6442\t[bpf]
+ffffffffc0003000 t bpf_prog_6deef7357e7b4530_f_3\t[bpf]
 ";
 
     #[test]
@@ -103,6 +116,9 @@ ffffffffc0001100 t inject_ioctl\t[refwatch_inject]
         assert_eq!(k.range("vmf_insert_mixed"), Some((0xffffffff81234200, 0xffffffff81234240)));
         assert!(k.get("get_page").is_none());
         assert!(k.addresses_visible());
+        assert!(k.is_bpf(0xffffffffc0002010));
+        assert!(k.is_bpf(0xffffffffc0003010));
+        assert!(!k.is_bpf(0xffffffffc0001010));
         assert!(!Kallsyms::parse("0000000000000000 T foo\n").addresses_visible());
     }
 }

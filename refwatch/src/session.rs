@@ -155,7 +155,9 @@ impl Session {
             drops,
             stacks,
             plan,
-            kallsyms,
+            // Re-read: the BPF programs and trampolines just attached have symbols of their own,
+            // and their frames are dropped from stacks by name.
+            kallsyms: Kallsyms::read().map_err(SessionError::Kallsyms)?,
             symbolized: HashMap::new(),
         })
     }
@@ -187,7 +189,14 @@ impl Session {
         symbolized.entry(id).or_insert_with(|| {
             stacks
                 .get(&(id as u32), 0)
-                .map(|trace| trace.frames().iter().map(|f| kallsyms.symbolize(f.ip)).collect())
+                .map(|trace| {
+                    trace
+                        .frames()
+                        .iter()
+                        .filter(|f| !kallsyms.is_bpf(f.ip))
+                        .map(|f| kallsyms.symbolize(f.ip))
+                        .collect()
+                })
                 .unwrap_or_default()
         })
     }
