@@ -179,11 +179,13 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
     p("free_zone_device_folio", Free, Folio(0), &["folio*"], "free",
       "6.12 7.2", "called at refcount 0; on 7.x the normal end of every fsdax mapping"),
     // --- mappings going away ----------------------------------------------------------------
-    refs(p("folio_remove_rmap_ptes", Unmap, Folio(0), &["folio*", "page*", "_", "_"],
+    // The rmap functions exist from 6.9 on, but device pages take part in rmap only from the
+    // 6.15 rework: before it they would hide vm_normal_page, the only unmap probe that sees them.
+    since(refs(p("folio_remove_rmap_ptes", Unmap, Folio(0), &["folio*", "page*", "_", "_"],
       "unmap-pte", "7.2", "zap of PTEs mapping the folio; refs are the PTE count"),
-      Refs::Arg(2), None),
-    p("folio_remove_rmap_pmd", Unmap, Folio(0), &["folio*", "page*", "_"], "unmap-pmd",
-      "7.2", "zap of a PMD mapping the folio"),
+      Refs::Arg(2), None), (6, 15)),
+    since(p("folio_remove_rmap_pmd", Unmap, Folio(0), &["folio*", "page*", "_"], "unmap-pmd",
+      "7.2", "zap of a PMD mapping the folio"), (6, 15)),
     caller(p("vm_normal_page", Unmap, Pte(2), &["_", "_", "pte_t"], "unmap-pte",
       "5.10 6.1 6.12", "zap of a devmap PTE: no rmap, no refcount change"), "unmap_page_range"),
 ];

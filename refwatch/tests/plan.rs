@@ -1,0 +1,128 @@
+//! Probe-plan resolution against the facts of real Debian kernels, captured in the VM lab with
+//! `refwatch probes --facts` (kallsyms presence, BTF prototypes, struct layout).
+
+use refwatch::{
+    facts::KernelFacts,
+    plan::{self, AttachMode, Model, Plan, Resolution},
+};
+
+fn plan(kernel: &str, mode: AttachMode) -> Plan {
+    let path = format!("{}/tests/facts/{kernel}.json", env!("CARGO_MANIFEST_DIR"));
+    let facts: KernelFacts = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    plan::resolve(&facts, mode)
+}
+
+/// (function, kind) of every entry the plan uses, as "kind:function".
+fn used(plan: &Plan) -> Vec<String> {
+    plan.used().map(|p| format!("{}:{}", p.kind, p.function)).collect()
+}
+
+fn expect(kernel: &str, model: Model, want: &[&str]) {
+    let plan = plan(kernel, AttachMode::Kprobe);
+    assert_eq!(plan.model, model, "{kernel}");
+    assert!(plan.blockers.is_empty(), "{kernel}: {:?}", plan.blockers);
+    assert_eq!(used(&plan), want, "{kernel}");
+}
+
+#[test]
+fn debian_5_10() {
+    expect("5.10", Model::AllOneBased, &[
+        "pgmap_add:memremap_pages", "pgmap_remove:memunmap_pages",
+        "insert:__vm_insert_mixed", "insert:vmf_insert_pfn_pmd_prot",
+        "insert:vmf_insert_pfn_pud_prot", "insert:vm_insert_page",
+        "get:try_grab_page", "get:try_grab_compound_head",
+        "put:put_devmap_managed_page", "free:free_devmap_managed_page", "unmap:vm_normal_page",
+    ]);
+}
+
+#[test]
+fn debian_6_1() {
+    expect("6.1", Model::FsdaxOneBased, &[
+        "pgmap_add:memremap_pages", "pgmap_remove:memunmap_pages",
+        "insert:__vm_insert_mixed", "insert:vmf_insert_pfn_pmd_prot",
+        "insert:vmf_insert_pfn_pud_prot", "insert:vm_insert_page",
+        "get:try_grab_page", "get:try_grab_folio", "get:zone_device_page_init",
+        "put:__put_devmap_managed_page_refs", "put:gup_put_folio",
+        "free:free_zone_device_page", "unmap:vm_normal_page",
+    ]);
+}
+
+#[test]
+fn debian_6_12() {
+    expect("6.12", Model::FsdaxOneBased, &[
+        "pgmap_add:memremap_pages", "pgmap_remove:memunmap_pages",
+        "insert:__vm_insert_mixed", "insert:vmf_insert_pfn_pmd", "insert:vmf_insert_pfn_pud",
+        "insert:vm_insert_page", "get:try_grab_folio", "get:try_grab_folio_fast",
+        "get:zone_device_page_init", "put:__put_devmap_managed_folio_refs",
+        "put:gup_put_folio", "free:free_zone_device_folio", "unmap:vm_normal_page",
+    ]);
+}
+
+#[test]
+fn debian_7_2() {
+    expect("7.2", Model::ZeroBased, &[
+        "pgmap_add:memremap_pages", "pgmap_remove:memunmap_pages",
+        "insert:vmf_insert_page_mkwrite", "insert:vmf_insert_folio_pmd",
+        "insert:vmf_insert_folio_pud", "insert:vm_insert_page",
+        "get:try_grab_folio", "get:try_grab_folio_fast", "get:zone_device_page_init",
+        "put:gup_put_folio", "put:unpin_user_page", "free:free_zone_device_folio",
+        "unmap:folio_remove_rmap_ptes", "unmap:folio_remove_rmap_pmd",
+    ]);
+}
+
+/// The same name with another prototype is another entry: 6.1's try_grab_folio takes a page
+/// and is gup-fast's speculative grab; from 6.12 on it takes a folio and is the slow path's.
+#[test]
+fn prototypes_pick_the_entry() {
+    let pick = |kernel: &str| {
+        let plan = plan(kernel, AttachMode::Kprobe);
+        let p = plan.used().find(|p| p.function == "try_grab_folio").unwrap().id;
+        refwatch_common::CATALOG[p as usize]
+    };
+    assert!(pick("6.1").speculative);
+    assert!(!pick("6.12").speculative);
+    let plan = plan("6.12", AttachMode::Kprobe);
+    let other = plan.probes.iter().find(|p| {
+        p.function == "try_grab_folio" && p.resolution != Resolution::Use
+    });
+    assert!(matches!(other.unwrap().resolution, Resolution::OtherPrototype { .. }));
+}
+
+/// fentry cannot see the return address that vm_normal_page's caller filter needs.
+#[test]
+fn fentry_keeps_caller_filtered_entries_on_kprobe() {
+    let plan = plan("6.1", AttachMode::Fentry);
+    for p in plan.used() {
+        let want = if p.function == "vm_normal_page" { AttachMode::Kprobe } else { AttachMode::Fentry };
+        assert_eq!(p.modes, vec![want], "{}", p.function);
+    }
+    let auto = plan_modes("6.1", "__vm_insert_mixed");
+    assert_eq!(auto, vec![AttachMode::Fentry, AttachMode::Kprobe]);
+}
+
+fn plan_modes(kernel: &str, function: &str) -> Vec<AttachMode> {
+    plan(kernel, AttachMode::Auto).used().find(|p| p.function == function).unwrap().modes.clone()
+}
+
+#[test]
+fn inline_get_put_are_covered() {
+    for k in ["5.10", "6.1", "6.12", "7.2"] {
+        let plan = plan(k, AttachMode::Kprobe);
+        for name in ["get_page", "put_page"] {
+            let i = plan.inlines.iter().find(|i| i.name == name).unwrap();
+            assert!(!i.out_of_line, "{k}: {name} is a symbol?");
+            assert!(!i.covered_by.is_empty(), "{k}: {name} uncovered");
+        }
+    }
+}
+
+#[test]
+fn no_kprobes_blocks_kprobe_mode_only() {
+    let path = format!("{}/tests/facts/6.1.json", env!("CARGO_MANIFEST_DIR"));
+    let mut facts: KernelFacts = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    facts.kprobes = false;
+    assert!(plan::resolve(&facts, AttachMode::Kprobe).blockers.iter().any(|b| b.contains("kprobes")));
+    assert!(plan::resolve(&facts, AttachMode::Fentry).blockers.is_empty());
+    facts.layout = Err("no BTF".into());
+    assert!(!plan::resolve(&facts, AttachMode::Fentry).blockers.is_empty());
+}
