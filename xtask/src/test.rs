@@ -44,7 +44,8 @@ fn test(args: TestArgs) -> Result<bool> {
 
     let assets = Assets::build()?;
     let (mut passed, mut failed) = (0, 0);
-    for check in [&["probes"][..], &["probes", "--json"][..]] {
+    // --verify loads every kprobe program into the host kernel's verifier without attaching.
+    for check in [&["probes"][..], &["probes", "--json"][..], &["probes", "--verify"][..]] {
         match host_check(&assets, check) {
             Ok(()) => {
                 passed += 1;
@@ -57,8 +58,8 @@ fn test(args: TestArgs) -> Result<bool> {
         }
     }
 
-    let cases: Vec<&matrix::Case> = matrix::CASES
-        .iter()
+    let cases: Vec<&dyn matrix::VmCase> = matrix::all_cases()
+        .into_iter()
         .filter(|c| args.filter.as_deref().is_none_or(|f| c.id().contains(f)))
         .collect();
     note(format_args!("VM matrix: {} cases, two VMs at a time", cases.len()));

@@ -1,21 +1,24 @@
-//! `refwatch stream`: one line per ZONE_DEVICE refcount transition.
+//! `refwatch stream`: one line per ZONE_DEVICE refcount transition, live or from a trace.
 
 use std::{
     collections::BTreeMap,
     io::{BufWriter, Write},
+    path::PathBuf,
     process::ExitCode,
     time::Duration,
 };
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::Args;
 use refwatch::{
     capture::{self, End, Sink, StopWhen},
     event::{EventExt, to_json},
+    plan::Plan,
     session::{Kernel, Session, SessionOptions},
+    trace::TraceReader,
 };
 use refwatch_common::{Event, EventKind};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::AttachArgs;
 
@@ -27,6 +30,9 @@ pub struct StreamArgs {
     /// Stop after this many seconds.
     #[arg(short, long)]
     duration: Option<f64>,
+    /// Replay a trace written by `refwatch record` instead of attaching (no root needed).
+    #[arg(long, conflicts_with_all = ["duration", "command"])]
+    trace: Option<PathBuf>,
     #[command(flatten)]
     attach: AttachArgs,
     /// Command to run once the probes are attached; refwatch stops when it exits.
@@ -41,32 +47,59 @@ struct Printer {
     events: u64,
 }
 
+impl Printer {
+    fn print(&mut self, ev: &Event, plan: &Plan, stack: &[String]) -> Result<()> {
+        self.events += 1;
+        let kind = ev.event_kind().map_or("unknown", EventKind::name);
+        *self.by_kind.entry(kind).or_default() += 1;
+        if self.json {
+            serde_json::to_writer(&mut self.out, &to_json(ev, plan, stack))?;
+            writeln!(self.out)?;
+        } else {
+            writeln!(
+                self.out,
+                "{:>14.6} {:<12} {:<30} pfn={:#x} ref={} map={} {} {}/{} {}",
+                ev.ts_ns as f64 / 1e9,
+                kind,
+                plan.function(ev.probe),
+                ev.pfn,
+                ev.refcount,
+                ev.mapcount,
+                plan.pgmap_type_name(ev.pgmap_type),
+                ev.comm_str(),
+                ev.tgid(),
+                stack.first().map_or("", String::as_str),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The closing count: a JSON line on stderr with --json, a sentence otherwise.
+    fn summary(&self, kernel: &str, dropped: Option<u64>, extra: Value) {
+        if self.json {
+            let mut summary = json!({
+                "kernel": kernel,
+                "events": self.events,
+                "dropped": dropped,
+                "by_kind": self.by_kind,
+            });
+            if let (Some(map), Value::Object(extra)) = (summary.as_object_mut(), extra) {
+                map.extend(extra);
+            }
+            eprintln!("{}", json!({ "summary": summary }));
+        } else {
+            let dropped = dropped.map_or("unknown".to_owned(), |d| d.to_string());
+            let kinds: Vec<String> = self.by_kind.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            eprintln!("\n{} events, {dropped} dropped ({})", self.events, kinds.join(", "));
+        }
+    }
+}
+
 impl Sink for Printer {
     fn events(&mut self, session: &mut Session, events: &[Event]) -> Result<bool> {
         for ev in events {
-            self.events += 1;
-            let kind = ev.event_kind().map_or("unknown", EventKind::name);
-            *self.by_kind.entry(kind).or_default() += 1;
             let stack = session.stack(ev.stack_id).to_vec();
-            if self.json {
-                serde_json::to_writer(&mut self.out, &to_json(ev, &session.plan, &stack))?;
-                writeln!(self.out)?;
-            } else {
-                writeln!(
-                    self.out,
-                    "{:>14.6} {:<12} {:<30} pfn={:#x} ref={} map={} {} {}/{} {}",
-                    ev.ts_ns as f64 / 1e9,
-                    kind,
-                    session.plan.function(ev.probe),
-                    ev.pfn,
-                    ev.refcount,
-                    ev.mapcount,
-                    session.plan.pgmap_type_name(ev.pgmap_type),
-                    ev.comm_str(),
-                    ev.tgid(),
-                    stack.first().map_or("", String::as_str),
-                )?;
-            }
+            self.print(ev, &session.plan, &stack)?;
         }
         self.out.flush()?;
         Ok(true)
@@ -74,6 +107,35 @@ impl Sink for Printer {
 }
 
 pub fn run(args: StreamArgs) -> Result<ExitCode> {
+    let mut printer = Printer {
+        json: args.json,
+        out: BufWriter::new(std::io::stdout()),
+        by_kind: BTreeMap::new(),
+        events: 0,
+    };
+    match &args.trace {
+        Some(path) => replay(path, &mut printer),
+        None => live(&args, &mut printer),
+    }
+}
+
+fn replay(path: &PathBuf, printer: &mut Printer) -> Result<ExitCode> {
+    let what = || path.display().to_string();
+    let mut reader = TraceReader::open(path).with_context(what)?;
+    let plan = reader.header().plan.clone();
+    while let Some(ev) = reader.next_event().with_context(what)? {
+        printer.print(&ev, &plan, reader.stack(ev.stack_id))?;
+    }
+    printer.out.flush()?;
+    if let Some(warning) = reader.warning() {
+        eprintln!("refwatch: {}: {warning}", what());
+    }
+    let footer = reader.footer();
+    printer.summary(&plan.kernel, footer.map(|f| f.dropped), json!({"end": footer.map(|f| &f.end)}));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn live(args: &StreamArgs, printer: &mut Printer) -> Result<ExitCode> {
     let kernel = Kernel::inspect()?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
@@ -85,14 +147,7 @@ pub fn run(args: StreamArgs) -> Result<ExitCode> {
             duration: args.duration.map(Duration::from_secs_f64),
             command: args.command.clone(),
         };
-        let mut printer = Printer {
-            json: args.json,
-            out: BufWriter::new(std::io::stdout()),
-            by_kind: BTreeMap::new(),
-            events: 0,
-        };
-        let end = capture::capture(&mut session, &stop, &mut printer).await?;
-        let dropped = session.dropped();
+        let end = capture::capture(&mut session, &stop, printer).await?;
         let status = match end {
             End::CommandExited(s) => json!(s.code()),
             _ => json!(null),
@@ -100,22 +155,14 @@ pub fn run(args: StreamArgs) -> Result<ExitCode> {
         let attached: Vec<String> = session
             .plan
             .attached()
-            .map(|p| format!("{}:{:?}", p.function, p.attached.as_ref().and_then(|a| a.as_ref().ok()).unwrap()).to_lowercase())
+            .filter_map(|p| Some(format!("{}:{:?}", p.function, p.attached.as_ref()?.as_ref().ok()?)))
+            .map(|s| s.to_lowercase())
             .collect();
-        if args.json {
-            let summary = json!({"summary": {
-                "kernel": session.plan.kernel,
-                "events": printer.events,
-                "dropped": dropped,
-                "by_kind": printer.by_kind,
-                "attached": attached,
-                "command_status": status,
-            }});
-            eprintln!("{summary}");
-        } else {
-            eprintln!("\n{} events, {dropped} dropped ({})", printer.events,
-                printer.by_kind.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "));
-        }
+        printer.summary(
+            &session.plan.kernel,
+            Some(session.dropped()),
+            json!({"attached": attached, "command_status": status}),
+        );
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -119,11 +119,15 @@ pub const CASES: &[Case] = &[
     case("6.12", "fsdax-mmap", Kprobe, MMAP_6),
 ];
 
-/// The guest side of a case. A later `refwatch check --json` (zero findings) slots in here
-/// as a second command writing /out/check.json, asserted in `assess`.
+/// The guest side of a case: the workload runs once, under `refwatch record`; the trace is
+/// then replayed as JSON lines (`stream --trace`) and judged by `check --trace`, so the record
+/// path, the trace format and the aggregator are all exercised on what the kernel did. The
+/// trace comes back in /out for inspection.
 fn job(case: &Case) -> GuestJob {
     let script = format!(
-        "refwatch stream --json --attach {} -- daxload {} > /out/events.jsonl 2> /out/stream.err",
+        "refwatch record -o /out/trace.rwt --attach {} -- daxload {} 2> /out/record.err || exit $?; \
+         refwatch stream --json --trace /out/trace.rwt > /out/events.jsonl 2> /out/stream.err || exit $?; \
+         refwatch check --json --trace /out/trace.rwt > /out/check.json 2> /out/check.err",
         case.attach.as_str(),
         case.scenario
     );
@@ -178,11 +182,32 @@ fn assess(case: &Case, result: &VmResult) -> Vec<String> {
         Some(_) => {}
         None => failures.push("no {\"summary\":…} line on stderr".into()),
     }
+    failures.extend(healthy(&out.join("check.json")));
     match load_events(&out.join("events.jsonl")) {
         Ok(events) => failures.extend(case.expect.iter().filter_map(|e| check(e, &events))),
         Err(e) => failures.push(format!("{e:#}")),
     }
     failures
+}
+
+/// The lab's kernels are healthy: `refwatch check` must pass with no finding, and say which
+/// rules it could not check there.
+fn healthy(check_json: &Path) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Check {
+        findings_total: u64,
+        findings: Vec<serde_json::Value>,
+    }
+    let text = std::fs::read_to_string(check_json).unwrap_or_default();
+    match serde_json::from_str::<Check>(&text) {
+        Ok(c) if c.findings_total == 0 => None,
+        Ok(c) => Some(format!(
+            "refwatch check found {} violation(s) on a healthy kernel, first: {}",
+            c.findings_total,
+            c.findings.first().map(|f| f.to_string()).unwrap_or_default()
+        )),
+        Err(e) => Some(format!("check.json: {e} ({})", last_lines(&text, 3))),
+    }
 }
 
 fn check(expect: &Expect, events: &[Event]) -> Option<String> {
@@ -229,13 +254,51 @@ fn last_lines(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join(" | ")
 }
 
+/// One VM case of either kind: a daxload case above, or a refwatch_inject case
+/// (inject.rs: every injected bug, and `healthy`, on 6.1 and 6.12 in both attach modes).
+pub trait VmCase: Sync {
+    fn id(&self) -> String;
+    fn kernel(&self) -> &'static str;
+    fn run(&self, kernel: &Kernel, assets: &Assets) -> Result<(), Vec<String>>;
+}
+
+impl VmCase for Case {
+    fn id(&self) -> String {
+        Case::id(self)
+    }
+    fn kernel(&self) -> &'static str {
+        self.kernel
+    }
+    fn run(&self, kernel: &Kernel, assets: &Assets) -> Result<(), Vec<String>> {
+        run(self, kernel, assets)
+    }
+}
+
+impl VmCase for super::inject::Case {
+    fn id(&self) -> String {
+        super::inject::Case::id(self)
+    }
+    fn kernel(&self) -> &'static str {
+        self.kernel
+    }
+    fn run(&self, kernel: &Kernel, assets: &Assets) -> Result<(), Vec<String>> {
+        super::inject::Case::run(self, kernel, assets)
+    }
+}
+
+/// The whole matrix: the daxload cases, then the refwatch_inject cases.
+pub fn all_cases() -> Vec<&'static dyn VmCase> {
+    let daxload = CASES.iter().map(|c| c as &dyn VmCase);
+    daxload.chain(super::inject::CASES.iter().map(|c| c as &dyn VmCase)).collect()
+}
+
 /// Runs the cases (two VMs at a time: one TCG thread each on a 2-core machine) and returns
 /// (passed, failed). Kernels are fetched up front; a kernel that cannot be had fails its cases.
-pub fn run_all(cases: &[&Case], assets: &Assets, apt: &Apt) -> (usize, usize) {
+pub fn run_all(cases: &[&dyn VmCase], assets: &Assets, apt: &Apt) -> (usize, usize) {
     let mut kernels: BTreeMap<&str, Result<Kernel, String>> = BTreeMap::new();
     for case in cases {
-        kernels.entry(case.kernel).or_insert_with(|| {
-            super::kernel::spec(case.kernel)
+        kernels.entry(case.kernel()).or_insert_with(|| {
+            super::kernel::spec(case.kernel())
                 .and_then(|spec| Kernel::fetch(spec, apt))
                 .map_err(|e| format!("{e:#}"))
         });
@@ -247,8 +310,8 @@ pub fn run_all(cases: &[&Case], assets: &Assets, apt: &Apt) -> (usize, usize) {
             scope.spawn(|| {
                 while let Some(case) = cases.get(next.fetch_add(1, std::sync::atomic::Ordering::SeqCst)) {
                     let started = Instant::now();
-                    let outcome = match &kernels[case.kernel] {
-                        Ok(kernel) => run(case, kernel, assets),
+                    let outcome = match &kernels[case.kernel()] {
+                        Ok(kernel) => case.run(kernel, assets),
                         Err(e) => Err(vec![e.clone()]),
                     };
                     let secs = started.elapsed().as_secs_f64();
