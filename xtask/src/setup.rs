@@ -23,6 +23,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "tar",
     "gcc",
     "libc6-dev",
+    // refwatch_inject.ko: the Debian 12 kernels' headers build with gcc-12 through make.
+    "gcc-12",
+    "make",
     "ndctl",
     "debian-archive-keyring",
 ];

@@ -83,6 +83,8 @@ pub struct GuestJob {
     /// Shell lines run after /mnt/dax is mounted and before the command (e.g. an insmod).
     pub setup: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// Extra kernel command-line words, after the lab's own (e.g. a memmap= for a test module).
+    pub cmdline: Vec<String>,
     /// Wall-clock limit for one boot; None waits forever (interactive use).
     pub timeout: Option<Duration>,
 }

@@ -17,6 +17,9 @@ pub struct KernelSpec {
     pub release: &'static str,
     /// Debian packages (name, exact version) whose contents make up the tree.
     pub packages: &'static [(&'static str, &'static str)],
+    /// Header packages (same versions) for building the test module (lab/inject.rs); empty
+    /// where no module is built for that kernel.
+    pub headers: &'static [(&'static str, &'static str)],
 }
 
 /// Versions as the archive served them when pinned (suite in the comment). Sid drops old
@@ -27,18 +30,30 @@ pub const KERNELS: &[KernelSpec] = &[
         name: "5.10",
         release: "5.10.0-32-amd64",
         packages: &[("linux-image-5.10.0-32-amd64-unsigned", "5.10.223-1")],
+        headers: &[],
     },
     // bookworm-security
     KernelSpec {
         name: "6.1",
         release: "6.1.0-56-amd64",
         packages: &[("linux-image-6.1.0-56-amd64-unsigned", "6.1.192-2")],
+        // The headers' Makefile calls the host's gcc-12 (Debian 12), installed by `xtask setup`.
+        headers: &[
+            ("linux-headers-6.1.0-56-amd64", "6.1.192-2"),
+            ("linux-headers-6.1.0-56-common", "6.1.192-2"),
+            ("linux-kbuild-6.1", "6.1.192-2"),
+        ],
     },
     // bookworm-backports
     KernelSpec {
         name: "6.12",
         release: "6.12.95+deb12-amd64",
         packages: &[("linux-image-6.12.95+deb12-amd64-unsigned", "6.12.95-1~bpo12+1")],
+        headers: &[
+            ("linux-headers-6.12.95+deb12-amd64", "6.12.95-1~bpo12+1"),
+            ("linux-headers-6.12.95+deb12-common", "6.12.95-1~bpo12+1"),
+            ("linux-kbuild-6.12.95+deb12", "6.12.95-1~bpo12+1"),
+        ],
     },
     // sid: from 7.x on the image package is a metapackage over binary + modules (+ base).
     KernelSpec {
@@ -49,6 +64,7 @@ pub const KERNELS: &[KernelSpec] = &[
             ("linux-modules-7.2.13+deb14-amd64", "7.2.13-1"),
             ("linux-base-7.2.13+deb14-amd64", "7.2.13-1"),
         ],
+        headers: &[],
     },
     // trixie-backports
     KernelSpec {
@@ -59,6 +75,7 @@ pub const KERNELS: &[KernelSpec] = &[
             ("linux-modules-7.3.4+deb13-amd64", "7.3.4-1~bpo13+1"),
             ("linux-base-7.3.4+deb13-amd64", "7.3.4-1~bpo13+1"),
         ],
+        headers: &[],
     },
 ];
 

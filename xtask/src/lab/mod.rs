@@ -2,6 +2,7 @@
 
 mod apt;
 mod guest;
+pub mod inject;
 mod initramfs;
 mod kernel;
 pub mod matrix;
@@ -59,6 +60,11 @@ pub struct LabArgs {
     /// Attach mode for refwatch: exported as REFWATCH_ATTACH, and passed to the default command.
     #[arg(long, value_enum, default_value = "auto")]
     attach: Attach,
+    /// Run `refwatch check --json -- inject SCENARIO` over the refwatch_inject test module
+    /// (built for --kernel and loaded; SCENARIO: healthy or a rule id); exits with check's status.
+    #[arg(long, value_name = "SCENARIO", conflicts_with_all = ["command", "shell", "output"],
+          value_parser = clap::builder::PossibleValuesParser::new(inject::SCENARIOS))]
+    inject: Option<String>,
     /// Seconds one boot may take before it is killed.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
@@ -81,6 +87,18 @@ fn lab(args: LabArgs) -> Result<ExitCode> {
     let spec = kernel::spec(&args.kernel)?;
     let kernel = Kernel::fetch(spec, &Apt::new()?)?;
     let assets = Assets::build()?;
+    if let Some(scenario) = &args.inject {
+        let built = inject::build(spec, &Apt::new()?)?;
+        let job = inject::job(&built, scenario, args.attach, Duration::from_secs(args.timeout));
+        let label = format!("lab-{}-inject-{}", spec.name, std::process::id());
+        let result = run_in_vm(&kernel, &assets, &job, &label)?;
+        std::io::stdout().write_all(&result.stdout)?;
+        std::io::stderr().write_all(&result.stderr)?;
+        if let Ok(log) = std::fs::read(result.out_dir.join("inject.log")) {
+            std::io::stderr().write_all(&log)?;
+        }
+        return Ok(ExitCode::from(u8::try_from(result.exit_code).unwrap_or(u8::MAX)));
+    }
     let argv = if args.command.is_empty() {
         ["refwatch", "live", "--attach", args.attach.as_str(), "--", "daxload", "fsdax-mmap"]
             .map(String::from)

@@ -90,7 +90,8 @@ fn boot(kernel: &Kernel, job: &GuestJob, initrd: &Path, run_dir: &Path, console_
         .arg(kernel.vmlinuz()?)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", CMDLINE])
+        .arg("-append")
+        .arg(std::iter::once(CMDLINE).chain(job.cmdline.iter().map(String::as_str)).collect::<Vec<_>>().join(" "))
         .arg("-drive")
         .arg(format!("file={},format=raw,if=virtio", disk.display()));
     if job.interactive {
