@@ -334,6 +334,9 @@ fn advance(ctx: &Context, probe: &Probe, kind: EventKind, ev: &Event, page: &mut
     let refs = ev.extra.max(1) as i64;
     let zero_based = ctx.model == Model::ZeroBased;
     let tracked = ctx.unmap_seen(rules::level(probe));
+    if rules::passthrough(ctx.model, probe, page.ty) {
+        return;
+    }
     match kind {
         EventKind::Insert => {
             // 7.x: the mapping takes a reference and a mapcount, unless the insert fails on 0.

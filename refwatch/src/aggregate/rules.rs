@@ -123,6 +123,14 @@ pub fn level(probe: &Probe) -> Level {
     }
 }
 
+/// 5.18–6.14's `__put_devmap_managed_{page,folio}_refs` is entered for every ZONE_DEVICE page
+/// while any FS_DAX pgmap exists (the static key), and returns false without touching the
+/// count unless the page is FS_DAX: the put then goes on through folio_put (inline, or the
+/// probed free at 0). Such a hit moves nothing and must not be judged as a put.
+pub fn passthrough(model: Model, probe: &Probe, ty: PgType) -> bool {
+    model == Model::FsdaxOneBased && probe.site == "devmap-put" && !matches!(ty, PgType::FsDax | PgType::Unknown)
+}
+
 /// A non-speculative grab whose entry refcount must be above zero.
 pub fn strict_get(probe: &Probe) -> bool {
     probe.kind == EventKind::Get && !probe.speculative && probe.function != "zone_device_page_init"
@@ -185,6 +193,9 @@ pub fn judge(ctx: &Context, probe: &Probe, ev: &refwatch_common::Event, page: &P
     let refs = ev.extra.max(1) as i64;
     let idle = idle(ctx.model, page.ty);
     let underflow = |why: String| Some((Rule::PutUnderflow, why));
+    if passthrough(ctx.model, probe, page.ty) {
+        return None;
+    }
     match probe.kind {
         EventKind::Insert if r <= 0 => Some((Rule::InsertZeroRef, format!(
             "{} inserted the page into a page table at refcount {r}", probe.function))),

@@ -215,6 +215,12 @@ impl<'a> Sim<'a> {
                 }
                 match (self.p.model, self.generic) {
                     (Model::ZeroBased, _) => self.put_ref(i),
+                    // 6.1/6.12 enter __put_devmap_managed_*_refs for GENERIC pages too (an
+                    // FS_DAX pgmap exists) and return false there; folio_put is inline.
+                    (Model::FsdaxOneBased, true) => {
+                        self.emit(self.p.devmap_put.expect("6.12"), i, EventKind::Put);
+                        self.pages[i].refs -= 1;
+                    }
                     // GENERIC puts outside unpin are inline.
                     (_, true) => self.pages[i].refs -= 1,
                     (Model::AllOneBased, false) => {

@@ -56,7 +56,10 @@ fn inject(p: &Probes, events: &mut Vec<Event>, rule: Rule, at: &dyn Fn(usize) ->
         }
         Rule::PutUnderflow => {
             let removed = events.iter().position(|e| kind(e) == EventKind::PgmapRemove).unwrap();
-            let i = pick(&events[..removed], &|e| kind(e) == EventKind::Put)?;
+            let ty = if generic { super::PgType::Generic } else { super::PgType::FsDax };
+            // Not a devmap put that a non-FS_DAX page only passes through: it moves nothing.
+            let moves = |e: &Event| !super::rules::passthrough(p.model, &CATALOG[e.probe as usize], ty);
+            let i = pick(&events[..removed], &|e| kind(e) == EventKind::Put && moves(e))?;
             events[i].refcount = idle;
             Some(events[i].pfn)
         }
