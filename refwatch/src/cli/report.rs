@@ -18,6 +18,10 @@ pub struct ReportArgs {
 pub fn run(args: ReportArgs) -> Result<ExitCode> {
     let reader = TraceReader::open(&args.file).with_context(|| args.file.display().to_string())?;
     let s = summary::from_trace(reader).with_context(|| args.file.display().to_string())?;
+    // On stderr too, so that a script notices a partial read whatever the output format.
+    for w in &s.warnings {
+        eprintln!("refwatch: {}: warning: {w}", args.file.display());
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
     } else {

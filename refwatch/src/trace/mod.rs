@@ -79,7 +79,7 @@ pub struct Footer {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error("empty file: not a refwatch trace")]
     Empty,
