@@ -1,0 +1,132 @@
+//! What refwatch says where it cannot run, tested for real on the machine running the tests.
+//!
+//! The non-root cases drop to uid/gid 65534 with no capabilities (`setpriv`). The no-kprobes
+//! cases need a kernel without the kprobe PMU (the development host); elsewhere they are
+//! skipped with a note. What needs another kernel (no BTF, no tracefs, two instances, unknown
+//! releases) is covered by the VM matrix's env cases (xtask/src/lab/matrix.rs).
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+struct Outcome {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn outcome(cmd: &mut Command) -> Outcome {
+    let out = cmd.output().expect("run refwatch");
+    let o = Outcome {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert!(!o.stderr.contains("panicked"), "{}", o.stderr);
+    o
+}
+
+fn refwatch(args: &[&str]) -> Outcome {
+    outcome(Command::new(env!("CARGO_BIN_EXE_refwatch")).args(args))
+}
+
+fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A copy of the binary that uid 65534 can run (the target directory may not be readable).
+fn world_runnable_binary() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("environment");
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = dir.join(format!("refwatch-{}", std::process::id()));
+    std::fs::copy(env!("CARGO_BIN_EXE_refwatch"), &bin).unwrap();
+    for p in [&bin, &dir] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let mut up = dir.parent();
+    while let Some(p) = up {
+        // Parents must be searchable; leave the mode alone where they already are.
+        let mode = std::fs::metadata(p).unwrap().permissions().mode();
+        if mode & 0o001 == 0 {
+            eprintln!("note: {} is not searchable by others; non-root tests may fail", p.display());
+        }
+        up = p.parent();
+    }
+    bin
+}
+
+/// Runs refwatch as nobody with every capability dropped; None where that is impossible.
+fn as_nobody(args: &[&str]) -> Option<Outcome> {
+    if !is_root() || Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("note: skipped (needs root and setpriv to drop to nobody)");
+        return None;
+    }
+    let bin = world_runnable_binary();
+    let o = outcome(
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+            .arg(&bin)
+            .args(args),
+    );
+    let _ = std::fs::remove_file(&bin);
+    Some(o)
+}
+
+fn kprobes_available() -> bool {
+    Path::new("/sys/bus/event_source/devices/kprobe").exists()
+}
+
+#[test]
+fn non_root_attaching_commands_name_the_missing_capabilities() {
+    let out = std::env::temp_dir().join(format!("refwatch-nobody-{}.rft", std::process::id()));
+    let out = out.to_str().unwrap();
+    for args in [&["stream", "-d", "1"][..], &["record", "-o", out, "-d", "1"], &["check", "-d", "1"], &["live", "-d", "1"]] {
+        let Some(o) = as_nobody(args) else { return };
+        assert_eq!(o.code, 2, "refwatch {args:?}: {}", o.stderr);
+        assert!(
+            o.stderr.contains("needs root or CAP_BPF+CAP_PERFMON+CAP_SYSLOG: missing CAP_BPF, CAP_PERFMON, CAP_SYSLOG"),
+            "refwatch {args:?}: {}",
+            o.stderr
+        );
+        assert_eq!(o.stderr.lines().count(), 1, "one line: {}", o.stderr);
+    }
+    assert!(!Path::new(out).exists(), "no trace file is left behind when recording cannot start");
+}
+
+#[test]
+fn non_root_probes_works_and_says_what_it_cannot_know() {
+    let Some(o) = as_nobody(&["probes"]) else { return };
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("kernel:") && o.stdout.contains("BTF:"), "{}", o.stdout);
+    assert!(o.stdout.contains("fentry:   not usable: unknown: needs root to try"), "{}", o.stdout);
+    let Some(o) = as_nobody(&["probes", "--json"]) else { return };
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    serde_json::from_str::<serde_json::Value>(&o.stdout).expect("probes --json is JSON");
+}
+
+#[test]
+fn no_kprobes_is_a_clear_environment_error() {
+    if kprobes_available() || !is_root() {
+        eprintln!("note: skipped (needs root on a kernel without the kprobe PMU)");
+        return;
+    }
+    let trace = std::env::temp_dir().join(format!("refwatch-nokprobes-{}.rft", std::process::id()));
+    let trace = trace.to_str().unwrap();
+    for args in [&["stream", "-d", "1"][..], &["record", "-o", trace, "-d", "1"], &["check", "-d", "1"], &["check"]] {
+        let o = refwatch(args);
+        assert_eq!(o.code, 2, "refwatch {args:?}: {}", o.stderr);
+        assert!(
+            o.stderr.starts_with("refwatch: refwatch cannot run on ")
+                && o.stderr.contains("kprobes are not available (/sys/bus/event_source/devices/kprobe is absent"),
+            "refwatch {args:?}: {}",
+            o.stderr
+        );
+    }
+    assert!(!Path::new(trace).exists(), "no trace file is left behind when recording cannot start");
+    // `probes` still explains the plan, and says why it cannot run.
+    let o = refwatch(&["probes"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("refwatch cannot run here: kprobes are not available"), "{}", o.stdout);
+}
