@@ -20,6 +20,9 @@ pub struct LiveArgs {
     duration: Option<f64>,
     #[command(flatten)]
     attach: AttachArgs,
+    /// Command to run once the probes are attached; refwatch stops when it exits.
+    #[arg(last = true)]
+    command: Vec<String>,
 }
 
 /// Findings shown under the tables.
@@ -112,7 +115,7 @@ pub fn run(args: LiveArgs) -> Result<ExitCode> {
             last_events: 0,
             last_dropped: 0,
         };
-        capture::capture(&mut session, &attach::stop_when(args.duration, &[]), &mut live).await?;
+        capture::capture(&mut session, &attach::stop_when(args.duration, &args.command), &mut live).await?;
         drop(live.keys.take());
         let s = live.inner.summary(&mut session);
         println!("\n{}", s.render(usize::MAX));
