@@ -55,7 +55,9 @@ pub struct PageState {
     /// Mappings not yet unmapped at levels whose unmaps are probed (≤6.12 shadow count), or
     /// the kernel's mapcount after the last anchoring event (7.x).
     pub mapped: i64,
-    pub recent: VecDeque<Transition>,
+    /// The last [`RING`] events, kept raw: a [`Transition`] (with its comm string) is built
+    /// only for a finding, not for every event.
+    pub recent: VecDeque<(Event, EventKind)>,
     /// The finding raised by the previous event of this page, to report a breach seen by
     /// nested probes (gup_put_folio → __put_devmap_managed_*) once.
     pub last_finding: Option<(super::Rule, u64, i32)>,
@@ -66,11 +68,11 @@ impl PageState {
         Self { pgmap, ty, refcount: 0, mapped: 0, recent: VecDeque::with_capacity(RING), last_finding: None }
     }
 
-    pub fn remember(&mut self, t: Transition) {
+    pub fn remember(&mut self, ev: &Event, kind: EventKind) {
         if self.recent.len() == RING {
             self.recent.pop_front();
         }
-        self.recent.push_back(t);
+        self.recent.push_back((*ev, kind));
     }
 }
 
