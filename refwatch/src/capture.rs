@@ -6,7 +6,7 @@ use std::{process::ExitStatus, time::Duration};
 use refwatch_common::Event;
 use tokio::{
     process::{Child, Command},
-    signal::unix::{SignalKind, signal},
+    signal::unix::{Signal, SignalKind, signal},
     time::{Instant, sleep_until},
 };
 
@@ -67,11 +67,26 @@ async fn at(deadline: Option<Instant>) {
     }
 }
 
+/// SIGINT and SIGTERM listeners registered early by [`watch_signals`].
+static EARLY: std::sync::Mutex<Option<(Signal, Signal)>> = std::sync::Mutex::new(None);
+
+/// Starts listening for SIGINT/SIGTERM now, for the next [`capture`]: a signal arriving between
+/// this call and the capture (e.g. while a trace file is being created) stops the capture at
+/// once instead of being lost or killing the process. Must be called inside the runtime.
+pub fn watch_signals() -> std::io::Result<()> {
+    let pair = (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?);
+    *EARLY.lock().unwrap_or_else(|e| e.into_inner()) = Some(pair);
+    Ok(())
+}
+
 /// Runs the capture; the session's probes stay attached until it returns, and every event
 /// already in the ring buffer at the end is delivered before it does.
 pub async fn capture(session: &mut Session, stop: &StopWhen, sink: &mut impl Sink) -> anyhow::Result<End> {
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
+    let early = EARLY.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let (mut sigint, mut sigterm) = match early {
+        Some(pair) => pair,
+        None => (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?),
+    };
     let deadline = stop.duration.map(|d| Instant::now() + d);
     let tick = sink.tick_interval();
     let mut next_tick = tick.map(|t| Instant::now() + t);

@@ -176,8 +176,12 @@ pub fn resolve(facts: &KernelFacts, requested: AttachMode) -> Plan {
             crate::facts::KPROBE_PMU
         ));
     }
+    if facts.version == (0, 0) {
+        blockers.push(format!("kernel release {:?} has no version refwatch can read", facts.release));
+    }
     if used.is_empty() {
-        blockers.push("no catalog function resolved on this kernel".into());
+        let why = if facts.btf { "" } else { " (without BTF no prototype can be checked)" };
+        blockers.push(format!("no catalog function resolved on this kernel{why}"));
     }
     Plan {
         kernel: facts.release.clone(),

@@ -186,3 +186,19 @@ fn missing_file_names_it_once() {
     assert!(o.stderr.contains("does-not-exist.rft: No such file or directory"), "{}", o.stderr);
     assert_eq!(o.stderr.matches("No such file").count(), 1, "{}", o.stderr);
 }
+
+#[test]
+fn footer_count_disagreeing_with_the_events_warns() {
+    let (bytes, events, _) = finished_trace();
+    // The footer is the last frame: 0xff, a one-byte length, JSON.
+    let at = bytes.iter().rposition(|&b| b == 0xff).unwrap();
+    let mut footer: serde_json::Value = serde_json::from_slice(&bytes[at + 2..]).unwrap();
+    footer["events"] = (events + 5).into();
+    let json = serde_json::to_vec(&footer).unwrap();
+    let mut b = bytes[..at + 1].to_vec();
+    b.push(json.len() as u8);
+    b.extend_from_slice(&json);
+    let o = report(&write("footer-count.rft", &b), false);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stderr.contains(&format!("the footer counts {} events but the trace holds {events}", events + 5)), "{}", o.stderr);
+}

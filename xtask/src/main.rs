@@ -1,5 +1,6 @@
 //! Developer tasks for refwatch: `cargo xtask setup | lab | test`.
 
+mod bench;
 mod cmd;
 mod lab;
 mod paths;
@@ -25,6 +26,8 @@ enum Task {
     Lab(lab::LabArgs),
     /// Unit tests, host checks and the VM matrix (what CI runs).
     Test(test::TestArgs),
+    /// Performance figures: hot-path overhead, device-event throughput, analysis speed, trace size.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +35,7 @@ fn main() -> ExitCode {
         Task::Setup => report(setup::run()),
         Task::Lab(args) => lab::main(args),
         Task::Test(args) => test::main(args),
+        Task::Bench(args) => bench::main(args),
     }
 }
 

@@ -35,6 +35,8 @@ impl Sink for Recorder {
         for ev in events {
             self.0.event(ev, |id| session.stack(id).to_vec()).context("writing the trace")?;
         }
+        // One write per ring-buffer batch: a SIGKILL or crash loses at most this batch.
+        self.0.flush().context("writing the trace")?;
         Ok(true)
     }
 }
@@ -43,6 +45,8 @@ pub fn run(args: RecordArgs) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         let (mut session, layout) = attach::open(&args.attach)?;
+        // Before the trace file exists: a Ctrl-C from then on ends with a footer.
+        capture::watch_signals()?;
         let header = Header {
             kernel: session.plan.kernel.clone(),
             plan: session.plan.clone(),

@@ -211,7 +211,14 @@ impl<R: Read> TraceReader<R> {
             }
             TAG_FOOTER => {
                 let json = self.src.bytes(MAX_STRING)?;
-                let footer = serde_json::from_slice(&json).map_err(|e| Cut::Corrupt(format!("footer: {e}")))?;
+                let footer: Footer =
+                    serde_json::from_slice(&json).map_err(|e| Cut::Corrupt(format!("footer: {e}")))?;
+                if footer.events != self.events {
+                    self.warning = Some(format!(
+                        "the footer counts {} events but the trace holds {}",
+                        footer.events, self.events
+                    ));
+                }
                 self.footer = Some(footer);
                 Ok(None)
             }

@@ -71,6 +71,11 @@ impl<W: Write> TraceWriter<W> {
         codec::flush_frame(&mut self.out, &mut self.buf)
     }
 
+    /// Pushes what is buffered to the file, so that a kill loses at most the batch in progress.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+
     pub fn events(&self) -> u64 {
         self.events
     }

@@ -18,7 +18,7 @@ use anyhow::{Context, Result};
 
 pub use apt::Apt;
 pub use guest::{Assets, GuestJob};
-pub use kernel::Kernel;
+pub use kernel::{Kernel, extract_packages, spec as kernel_spec};
 pub use vm::{PMEM_PFNS, VmResult, run_in_vm};
 
 use crate::cmd;

@@ -1,0 +1,155 @@
+//! Helpers of `cargo xtask bench` that need refwatch's own code (trace format, catalog).
+//! Built with `cargo build --release -p refwatch --example bench_tool`; not part of refwatch.
+//!
+//! - `stats TRACE`: JSON {events, dropped, bytes, bytes_per_event, span_ns, kernel}.
+//! - `replicate IN OUT EVENTS`: a trace of about EVENTS events made of copies of IN's events,
+//!   each copy shifted in time after the previous one, its pages moved to a different window
+//!   of the same pgmap (so copies do not overlap) and its tasks given other pids.
+//! - `bpftrace TRACE`: a bpftrace script hooking the functions the trace's recording attached,
+//!   with the same in-kernel filter as refwatch (the page's zone bits == ZONE_DEVICE), that
+//!   counts device hits per probe. Prints "ready" once attached.
+
+use std::{fmt::Write as _, path::Path, process::ExitCode};
+
+use anyhow::{Context, Result, bail};
+use refwatch::trace::{Footer, Header, TraceReader, TraceWriter};
+use refwatch_common::{Arg, CATALOG, Event, EventKind};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = match args.as_slice() {
+        ["stats", trace] => stats(Path::new(trace)),
+        ["replicate", input, output, events] => {
+            events.parse().context("EVENTS").and_then(|n| replicate(Path::new(input), Path::new(output), n))
+        }
+        ["bpftrace", trace] => bpftrace(Path::new(trace)),
+        _ => Err(anyhow::anyhow!("usage: bench_tool stats TRACE | replicate IN OUT EVENTS | bpftrace TRACE")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench_tool: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn read_all(path: &Path) -> Result<(Header, Vec<Event>, Option<Footer>, TraceReader<std::fs::File>)> {
+    let mut reader = TraceReader::open(path).with_context(|| path.display().to_string())?;
+    let mut events = Vec::new();
+    while let Some(ev) = reader.next_event()? {
+        events.push(ev);
+    }
+    Ok((reader.header().clone(), events, reader.footer().cloned(), reader))
+}
+
+fn stats(path: &Path) -> Result<()> {
+    let (header, events, footer, _) = read_all(path)?;
+    let bytes = std::fs::metadata(path)?.len();
+    let span = match (events.first(), events.last()) {
+        (Some(a), Some(b)) => b.ts_ns.saturating_sub(a.ts_ns),
+        _ => 0,
+    };
+    let n = events.len() as u64;
+    println!(
+        "{}",
+        serde_json::json!({
+            "kernel": header.kernel,
+            "events": n,
+            "dropped": footer.as_ref().map(|f| f.dropped),
+            "bytes": bytes,
+            "bytes_per_event": bytes as f64 / n.max(1) as f64,
+            "span_ns": span,
+        })
+    );
+    Ok(())
+}
+
+fn is_page_event(ev: &Event) -> bool {
+    !matches!(EventKind::from_u8(ev.kind), Some(EventKind::PgmapAdd | EventKind::PgmapRemove) | None)
+}
+
+fn replicate(input: &Path, output: &Path, target: u64) -> Result<()> {
+    let (mut header, events, _, reader) = read_all(input)?;
+    if events.is_empty() {
+        bail!("{} has no events", input.display());
+    }
+    let page_size = header.layout.as_ref().map_or(64, |l| l.page_size);
+    // The pgmap's pfn range (from its pgmap event) bounds where copies of the pages may go.
+    let range = events
+        .iter()
+        .find(|e| !is_page_event(e) && e.extra2 > e.extra)
+        .map(|e| (e.extra, e.extra2));
+    let pfns = events.iter().filter(|e| is_page_event(e)).map(|e| e.pfn);
+    let (lo, hi) = (pfns.clone().min().unwrap_or(0), pfns.max().unwrap_or(0));
+    let width = hi - lo + 1;
+    let windows = match range {
+        Some((start, end)) if end > start + width => ((end - start) / width).max(1),
+        _ => 1,
+    };
+    let base = range.map_or(lo, |r| r.0);
+    let span = events.last().unwrap().ts_ns - events.first().unwrap().ts_ns + 1_000;
+    let copies = target.div_ceil(events.len() as u64);
+    header.synthetic = true;
+    header.command = vec![format!("replicated {copies}x from {}", input.display())];
+    let mut w = TraceWriter::create(output, &header)?;
+    for k in 0..copies {
+        let window = k % windows;
+        for ev in &events {
+            let mut e = *ev;
+            e.ts_ns += k * span;
+            e.pid_tgid += (k % 1000) << 32 | (k % 1000);
+            if is_page_event(ev) {
+                // Move the copy's pages into window `window` of the pgmap, keeping their order.
+                let to = base + window * width + (ev.pfn - lo);
+                e.page = e.page.wrapping_add(to.wrapping_sub(ev.pfn).wrapping_mul(page_size));
+                e.pfn = to;
+            } else if k > 0 {
+                continue; // the pgmap exists once
+            }
+            w.event(&e, |id| reader.stack(id).to_vec())?;
+        }
+    }
+    let n = w.events();
+    w.finish(Footer { dropped: 0, end: "replicated".into(), ..Footer::default() })?;
+    eprintln!("{}: {n} events ({copies} copies, {windows} pfn windows)", output.display());
+    Ok(())
+}
+
+fn bpftrace(path: &Path) -> Result<()> {
+    let reader = TraceReader::open(path).with_context(|| path.display().to_string())?;
+    let header = reader.header();
+    let layout = header.layout.as_ref().context("the trace has no layout")?;
+    let mut s = String::new();
+    writeln!(s, "// refwatch's probe set on {}: zone(page) == ZONE_DEVICE, count per probe.", header.kernel)?;
+    writeln!(s, "BEGIN {{ printf(\"ready\\n\"); }}")?;
+    let zone = format!(
+        "((*(uint64 *)($page + {})) >> {}) & {:#x}) == {}",
+        layout.off_flags, layout.zones_shift, layout.zones_mask, layout.zone_device
+    );
+    let vmemmap = "(*(uint64 *)kaddr(\"vmemmap_base\"))";
+    for entry in header.plan.attached() {
+        let probe = CATALOG.get(entry.id as usize).context("probe id out of the catalog")?;
+        let page = match probe.arg {
+            Arg::Page(n) | Arg::Folio(n) => format!("$page = arg{n};"),
+            Arg::PfnT(n) => format!(
+                "if ((arg{n} & 0x3000000000000000) != 0x3000000000000000) {{ return; }} \
+                 $page = {vmemmap} + (arg{n} & 0xfffffffffffff) * {};",
+                layout.page_size
+            ),
+            Arg::Pte(n) => format!(
+                "if ((arg{n} & 0x201) != 0x201) {{ return; }} \
+                 $page = {vmemmap} + ((arg{n} & 0xffffffffff000) >> 12) * {};",
+                layout.page_size
+            ),
+            Arg::PmdPtr(_) | Arg::Pgmap(_) => {
+                writeln!(s, "kprobe:{} {{ @pgmap[probe] = count(); }}", probe.function)?;
+                continue;
+            }
+        };
+        writeln!(s, "kprobe:{} {{ {page} if ({}) {{ @device[probe] = count(); }} }}", probe.function, format!("({zone}"))?;
+    }
+    print!("{s}");
+    Ok(())
+}

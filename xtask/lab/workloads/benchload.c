@@ -1,0 +1,116 @@
+/* benchload: the workloads of `cargo xtask bench`. Each prints one result line on stdout,
+ * timed inside the process so that probe attach/detach costs stay out of the figure.
+ *
+ *   benchload churn ROUNDS MIB [BLOCKDEV]
+ *       normal-memory page churn: per round, mmap MIB of anonymous memory, touch every page,
+ *       munmap it; then read MIB of BLOCKDEV (default /dev/vda) through the page cache and
+ *       drop those pages again (POSIX_FADV_DONTNEED). No ZONE_DEVICE page is involved.
+ *       prints "churn seconds=S pages=N"
+ *   benchload storm PASSES MIB
+ *       device-event storm on fsdax: map MIB of a file on /mnt/dax (PTEs only), fault every
+ *       page in, then PASSES times pin and release every page through GUP (one
+ *       process_vm_readv over the whole mapping), then unmap.
+ *       prints "storm seconds=S pages=N passes=P"
+ * Built statically by `cargo xtask` and installed in the guest at /usr/lib/refwatch-lab. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PAGE 4096UL
+
+static void die(const char *what)
+{
+	fprintf(stderr, "benchload: %s: %s\n", what, strerror(errno));
+	exit(1);
+}
+
+static double now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static int churn(long rounds, size_t size, const char *dev)
+{
+	int fd = open(dev, O_RDONLY);
+	if (fd < 0)
+		die(dev);
+	char *buf = malloc(1 << 16);
+	if (!buf)
+		die("malloc");
+	unsigned long pages = 0;
+	double t0 = now();
+	for (long r = 0; r < rounds; r++) {
+		char *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (p == MAP_FAILED)
+			die("mmap");
+		/* Small pages: a THP would turn 512 page events into one. */
+		if (madvise(p, size, MADV_NOHUGEPAGE))
+			die("madvise");
+		for (size_t off = 0; off < size; off += PAGE)
+			p[off] = (char)r;
+		if (munmap(p, size))
+			die("munmap");
+		for (size_t off = 0; off < size; off += 1 << 16)
+			if (pread(fd, buf, 1 << 16, off) != 1 << 16)
+				die("pread");
+		if (posix_fadvise(fd, 0, size, POSIX_FADV_DONTNEED))
+			die("fadvise");
+		pages += 2 * size / PAGE;
+	}
+	printf("churn seconds=%.6f pages=%lu\n", now() - t0, pages);
+	return 0;
+}
+
+static int storm(long passes, size_t size)
+{
+	const char *path = "/mnt/dax/benchload";
+	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+	if (fd < 0)
+		die(path);
+	if (fallocate(fd, 0, 0, size))
+		die("fallocate");
+	char *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (p == MAP_FAILED)
+		die("mmap");
+	if (madvise(p, size, MADV_NOHUGEPAGE))
+		die("madvise");
+	char *buf = malloc(size);
+	if (!buf)
+		die("malloc");
+	double t0 = now();
+	for (size_t off = 0; off < size; off += PAGE)
+		p[off] = 1;
+	for (long i = 0; i < passes; i++) {
+		struct iovec local = { buf, size };
+		struct iovec remote = { p, size };
+		if (process_vm_readv(getpid(), &local, 1, &remote, 1, 0) != (ssize_t)size)
+			die("process_vm_readv");
+	}
+	if (munmap(p, size))
+		die("munmap");
+	double t = now() - t0;
+	close(fd);
+	unlink(path);
+	printf("storm seconds=%.6f pages=%lu passes=%ld\n", t, (unsigned long)(size / PAGE), passes);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	if (argc >= 4 && !strcmp(argv[1], "churn"))
+		return churn(atol(argv[2]), (size_t)atol(argv[3]) << 20, argc > 4 ? argv[4] : "/dev/vda");
+	if (argc == 4 && !strcmp(argv[1], "storm"))
+		return storm(atol(argv[2]), (size_t)atol(argv[3]) << 20);
+	fprintf(stderr, "usage: benchload churn ROUNDS MIB [BLOCKDEV] | storm PASSES MIB\n");
+	return 2;
+}
