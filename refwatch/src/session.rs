@@ -219,11 +219,7 @@ pub fn verify_kprobe_programs(kernel: &Kernel) -> Result<Vec<(String, Result<(),
     Ok((0..refwatch_common::CATALOG.len())
         .map(|id| {
             let name = format!("k_{id}");
-            let outcome = ebpf
-                .program_mut(&name)
-                .ok_or_else(|| "program missing".to_owned())
-                .and_then(|p| <&mut KProbe>::try_from(p).map_err(|e| error_chain(&e)))
-                .and_then(|p| p.load().map_err(|e| error_chain(&e)));
+            let outcome = program::<KProbe>(&mut ebpf, &name).and_then(|p| p.load().map_err(|e| error_chain(&e)));
             (name, outcome)
         })
         .collect())
@@ -236,11 +232,7 @@ pub fn fentry_allowed(kernel: &Kernel, id: u8, function: &str) -> Result<(), Str
     let mut ebpf = load_object(&layout.with_vmemmap_base(0), &Callers::default(), globals::DEFAULT_RING_BYTES)
         .map_err(|e| error_chain(&e))?;
     let btf = kernel.aya_btf.as_ref().ok_or("no kernel BTF")?;
-    let prog: &mut FEntry = ebpf
-        .program_mut(&format!("f_{id}"))
-        .ok_or("program missing")?
-        .try_into()
-        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+    let prog: &mut FEntry = program(&mut ebpf, &format!("f_{id}"))?;
     prog.load(function, btf).map_err(|e| error_chain(&e))
 }
 
@@ -262,29 +254,27 @@ fn attach(
 ) -> Result<(), String> {
     match mode {
         AttachMode::Kprobe => {
-            let name = format!("k_{id}");
-            let prog: &mut KProbe = ebpf
-                .program_mut(&name)
-                .ok_or("program missing")?
-                .try_into()
-                .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+            let prog: &mut KProbe = program(ebpf, &format!("k_{id}"))?;
             prog.load().map_err(|e| error_chain(&e))?;
             prog.attach(function, 0).map_err(|e| error_chain(&e))?;
         }
         AttachMode::Fentry => {
             let btf = btf.ok_or("no kernel BTF")?;
-            let name = format!("f_{id}");
-            let prog: &mut FEntry = ebpf
-                .program_mut(&name)
-                .ok_or("program missing")?
-                .try_into()
-                .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+            let prog: &mut FEntry = program(ebpf, &format!("f_{id}"))?;
             prog.load(function, btf).map_err(|e| error_chain(&e))?;
             prog.attach().map_err(|e| error_chain(&e))?;
         }
         AttachMode::Auto => unreachable!("the plan expands auto into concrete modes"),
     }
     Ok(())
+}
+
+/// A program of the object, as its concrete type.
+fn program<'a, P>(ebpf: &'a mut aya::Ebpf, name: &str) -> Result<&'a mut P, String>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name).ok_or_else(|| format!("program {name} missing"))?.try_into().map_err(|e| error_chain(&e))
 }
 
 /// An error with its sources, on one line (aya's errors keep the useful part in `source`).
