@@ -5,6 +5,7 @@ mod cmd;
 mod lab;
 mod paths;
 mod setup;
+mod soak;
 mod test;
 
 use std::process::ExitCode;
@@ -26,6 +27,8 @@ enum Task {
     Lab(lab::LabArgs),
     /// Unit tests, host checks and the VM matrix (what CI runs).
     Test(test::TestArgs),
+    /// Minutes of mixed DAX workloads under `refwatch record` in a VM: flat RSS, no drops.
+    Soak(soak::SoakArgs),
     /// Performance figures: hot-path overhead, device-event throughput, analysis speed, trace size.
     Bench(bench::BenchArgs),
 }
@@ -35,6 +38,7 @@ fn main() -> ExitCode {
         Task::Setup => report(setup::run()),
         Task::Lab(args) => lab::main(args),
         Task::Test(args) => test::main(args),
+        Task::Soak(args) => soak::main(args),
         Task::Bench(args) => bench::main(args),
     }
 }

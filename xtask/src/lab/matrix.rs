@@ -286,10 +286,13 @@ impl VmCase for super::inject::Case {
     }
 }
 
-/// The whole matrix: the daxload cases, then the refwatch_inject cases.
+/// The whole matrix: the daxload cases, the refwatch_inject cases, then the script cases.
 pub fn all_cases() -> Vec<&'static dyn VmCase> {
     let daxload = CASES.iter().map(|c| c as &dyn VmCase);
-    daxload.chain(super::inject::CASES.iter().map(|c| c as &dyn VmCase)).collect()
+    daxload
+        .chain(super::inject::CASES.iter().map(|c| c as &dyn VmCase))
+        .chain(SCRIPT_CASES.iter().map(|c| c as &dyn VmCase))
+        .collect()
 }
 
 /// Runs the cases (two VMs at a time: one TCG thread each on a 2-core machine) and returns
@@ -334,4 +337,226 @@ pub fn run_all(cases: &[&dyn VmCase], assets: &Assets, apt: &Apt) -> (usize, usi
         }
     });
     tally.into_inner().expect("no panics while held")
+}
+
+/// Cases whose guest script asserts by itself: environment errors (no BTF, no tracefs, two
+/// instances, an unreadable release), kills during a recording, and a short soak. The script
+/// prints `FAIL: …` lines and exits 1 on failure; the host reports those lines.
+pub struct ScriptCase {
+    pub kernel: &'static str,
+    pub name: &'static str,
+    pub script: fn() -> String,
+}
+
+impl ScriptCase {
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.kernel, self.name)
+    }
+}
+
+/// Shell helpers every script case starts with. `events F` runs `refwatch report --json` on
+/// trace F: its status in $rc, the event count in $n, stderr in F.report.err, JSON in F.json.
+const SCRIPT_PRELUDE: &str = r#"
+failed=0
+fail() { echo "FAIL: $*"; failed=1; }
+events() { refwatch report --json "$1" > "$1.json" 2> "$1.report.err"; rc=$?; n=$(sed -n 's/^  "events": \([0-9]*\),$/\1/p' "$1.json"); }
+wait_for() { for i in $(seq 300); do [ -e "$1" ] && return 0; sleep 0.1; done; fail "$1 never appeared"; }
+"#;
+
+fn script(body: &str) -> String {
+    format!("{SCRIPT_PRELUDE}\n{body}\nexit $failed\n")
+}
+
+/// No BTF (its file replaced by an empty one): refwatch cannot learn the struct layout or check
+/// prototypes, so every attaching command refuses with exit 2 naming BTF; `probes` still works.
+fn no_btf() -> String {
+    script(
+        r#"
+mount --bind /dev/null /sys/kernel/btf/vmlinux || fail "cannot hide BTF"
+refwatch record -o /out/t.rft -d 1 2> /out/record.err; rc=$?
+[ $rc = 2 ] || fail "record exit $rc, expected 2"
+grep -q 'cannot run on .*struct layout unknown: /sys/kernel/btf/vmlinux' /out/record.err || fail "record: $(cat /out/record.err)"
+[ -e /out/t.rft ] && fail "a trace file was left behind"
+refwatch stream -d 1 2> /out/stream.err; rc=$?
+[ $rc = 2 ] || fail "stream exit $rc, expected 2"
+refwatch probes > /out/probes.txt; rc=$?
+[ $rc = 0 ] || fail "probes exit $rc"
+grep -q '^BTF:      no' /out/probes.txt || fail "probes does not say BTF is missing"
+"#,
+    )
+}
+
+/// tracefs and debugfs unmounted: kprobes attach through the perf kprobe PMU, so recording works.
+fn no_tracefs() -> String {
+    script(
+        r#"
+umount /sys/kernel/tracing; umount /sys/kernel/debug
+grep -q tracefs /proc/mounts && fail "tracefs still mounted"
+refwatch record -o /out/t.rft -- daxload fsdax-mmap 2> /out/record.err; rc=$?
+[ $rc = 0 ] || fail "record exit $rc: $(cat /out/record.err)"
+events /out/t.rft
+[ $rc = 0 ] && [ "${n:-0}" -ge 4096 ] || fail "report exit $rc, $n events (expected >= 4096)"
+"#,
+    )
+}
+
+/// Two recordings at once: kprobes stack, so both attach and both see the whole workload.
+fn two_instances() -> String {
+    script(
+        r#"
+refwatch record -o /out/a.rft -d 120 2> /out/a.err & a=$!
+wait_for /out/a.rft
+refwatch record -o /out/b.rft -- daxload fsdax-mmap 2> /out/b.err; rc=$?
+[ $rc = 0 ] || fail "second record exit $rc: $(cat /out/b.err)"
+kill -INT $a; wait $a; rc=$?
+[ $rc = 0 ] || fail "first record exit $rc: $(cat /out/a.err)"
+events /out/a.rft; na=$n; ra=$rc
+events /out/b.rft; nb=$n; rb=$rc
+[ $ra = 0 ] && [ $rb = 0 ] || fail "report exits $ra $rb"
+[ "${nb:-0}" -ge 4096 ] || fail "second instance saw $nb events"
+[ "${na:-0}" -ge "${nb:-0}" ] || fail "first instance saw $na events, the second $nb"
+grep -q '"dropped": 0,' /out/a.rft.json && grep -q '"dropped": 0,' /out/b.rft.json || fail "drops"
+"#,
+    )
+}
+
+/// A release refwatch cannot parse: refused with exit 2 naming it (no guessing of a refcount
+/// era). A release newer than any known one runs with the newest era's rules.
+fn unknown_release() -> String {
+    script(
+        r#"
+real=$(cat /proc/sys/kernel/osrelease)
+echo garbage > /tmp/osrelease
+mount --bind /tmp/osrelease /proc/sys/kernel/osrelease || fail "cannot fake the release"
+refwatch record -o /out/t.rft -d 1 2> /out/garbage.err; rc=$?
+[ $rc = 2 ] || fail "garbage release: exit $rc"
+grep -q 'kernel release "garbage" has no version refwatch can read' /out/garbage.err || fail "garbage: $(cat /out/garbage.err)"
+umount /proc/sys/kernel/osrelease
+echo 99.1.0-future > /tmp/osrelease
+mount --bind /tmp/osrelease /proc/sys/kernel/osrelease
+refwatch probes > /out/probes.txt 2>&1 || fail "probes on 99.1: $(cat /out/probes.txt)"
+refwatch record -o /out/future.rft -- daxload fsdax-mmap 2> /out/future.err; rc=$?
+[ $rc = 0 ] || fail "future release: exit $rc: $(cat /out/future.err)"
+umount /proc/sys/kernel/osrelease
+[ "$(cat /proc/sys/kernel/osrelease)" = "$real" ] || fail "release not restored"
+"#,
+    )
+}
+
+/// SIGINT, SIGTERM and SIGKILL at random points of a recording over a DAX workload. INT and TERM
+/// end it cleanly: exit 0 and a footer whose count matches every event (report has no warning).
+/// KILL leaves a trace cut off after a whole frame (the recorder writes each ring-buffer batch
+/// at once): report reads it with a warning.
+fn signals() -> String {
+    script(
+        r#"
+for sig in INT TERM KILL INT TERM KILL; do
+	t=/out/$sig-$RANDOM.rft
+	refwatch record -o $t -- daxload fsdax-gup 2> $t.err & p=$!
+	wait_for $t
+	# Up to 3 s in: from before the first event to well into the workload (≈20k events).
+	sleep $((RANDOM % 30 / 10)).$((RANDOM % 10))
+	kill -$sig $p; wait $p; rrc=$?
+	while pidof daxload > /dev/null; do sleep 0.2; done
+	events $t
+	echo "$sig: record exit $rrc, report exit $rc, $n events, $(cat $t.report.err)"
+	if [ $sig = KILL ]; then
+		[ $rrc = 137 ] || fail "$sig: record exit $rrc"
+		# Cut off after a whole frame, or complete when the kill came after the footer.
+		[ $rc = 0 ] || fail "$sig: report exit $rc: $(cat $t.report.err)"
+		[ -z "$(cat $t.report.err)" ] || grep -q 'warning: trace cut off' $t.report.err \
+			|| fail "$sig: $(cat $t.report.err)"
+	else
+		[ $rrc = 0 ] || fail "$sig: record exit $rrc: $(cat $t.err)"
+		[ $rc = 0 ] && [ -z "$(cat $t.report.err)" ] || fail "$sig: report exit $rc: $(cat $t.report.err)"
+		grep -q '"dropped": 0,' $t.json || fail "$sig: footer missing or drops"
+	fi
+done
+"#,
+    )
+}
+
+/// `seconds` of mixed DAX workloads under `refwatch record`, sampling its RSS every 5 s: no
+/// event dropped, a trace that reads clean, and RSS flat (the last sample at most 25% + 4 MiB
+/// above the first one after a 20 s warm-up).
+pub fn soak_script(seconds: u64) -> String {
+    script(&format!(
+        r#"
+refwatch record -o /out/soak.rft -d {seconds} 2> /out/record.err & p=$!
+wait_for /out/soak.rft
+( while kill -0 $p 2>/dev/null; do
+	for w in fsdax-mmap fsdax-gup fsdax-truncate fsdax-pmd; do kill -0 $p 2>/dev/null && daxload $w > /dev/null; done
+done ) &
+while kill -0 $p 2>/dev/null; do
+	grep VmRSS /proc/$p/status 2>/dev/null | awk -v t=$(cut -d. -f1 /proc/uptime) '{{print t, $2}}' >> /out/rss.txt
+	sleep 5
+done
+wait $p; rc=$?
+[ $rc = 0 ] || fail "record exit $rc: $(cat /out/record.err)"
+wait
+events /out/soak.rft
+[ $rc = 0 ] && [ -z "$(cat /out/soak.rft.report.err)" ] || fail "report exit $rc: $(cat /out/soak.rft.report.err)"
+grep -q '"dropped": 0,' /out/soak.rft.json || fail "events dropped: $(grep dropped /out/soak.rft.json)"
+echo "soak: $n events; RSS samples (uptime, KiB):"; cat /out/rss.txt
+awk 'NR == 1 {{ t0 = $1 }} !base && $1 - t0 >= 20 {{ base = $2 }} {{ last = $2 }}
+	END {{ if (!base) {{ print "FAIL: no RSS sample after the warm-up"; exit 1 }}
+	       if (last > base * 1.25 + 4096) {{ printf "FAIL: RSS grew from %d to %d KiB\n", base, last; exit 1 }} }}' /out/rss.txt || failed=1
+"#
+    ))
+}
+
+fn soak_short() -> String {
+    soak_script(60)
+}
+
+pub const SCRIPT_CASES: &[ScriptCase] = &[
+    ScriptCase { kernel: "6.1", name: "env-no-btf", script: no_btf },
+    ScriptCase { kernel: "6.1", name: "env-no-tracefs", script: no_tracefs },
+    ScriptCase { kernel: "6.1", name: "env-two-instances", script: two_instances },
+    ScriptCase { kernel: "6.1", name: "env-unknown-release", script: unknown_release },
+    ScriptCase { kernel: "6.1", name: "signals", script: signals },
+    ScriptCase { kernel: "7.3", name: "soak-1min", script: soak_short },
+];
+
+/// Runs one script case in a VM with `timeout`: the guest's stdout, or the reasons it failed.
+pub fn run_script(
+    case: &ScriptCase,
+    script: &str,
+    timeout: std::time::Duration,
+    kernel: &Kernel,
+    assets: &Assets,
+) -> Result<String, Vec<String>> {
+    let job = GuestJob {
+        argv: vec!["sh".into(), "-c".into(), script.to_owned()],
+        timeout: Some(timeout),
+        ..GuestJob::default()
+    };
+    let label = format!("matrix-{}", case.id().replace('/', "-"));
+    let result = run_in_vm(kernel, assets, &job, &label).map_err(|e| vec![format!("{e:#}")])?;
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    if result.exit_code == 0 {
+        return Ok(stdout.into_owned());
+    }
+    let mut reasons: Vec<String> = stdout.lines().filter(|l| l.starts_with("FAIL")).map(str::to_owned).collect();
+    reasons.push(format!(
+        "exit status {} (stderr: {}; out: {}; console: {})",
+        result.exit_code,
+        last_lines(&String::from_utf8_lossy(&result.stderr), 5),
+        result.out_dir.display(),
+        result.console_log.display()
+    ));
+    Err(reasons)
+}
+
+impl VmCase for ScriptCase {
+    fn id(&self) -> String {
+        ScriptCase::id(self)
+    }
+    fn kernel(&self) -> &'static str {
+        self.kernel
+    }
+    fn run(&self, kernel: &Kernel, assets: &Assets) -> Result<(), Vec<String>> {
+        // Each script is well under a minute of guest time (the soak: 60 s) plus the boot.
+        run_script(self, &(self.script)(), std::time::Duration::from_secs(240), kernel, assets).map(drop)
+    }
 }
