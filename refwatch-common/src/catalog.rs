@@ -190,6 +190,17 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
       "5.10 6.1 6.12", "zap of a devmap PTE: no rmap, no refcount change"), "unmap_page_range"),
 ];
 
+/// BPF trampolines (fentry) accept struct arguments passed by value (`pfn_t`, `pte_t`) only
+/// from this kernel on; older kernels refuse such programs at load ("stack depth 0+0" on 5.10).
+pub const FENTRY_STRUCT_ARGS_SINCE: (u8, u8) = (6, 1);
+
+impl Probe {
+    /// Whether the page argument is a struct passed by value.
+    pub const fn struct_by_value(&self) -> bool {
+        matches!(self.arg, Arg::PfnT(_) | Arg::Pte(_))
+    }
+}
+
 /// A transition that happens in a static inline function, and the out-of-line functions that
 /// carry it instead.
 #[derive(Clone, Copy, Debug)]

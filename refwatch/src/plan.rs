@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use refwatch_common::{
     CATALOG, EventKind, Probe, RefModel,
-    catalog::{INLINES, era},
+    catalog::{FENTRY_STRUCT_ARGS_SINCE, INLINES, era},
 };
 use serde::{Deserialize, Serialize};
 
@@ -104,9 +104,15 @@ fn matches_prototype(probe: &Probe, found: &[String]) -> bool {
         })
 }
 
-fn modes_for(probe: &Probe, requested: AttachMode) -> Vec<AttachMode> {
-    // fentry programs cannot see the return address, so caller-filtered entries are kprobe-only.
-    let fentry_ok = probe.caller.is_none();
+/// Whether an fentry program can carry this entry on this kernel: fentry programs cannot see
+/// the return address that caller-filtered entries need, and older trampolines refuse struct
+/// arguments passed by value.
+pub fn fentry_capable(probe: &Probe, version: (u8, u8)) -> bool {
+    probe.caller.is_none() && (version >= FENTRY_STRUCT_ARGS_SINCE || !probe.struct_by_value())
+}
+
+fn modes_for(probe: &Probe, version: (u8, u8), requested: AttachMode) -> Vec<AttachMode> {
+    let fentry_ok = fentry_capable(probe, version);
     match requested {
         AttachMode::Kprobe => vec![AttachMode::Kprobe],
         AttachMode::Fentry if fentry_ok => vec![AttachMode::Fentry],
@@ -148,7 +154,7 @@ pub fn resolve(facts: &KernelFacts, requested: AttachMode) -> Plan {
             kind: probe.kind.name().to_owned(),
             site: probe.site.to_owned(),
             resolution,
-            modes: modes_for(probe, requested),
+            modes: modes_for(probe, facts.version, requested),
             attached: None,
         });
     }

@@ -211,18 +211,30 @@ fn load_object(layout: &Layout, callers: &Callers, ring_bytes: u32) -> Result<ay
         .load(PROGRAMS)
 }
 
-/// Loads (verifies) every kprobe program without attaching: the object's programs must pass
-/// the verifier of the running kernel even where it cannot attach them. Program name → outcome.
-pub fn verify_kprobe_programs(kernel: &Kernel) -> Result<Vec<(String, Result<(), String>)>, SessionError> {
+/// Loads (verifies) every kprobe program without attaching, and, in `fentry` (function names
+/// by catalog id), the fentry program of each of those functions: the object's programs must
+/// pass the verifier of the running kernel even where it cannot attach them. Name → outcome.
+pub fn verify_programs(
+    kernel: &Kernel,
+    fentry: &[(u8, &str)],
+) -> Result<Vec<(String, Result<(), String>)>, SessionError> {
     let layout = kernel.facts.layout.clone().unwrap_or_else(|_| LayoutFacts::placeholder());
     let mut ebpf = load_object(&layout.with_vmemmap_base(0), &Callers::default(), globals::DEFAULT_RING_BYTES)?;
-    Ok((0..refwatch_common::CATALOG.len())
+    let mut outcomes: Vec<_> = (0..refwatch_common::CATALOG.len())
         .map(|id| {
             let name = format!("k_{id}");
             let outcome = program::<KProbe>(&mut ebpf, &name).and_then(|p| p.load().map_err(|e| error_chain(&e)));
             (name, outcome)
         })
-        .collect())
+        .collect();
+    for &(id, function) in fentry {
+        let name = format!("f_{id}");
+        let outcome = kernel.aya_btf.as_ref().ok_or_else(|| "no kernel BTF".to_owned()).and_then(|btf| {
+            program::<FEntry>(&mut ebpf, &name)?.load(function, btf).map_err(|e| error_chain(&e))
+        });
+        outcomes.push((format!("{name} ({function})"), outcome));
+    }
+    Ok(outcomes)
 }
 
 /// Whether the kernel accepts an fentry program on `function` (some kernels refuse every

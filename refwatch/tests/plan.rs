@@ -100,6 +100,14 @@ fn fentry_keeps_caller_filtered_entries_on_kprobe() {
     assert_eq!(auto, vec![AttachMode::Fentry, AttachMode::Kprobe]);
 }
 
+/// 5.10's trampolines refuse struct-by-value arguments: its pfn_t inserts stay on kprobes.
+#[test]
+fn fentry_on_5_10_keeps_pfn_t_entries_on_kprobe() {
+    assert_eq!(plan_modes("5.10", "__vm_insert_mixed"), vec![AttachMode::Kprobe]);
+    assert_eq!(plan_modes("5.10", "try_grab_page"), vec![AttachMode::Fentry, AttachMode::Kprobe]);
+    assert_eq!(plan_modes("6.1", "vmf_insert_pfn_pmd_prot"), vec![AttachMode::Fentry, AttachMode::Kprobe]);
+}
+
 fn plan_modes(kernel: &str, function: &str) -> Vec<AttachMode> {
     plan(kernel, AttachMode::Auto).used().find(|p| p.function == function).unwrap().modes.clone()
 }

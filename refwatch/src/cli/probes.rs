@@ -19,7 +19,8 @@ pub struct ProbesArgs {
     /// Print the kernel facts the plan was resolved from (to save for tests and bug reports).
     #[arg(long, conflicts_with = "json")]
     facts: bool,
-    /// Also load (verify) every kprobe program into the running kernel, without attaching.
+    /// Also load (verify) every kprobe program into the running kernel, without attaching, and
+    /// the fentry programs of the functions the plan uses where the kernel allows fentry.
     #[arg(long)]
     verify: bool,
     #[arg(long, value_enum, default_value_t = AttachMode::Kprobe)]
@@ -41,7 +42,15 @@ pub fn run(args: ProbesArgs) -> Result<ExitCode> {
         Some(p) => session::fentry_allowed(&kernel, p.id, &p.function),
     };
     let verified = if args.verify {
-        Some(session::verify_kprobe_programs(&kernel)?)
+        let fentry_targets: Vec<(u8, &str)> = match fentry {
+            Ok(()) => plan
+                .used()
+                .filter(|p| plan::fentry_capable(&refwatch_common::CATALOG[p.id as usize], plan.version))
+                .map(|p| (p.id, p.function.as_str()))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        Some(session::verify_programs(&kernel, &fentry_targets)?)
     } else {
         None
     };
@@ -65,7 +74,7 @@ pub fn run(args: ProbesArgs) -> Result<ExitCode> {
         print_text(&kernel, &plan, &fentry);
         if let Some(verified) = &verified {
             let ok = verified.iter().filter(|(_, r)| r.is_ok()).count();
-            println!("\nverifier: {ok}/{} kprobe programs load on this kernel", verified.len());
+            println!("\nverifier: {ok}/{} programs load on this kernel", verified.len());
             for (name, r) in verified {
                 if let Err(e) = r {
                     println!("  {name}: {e}");

@@ -386,6 +386,19 @@ grep -q '^BTF:      no' /out/probes.txt || fail "probes does not say BTF is miss
     )
 }
 
+/// The verifier of every lab kernel accepts every kprobe program, and every fentry program of
+/// the functions the kernel's plan uses (`probes --verify` exits 2 on any rejection).
+fn verifier() -> String {
+    script(
+        r#"
+refwatch probes --verify > /out/verify.txt 2>&1; rc=$?
+[ $rc = 0 ] || fail "probes --verify exit $rc: $(tail -5 /out/verify.txt)"
+grep -q '^fentry:   allowed' /out/verify.txt || fail "fentry not allowed: $(grep '^fentry' /out/verify.txt)"
+grep -q '^verifier: \([0-9]*\)/\1 programs load' /out/verify.txt || fail "$(grep '^verifier' /out/verify.txt)"
+"#,
+    )
+}
+
 /// tracefs and debugfs unmounted: kprobes attach through the perf kprobe PMU, so recording works.
 fn no_tracefs() -> String {
     script(
@@ -510,6 +523,11 @@ fn soak_short() -> String {
 }
 
 pub const SCRIPT_CASES: &[ScriptCase] = &[
+    ScriptCase { kernel: "5.10", name: "verifier", script: verifier },
+    ScriptCase { kernel: "6.1", name: "verifier", script: verifier },
+    ScriptCase { kernel: "6.12", name: "verifier", script: verifier },
+    ScriptCase { kernel: "7.2", name: "verifier", script: verifier },
+    ScriptCase { kernel: "7.3", name: "verifier", script: verifier },
     ScriptCase { kernel: "6.1", name: "env-no-btf", script: no_btf },
     ScriptCase { kernel: "6.1", name: "env-no-tracefs", script: no_tracefs },
     ScriptCase { kernel: "6.1", name: "env-two-instances", script: two_instances },
