@@ -1,20 +1,23 @@
 //! /proc/kallsyms: which functions exist, where they are, and address → `func+0x1f/0x40`.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Symbol {
     pub addr: u64,
     /// kallsyms type letter: `T`/`t` text, `D`/`d` data, ….
     pub ty: char,
-    pub name: String,
-    pub module: Option<String>,
+    pub name: Box<str>,
+    /// Shared between the symbols of one module.
+    pub module: Option<Arc<str>>,
 }
 
-/// Symbols sorted by address, with a name index.
+/// Symbols sorted by address, with a name index. Kept compact: a session holds the whole table
+/// (a few hundred thousand symbols) for as long as it symbolizes stacks.
 pub struct Kallsyms {
     sorted: Vec<Symbol>,
-    by_name: HashMap<String, usize>,
+    /// Indices into `sorted`, ordered by name, then by address (vmlinux before modules).
+    by_name: Vec<u32>,
 }
 
 impl Kallsyms {
@@ -23,28 +26,37 @@ impl Kallsyms {
     }
 
     pub fn parse(text: &str) -> Self {
+        let mut module: Option<Arc<str>> = None;
         let mut sorted: Vec<Symbol> = text
             .lines()
             .filter_map(|line| {
                 let mut it = line.split_whitespace();
                 let addr = u64::from_str_radix(it.next()?, 16).ok()?;
                 let ty = it.next()?.chars().next()?;
-                let name = it.next()?.to_owned();
-                let module = it.next().map(|m| m.trim_matches(['[', ']']).to_owned());
-                Some(Symbol { addr, ty, name, module })
+                let name = it.next()?.into();
+                let m = it.next().map(|m| m.trim_matches(['[', ']']));
+                // Lines of one module come together: reuse its name.
+                if m != module.as_deref() {
+                    module = m.map(Arc::from);
+                }
+                Some(Symbol { addr, ty, name, module: module.clone() })
             })
             .collect();
         sorted.sort_by_key(|s| s.addr);
-        let mut by_name = HashMap::with_capacity(sorted.len());
-        for (i, s) in sorted.iter().enumerate() {
-            // vmlinux first: a module may define a same-named static.
-            by_name.entry(s.name.clone()).or_insert(i);
-        }
+        let mut by_name: Vec<u32> = (0..sorted.len() as u32).collect();
+        // Stable: among equal names the lower address (vmlinux, before modules) comes first.
+        by_name.sort_by(|&a, &b| sorted[a as usize].name.cmp(&sorted[b as usize].name));
         Self { sorted, by_name }
     }
 
+    fn index(&self, name: &str) -> Option<usize> {
+        let i = self.by_name.partition_point(|&i| &*self.sorted[i as usize].name < name);
+        let &i = self.by_name.get(i)?;
+        (&*self.sorted[i as usize].name == name).then_some(i as usize)
+    }
+
     pub fn get(&self, name: &str) -> Option<&Symbol> {
-        self.by_name.get(name).map(|&i| &self.sorted[i])
+        self.index(name).map(|i| &self.sorted[i])
     }
 
     /// Addresses are all zero when kptr_restrict hides them (not root).
@@ -54,7 +66,7 @@ impl Kallsyms {
 
     /// `[start, end)` of a function: up to the next symbol at a higher address.
     pub fn range(&self, name: &str) -> Option<(u64, u64)> {
-        let &i = self.by_name.get(name)?;
+        let i = self.index(name)?;
         let start = self.sorted[i].addr;
         let end = self.sorted[i + 1..].iter().find(|s| s.addr > start)?.addr;
         Some((start, end))

@@ -147,7 +147,8 @@ impl Session {
             .map_err(|e| SessionError::Map(globals::DROPS, e.to_string()))?;
         let stacks = StackTraceMap::try_from(take(&mut ebpf, globals::STACKS)?)
             .map_err(|e| SessionError::Map(globals::STACKS, e.to_string()))?;
-        Ok(Self {
+        drop(aya_btf);
+        let session = Self {
             _ebpf: ebpf,
             // SAFETY: the ring buffer owns its fd and outlives the registration (both are moved
             // into the AsyncFd together).
@@ -159,7 +160,11 @@ impl Session {
             // and their frames are dropped from stacks by name.
             kallsyms: Kallsyms::read().map_err(SessionError::Kallsyms)?,
             symbolized: HashMap::new(),
-        })
+        };
+        // Parsing BTF and kallsyms peaks at tens of MiB that a long recording never needs
+        // again: give it back to the kernel instead of keeping it as heap high-water mark.
+        unsafe { libc::malloc_trim(0) };
+        Ok(session)
     }
 
     /// Waits until the ring buffer has data, then moves every pending event into `out`.
