@@ -190,6 +190,9 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
       "5.10 6.1 6.12", "zap of a devmap PTE: no rmap, no refcount change"), "unmap_page_range"),
 ];
 
+/// The newest kernel the catalog was checked against (Debian's 7.3 in the VM lab).
+pub const NEWEST_CHECKED: (u8, u8) = (7, 3);
+
 /// BPF trampolines (fentry) accept struct arguments passed by value (`pfn_t`, `pte_t`) only
 /// from this kernel on; older kernels refuse such programs at load ("stack depth 0+0" on 5.10).
 pub const FENTRY_STRUCT_ARGS_SINCE: (u8, u8) = (6, 1);

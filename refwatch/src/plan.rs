@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use refwatch_common::{
     CATALOG, EventKind, Probe, RefModel,
-    catalog::{FENTRY_STRUCT_ARGS_SINCE, INLINES, era},
+    catalog::{FENTRY_STRUCT_ARGS_SINCE, INLINES, NEWEST_CHECKED, era},
 };
 use serde::{Deserialize, Serialize};
 
@@ -76,6 +76,9 @@ pub struct Plan {
     pub pgmap_types: BTreeMap<u8, String>,
     /// Problems that stop refwatch from running at all on this kernel.
     pub blockers: Vec<String>,
+    /// What the user should know but does not stop refwatch.
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 /// Serializable mirror of [`RefModel`].
@@ -189,6 +192,14 @@ pub fn resolve(facts: &KernelFacts, requested: AttachMode) -> Plan {
         let why = if facts.btf { "" } else { " (without BTF no prototype can be checked)" };
         blockers.push(format!("no catalog function resolved on this kernel{why}"));
     }
+    let mut notes = Vec::new();
+    if facts.version > NEWEST_CHECKED {
+        notes.push(format!(
+            "{}.{} is newer than any kernel the catalog was checked on ({}.{}): probes are resolved \
+             from kallsyms and BTF as usual, and the rules of the newest era ({}) apply",
+            facts.version.0, facts.version.1, NEWEST_CHECKED.0, NEWEST_CHECKED.1, era.name
+        ));
+    }
     Plan {
         kernel: facts.release.clone(),
         version: facts.version,
@@ -199,6 +210,7 @@ pub fn resolve(facts: &KernelFacts, requested: AttachMode) -> Plan {
         inlines,
         pgmap_types: facts.pgmap_types.clone(),
         blockers,
+        notes,
     }
 }
 

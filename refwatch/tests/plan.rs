@@ -125,6 +125,18 @@ fn inline_get_put_are_covered() {
 }
 
 #[test]
+fn newer_kernels_get_a_note_not_a_refusal() {
+    let path = format!("{}/tests/facts/7.2.json", env!("CARGO_MANIFEST_DIR"));
+    let mut facts: KernelFacts = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert!(plan::resolve(&facts, AttachMode::Kprobe).notes.is_empty());
+    facts.version = (8, 1);
+    let plan = plan::resolve(&facts, AttachMode::Kprobe);
+    assert!(plan.blockers.is_empty());
+    assert!(plan.notes[0].contains("8.1 is newer"), "{:?}", plan.notes);
+    assert_eq!(plan.model, Model::ZeroBased);
+}
+
+#[test]
 fn no_kprobes_blocks_kprobe_mode_only() {
     let path = format!("{}/tests/facts/6.1.json", env!("CARGO_MANIFEST_DIR"));
     let mut facts: KernelFacts = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();

@@ -316,6 +316,7 @@ impl Probes {
             inlines: Vec::new(),
             pgmap_types: ctx.pgmap_types.clone(),
             blockers: Vec::new(),
+            notes: Vec::new(),
         }
     }
 

@@ -135,6 +135,9 @@ fn print_text(kernel: &Kernel, plan: &Plan, fentry: &Result<(), String>) {
             println!("{}: inline in this kernel, covered by {}; {}", i.name, i.covered_by.join(", "), i.note);
         }
     }
+    for note in &plan.notes {
+        println!("\nnote: {note}");
+    }
     if !plan.blockers.is_empty() {
         println!("\nrefwatch cannot run here: {}", plan.blockers.join("; "));
     }
