@@ -1,30 +1,24 @@
 //! Opening a session for the commands that watch the running kernel, and a sink that feeds
 //! the aggregator.
 
-use std::time::Duration;
-
 use anyhow::Result;
 use refwatch::{
     aggregate::{Aggregator, Context},
-    capture::{Sink, StopWhen},
+    capture::Sink,
     facts::LayoutFacts,
     session::{Kernel, Session, SessionOptions},
     summary::Summary,
 };
 use refwatch_common::Event;
 
-use super::AttachArgs;
+use super::RunArgs;
 
 /// Loads and attaches (inside a tokio runtime); also returns the struct layout for traces.
-pub fn open(args: &AttachArgs) -> Result<(Session, Option<LayoutFacts>)> {
+pub fn open(args: &RunArgs) -> Result<(Session, Option<LayoutFacts>)> {
     let kernel = Kernel::inspect()?;
     let layout = kernel.facts.layout.clone().ok();
     let session = Session::open(kernel, &SessionOptions { attach: args.attach, ring_bytes: args.ring_kib * 1024 })?;
     Ok((session, layout))
-}
-
-pub fn stop_when(duration: Option<f64>, command: &[String]) -> StopWhen {
-    StopWhen { duration: duration.map(Duration::from_secs_f64), command: command.to_vec() }
 }
 
 /// Feeds every event to the aggregator.

@@ -13,7 +13,7 @@ use refwatch::{
 };
 use serde_json::json;
 
-use super::{AttachArgs, attach};
+use super::{RunArgs, attach};
 
 #[derive(Args)]
 pub struct CheckArgs {
@@ -28,22 +28,16 @@ pub struct CheckArgs {
     rules: Vec<String>,
     #[arg(long)]
     json: bool,
-    /// Stop after this many seconds.
-    #[arg(short, long)]
-    duration: Option<f64>,
     #[command(flatten)]
-    attach: AttachArgs,
-    /// Command to run once the probes are attached; checking stops when it exits.
-    #[arg(last = true)]
-    command: Vec<String>,
+    run: RunArgs,
 }
 
 fn live(args: &CheckArgs) -> Result<Summary> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
-        let (mut session, _) = attach::open(&args.attach)?;
+        let (mut session, _) = attach::open(&args.run)?;
         let mut sink = attach::Aggregate::new(&session);
-        capture::capture(&mut session, &attach::stop_when(args.duration, &args.command), &mut sink).await?;
+        capture::capture(&mut session, &args.run.stop_when(), &mut sink).await?;
         Ok(sink.summary(&mut session))
     })
 }

@@ -11,18 +11,12 @@ use refwatch::{
 };
 use refwatch_common::Event;
 
-use super::{AttachArgs, attach};
+use super::{RunArgs, attach};
 
 #[derive(Args)]
 pub struct LiveArgs {
-    /// Stop after this many seconds.
-    #[arg(short, long)]
-    duration: Option<f64>,
     #[command(flatten)]
-    attach: AttachArgs,
-    /// Command to run once the probes are attached; refwatch stops when it exits.
-    #[arg(last = true)]
-    command: Vec<String>,
+    run: RunArgs,
 }
 
 /// Findings shown under the tables.
@@ -105,7 +99,7 @@ impl Drop for RawStdin {
 pub fn run(args: LiveArgs) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
-        let (mut session, _) = attach::open(&args.attach)?;
+        let (mut session, _) = attach::open(&args.run)?;
         // SAFETY: isatty only inspects the fd.
         let tty = unsafe { libc::isatty(1) } == 1;
         let mut live = Live {
@@ -115,7 +109,7 @@ pub fn run(args: LiveArgs) -> Result<ExitCode> {
             last_events: 0,
             last_dropped: 0,
         };
-        capture::capture(&mut session, &attach::stop_when(args.duration, &args.command), &mut live).await?;
+        capture::capture(&mut session, &args.run.stop_when(), &mut live).await?;
         drop(live.keys.take());
         let s = live.inner.summary(&mut session);
         println!("\n{}", s.render(usize::MAX));

@@ -12,7 +12,7 @@ mod stream;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use refwatch::plan::AttachMode;
+use refwatch::{capture::StopWhen, plan::AttachMode};
 use refwatch_common::globals::DEFAULT_RING_BYTES;
 
 #[derive(Parser)]
@@ -39,15 +39,30 @@ enum Command {
     Check(check::CheckArgs),
 }
 
-/// Options shared by every command that attaches probes.
+/// Options shared by every command that attaches probes: how, and until when.
 #[derive(Args, Clone)]
-pub struct AttachArgs {
+pub struct RunArgs {
     /// kprobe, fentry, or auto (fentry where the kernel allows it, else kprobe).
     #[arg(long, value_enum, default_value_t = AttachMode::Kprobe)]
     pub attach: AttachMode,
     /// Ring buffer size in KiB (a power of two, at least 4).
     #[arg(long, default_value_t = DEFAULT_RING_BYTES / 1024, value_parser = ring_kib)]
     pub ring_kib: u32,
+    /// Stop after this many seconds.
+    #[arg(short, long)]
+    pub duration: Option<f64>,
+    /// Command to run once the probes are attached; refwatch stops when it exits.
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+impl RunArgs {
+    pub fn stop_when(&self) -> StopWhen {
+        StopWhen {
+            duration: self.duration.map(std::time::Duration::from_secs_f64),
+            command: self.command.clone(),
+        }
+    }
 }
 
 fn ring_kib(s: &str) -> Result<u32, String> {

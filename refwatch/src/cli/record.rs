@@ -11,21 +11,15 @@ use refwatch::{
 };
 use refwatch_common::Event;
 
-use super::{AttachArgs, attach};
+use super::{RunArgs, attach};
 
 #[derive(Args)]
 pub struct RecordArgs {
     /// Trace file to write.
     #[arg(short, long)]
     output: PathBuf,
-    /// Stop after this many seconds.
-    #[arg(short, long)]
-    duration: Option<f64>,
     #[command(flatten)]
-    attach: AttachArgs,
-    /// Command to run once the probes are attached; recording stops when it exits.
-    #[arg(last = true)]
-    command: Vec<String>,
+    run: RunArgs,
 }
 
 struct Recorder(TraceWriter<BufWriter<File>>);
@@ -44,20 +38,20 @@ impl Sink for Recorder {
 pub fn run(args: RecordArgs) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
-        let (mut session, layout) = attach::open(&args.attach)?;
+        let (mut session, layout) = attach::open(&args.run)?;
         // Before the trace file exists: a Ctrl-C from then on ends with a footer.
         capture::watch_signals()?;
         let header = Header {
             kernel: session.plan.kernel.clone(),
             plan: session.plan.clone(),
             layout,
-            command: args.command.clone(),
+            command: args.run.command.clone(),
             synthetic: false,
         };
         let writer = TraceWriter::create(&args.output, &header)
             .with_context(|| format!("creating {}", args.output.display()))?;
         let mut rec = Recorder(writer);
-        let stop = attach::stop_when(args.duration, &args.command);
+        let stop = args.run.stop_when();
         // A write error ends the capture; the footer is still attempted so the trace stays readable.
         let end = capture::capture(&mut session, &stop, &mut rec).await;
         let dropped = session.dropped();

@@ -5,39 +5,32 @@ use std::{
     io::{BufWriter, Write},
     path::PathBuf,
     process::ExitCode,
-    time::Duration,
 };
 
 use anyhow::{Context as _, Result};
 use clap::Args;
 use refwatch::{
-    capture::{self, End, Sink, StopWhen},
+    capture::{self, End, Sink},
     event::{EventExt, to_json},
     plan::Plan,
-    session::{Kernel, Session, SessionOptions},
+    session::Session,
     trace::TraceReader,
 };
 use refwatch_common::{Event, EventKind};
 use serde_json::{Value, json};
 
-use super::AttachArgs;
+use super::{RunArgs, attach};
 
 #[derive(Args)]
 pub struct StreamArgs {
     /// JSON lines on stdout; the summary goes to stderr.
     #[arg(long)]
     json: bool,
-    /// Stop after this many seconds.
-    #[arg(short, long)]
-    duration: Option<f64>,
     /// Replay a trace written by `refwatch record` instead of attaching (no root needed).
     #[arg(long, conflicts_with_all = ["duration", "command"])]
     trace: Option<PathBuf>,
     #[command(flatten)]
-    attach: AttachArgs,
-    /// Command to run once the probes are attached; refwatch stops when it exits.
-    #[arg(last = true)]
-    command: Vec<String>,
+    run: RunArgs,
 }
 
 struct Printer {
@@ -136,18 +129,10 @@ fn replay(path: &PathBuf, printer: &mut Printer) -> Result<ExitCode> {
 }
 
 fn live(args: &StreamArgs, printer: &mut Printer) -> Result<ExitCode> {
-    let kernel = Kernel::inspect()?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
-        let mut session = Session::open(
-            kernel,
-            &SessionOptions { attach: args.attach.attach, ring_bytes: args.attach.ring_kib * 1024 },
-        )?;
-        let stop = StopWhen {
-            duration: args.duration.map(Duration::from_secs_f64),
-            command: args.command.clone(),
-        };
-        let end = capture::capture(&mut session, &stop, printer).await?;
+        let (mut session, _) = attach::open(&args.run)?;
+        let end = capture::capture(&mut session, &args.run.stop_when(), printer).await?;
         let status = match end {
             End::CommandExited(s) => json!(s.code()),
             _ => json!(null),
