@@ -244,6 +244,12 @@ impl Aggregator {
     }
 
     fn pgmap_remove(&mut self, ev: &Event) -> usize {
+        // A pgmap torn down without a page of it ever seen (an idle namespace) still belongs
+        // in the summary: learn it from the event, which carries its type and first range.
+        if !self.pgmaps.contains_key(&ev.pgmap) {
+            self.pgmap_add(ev);
+            self.pgmaps.get_mut(&ev.pgmap).expect("just added").discovered = true;
+        }
         let model = self.context().model;
         let busy: Vec<(u64, String)> = self
             .pages
