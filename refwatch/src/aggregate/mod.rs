@@ -309,7 +309,16 @@ impl Aggregator {
             p.refcount = i64::from(ev.refcount);
             p
         });
-        if let Some(pg) = pg {
+        // gup_put_folio hands the same references on to __put_devmap_managed_*_refs (≤6.12):
+        // one drop seen at two nested probes, counted once.
+        let nested = kind == EventKind::Put
+            && page.recent.back().is_some_and(|(prev, prev_kind)| {
+                *prev_kind == EventKind::Put
+                    && prev.pid_tgid == ev.pid_tgid
+                    && prev.refcount == ev.refcount
+                    && CATALOG[prev.probe as usize].site != probe.site
+            });
+        if let Some(pg) = pg.filter(|_| !nested) {
             pg.counters.count(kind);
             pg.counters.pages_seen += u64::from(fresh);
         }
