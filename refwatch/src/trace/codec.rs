@@ -30,10 +30,24 @@ pub fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
 }
 
 /// What an event is coded against. Writer and reader keep identical copies.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct Context {
     pub prev: Event,
     pub task: u64,
+    /// Format version of the frames: 1 stored the stack id absolute and `extra2` against 0.
+    pub version: u16,
+}
+
+impl Context {
+    pub fn new(version: u16) -> Self {
+        Self { prev: Event::default(), task: 0, version }
+    }
+
+    /// What `stack_id` and `extra2` are coded against: consecutive events mostly share both
+    /// (the same path, the same GUP flags), which makes them one byte or nothing from version 2.
+    fn base(&self) -> (i32, u64) {
+        if self.version >= 2 { (self.prev.stack_id, self.prev.extra2) } else { (0, 0) }
+    }
 }
 
 const TASK: u8 = 1 << 0;
@@ -65,14 +79,15 @@ impl Context {
         present |= if (ev.pgmap_type, ev.flags) != (p.pgmap_type, p.flags) { TYPE } else { 0 };
         present |= if ev.cpu != p.cpu { CPU } else { 0 };
         present |= if ev.extra != 1 { EXTRA } else { 0 };
-        present |= if ev.extra2 != 0 { EXTRA2 } else { 0 };
+        let (stack_base, extra2_base) = self.base();
+        present |= if ev.extra2 != extra2_base { EXTRA2 } else { 0 };
         present |= if ev.mapcount != 0 || ev.kind != catalog_kind(ev.probe) { MAP_KIND } else { 0 };
         out.push(ev.probe);
         out.push(present);
         put_ivar(out, ev.ts_ns.wrapping_sub(p.ts_ns) as i64);
         put_ivar(out, ev.pfn.wrapping_sub(p.pfn) as i64);
         put_ivar(out, ev.refcount.into());
-        put_ivar(out, ev.stack_id.into());
+        put_ivar(out, ev.stack_id.wrapping_sub(stack_base).into());
         if present & TASK != 0 {
             put_uvar(out, task);
         }
@@ -111,12 +126,13 @@ impl Context {
         task: impl Fn(u64) -> Option<(u64, [u8; 16])>,
     ) -> Result<Event, Cut> {
         let p = self.prev;
+        let (stack_base, extra2_base) = self.base();
         let present = src.byte()?;
         let mut ev = Event { probe, ..p };
         ev.ts_ns = p.ts_ns.wrapping_add(src.ivar()? as u64);
         ev.pfn = p.pfn.wrapping_add(src.ivar()? as u64);
         ev.refcount = src.ivar()? as i32;
-        ev.stack_id = src.ivar()? as i32;
+        ev.stack_id = (src.ivar()? as i32).wrapping_add(stack_base);
         if present & TASK != 0 {
             self.task = src.uvar()?;
         }
@@ -138,7 +154,7 @@ impl Context {
             ev.cpu = src.uvar()? as u16;
         }
         ev.extra = if present & EXTRA != 0 { src.uvar()? } else { 1 };
-        ev.extra2 = if present & EXTRA2 != 0 { src.uvar()? } else { 0 };
+        ev.extra2 = if present & EXTRA2 != 0 { src.uvar()? } else { extra2_base };
         (ev.mapcount, ev.kind) = if present & MAP_KIND != 0 {
             (src.ivar()? as i32, src.byte()?)
         } else {

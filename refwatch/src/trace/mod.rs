@@ -1,4 +1,4 @@
-//! The `refwatch record` trace format, version 1.
+//! The `refwatch record` trace format, version 2 (version 1 traces are still read).
 //!
 //! A trace is self-describing: `refwatch report` needs nothing from the recording machine.
 //!
@@ -24,14 +24,15 @@
 //!
 //! ```text
 //! event = tag=probe | present u8 | ts delta | pfn delta (zigzag) | refcount (zigzag)
-//!         | stack id (zigzag) | optional fields, in bit order, when their `present` bit is set:
+//!         | stack id delta (zigzag; version 1: the id itself)
+//!         | optional fields, in bit order, when their `present` bit is set:
 //!   bit0 task index          (else: same task as the previous event)
 //!   bit1 page - predicted    (zigzag; predicted = previous page + 64 × pfn delta)
 //!   bit2 pgmap               (else: same as previous)
 //!   bit3 pgmap_type, flags   (two bytes; else: same as previous)
 //!   bit4 cpu                 (else: same as previous)
 //!   bit5 extra               (else: 1)
-//!   bit6 extra2              (else: 0)
+//!   bit6 extra2              (else: as previous; version 1: 0)
 //!   bit7 mapcount (zigzag), kind (u8) (else: 0, and the catalog kind of the probe)
 //! ```
 //!
@@ -54,7 +55,8 @@ pub use reader::TraceReader;
 pub use writer::TraceWriter;
 
 pub const MAGIC: &[u8; 8] = b"RFWTRACE";
-pub const VERSION: u16 = 1;
+/// Written by this refwatch; versions 1 to this one are read.
+pub const VERSION: u16 = 2;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Header {
@@ -85,7 +87,7 @@ pub enum TraceError {
     Empty,
     #[error("not a refwatch trace (bad magic)")]
     BadMagic,
-    #[error("trace format version {found} is not supported (this refwatch reads version {VERSION})")]
+    #[error("trace format version {found} is not supported (this refwatch reads versions 1 to {VERSION})")]
     Version { found: u16 },
     #[error("trace header is cut off")]
     ShortHeader,

@@ -110,7 +110,7 @@ impl<R: Read> TraceReader<R> {
             return Err(TraceError::ShortHeader);
         }
         let version = u16::from_le_bytes([fixed[8], fixed[9]]);
-        if version != VERSION {
+        if !(1..=VERSION).contains(&version) {
             return Err(TraceError::Version { found: version });
         }
         let len = u32::from_le_bytes(fixed[10..14].try_into().expect("4 bytes")) as usize;
@@ -125,7 +125,7 @@ impl<R: Read> TraceReader<R> {
         Ok(Self {
             src: Bytes::new(r, (14 + len) as u64),
             header,
-            ctx: codec::Context::default(),
+            ctx: codec::Context::new(version),
             tasks: Vec::new(),
             stacks: HashMap::new(),
             footer: None,

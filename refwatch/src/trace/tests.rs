@@ -101,9 +101,12 @@ fn bad_files_are_errors() {
     let good = p.trace(&events, 0);
     assert!(matches!(TraceReader::new(&b""[..]), Err(TraceError::Empty)));
     assert!(matches!(TraceReader::new(&b"PK\x03\x04 not a trace"[..]), Err(TraceError::BadMagic)));
-    let mut v2 = good.clone();
-    v2[8] = 2;
-    assert!(matches!(TraceReader::new(&v2[..]), Err(TraceError::Version { found: 2 })));
+    let mut v3 = good.clone();
+    v3[8] = 3;
+    assert!(matches!(TraceReader::new(&v3[..]), Err(TraceError::Version { found: 3 })));
+    let mut v0 = good.clone();
+    v0[8] = 0;
+    assert!(matches!(TraceReader::new(&v0[..]), Err(TraceError::Version { found: 0 })));
     let mut bad_header = good.clone();
     bad_header[14] = b'!';
     assert!(matches!(TraceReader::new(&bad_header[..]), Err(TraceError::Header(_))));

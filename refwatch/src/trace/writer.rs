@@ -37,7 +37,7 @@ impl<W: Write> TraceWriter<W> {
         let bytes = (MAGIC.len() + 6 + json.len()) as u64;
         Ok(Self {
             out,
-            ctx: codec::Context::default(),
+            ctx: codec::Context::new(VERSION),
             tasks: HashMap::new(),
             stacks: HashSet::new(),
             buf: Vec::with_capacity(256),

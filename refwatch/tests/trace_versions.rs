@@ -1,0 +1,39 @@
+//! Version 2 of the trace format codes stack ids and GUP flags against the previous event.
+//! Traces recorded in the lab as version 1 must read unchanged, and re-encode to version 2
+//! with the same events in fewer bytes.
+
+use std::path::PathBuf;
+
+use refwatch::trace::{Footer, TraceReader, TraceWriter, VERSION};
+
+fn recorded(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/traces").join(format!("{name}.rwt"))
+}
+
+#[test]
+fn version_1_traces_reencode_smaller_with_the_same_events() {
+    assert_eq!(VERSION, 2);
+    for name in ["5.10-fsdax-mmap", "6.1-fsdax-mmap", "7.2-fsdax-pmd"] {
+        let path = recorded(name);
+        let v1_bytes = std::fs::metadata(&path).unwrap().len();
+        let mut reader = TraceReader::open(&path).unwrap();
+        let mut writer = TraceWriter::new(Vec::new(), reader.header()).unwrap();
+        let mut events = Vec::new();
+        while let Some(ev) = reader.next_event().unwrap() {
+            writer.event(&ev, |id| reader.stack(id).to_vec()).unwrap();
+            events.push(ev);
+        }
+        let footer = reader.footer().cloned().unwrap_or_else(Footer::default);
+        let v2 = writer.finish(footer).unwrap();
+        assert!((v2.len() as u64) < v1_bytes, "{name}: v2 {} bytes, v1 {v1_bytes}", v2.len());
+        let mut again = TraceReader::new(&v2[..]).unwrap();
+        let mut n = 0;
+        while let Some(ev) = again.next_event().unwrap() {
+            assert_eq!(ev, events[n], "{name}: event {n}");
+            assert_eq!(again.stack(ev.stack_id), reader.stack(ev.stack_id), "{name}: stack of event {n}");
+            n += 1;
+        }
+        assert_eq!(n, events.len());
+        eprintln!("{name}: {} events, v1 {v1_bytes} bytes, v2 {} bytes", n, v2.len());
+    }
+}
