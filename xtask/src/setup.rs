@@ -31,15 +31,16 @@ const DEBIAN_PACKAGES: &[&str] = &[
 ];
 
 pub fn run() -> Result<()> {
-    install_debian_packages()?;
+    install_debian_packages(DEBIAN_PACKAGES)?;
     add_rust_src()?;
     install_bpf_linker()?;
     note("setup: done");
     Ok(())
 }
 
-fn install_debian_packages() -> Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
+/// Installs whichever of `packages` are missing (apt-get update first, only then).
+pub fn install_debian_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|pkg| !dpkg_installed(pkg))
