@@ -3,13 +3,17 @@
 
 use crate::catalog::CATALOG_LEN;
 
-/// Layout facts about the running kernel.
+/// Layout facts about the running kernel. Userspace saves it (kernel facts, trace headers)
+/// with the run-time addresses left 0.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 pub struct Layout {
     /// Address of the `vmemmap_base` variable (its value is read at run time).
+    #[cfg_attr(feature = "user", serde(default))]
     pub vmemmap_base_addr: u64,
     /// The vmemmap start to use when `vmemmap_base_addr` is 0 (no RANDOMIZE_MEMORY).
+    #[cfg_attr(feature = "user", serde(default))]
     pub vmemmap_start: u64,
     /// `sizeof(struct page)`.
     pub page_size: u64,
@@ -26,7 +30,8 @@ pub struct Layout {
     pub compound_mode: u64,
     pub off_refcount: u64,
     pub off_mapcount: u64,
-    /// `folio->_large_mapcount`, or u64::MAX where the kernel has none.
+    /// `folio->_large_mapcount`, or u64::MAX where the kernel has none (`null` when saved).
+    #[cfg_attr(feature = "user", serde(with = "optional_offset"))]
     pub off_large_mapcount: u64,
     /// `page->pgmap` (≤6.12) or `folio->pgmap` (on the head).
     pub off_pgmap: u64,
@@ -38,6 +43,52 @@ pub struct Layout {
 
 /// x86-64 `VMEMMAP_START` with 4-level paging when the kernel does not randomize it.
 pub const X86_64_VMEMMAP_START: u64 = 0xffff_ea00_0000_0000;
+
+/// u64::MAX, the programs' "no such field", is saved as `null`.
+#[cfg(feature = "user")]
+mod optional_offset {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(off: &u64, s: S) -> Result<S::Ok, S::Error> {
+        (*off != u64::MAX).then_some(*off).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.unwrap_or(u64::MAX))
+    }
+}
+
+impl Layout {
+    /// A layout for loading the programs where the kernel's own is unknown: the verifier does
+    /// not look at the values, and no page would pass this zone check.
+    pub const PLACEHOLDER: Layout = Layout {
+        vmemmap_base_addr: 0,
+        vmemmap_start: 0,
+        page_size: 64,
+        zones_shift: 0,
+        zones_mask: 0,
+        zone_device: u64::MAX,
+        pg_head_mask: 0,
+        off_flags: 0,
+        off_compound_head: 0,
+        compound_mode: 0,
+        off_refcount: 0,
+        off_mapcount: 0,
+        off_large_mapcount: u64::MAX,
+        off_pgmap: 0,
+        off_pgmap_type: 0,
+        off_pgmap_nr_range: 0,
+        off_pgmap_ranges: 0,
+    };
+
+    /// The layout with the run-time addresses: `vmemmap_base_addr` is 0 where the kernel has
+    /// no `vmemmap_base` variable (vmemmap not randomized), and the fixed start is used then.
+    pub const fn with_vmemmap_base(mut self, vmemmap_base_addr: u64) -> Layout {
+        self.vmemmap_base_addr = vmemmap_base_addr;
+        self.vmemmap_start = X86_64_VMEMMAP_START;
+        self
+    }
+}
 
 pub const COMPOUND_MINUS_ONE: u64 = 1;
 pub const COMPOUND_MASK: u64 = 2;

@@ -19,25 +19,7 @@ use refwatch_common::{
 
 /// Filled in by the loader from BTF and kallsyms.
 #[unsafe(no_mangle)]
-static LAYOUT: Layout = Layout {
-    vmemmap_base_addr: 0,
-    vmemmap_start: 0,
-    page_size: 0,
-    zones_shift: 0,
-    zones_mask: 0,
-    zone_device: u64::MAX,
-    pg_head_mask: 0,
-    off_flags: 0,
-    off_compound_head: 0,
-    compound_mode: 0,
-    off_refcount: 0,
-    off_mapcount: 0,
-    off_large_mapcount: u64::MAX,
-    off_pgmap: 0,
-    off_pgmap_type: 0,
-    off_pgmap_nr_range: 0,
-    off_pgmap_ranges: 0,
-};
+static LAYOUT: Layout = Layout::PLACEHOLDER;
 
 #[unsafe(no_mangle)]
 static CALLERS: Callers = Callers { range: [[0; 2]; refwatch_common::catalog::CATALOG_LEN] };

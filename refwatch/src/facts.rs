@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use refwatch_common::{
     CATALOG,
-    globals::{COMPOUND_MASK, COMPOUND_MINUS_ONE, Layout, X86_64_VMEMMAP_START},
+    globals::{COMPOUND_MASK, COMPOUND_MINUS_ONE, Layout},
 };
 use serde::{Deserialize, Serialize};
 
@@ -30,66 +30,9 @@ pub struct KernelFacts {
     /// BTF prototypes (parameter patterns) of the catalog functions present in BTF.
     pub prototypes: BTreeMap<String, Vec<String>>,
     /// Struct layout from BTF (addresses are filled in at load time), or why it is missing.
-    pub layout: Result<LayoutFacts, String>,
+    pub layout: Result<Layout, String>,
     /// `enum memory_type` value → short name.
     pub pgmap_types: BTreeMap<u8, String>,
-}
-
-/// [`Layout`] without the run-time addresses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LayoutFacts {
-    pub page_size: u64,
-    pub zones_shift: u64,
-    pub zones_mask: u64,
-    pub zone_device: u64,
-    pub pg_head_mask: u64,
-    pub off_flags: u64,
-    pub off_compound_head: u64,
-    pub compound_mode: u64,
-    pub off_refcount: u64,
-    pub off_mapcount: u64,
-    pub off_large_mapcount: Option<u64>,
-    pub off_pgmap: u64,
-    pub off_pgmap_type: u64,
-    pub off_pgmap_nr_range: u64,
-    pub off_pgmap_ranges: u64,
-}
-
-impl LayoutFacts {
-    /// A layout for loading the programs where the kernel's own is unknown (the verifier does
-    /// not care about the values).
-    pub fn placeholder() -> Self {
-        Self {
-            page_size: 64, zones_shift: 0, zones_mask: 0, zone_device: u64::MAX, pg_head_mask: 0,
-            off_flags: 0, off_compound_head: 0, compound_mode: 0, off_refcount: 0, off_mapcount: 0,
-            off_large_mapcount: None, off_pgmap: 0, off_pgmap_type: 0, off_pgmap_nr_range: 0,
-            off_pgmap_ranges: 0,
-        }
-    }
-
-    /// The full layout; `vmemmap_base_addr` is 0 where the kernel has no `vmemmap_base`
-    /// variable (vmemmap not randomized), and the fixed start is used.
-    pub fn with_vmemmap_base(&self, vmemmap_base_addr: u64) -> Layout {
-        Layout {
-            vmemmap_base_addr,
-            vmemmap_start: X86_64_VMEMMAP_START,
-            page_size: self.page_size,
-            zones_shift: self.zones_shift,
-            zones_mask: self.zones_mask,
-            zone_device: self.zone_device,
-            pg_head_mask: self.pg_head_mask,
-            off_flags: self.off_flags,
-            off_compound_head: self.off_compound_head,
-            compound_mode: self.compound_mode,
-            off_refcount: self.off_refcount,
-            off_mapcount: self.off_mapcount,
-            off_large_mapcount: self.off_large_mapcount.unwrap_or(u64::MAX),
-            off_pgmap: self.off_pgmap,
-            off_pgmap_type: self.off_pgmap_type,
-            off_pgmap_nr_range: self.off_pgmap_nr_range,
-            off_pgmap_ranges: self.off_pgmap_ranges,
-        }
-    }
 }
 
 /// Symbols besides the catalog functions that refwatch reads.
@@ -177,7 +120,7 @@ fn order_base_2(n: u64) -> u64 {
 }
 
 /// Struct offsets and the page->flags zone field, all from BTF.
-pub fn layout_from_btf(btf: &Btf, config: Option<&str>) -> Result<LayoutFacts, String> {
+pub fn layout_from_btf(btf: &Btf, config: Option<&str>) -> Result<Layout, String> {
     let need = |what: &str, v: Option<u64>| v.ok_or_else(|| format!("BTF has no {what}"));
     let (off_compound_head, compound_mode) = match btf.member_offset("page", "compound_head") {
         Some(off) => (off, COMPOUND_MINUS_ONE),
@@ -204,7 +147,9 @@ pub fn layout_from_btf(btf: &Btf, config: Option<&str>) -> Result<LayoutFacts, S
     // the zone field right below it.
     let zones_shift = 64 - nodes_shift - zones_width;
     let pg_head = need("PG_head", btf.enumerator("PG_head").map(|v| v as u64))?;
-    Ok(LayoutFacts {
+    Ok(Layout {
+        vmemmap_base_addr: 0,
+        vmemmap_start: 0,
         page_size: need("struct page", btf.struct_size("page"))?,
         zones_shift,
         zones_mask: (1 << zones_width) - 1,
@@ -215,7 +160,7 @@ pub fn layout_from_btf(btf: &Btf, config: Option<&str>) -> Result<LayoutFacts, S
         compound_mode,
         off_refcount: need("page._refcount", btf.member_offset("page", "_refcount"))?,
         off_mapcount: need("page._mapcount", btf.member_offset("page", "_mapcount"))?,
-        off_large_mapcount: btf.member_offset("folio", "_large_mapcount"),
+        off_large_mapcount: btf.member_offset("folio", "_large_mapcount").unwrap_or(u64::MAX),
         off_pgmap: need("page.pgmap or folio.pgmap", off_pgmap)?,
         off_pgmap_type: need("dev_pagemap.type", btf.member_offset("dev_pagemap", "type"))?,
         off_pgmap_nr_range: need("dev_pagemap.nr_range",

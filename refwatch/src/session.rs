@@ -15,7 +15,7 @@ use tokio::io::unix::AsyncFd;
 
 use crate::{
     btf::Btf,
-    facts::{BTF_PATH, KernelFacts, LayoutFacts, VMEMMAP_BASE},
+    facts::{BTF_PATH, KernelFacts, VMEMMAP_BASE},
     kallsyms::Kallsyms,
     plan::{self, AttachMode, Plan},
     privileges,
@@ -223,7 +223,7 @@ pub fn verify_programs(
     kernel: &Kernel,
     fentry: &[(u8, &str)],
 ) -> Result<Vec<(String, Result<(), String>)>, SessionError> {
-    let layout = kernel.facts.layout.clone().unwrap_or_else(|_| LayoutFacts::placeholder());
+    let layout = kernel.facts.layout.clone().unwrap_or(Layout::PLACEHOLDER);
     let mut ebpf = load_object(&layout.with_vmemmap_base(0), &Callers::default(), globals::DEFAULT_RING_BYTES)?;
     let mut outcomes: Vec<_> = (0..refwatch_common::CATALOG.len())
         .map(|id| {

@@ -146,3 +146,23 @@ fn no_kprobes_blocks_kprobe_mode_only() {
     facts.layout = Err("no BTF".into());
     assert!(!plan::resolve(&facts, AttachMode::Fentry).blockers.is_empty());
 }
+
+/// The layout derived from each kernel's BTF agrees with what the Debian binaries show
+/// (`(flags >> 51) & 7 == 4` in `__folio_put`'s disassembly; `+52(page)` is `_refcount`).
+#[test]
+fn layouts_from_btf_match_the_binaries() {
+    use refwatch_common::globals::{COMPOUND_MASK, COMPOUND_MINUS_ONE};
+    for k in ["5.10", "6.1", "6.12", "7.2"] {
+        let path = format!("{}/tests/facts/{k}.json", env!("CARGO_MANIFEST_DIR"));
+        let facts: KernelFacts = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let l = facts.layout.unwrap();
+        assert_eq!((l.zones_shift, l.zones_mask, l.zone_device), (51, 7, 4), "{k}");
+        assert_eq!((l.page_size, l.off_refcount, l.off_mapcount), (64, 52, 48), "{k}");
+        let (mode, large) = match k {
+            "7.2" => (COMPOUND_MASK, 80),
+            "6.12" => (COMPOUND_MINUS_ONE, 80),
+            _ => (COMPOUND_MINUS_ONE, u64::MAX),
+        };
+        assert_eq!((l.compound_mode, l.off_large_mapcount), (mode, large), "{k}");
+    }
+}

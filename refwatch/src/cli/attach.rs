@@ -5,16 +5,15 @@ use anyhow::Result;
 use refwatch::{
     aggregate::{Aggregator, Context},
     capture::Sink,
-    facts::LayoutFacts,
     session::{Kernel, Session, SessionOptions},
     summary::Summary,
 };
-use refwatch_common::Event;
+use refwatch_common::{Event, globals::Layout};
 
 use super::RunArgs;
 
 /// Loads and attaches (inside a tokio runtime); also returns the struct layout for traces.
-pub fn open(args: &RunArgs) -> Result<(Session, Option<LayoutFacts>)> {
+pub fn open(args: &RunArgs) -> Result<(Session, Option<Layout>)> {
     let kernel = Kernel::inspect()?;
     let layout = kernel.facts.layout.clone().ok();
     let session = Session::open(kernel, &SessionOptions { attach: args.attach, ring_bytes: args.ring_kib * 1024 })?;

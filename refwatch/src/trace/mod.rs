@@ -49,7 +49,9 @@ mod tests;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{facts::LayoutFacts, plan::Plan};
+use refwatch_common::globals::Layout;
+
+use crate::plan::Plan;
 
 pub use reader::TraceReader;
 pub use writer::TraceWriter;
@@ -62,7 +64,7 @@ pub const VERSION: u16 = 2;
 pub struct Header {
     pub kernel: String,
     pub plan: Plan,
-    pub layout: Option<LayoutFacts>,
+    pub layout: Option<Layout>,
     /// The command refwatch ran while recording, if any.
     pub command: Vec<String>,
     /// True for traces made up by tests rather than recorded.
