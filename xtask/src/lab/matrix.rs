@@ -399,6 +399,19 @@ grep -q '^verifier: \([0-9]*\)/\1 programs load' /out/verify.txt || fail "$(grep
     )
 }
 
+/// A ring too small for a GUP storm: events are dropped, counted, and make `check`
+/// inconclusive (exit 3) rather than a pass.
+fn drops_inconclusive() -> String {
+    script(
+        r#"
+refwatch check --json --ring-kib 4 -- daxload fsdax-gup > /out/check.json 2> /out/check.err; rc=$?
+[ $rc = 3 ] || fail "check exit $rc, expected 3 (inconclusive): $(tail -3 /out/check.err)"
+grep -q '"dropped": 0,' /out/check.json && fail "no drops with a 4 KiB ring"
+grep -q '"verdict": "inconclusive"' /out/check.json || fail "verdict: $(grep -A3 '"verdict"' /out/check.json)"
+"#,
+    )
+}
+
 /// tracefs and debugfs unmounted: kprobes attach through the perf kprobe PMU, so recording works.
 fn no_tracefs() -> String {
     script(
@@ -528,6 +541,7 @@ pub const SCRIPT_CASES: &[ScriptCase] = &[
     ScriptCase { kernel: "6.12", name: "verifier", script: verifier },
     ScriptCase { kernel: "7.2", name: "verifier", script: verifier },
     ScriptCase { kernel: "7.3", name: "verifier", script: verifier },
+    ScriptCase { kernel: "6.1", name: "drops-inconclusive", script: drops_inconclusive },
     ScriptCase { kernel: "6.1", name: "env-no-btf", script: no_btf },
     ScriptCase { kernel: "6.1", name: "env-no-tracefs", script: no_tracefs },
     ScriptCase { kernel: "6.1", name: "env-two-instances", script: two_instances },
