@@ -26,9 +26,14 @@ impl EventExt for Event {
     }
 
     fn comm_str(&self) -> &str {
-        let end = self.comm.iter().position(|&b| b == 0).unwrap_or(self.comm.len());
-        std::str::from_utf8(&self.comm[..end]).unwrap_or("?")
+        comm_str(&self.comm)
     }
+}
+
+/// A task's comm up to its NUL, or "?" when it is not UTF-8.
+pub fn comm_str(comm: &[u8; 16]) -> &str {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    std::str::from_utf8(&comm[..end]).unwrap_or("?")
 }
 
 /// One event as a JSON object; `stack` is the symbolized kernel stack, innermost first.

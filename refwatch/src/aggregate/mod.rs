@@ -1,22 +1,26 @@
 //! The aggregator: a pure state machine from events to per-page/per-pgmap state and findings.
 //! No I/O and no clock, so a live capture and a recorded trace give the same answer.
 
+mod pages;
 mod rules;
 mod state;
 #[cfg(test)]
 pub(crate) mod synth;
+mod tasks;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use refwatch_common::{CATALOG, Event, EventKind, Probe, catalog::CATALOG_LEN, event::PGMAP_TYPE_UNKNOWN};
 use serde::Serialize;
 
 pub use rules::{Coverage, PgType, Rule, idle, idle_visible};
 pub use state::{Counters, PgmapState, Transition};
+use pages::Pages;
 use rules::{Level, PageView};
-use state::PageState;
+use state::{PageState, Step};
+use tasks::{Task, Tasks};
 
 use crate::{event::EventExt, plan::{Model, Plan}};
 
@@ -123,33 +127,12 @@ pub struct Finding {
     pub recent: Vec<Transition>,
 }
 
-/// pfns are well-spread integers: a multiplicative (Fx-style) hash is enough, where SipHash
-/// took about a tenth of `refwatch report`'s time.
-#[derive(Clone, Copy, Debug, Default)]
-struct PfnHasher(u64);
-
-impl std::hash::Hasher for PfnHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
-type PfnMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<PfnHasher>>;
-
 #[derive(Clone, Debug, Default)]
 pub struct Aggregator {
     ctx: Option<Context>,
-    pages: PfnMap<PageState>,
+    pages: Pages,
+    /// The tasks of the steps the pages remember.
+    tasks: Tasks,
     /// Live pgmaps by address.
     pgmaps: BTreeMap<u64, PgmapState>,
     /// Pgmaps whose teardown started, oldest first, bounded.
@@ -202,7 +185,7 @@ impl Aggregator {
     /// References count only for types whose return to idle is visible.
     pub fn load(&self, pgmap: u64) -> (i64, u64) {
         let model = self.context().model;
-        self.pages.values().filter(|p| p.pgmap == pgmap).fold((0, 0), |(refs, mapped), p| {
+        self.pages.iter().map(|(_, p)| p).filter(|p| p.pgmap == pgmap).fold((0, 0), |(refs, mapped), p| {
             let above = match idle(model, p.ty) {
                 Some(i) if idle_visible(model, p.ty) => (p.refcount - i).max(0),
                 _ => 0,
@@ -255,7 +238,7 @@ impl Aggregator {
             .pages
             .iter()
             .filter(|(_, p)| p.pgmap == ev.pgmap)
-            .filter_map(|(&pfn, p)| {
+            .filter_map(|(pfn, p)| {
                 let above = match idle(model, p.ty) {
                     Some(i) if idle_visible(model, p.ty) && p.refcount > i => {
                         Some(format!("refcount {} above idle {i}", p.refcount))
@@ -269,11 +252,11 @@ impl Aggregator {
             .collect();
         let raised = busy.len();
         for (pfn, why) in busy {
-            let page = self.pages.get(&pfn).expect("collected above");
+            let page = self.pages.get(pfn).expect("collected above");
             let finding = self.finding(Rule::TeardownBusy, format!("memunmap_pages with the page busy: {why}"), ev, pfn, page);
             self.raise(finding);
         }
-        self.pages.retain(|_, p| p.pgmap != ev.pgmap);
+        self.pages.retain(|p| p.pgmap != ev.pgmap, &mut self.tasks);
         if let Some(mut pg) = self.pgmaps.remove(&ev.pgmap) {
             pg.teardown = true;
             if self.retired.len() == RETIRED {
@@ -302,19 +285,13 @@ impl Aggregator {
                 counters: Counters::default(),
             })),
         };
-        let mut fresh = false;
-        let page = self.pages.entry(ev.pfn).or_insert_with(|| {
-            fresh = true;
-            let mut p = PageState::new(ev.pgmap, ty);
-            p.refcount = i64::from(ev.refcount);
-            p
-        });
+        let (page, fresh) = self.pages.get_or_insert(ev.pfn, || PageState::new(ev.pgmap, ty, i64::from(ev.refcount)));
         // gup_put_folio hands the same references on to __put_devmap_managed_*_refs (≤6.12):
         // one drop seen at two nested probes, counted once.
         let nested = kind == EventKind::Put
-            && page.recent.back().is_some_and(|(prev, prev_kind)| {
-                *prev_kind == EventKind::Put
-                    && prev.pid_tgid == ev.pid_tgid
+            && page.recent.last().is_some_and(|prev| {
+                prev.kind == EventKind::Put
+                    && self.tasks.get(prev.task).pid_tgid == ev.pid_tgid
                     && prev.refcount == ev.refcount
                     && CATALOG[prev.probe as usize].site != probe.site
             });
@@ -324,7 +301,18 @@ impl Aggregator {
         }
         page.pgmap = ev.pgmap;
         page.ty = ty;
-        page.remember(ev, kind);
+        let step = Step {
+            ts_ns: ev.ts_ns,
+            refs: ev.extra,
+            refcount: ev.refcount,
+            mapcount: ev.mapcount,
+            task: self.tasks.hold(Task { pid_tgid: ev.pid_tgid, comm: ev.comm }),
+            probe: ev.probe,
+            kind,
+        };
+        if let Some(old) = page.recent.push(step) {
+            self.tasks.release(old.task);
+        }
         let view = PageView { ty, mapped: page.mapped, pgmap_in_teardown: teardown };
         let verdict = rules::judge(ctx, probe, ev, &view);
         advance(ctx, probe, kind, ev, page);
@@ -333,18 +321,18 @@ impl Aggregator {
         page.last_finding = key;
         let mut raised = 0;
         if let Some((rule, detail)) = verdict.filter(|_| !repeat) {
-            let page = &self.pages[&ev.pfn];
+            let page = self.pages.get(ev.pfn).expect("just updated");
             let finding = self.finding(rule, detail, ev, ev.pfn, page);
             self.raise(finding);
             raised = 1;
         }
-        let page = &self.pages[&ev.pfn];
+        let page = self.pages.get(ev.pfn).expect("just updated");
         let idle_now = match idle(model, page.ty) {
             Some(i) if idle_visible(model, page.ty) => page.refcount <= i,
             _ => true,
         };
         if teardown || (idle_now && page.mapped <= 0) {
-            self.pages.remove(&ev.pfn);
+            self.pages.remove(ev.pfn, &mut self.tasks);
         }
         raised
     }
@@ -368,7 +356,7 @@ impl Aggregator {
             comm: ev.comm_str().to_owned(),
             ts_ns: ev.ts_ns,
             stack_id: ev.stack_id,
-            recent: page.recent.iter().map(|(e, k)| Transition::new(e, *k)).collect(),
+            recent: page.recent.iter().map(|s| s.transition(self.tasks.get(s.task))).collect(),
         }
     }
 

@@ -1,12 +1,11 @@
 //! Per-page and per-pgmap state. Pages are kept only while live (above idle or mapped), so
 //! memory follows the number of busy device pages, not the size of the devices.
 
-use std::collections::VecDeque;
-
-use refwatch_common::{Event, EventKind};
+use refwatch_common::{CATALOG, EventKind};
 use serde::Serialize;
 
-use super::rules::PgType;
+use super::{rules::PgType, tasks::Task};
+use crate::event::comm_str;
 
 /// How many transitions each page remembers for findings.
 pub const RING: usize = 16;
@@ -30,19 +29,73 @@ fn kind_name<S: serde::Serializer>(k: &EventKind, s: S) -> Result<S::Ok, S::Erro
     s.serialize_str(k.name())
 }
 
-impl Transition {
-    pub fn new(ev: &Event, kind: EventKind) -> Self {
-        use crate::event::EventExt;
-        Self {
-            ts_ns: ev.ts_ns,
-            kind,
-            function: refwatch_common::CATALOG.get(ev.probe as usize).map_or("?", |p| p.function),
-            refcount: ev.refcount,
-            mapcount: ev.mapcount,
-            refs: ev.extra,
-            pid: ev.pid(),
-            comm: ev.comm_str().to_owned(),
+/// What a page keeps of an event: 32 bytes where the raw event is 96 (its task is an index
+/// into the aggregator's [`super::tasks::Tasks`]), so that a page's history is 512 bytes. A
+/// [`Transition`] (with its comm string) is built from it only for a finding.
+#[derive(Clone, Copy, Debug)]
+pub struct Step {
+    pub ts_ns: u64,
+    /// `Event::extra`: references moved, pages unmapped.
+    pub refs: u64,
+    pub refcount: i32,
+    pub mapcount: i32,
+    pub task: u32,
+    pub probe: u8,
+    pub kind: EventKind,
+}
+
+const _: () = assert!(size_of::<Step>() <= 32);
+
+impl Step {
+    pub fn transition(&self, task: &Task) -> Transition {
+        Transition {
+            ts_ns: self.ts_ns,
+            kind: self.kind,
+            function: CATALOG.get(self.probe as usize).map_or("?", |p| p.function),
+            refcount: self.refcount,
+            mapcount: self.mapcount,
+            refs: self.refs,
+            pid: task.pid_tgid as u32,
+            comm: comm_str(&task.comm).to_owned(),
         }
+    }
+}
+
+/// The last [`RING`] steps of a page, in place (no allocation per page).
+#[derive(Clone, Debug)]
+pub struct Ring {
+    steps: [Step; RING],
+    /// Where the next step goes.
+    next: u8,
+    len: u8,
+}
+
+impl Ring {
+    const EMPTY: Step =
+        Step { ts_ns: 0, refs: 0, refcount: 0, mapcount: 0, task: 0, probe: 0, kind: EventKind::Insert };
+
+    pub fn new() -> Self {
+        Self { steps: [Self::EMPTY; RING], next: 0, len: 0 }
+    }
+
+    /// Adds a step; returns the oldest one when it falls out.
+    pub fn push(&mut self, step: Step) -> Option<Step> {
+        let slot = &mut self.steps[usize::from(self.next)];
+        let evicted = (usize::from(self.len) == RING).then_some(*slot);
+        *slot = step;
+        self.next = (self.next + 1) % RING as u8;
+        self.len = (self.len + 1).min(RING as u8);
+        evicted
+    }
+
+    pub fn last(&self) -> Option<&Step> {
+        (self.len > 0).then(|| &self.steps[(usize::from(self.next) + RING - 1) % RING])
+    }
+
+    /// Oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &Step> {
+        let first = usize::from(self.next) + RING - usize::from(self.len);
+        (first..first + usize::from(self.len)).map(|i| &self.steps[i % RING])
     }
 }
 
@@ -55,24 +108,15 @@ pub struct PageState {
     /// Mappings not yet unmapped at levels whose unmaps are probed (≤6.12 shadow count), or
     /// the kernel's mapcount after the last anchoring event (7.x).
     pub mapped: i64,
-    /// The last [`RING`] events, kept raw: a [`Transition`] (with its comm string) is built
-    /// only for a finding, not for every event.
-    pub recent: VecDeque<(Event, EventKind)>,
     /// The finding raised by the previous event of this page, to report a breach seen by
     /// nested probes (gup_put_folio → __put_devmap_managed_*) once.
     pub last_finding: Option<(super::Rule, u64, i32)>,
+    pub recent: Ring,
 }
 
 impl PageState {
-    pub fn new(pgmap: u64, ty: PgType) -> Self {
-        Self { pgmap, ty, refcount: 0, mapped: 0, recent: VecDeque::with_capacity(RING), last_finding: None }
-    }
-
-    pub fn remember(&mut self, ev: &Event, kind: EventKind) {
-        if self.recent.len() == RING {
-            self.recent.pop_front();
-        }
-        self.recent.push_back((*ev, kind));
+    pub fn new(pgmap: u64, ty: PgType, refcount: i64) -> Self {
+        Self { pgmap, ty, refcount, mapped: 0, last_finding: None, recent: Ring::new() }
     }
 }
 
