@@ -122,7 +122,7 @@ impl Context {
     pub fn decode(
         &mut self,
         probe: u8,
-        src: &mut impl Source,
+        src: &mut Input,
         task: impl Fn(u64) -> Option<(u64, [u8; 16])>,
     ) -> Result<Event, Cut> {
         let p = self.prev;
@@ -174,11 +174,50 @@ pub enum Cut {
     Io(io::Error),
 }
 
-/// Bytes for the decoder.
-pub trait Source {
-    fn byte(&mut self) -> Result<u8, Cut>;
+/// The most bytes a varint may take (a longer one is corrupt).
+pub const MAX_VARINT: usize = 10;
 
-    fn uvar(&mut self) -> Result<u64, Cut> {
+/// The most bytes an event or task frame may take, tag included: an event is the tag, the
+/// `present` byte, up to 11 varints and 3 single bytes.
+pub const MAX_SMALL_FRAME: usize = 2 + 11 * MAX_VARINT + 3;
+
+/// Bytes for the decoder: a slice of the reader's buffer holding at least the frame being
+/// read, or the rest of the file when that is shorter (running out then means a cut frame).
+pub struct Input<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Input<'a> {
+    pub fn new(bytes: &'a [u8]) -> Self {
+        Self { bytes, pos: 0 }
+    }
+
+    /// Bytes read so far.
+    pub fn consumed(&self) -> usize {
+        self.pos
+    }
+
+    #[inline]
+    pub fn byte(&mut self) -> Result<u8, Cut> {
+        let b = *self.bytes.get(self.pos).ok_or(Cut::Eof)?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    /// Most varints of an event are one byte: that case is a compare and an increment.
+    #[inline]
+    pub fn uvar(&mut self) -> Result<u64, Cut> {
+        match self.bytes.get(self.pos) {
+            Some(&b) if b < 0x80 => {
+                self.pos += 1;
+                Ok(u64::from(b))
+            }
+            _ => self.long_uvar(),
+        }
+    }
+
+    fn long_uvar(&mut self) -> Result<u64, Cut> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
             let b = self.byte()?;
@@ -190,16 +229,20 @@ pub trait Source {
         Err(Cut::Corrupt("varint longer than 64 bits".into()))
     }
 
-    fn ivar(&mut self) -> Result<i64, Cut> {
+    #[inline]
+    pub fn ivar(&mut self) -> Result<i64, Cut> {
         self.uvar().map(unzigzag)
     }
 
-    fn bytes(&mut self, limit: usize) -> Result<Vec<u8>, Cut> {
+    /// A length-prefixed byte string of at most `limit` bytes.
+    pub fn bytes(&mut self, limit: usize) -> Result<&'a [u8], Cut> {
         let n = self.uvar()? as usize;
         if n > limit {
             return Err(Cut::Corrupt(format!("length {n} over {limit}")));
         }
-        (0..n).map(|_| self.byte()).collect()
+        let b = self.bytes.get(self.pos..self.pos + n).ok_or(Cut::Eof)?;
+        self.pos += n;
+        Ok(b)
     }
 }
 

@@ -3,7 +3,7 @@
 use std::{
     collections::HashMap,
     fs::File,
-    io::{BufReader, ErrorKind, Read},
+    io::{self, ErrorKind, Read},
     path::Path,
 };
 
@@ -11,7 +11,7 @@ use refwatch_common::Event;
 
 use super::{
     Footer, Header, MAGIC, TAG_FOOTER, TAG_STACK, TAG_TASK, TraceError, VERSION,
-    codec::{self, Cut, Source},
+    codec::{self, Cut, Input, MAX_SMALL_FRAME, MAX_VARINT},
 };
 
 /// Larger headers or strings are taken as corruption rather than allocated.
@@ -19,52 +19,71 @@ const MAX_HEADER: usize = 64 << 20;
 const MAX_STRING: usize = 64 << 10;
 const MAX_FRAMES: usize = 1024;
 
-/// Bytes from its own buffer: `byte()` is a bounds check and an index, the decoder's
-/// inner loop (BufRead's fill_buf/consume per byte was half of `refwatch report`'s time).
+/// Read-ahead, in bytes. Frames are decoded in place from this buffer.
+const BUFFER: usize = 1 << 20;
+
+/// The file through a buffer of its own, handed to the decoder a frame's worth at a time as
+/// a slice: the varint reads are then a compare and an index (a `Read` or `BufRead` call per
+/// byte was half of `refwatch report`'s time).
 struct Bytes<R> {
     r: R,
     buf: Box<[u8]>,
     pos: usize,
     end: usize,
-    offset: u64,
+    /// File offset of `buf[0]`.
+    base: u64,
+    eof: bool,
 }
 
 impl<R: Read> Bytes<R> {
     fn new(r: R, offset: u64) -> Self {
-        Self { r, buf: vec![0; 1 << 16].into_boxed_slice(), pos: 0, end: 0, offset }
+        Self { r, buf: vec![0; BUFFER].into_boxed_slice(), pos: 0, end: 0, base: offset, eof: false }
+    }
+
+    fn offset(&self) -> u64 {
+        self.base + self.pos as u64
+    }
+
+    /// The unread bytes: at least `n` (at most [`BUFFER`]) unless the file ends sooner.
+    #[inline]
+    fn window(&mut self, n: usize) -> Result<&[u8], Cut> {
+        if self.end - self.pos < n && !self.eof {
+            self.fill(n).map_err(Cut::Io)?;
+        }
+        Ok(&self.buf[self.pos..self.end])
     }
 
     #[cold]
-    fn refill(&mut self) -> Result<(), Cut> {
-        loop {
-            match self.r.read(&mut self.buf) {
-                Ok(0) => return Err(Cut::Eof),
-                Ok(n) => {
-                    (self.pos, self.end) = (0, n);
-                    return Ok(());
+    fn fill(&mut self, n: usize) -> io::Result<()> {
+        self.buf.copy_within(self.pos..self.end, 0);
+        self.base += self.pos as u64;
+        (self.pos, self.end) = (0, self.end - self.pos);
+        while self.end < n {
+            match self.r.read(&mut self.buf[self.end..]) {
+                Ok(0) => {
+                    self.eof = true;
+                    break;
                 }
+                Ok(k) => self.end += k,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(Cut::Io(e)),
+                Err(e) => return Err(e),
             }
         }
+        Ok(())
     }
-}
 
-impl<R: Read> Source for Bytes<R> {
-    #[inline]
-    fn byte(&mut self) -> Result<u8, Cut> {
-        if self.pos == self.end {
-            self.refill()?;
-        }
-        let b = self.buf[self.pos];
-        self.pos += 1;
-        self.offset += 1;
-        Ok(b)
+    fn consume(&mut self, n: usize) {
+        self.pos += n;
+    }
+
+    /// After a cut: the whole rest of the file was read.
+    fn consume_all(&mut self) {
+        self.pos = self.end;
     }
 }
 
 pub struct TraceReader<R> {
-    src: Bytes<BufReader<R>>,
+    src: Bytes<R>,
     header: Header,
     ctx: codec::Context,
     tasks: Vec<(u64, [u8; 16])>,
@@ -95,8 +114,7 @@ fn read_exact(r: &mut impl Read, buf: &mut [u8]) -> Result<usize, TraceError> {
 }
 
 impl<R: Read> TraceReader<R> {
-    pub fn new(inner: R) -> Result<Self, TraceError> {
-        let mut r = BufReader::with_capacity(1 << 20, inner);
+    pub fn new(mut r: R) -> Result<Self, TraceError> {
         let mut fixed = [0u8; 14];
         let n = read_exact(&mut r, &mut fixed)?;
         if n == 0 {
@@ -157,7 +175,7 @@ impl<R: Read> TraceReader<R> {
     /// The next event; Ok(None) at the end, including the end of a cut-off trace.
     pub fn next_event(&mut self) -> Result<Option<Event>, TraceError> {
         while !self.done {
-            let start = self.src.offset;
+            let start = self.src.offset();
             match self.frame() {
                 Ok(ev @ Some(_)) => {
                     self.events += 1;
@@ -166,12 +184,14 @@ impl<R: Read> TraceReader<R> {
                 Ok(None) => {}
                 Err(Cut::Eof) => {
                     self.done = true;
+                    self.src.consume_all();
                     if self.footer.is_none() {
-                        let inside = if self.src.offset > start { " inside a frame" } else { "" };
+                        let end = self.src.offset();
+                        let inside = if end > start { " inside a frame" } else { "" };
                         self.warning = Some(format!(
-                            "trace cut off at byte {}{inside} (no footer: recording did not finish); \
+                            "trace cut off at byte {end}{inside} (no footer: recording did not finish); \
                              read {} events, drop count unknown",
-                            self.src.offset, self.events
+                            self.events
                         ));
                     }
                 }
@@ -184,33 +204,38 @@ impl<R: Read> TraceReader<R> {
 
     /// One frame: Some(event) for an event frame, None for the others.
     fn frame(&mut self) -> Result<Option<Event>, Cut> {
-        let tag = self.src.byte()?;
+        let mut input = Input::new(self.src.window(MAX_SMALL_FRAME)?);
+        let tag = input.byte()?;
         if self.footer.is_some() {
             return Err(Cut::Corrupt("data after the footer".into()));
         }
-        match tag {
+        let event = match tag {
             TAG_TASK => {
-                let pid_tgid = self.src.uvar()?;
-                let name = self.src.bytes(16)?;
+                let pid_tgid = input.uvar()?;
+                let name = input.bytes(16)?;
                 let mut comm = [0u8; 16];
-                comm[..name.len()].copy_from_slice(&name);
+                comm[..name.len()].copy_from_slice(name);
                 self.tasks.push((pid_tgid, comm));
-                Ok(None)
+                None
             }
             TAG_STACK => {
-                let id = self.src.ivar()? as i32;
-                let n = self.src.uvar()? as usize;
+                let id = input.ivar()? as i32;
+                let n = input.uvar()? as usize;
                 if n > MAX_FRAMES {
                     return Err(Cut::Corrupt(format!("{n} stack frames")));
                 }
+                let read = input.consumed();
+                self.src.consume(read);
                 let frames = (0..n)
-                    .map(|_| Ok(String::from_utf8_lossy(&self.src.bytes(MAX_STRING)?).into_owned()))
+                    .map(|_| Ok(String::from_utf8_lossy(&self.long_bytes()?).into_owned()))
                     .collect::<Result<_, Cut>>()?;
                 self.stacks.insert(id, frames);
-                Ok(None)
+                return Ok(None);
             }
             TAG_FOOTER => {
-                let json = self.src.bytes(MAX_STRING)?;
+                let read = input.consumed();
+                self.src.consume(read);
+                let json = self.long_bytes()?;
                 let footer: Footer =
                     serde_json::from_slice(&json).map_err(|e| Cut::Corrupt(format!("footer: {e}")))?;
                 if footer.events != self.events {
@@ -220,13 +245,26 @@ impl<R: Read> TraceReader<R> {
                     ));
                 }
                 self.footer = Some(footer);
-                Ok(None)
+                return Ok(None);
             }
             probe if (probe as usize) < 0x80 => {
                 let tasks = &self.tasks;
-                self.ctx.decode(probe, &mut self.src, |i| tasks.get(i as usize).copied()).map(Some)
+                Some(self.ctx.decode(probe, &mut input, |i| tasks.get(i as usize).copied())?)
             }
-            other => Err(Cut::Corrupt(format!("unknown frame tag {other:#x}"))),
-        }
+            other => return Err(Cut::Corrupt(format!("unknown frame tag {other:#x}"))),
+        };
+        let read = input.consumed();
+        self.src.consume(read);
+        Ok(event)
+    }
+
+    /// A length-prefixed string of a stack or footer frame, which may be longer than the
+    /// window of a small frame.
+    fn long_bytes(&mut self) -> Result<Vec<u8>, Cut> {
+        let mut input = Input::new(self.src.window(MAX_VARINT + MAX_STRING)?);
+        let bytes = input.bytes(MAX_STRING)?.to_vec();
+        let read = input.consumed();
+        self.src.consume(read);
+        Ok(bytes)
     }
 }
