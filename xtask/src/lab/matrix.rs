@@ -478,12 +478,15 @@ fn signals() -> String {
         r#"
 for sig in INT TERM KILL INT TERM KILL; do
 	t=/out/$sig-$RANDOM.rft
-	refwatch record -o $t -- daxload fsdax-gup 2> $t.err & p=$!
+	# A duration far past the kill, and the workload repeated until refwatch is gone: the
+	# signal always lands on a running recording, however fast one workload pass is.
+	refwatch record -o $t -d 120 2> $t.err & p=$!
 	wait_for $t
-	# Up to 3 s in: from before the first event to well into the workload (≈20k events).
+	( while kill -0 $p 2>/dev/null; do daxload fsdax-gup > /dev/null; done ) & w=$!
+	# Up to 3 s in: from before the first event to well into the workload (≈20k events a pass).
 	sleep $((RANDOM % 30 / 10)).$((RANDOM % 10))
 	kill -$sig $p; wait $p; rrc=$?
-	while pidof daxload > /dev/null; do sleep 0.2; done
+	wait $w
 	events $t
 	echo "$sig: record exit $rrc, report exit $rc, $n events, $(cat $t.report.err)"
 	if [ $sig = KILL ]; then
