@@ -285,7 +285,7 @@ impl Aggregator {
                 counters: Counters::default(),
             })),
         };
-        let (page, fresh) = self.pages.get_or_insert(ev.pfn, || PageState::new(ev.pgmap, ty, i64::from(ev.refcount)));
+        let (page, fresh) = self.pages.get_or_start(ev.pfn, ev.pgmap, ty, i64::from(ev.refcount));
         // gup_put_folio hands the same references on to __put_devmap_managed_*_refs (≤6.12):
         // one drop seen at two nested probes, counted once.
         let nested = kind == EventKind::Put

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::{state::PageState, tasks::Tasks};
+use super::{rules::PgType, state::PageState, tasks::Tasks};
 
 /// pfns are well-spread integers: a multiplicative (Fx-style) hash is enough, where SipHash
 /// took about a tenth of `refwatch report`'s time.
@@ -47,23 +47,22 @@ impl Pages {
         self.slots.get(&pfn).map(|&slot| &self.states[slot as usize])
     }
 
-    /// The state of `pfn`, made by `new` when the page is not live (then also true).
-    pub fn get_or_insert(&mut self, pfn: u64, new: impl FnOnce() -> PageState) -> (&mut PageState, bool) {
+    /// The state of `pfn`; a page not live starts with `pgmap`, `ty` and `refcount` (then
+    /// also true).
+    pub fn get_or_start(&mut self, pfn: u64, pgmap: u64, ty: PgType, refcount: i64) -> (&mut PageState, bool) {
         let mut fresh = false;
         let slot = *self.slots.entry(pfn).or_insert_with(|| {
             fresh = true;
-            match self.free.pop() {
-                Some(slot) => {
-                    self.states[slot as usize] = new();
-                    slot
-                }
-                None => {
-                    self.states.push(new());
-                    (self.states.len() - 1) as u32
-                }
-            }
+            self.free.pop().unwrap_or_else(|| {
+                self.states.push(PageState::new());
+                (self.states.len() - 1) as u32
+            })
         });
-        (&mut self.states[slot as usize], fresh)
+        let page = &mut self.states[slot as usize];
+        if fresh {
+            page.start(pgmap, ty, refcount);
+        }
+        (page, fresh)
     }
 
     /// Forgets a page that went idle, and the tasks its history held.

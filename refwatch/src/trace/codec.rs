@@ -200,7 +200,8 @@ impl<'a> Input<'a> {
 
     #[inline]
     pub fn byte(&mut self) -> Result<u8, Cut> {
-        let b = *self.bytes.get(self.pos).ok_or(Cut::Eof)?;
+        // Not `ok_or(Cut::Eof)?`: that built and dropped a `Cut` on every byte.
+        let Some(&b) = self.bytes.get(self.pos) else { return Err(Cut::Eof) };
         self.pos += 1;
         Ok(b)
     }
@@ -240,7 +241,7 @@ impl<'a> Input<'a> {
         if n > limit {
             return Err(Cut::Corrupt(format!("length {n} over {limit}")));
         }
-        let b = self.bytes.get(self.pos..self.pos + n).ok_or(Cut::Eof)?;
+        let Some(b) = self.bytes.get(self.pos..self.pos + n) else { return Err(Cut::Eof) };
         self.pos += n;
         Ok(b)
     }
