@@ -358,7 +358,8 @@ run() { # variant rep
 			return 0
 		fi
 		out=$(CHURN 2>&1)
-		kill -INT $bt; wait $bt
+		# A bpftrace that does not exit on SIGINT must not hang the run: KILL it after 10 s.
+		kill -INT $bt; ( sleep 10; kill -KILL $bt 2>/dev/null ) & wait $bt
 		cat /tmp/bt.out >> /out/bpftrace.log ;;
 	esac
 	echo "$out" | grep '^churn ' | sed "s/^churn /RESULT variant=$1 rep=$2 /"
