@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use super::apt::Apt;
 use super::kernel::{self, Kernel, KernelSpec};
+use super::matrix::VmCase;
 use super::{Assets, Attach, GuestJob, VmResult, run_in_vm};
 use crate::cmd::{self, note};
 use crate::paths;
@@ -203,10 +204,6 @@ fn cases() -> Vec<Case> {
 }
 
 impl Case {
-    pub fn id(&self) -> String {
-        format!("{}/inject-{}/{}", self.kernel, self.scenario, self.attach.as_str())
-    }
-
     /// The module function that does each scenario's wrong step (xtask/lab/inject/README.md).
     pub fn expect(&self) -> Expect {
         let finding = |rule, frame| Expect::Finding { rule, count: 1, frame };

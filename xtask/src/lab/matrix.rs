@@ -27,12 +27,6 @@ pub struct Case {
     pub expect: &'static [Expect],
 }
 
-impl Case {
-    pub fn id(&self) -> String {
-        format!("{}/{}/{}", self.kernel, self.scenario, self.attach.as_str())
-    }
-}
-
 pub enum Expect {
     /// At least `at_least` events of `kind` on distinct pfns inside the emulated pmem.
     DistinctPmemPfns { kind: &'static str, at_least: usize },
@@ -264,7 +258,7 @@ pub trait VmCase: Sync {
 
 impl VmCase for Case {
     fn id(&self) -> String {
-        Case::id(self)
+        format!("{}/{}/{}", self.kernel, self.scenario, self.attach.as_str())
     }
     fn kernel(&self) -> &'static str {
         self.kernel
@@ -276,7 +270,7 @@ impl VmCase for Case {
 
 impl VmCase for super::inject::Case {
     fn id(&self) -> String {
-        super::inject::Case::id(self)
+        format!("{}/inject-{}/{}", self.kernel, self.scenario, self.attach.as_str())
     }
     fn kernel(&self) -> &'static str {
         self.kernel
@@ -346,12 +340,6 @@ pub struct ScriptCase {
     pub kernel: &'static str,
     pub name: &'static str,
     pub script: fn() -> String,
-}
-
-impl ScriptCase {
-    pub fn id(&self) -> String {
-        format!("{}/{}", self.kernel, self.name)
-    }
 }
 
 /// Shell helpers every script case starts with. `events F` runs `refwatch report --json` on
@@ -585,7 +573,7 @@ pub fn run_script(
 
 impl VmCase for ScriptCase {
     fn id(&self) -> String {
-        ScriptCase::id(self)
+        format!("{}/{}", self.kernel, self.name)
     }
     fn kernel(&self) -> &'static str {
         self.kernel
