@@ -37,7 +37,14 @@ fn is_root() -> bool {
 }
 
 /// A copy of the binary that uid 65534 can run (the target directory may not be readable).
+/// Made once per test process: tests run in parallel, and copying over a binary another test
+/// is executing fails with ETXTBSY.
 fn world_runnable_binary() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(copy_world_runnable).clone()
+}
+
+fn copy_world_runnable() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("environment");
     std::fs::create_dir_all(&dir).unwrap();
     let bin = dir.join(format!("refwatch-{}", std::process::id()));
@@ -70,7 +77,7 @@ fn as_nobody(args: &[&str]) -> Option<Outcome> {
             .arg(&bin)
             .args(args),
     );
-    let _ = std::fs::remove_file(&bin);
+    // The copy stays for the other tests of this process (target/tmp is cargo's scratch space).
     Some(o)
 }
 
