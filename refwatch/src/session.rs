@@ -53,7 +53,9 @@ pub struct SessionOptions {
 pub struct Kernel {
     pub kallsyms: Kallsyms,
     pub facts: KernelFacts,
-    pub aya_btf: Option<aya::Btf>,
+    /// aya's own parse of the same BTF, which fentry loads need; parsed on first use, since
+    /// kprobe mode (the default) never needs it.
+    aya_btf: std::cell::OnceCell<Option<aya::Btf>>,
 }
 
 impl Kernel {
@@ -67,8 +69,13 @@ impl Kernel {
             Err(e) => (None, Some(format!("{BTF_PATH}: {e}"))),
         };
         let facts = KernelFacts::gather(&kallsyms, btf.as_ref(), btf_error);
-        let aya_btf = btf.is_some().then(aya::Btf::from_sys_fs).and_then(Result::ok);
-        Ok(Self { kallsyms, facts, aya_btf })
+        Ok(Self { kallsyms, facts, aya_btf: std::cell::OnceCell::new() })
+    }
+
+    pub fn aya_btf(&self) -> Option<&aya::Btf> {
+        self.aya_btf
+            .get_or_init(|| self.facts.btf.then(aya::Btf::from_sys_fs).and_then(Result::ok))
+            .as_ref()
     }
 }
 
@@ -96,7 +103,7 @@ impl Session {
         if !missing.is_empty() {
             return Err(SessionError::Privileges(missing));
         }
-        let Kernel { kallsyms, facts, aya_btf } = kernel;
+        let Kernel { kallsyms, facts, .. } = &kernel;
         if !kallsyms.addresses_visible() {
             return Err(SessionError::HiddenAddresses);
         }
@@ -122,7 +129,7 @@ impl Session {
         for entry in plan.probes.iter_mut().filter(|p| p.resolution == plan::Resolution::Use) {
             let mut last_err = String::new();
             for &mode in &entry.modes {
-                match attach(&mut ebpf, entry.id, &entry.function, mode, aya_btf.as_ref()) {
+                match attach(&mut ebpf, entry.id, &entry.function, mode, &kernel) {
                     Ok(()) => {
                         entry.attached = Some(Ok(mode));
                         break;
@@ -147,7 +154,7 @@ impl Session {
             .map_err(|e| SessionError::Map(globals::DROPS, e.to_string()))?;
         let stacks = StackTraceMap::try_from(take(&mut ebpf, globals::STACKS)?)
             .map_err(|e| SessionError::Map(globals::STACKS, e.to_string()))?;
-        drop(aya_btf);
+        drop(kernel);
         let session = Self {
             _ebpf: ebpf,
             // SAFETY: the ring buffer owns its fd and outlives the registration (both are moved
@@ -234,7 +241,7 @@ pub fn verify_programs(
         .collect();
     for &(id, function) in fentry {
         let name = format!("f_{id}");
-        let outcome = kernel.aya_btf.as_ref().ok_or_else(|| "no kernel BTF".to_owned()).and_then(|btf| {
+        let outcome = kernel.aya_btf().ok_or_else(|| "no kernel BTF".to_owned()).and_then(|btf| {
             program::<FEntry>(&mut ebpf, &name)?.load(function, btf).map_err(|e| error_chain(&e))
         });
         outcomes.push((format!("{name} ({function})"), outcome));
@@ -248,7 +255,7 @@ pub fn fentry_allowed(kernel: &Kernel, id: u8, function: &str) -> Result<(), Str
     let layout = kernel.facts.layout.clone().map_err(|e| e.to_string())?;
     let mut ebpf = load_object(&layout.with_vmemmap_base(0), &Callers::default(), globals::DEFAULT_RING_BYTES)
         .map_err(|e| error_chain(&e))?;
-    let btf = kernel.aya_btf.as_ref().ok_or("no kernel BTF")?;
+    let btf = kernel.aya_btf().ok_or("no kernel BTF")?;
     let prog: &mut FEntry = program(&mut ebpf, &format!("f_{id}"))?;
     prog.load(function, btf).map_err(|e| error_chain(&e))
 }
@@ -267,7 +274,7 @@ fn attach(
     id: u8,
     function: &str,
     mode: AttachMode,
-    btf: Option<&aya::Btf>,
+    kernel: &Kernel,
 ) -> Result<(), String> {
     match mode {
         AttachMode::Kprobe => {
@@ -276,7 +283,7 @@ fn attach(
             prog.attach(function, 0).map_err(|e| error_chain(&e))?;
         }
         AttachMode::Fentry => {
-            let btf = btf.ok_or("no kernel BTF")?;
+            let btf = kernel.aya_btf().ok_or("no kernel BTF")?;
             let prog: &mut FEntry = program(ebpf, &format!("f_{id}"))?;
             prog.load(function, btf).map_err(|e| error_chain(&e))?;
             prog.attach().map_err(|e| error_chain(&e))?;
