@@ -38,7 +38,7 @@ fn main() -> ExitCode {
 fn read_all(path: &Path) -> Result<(Header, Vec<Event>, Option<Footer>, TraceReader<std::fs::File>)> {
     let mut reader = TraceReader::open(path).with_context(|| path.display().to_string())?;
     let mut events = Vec::new();
-    while let Some(ev) = reader.next_event()? {
+    while let Some(&ev) = reader.next_event()? {
         events.push(ev);
     }
     Ok((reader.header().clone(), events, reader.footer().cloned(), reader))

@@ -239,7 +239,7 @@ pub fn from_trace<R: std::io::Read>(
     let plan = reader.header().plan.clone();
     let mut agg = Aggregator::new(crate::aggregate::Context::from_plan(&plan));
     while let Some(ev) = reader.next_event()? {
-        agg.observe(&ev);
+        agg.observe(ev);
     }
     let dropped = reader.footer().map(|f| f.dropped);
     let mut summary = Summary::build(&agg, &plan, dropped, |id| reader.stack(id).to_vec());

@@ -41,7 +41,7 @@ fn report(path: &Path, json: bool) -> Outcome {
 fn finished_trace() -> (Vec<u8>, u64, usize) {
     let mut r = TraceReader::open(Path::new(FIXTURE)).unwrap();
     let mut events = Vec::new();
-    while let Some(ev) = r.next_event().unwrap() {
+    while let Some(&ev) = r.next_event().unwrap() {
         events.push(ev);
     }
     assert!(r.warning().is_some() && events.len() > 100, "the fixture is a cut recording");

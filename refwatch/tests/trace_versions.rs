@@ -19,7 +19,7 @@ fn version_1_traces_reencode_smaller_with_the_same_events() {
         let mut reader = TraceReader::open(&path).unwrap();
         let mut writer = TraceWriter::new(Vec::new(), reader.header()).unwrap();
         let mut events = Vec::new();
-        while let Some(ev) = reader.next_event().unwrap() {
+        while let Some(&ev) = reader.next_event().unwrap() {
             writer.event(&ev, |id| reader.stack(id).to_vec()).unwrap();
             events.push(ev);
         }
@@ -32,7 +32,7 @@ fn version_1_traces_reencode_smaller_with_the_same_events() {
         assert!(v2_frames < v1_frames, "{name}: v2 frames {v2_frames} bytes, v1 {v1_frames}");
         let mut again = TraceReader::new(&v2[..]).unwrap();
         let mut n = 0;
-        while let Some(ev) = again.next_event().unwrap() {
+        while let Some(&ev) = again.next_event().unwrap() {
             assert_eq!(ev, events[n], "{name}: event {n}");
             assert_eq!(again.stack(ev.stack_id), reader.stack(ev.stack_id), "{name}: stack of event {n}");
             n += 1;

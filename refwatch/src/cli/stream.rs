@@ -116,7 +116,7 @@ fn replay(path: &PathBuf, printer: &mut Printer) -> Result<ExitCode> {
     let what = || path.display().to_string();
     let mut reader = TraceReader::open(path).with_context(what)?;
     let plan = reader.header().plan.clone();
-    while let Some(ev) = reader.next_event().with_context(what)? {
+    while let Some(&ev) = reader.next_event().with_context(what)? {
         printer.print(&ev, &plan, reader.stack(ev.stack_id))?;
     }
     printer.out.flush()?;

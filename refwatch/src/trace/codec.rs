@@ -32,15 +32,22 @@ pub fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
 /// What an event is coded against. Writer and reader keep identical copies.
 #[derive(Clone, Copy, Debug)]
 pub struct Context {
-    pub prev: Event,
-    pub task: u64,
+    prev: Event,
+    task: u64,
+    /// Whether `prev` holds `task`'s pid and comm yet (the decoder looks tasks up on change).
+    task_known: bool,
     /// Format version of the frames: 1 stored the stack id absolute and `extra2` against 0.
-    pub version: u16,
+    version: u16,
 }
 
 impl Context {
     pub fn new(version: u16) -> Self {
-        Self { prev: Event::default(), task: 0, version }
+        Self { prev: Event::default(), task: 0, task_known: false, version }
+    }
+
+    /// The event coded or decoded last.
+    pub fn last(&self) -> &Event {
+        &self.prev
     }
 
     /// What `stack_id` and `extra2` are coded against: consecutive events mostly share both
@@ -117,29 +124,34 @@ impl Context {
         self.task = task;
     }
 
-    /// Decodes an event frame whose tag (`probe`) was already read. `task` maps a task index
-    /// to (pid_tgid, comm).
+    /// Decodes an event frame whose tag (`probe`) was already read, in place of the previous
+    /// event (a 96-byte event copied per step was a fifth of `refwatch report`'s time; after
+    /// an error the reader stops, so a half-decoded event is never seen). `task` maps a task
+    /// index to (pid_tgid, comm), looked up only when the task changes.
     pub fn decode(
         &mut self,
         probe: u8,
         src: &mut Input,
         task: impl Fn(u64) -> Option<(u64, [u8; 16])>,
-    ) -> Result<Event, Cut> {
-        let p = self.prev;
+    ) -> Result<(), Cut> {
         let (stack_base, extra2_base) = self.base();
         let present = src.byte()?;
-        let mut ev = Event { probe, ..p };
-        ev.ts_ns = p.ts_ns.wrapping_add(src.ivar()? as u64);
-        ev.pfn = p.pfn.wrapping_add(src.ivar()? as u64);
+        let ev = &mut self.prev;
+        ev.probe = probe;
+        ev.ts_ns = ev.ts_ns.wrapping_add(src.ivar()? as u64);
+        let pfn = ev.pfn.wrapping_add(src.ivar()? as u64);
+        ev.page = predicted_page(ev, pfn);
+        ev.pfn = pfn;
         ev.refcount = src.ivar()? as i32;
         ev.stack_id = (src.ivar()? as i32).wrapping_add(stack_base);
-        if present & TASK != 0 {
-            self.task = src.uvar()?;
+        if present & TASK != 0 || !self.task_known {
+            if present & TASK != 0 {
+                self.task = src.uvar()?;
+            }
+            (ev.pid_tgid, ev.comm) =
+                task(self.task).ok_or_else(|| Cut::Corrupt(format!("unknown task {}", self.task)))?;
+            self.task_known = true;
         }
-        let (pid_tgid, comm) = task(self.task).ok_or_else(|| Cut::Corrupt(format!("unknown task {}", self.task)))?;
-        ev.pid_tgid = pid_tgid;
-        ev.comm = comm;
-        ev.page = predicted_page(&p, ev.pfn);
         if present & PAGE != 0 {
             ev.page = ev.page.wrapping_add(src.ivar()? as u64);
         }
@@ -160,8 +172,7 @@ impl Context {
         } else {
             (0, catalog_kind(probe))
         };
-        self.prev = ev;
-        Ok(ev)
+        Ok(())
     }
 }
 
@@ -219,15 +230,21 @@ impl<'a> Input<'a> {
     }
 
     fn long_uvar(&mut self) -> Result<u64, Cut> {
+        let rest = &self.bytes[self.pos..];
         let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = self.byte()?;
-            v |= u64::from(b & 0x7f) << shift;
+        // Over a slice of at most MAX_VARINT bytes: no bounds check per byte.
+        for (i, &b) in rest[..rest.len().min(MAX_VARINT)].iter().enumerate() {
+            v |= u64::from(b & 0x7f) << (7 * i);
             if b & 0x80 == 0 {
+                self.pos += i + 1;
                 return Ok(v);
             }
         }
-        Err(Cut::Corrupt("varint longer than 64 bits".into()))
+        if rest.len() < MAX_VARINT {
+            Err(Cut::Eof)
+        } else {
+            Err(Cut::Corrupt("varint longer than 64 bits".into()))
+        }
     }
 
     #[inline]

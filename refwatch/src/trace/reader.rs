@@ -172,16 +172,17 @@ impl<R: Read> TraceReader<R> {
         self.stacks.get(&id).map_or(&[], Vec::as_slice)
     }
 
-    /// The next event; Ok(None) at the end, including the end of a cut-off trace.
-    pub fn next_event(&mut self) -> Result<Option<Event>, TraceError> {
+    /// The next event; Ok(None) at the end, including the end of a cut-off trace. The event
+    /// is the decoder's own copy, valid until the next call.
+    pub fn next_event(&mut self) -> Result<Option<&Event>, TraceError> {
         while !self.done {
             let start = self.src.offset();
             match self.frame() {
-                Ok(ev @ Some(_)) => {
+                Ok(true) => {
                     self.events += 1;
-                    return Ok(ev);
+                    return Ok(Some(self.ctx.last()));
                 }
-                Ok(None) => {}
+                Ok(false) => {}
                 Err(Cut::Eof) => {
                     self.done = true;
                     self.src.consume_all();
@@ -202,8 +203,8 @@ impl<R: Read> TraceReader<R> {
         Ok(None)
     }
 
-    /// One frame: Some(event) for an event frame, None for the others.
-    fn frame(&mut self) -> Result<Option<Event>, Cut> {
+    /// One frame: true for an event frame (then in `self.ctx`), false for the others.
+    fn frame(&mut self) -> Result<bool, Cut> {
         let mut input = Input::new(self.src.window(MAX_SMALL_FRAME)?);
         let tag = input.byte()?;
         if self.footer.is_some() {
@@ -216,7 +217,7 @@ impl<R: Read> TraceReader<R> {
                 let mut comm = [0u8; 16];
                 comm[..name.len()].copy_from_slice(name);
                 self.tasks.push((pid_tgid, comm));
-                None
+                false
             }
             TAG_STACK => {
                 let id = input.ivar()? as i32;
@@ -230,7 +231,7 @@ impl<R: Read> TraceReader<R> {
                     .map(|_| Ok(String::from_utf8_lossy(&self.long_bytes()?).into_owned()))
                     .collect::<Result<_, Cut>>()?;
                 self.stacks.insert(id, frames);
-                return Ok(None);
+                return Ok(false);
             }
             TAG_FOOTER => {
                 let read = input.consumed();
@@ -245,11 +246,12 @@ impl<R: Read> TraceReader<R> {
                     ));
                 }
                 self.footer = Some(footer);
-                return Ok(None);
+                return Ok(false);
             }
             probe if (probe as usize) < 0x80 => {
                 let tasks = &self.tasks;
-                Some(self.ctx.decode(probe, &mut input, |i| tasks.get(i as usize).copied())?)
+                self.ctx.decode(probe, &mut input, |i| tasks.get(i as usize).copied())?;
+                true
             }
             other => return Err(Cut::Corrupt(format!("unknown frame tag {other:#x}"))),
         };

@@ -27,7 +27,7 @@ fn fsdax_stream(ops: usize) -> (Probes, Vec<Event>) {
 fn read_all(bytes: &[u8]) -> Result<(Vec<Event>, Option<String>), TraceError> {
     let mut r = TraceReader::new(bytes)?;
     let mut out = Vec::new();
-    while let Some(ev) = r.next_event()? {
+    while let Some(&ev) = r.next_event()? {
         out.push(ev);
     }
     Ok((out, r.warning().map(str::to_owned)))
@@ -41,7 +41,7 @@ fn round_trip() {
     assert!(r.header().synthetic);
     assert_eq!(r.header().plan, p.plan());
     let mut back = Vec::new();
-    while let Some(ev) = r.next_event().unwrap() {
+    while let Some(&ev) = r.next_event().unwrap() {
         back.push(ev);
     }
     assert_eq!(back, events);
