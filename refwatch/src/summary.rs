@@ -233,14 +233,14 @@ impl Verdict {
 }
 
 /// Replays a trace through the aggregator (what `report` and `check --trace` show).
-pub fn from_trace<R: std::io::Read>(
+pub fn from_trace<R: std::io::Read + Send>(
     mut reader: crate::trace::TraceReader<R>,
 ) -> Result<Summary, crate::trace::TraceError> {
     let plan = reader.header().plan.clone();
     let mut agg = Aggregator::new(crate::aggregate::Context::from_plan(&plan));
-    while let Some(ev) = reader.next_event()? {
+    reader.for_each_event(|ev| {
         agg.observe(ev);
-    }
+    })?;
     let dropped = reader.footer().map(|f| f.dropped);
     let mut summary = Summary::build(&agg, &plan, dropped, |id| reader.stack(id).to_vec());
     summary.warnings.extend(reader.warning().map(str::to_owned));

@@ -270,3 +270,29 @@ pub fn flush_frame(out: &mut impl Write, buf: &mut Vec<u8>) -> io::Result<()> {
     buf.clear();
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Every value at every length, read from a buffer that goes on after it and from one
+        /// that ends with it; one byte short is a cut frame.
+        #[test]
+        fn varints_round_trip(v in any::<u64>(), shift in 0u32..64, tail in proptest::collection::vec(any::<u8>(), 0..12)) {
+            let v = v >> shift;
+            let mut buf = Vec::new();
+            put_uvar(&mut buf, v);
+            let len = buf.len();
+            for bytes in [buf.clone(), [buf.clone(), tail].concat()] {
+                let mut input = Input::new(&bytes);
+                prop_assert_eq!(input.uvar().ok(), Some(v));
+                prop_assert_eq!(input.consumed(), len);
+            }
+            let mut cut = Input::new(&buf[..len - 1]);
+            prop_assert!(matches!(cut.uvar(), Err(Cut::Eof)));
+        }
+    }
+}

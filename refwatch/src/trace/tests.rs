@@ -118,3 +118,34 @@ fn bad_files_are_errors() {
     trailing.push(0);
     assert!(matches!(read_all(&trailing), Err(TraceError::Corrupt { .. })));
 }
+
+#[test]
+fn events_handed_over_by_the_decoder_thread_are_the_same() {
+    // More than a few batches, so that batches are recycled; then damage past the middle.
+    let (p, events) = fsdax_stream(30_000);
+    let good = p.trace(&events, 0);
+    let mut corrupt = good.clone();
+    let at = good.len() * 2 / 3;
+    corrupt[at..at + 64].fill(0xee);
+    for (bytes, damaged) in [(good, false), (corrupt, true)] {
+        let (serial, serial_end) = match read_all(&bytes) {
+            Ok((got, _)) => (got, None),
+            Err(e) => {
+                // The events before the error, one by one.
+                let mut r = TraceReader::new(&bytes[..]).unwrap();
+                let mut got = Vec::new();
+                while let Ok(Some(&ev)) = r.next_event() {
+                    got.push(ev);
+                }
+                (got, Some(e.to_string()))
+            }
+        };
+        let mut r = TraceReader::new(&bytes[..]).unwrap();
+        let mut handed = Vec::new();
+        let end = r.for_each_event(|ev| handed.push(*ev)).err().map(|e| e.to_string());
+        assert_eq!(end, serial_end);
+        assert_eq!(end.is_some(), damaged);
+        assert!(handed.len() > 5000, "{} events", handed.len());
+        assert_eq!(handed, serial);
+    }
+}
