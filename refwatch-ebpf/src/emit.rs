@@ -18,9 +18,9 @@ pub fn handle<C: Args + StackIdContext>(ctx: &C, id: u8, probe: &Probe) {
     if let Arg::Pgmap(n) = probe.arg {
         let pgmap = ctx.arg_u64(n);
         if probe.kind == EventKind::PgmapRemove {
-            let _ = PGMAPS_SEEN.remove(&pgmap);
+            let _ = PGMAPS_SEEN.remove(pgmap);
         } else {
-            let _ = PGMAPS_SEEN.insert(&pgmap, &1, 0);
+            let _ = PGMAPS_SEEN.insert(pgmap, 1, 0);
         }
         pgmap_event(ctx, id, probe.kind, pgmap, 0);
         return;
@@ -37,8 +37,8 @@ pub fn handle<C: Args + StackIdContext>(ctx: &C, id: u8, probe: &Probe) {
     }
     let head = page::head(page);
     let state = page::state(head);
-    if state.pgmap != 0 && unsafe { PGMAPS_SEEN.get(&state.pgmap) }.is_none() {
-        let _ = PGMAPS_SEEN.insert(&state.pgmap, &1, 0);
+    if state.pgmap != 0 && unsafe { PGMAPS_SEEN.get(state.pgmap) }.is_none() {
+        let _ = PGMAPS_SEEN.insert(state.pgmap, 1, 0);
         pgmap_event(ctx, id, EventKind::PgmapAdd, state.pgmap, flags::DISCOVERED);
     }
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {

@@ -12,7 +12,7 @@
 use std::{fmt::Write as _, path::Path, process::ExitCode};
 
 use anyhow::{Context, Result, bail};
-use refwatch::trace::{Footer, Header, TraceReader, TraceWriter};
+use refwatch::trace::{Footer, TraceReader, TraceWriter};
 use refwatch_common::{Arg, CATALOG, Event, EventKind};
 
 fn main() -> ExitCode {
@@ -35,32 +35,29 @@ fn main() -> ExitCode {
     }
 }
 
-fn read_all(path: &Path) -> Result<(Header, Vec<Event>, Option<Footer>, TraceReader<std::fs::File>)> {
-    let mut reader = TraceReader::open(path).with_context(|| path.display().to_string())?;
-    let mut events = Vec::new();
-    while let Some(&ev) = reader.next_event()? {
-        events.push(ev);
-    }
-    Ok((reader.header().clone(), events, reader.footer().cloned(), reader))
+fn open(path: &Path) -> Result<TraceReader<std::fs::File>> {
+    TraceReader::open(path).with_context(|| path.display().to_string())
 }
 
+/// Streams: the big traces of the analysis figure hold millions of events.
 fn stats(path: &Path) -> Result<()> {
-    let (header, events, footer, _) = read_all(path)?;
+    let mut reader = open(path)?;
+    let (mut n, mut first, mut last) = (0u64, None, 0);
+    while let Some(ev) = reader.next_event()? {
+        n += 1;
+        first.get_or_insert(ev.ts_ns);
+        last = ev.ts_ns;
+    }
     let bytes = std::fs::metadata(path)?.len();
-    let span = match (events.first(), events.last()) {
-        (Some(a), Some(b)) => b.ts_ns.saturating_sub(a.ts_ns),
-        _ => 0,
-    };
-    let n = events.len() as u64;
     println!(
         "{}",
         serde_json::json!({
-            "kernel": header.kernel,
+            "kernel": reader.header().kernel,
             "events": n,
-            "dropped": footer.as_ref().map(|f| f.dropped),
+            "dropped": reader.footer().map(|f| f.dropped),
             "bytes": bytes,
             "bytes_per_event": bytes as f64 / n.max(1) as f64,
-            "span_ns": span,
+            "span_ns": first.map_or(0, |f| last.saturating_sub(f)),
         })
     );
     Ok(())
@@ -71,7 +68,12 @@ fn is_page_event(ev: &Event) -> bool {
 }
 
 fn replicate(input: &Path, output: &Path, target: u64) -> Result<()> {
-    let (mut header, events, _, reader) = read_all(input)?;
+    let mut reader = open(input)?;
+    let mut events = Vec::new();
+    while let Some(&ev) = reader.next_event()? {
+        events.push(ev);
+    }
+    let mut header = reader.header().clone();
     if events.is_empty() {
         bail!("{} has no events", input.display());
     }
@@ -118,14 +120,14 @@ fn replicate(input: &Path, output: &Path, target: u64) -> Result<()> {
 }
 
 fn bpftrace(path: &Path) -> Result<()> {
-    let reader = TraceReader::open(path).with_context(|| path.display().to_string())?;
+    let reader = open(path)?;
     let header = reader.header();
     let layout = header.layout.as_ref().context("the trace has no layout")?;
     let mut s = String::new();
     writeln!(s, "// refwatch's probe set on {}: zone(page) == ZONE_DEVICE, count per probe.", header.kernel)?;
     writeln!(s, "BEGIN {{ printf(\"ready\\n\"); }}")?;
     let zone = format!(
-        "((*(uint64 *)($page + {})) >> {}) & {:#x}) == {}",
+        "(((*(uint64 *)($page + {})) >> {}) & {:#x}) == {}",
         layout.off_flags, layout.zones_shift, layout.zones_mask, layout.zone_device
     );
     let vmemmap = "(*(uint64 *)kaddr(\"vmemmap_base\"))";
@@ -148,7 +150,7 @@ fn bpftrace(path: &Path) -> Result<()> {
                 continue;
             }
         };
-        writeln!(s, "kprobe:{} {{ {page} if ({}) {{ @device[probe] = count(); }} }}", probe.function, format!("({zone}"))?;
+        writeln!(s, "kprobe:{} {{ {page} if ({zone}) {{ @device[probe] = count(); }} }}", probe.function)?;
     }
     print!("{s}");
     Ok(())

@@ -177,10 +177,10 @@ fn check_config(config: &str, nodes_shift: u64) -> Result<(), String> {
     if value("CONFIG_SPARSEMEM_VMEMMAP").as_deref() != Some("y") {
         return Err("CONFIG_SPARSEMEM_VMEMMAP is not set: page->flags layout unsupported".into());
     }
-    if let Some(shift) = value("CONFIG_NODES_SHIFT") {
-        if shift.parse::<u64>().ok() != Some(nodes_shift) {
-            return Err(format!("CONFIG_NODES_SHIFT={shift} but BTF implies {nodes_shift}"));
-        }
+    if let Some(shift) = value("CONFIG_NODES_SHIFT")
+        && shift.parse::<u64>().ok() != Some(nodes_shift)
+    {
+        return Err(format!("CONFIG_NODES_SHIFT={shift} but BTF implies {nodes_shift}"));
     }
     Ok(())
 }

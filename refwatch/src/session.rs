@@ -107,7 +107,7 @@ impl Session {
         if !kallsyms.addresses_visible() {
             return Err(SessionError::HiddenAddresses);
         }
-        let mut plan = plan::resolve(&facts, opts.attach);
+        let mut plan = plan::resolve(facts, opts.attach);
         if !plan.blockers.is_empty() {
             return Err(SessionError::Unsupported { kernel: plan.kernel, reasons: plan.blockers });
         }
@@ -118,10 +118,10 @@ impl Session {
             .with_vmemmap_base(kallsyms.get(VMEMMAP_BASE).map_or(0, |s| s.addr));
         let mut callers = Callers::default();
         for entry in plan.used() {
-            if let Some(caller) = refwatch_common::CATALOG[entry.id as usize].caller {
-                if let Some((lo, hi)) = kallsyms.range(caller) {
-                    callers.range[entry.id as usize] = [lo, hi];
-                }
+            if let Some(caller) = refwatch_common::CATALOG[entry.id as usize].caller
+                && let Some((lo, hi)) = kallsyms.range(caller)
+            {
+                callers.range[entry.id as usize] = [lo, hi];
             }
         }
         let mut ebpf = load_object(&layout, &callers, opts.ring_bytes)?;
@@ -223,13 +223,13 @@ fn load_object(layout: &Layout, callers: &Callers, ring_bytes: u32) -> Result<ay
         .load(PROGRAMS)
 }
 
+/// A program's name and whether the running kernel's verifier accepted it.
+pub type VerifyOutcome = (String, Result<(), String>);
+
 /// Loads (verifies) every kprobe program without attaching, and, in `fentry` (function names
 /// by catalog id), the fentry program of each of those functions: the object's programs must
 /// pass the verifier of the running kernel even where it cannot attach them. Name → outcome.
-pub fn verify_programs(
-    kernel: &Kernel,
-    fentry: &[(u8, &str)],
-) -> Result<Vec<(String, Result<(), String>)>, SessionError> {
+pub fn verify_programs(kernel: &Kernel, fentry: &[(u8, &str)]) -> Result<Vec<VerifyOutcome>, SessionError> {
     let layout = kernel.facts.layout.clone().unwrap_or(Layout::PLACEHOLDER);
     let mut ebpf = load_object(&layout.with_vmemmap_base(0), &Callers::default(), globals::DEFAULT_RING_BYTES)?;
     let mut outcomes: Vec<_> = (0..refwatch_common::CATALOG.len())

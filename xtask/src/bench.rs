@@ -251,7 +251,7 @@ fn device(name: &str, apt: &Apt, assets: &Assets, sizes: &Sizes, work: &Path) ->
         })
         .collect();
     let first_drop = rings.iter().find(|r| r["dropped"].as_u64().is_some_and(|d| d > 0));
-    let smallest_clean = rings.iter().filter(|r| r["dropped"].as_u64() == Some(0)).last();
+    let smallest_clean = rings.iter().rfind(|r| r["dropped"].as_u64() == Some(0));
     Ok(json!({
         "kernel": kernel.spec.release,
         "workload": storm,

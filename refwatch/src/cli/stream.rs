@@ -3,7 +3,7 @@
 use std::{
     collections::BTreeMap,
     io::{BufWriter, Write},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::ExitCode,
 };
 
@@ -112,7 +112,7 @@ pub fn run(args: StreamArgs) -> Result<ExitCode> {
     }
 }
 
-fn replay(path: &PathBuf, printer: &mut Printer) -> Result<ExitCode> {
+fn replay(path: &Path, printer: &mut Printer) -> Result<ExitCode> {
     let what = || path.display().to_string();
     let mut reader = TraceReader::open(path).with_context(what)?;
     let plan = reader.header().plan.clone();
