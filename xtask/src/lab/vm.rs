@@ -75,6 +75,26 @@ pub fn run_in_vm(kernel: &Kernel, assets: &Assets, job: &GuestJob, label: &str) 
     )
 }
 
+/// A VM outlives nothing: when xtask is killed, its qemu gets SIGKILL (the thread that spawned
+/// it waits for it, so only xtask's death ends that thread first).
+fn die_with_parent(qemu: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs between fork and exec and calls only async-signal-safe functions.
+    unsafe {
+        qemu.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // xtask died between fork and prctl: the signal will never come.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::other("xtask exited while starting qemu"));
+            }
+            Ok(())
+        });
+    }
+}
+
 fn boot(kernel: &Kernel, job: &GuestJob, initrd: &Path, run_dir: &Path, console_log: &Path, attempt: u32) -> Result<Boot> {
     let disk = run_dir.join("results.img");
     let file = fs::File::create(&disk)?;
@@ -94,6 +114,10 @@ fn boot(kernel: &Kernel, job: &GuestJob, initrd: &Path, run_dir: &Path, console_
         .arg(std::iter::once(CMDLINE).chain(job.cmdline.iter().map(String::as_str)).collect::<Vec<_>>().join(" "))
         .arg("-drive")
         .arg(format!("file={},format=raw,if=virtio", disk.display()));
+    if job.icount {
+        // 1 ns per instruction; an idle guest skips ahead instead of sleeping.
+        qemu.args(["-icount", "shift=0,sleep=off"]);
+    }
     if job.interactive {
         qemu.arg("-nographic");
     } else {
@@ -112,6 +136,7 @@ fn boot(kernel: &Kernel, job: &GuestJob, initrd: &Path, run_dir: &Path, console_
     if console_log.exists() {
         fs::rename(console_log, console_log.with_extension(format!("attempt{}.log", attempt - 1)))?;
     }
+    die_with_parent(&mut qemu);
     let mut child = qemu.spawn().with_context(|| format!("starting `{}`", cmd::describe(&qemu)))?;
     let mut progress = ProgressTail::default();
     let status = loop {
