@@ -1,7 +1,11 @@
 //! `refwatch live` (and bare `refwatch`): tables refreshed in place about once a second;
 //! `q` or Ctrl-C quits with a final summary. Without a terminal, plain tables every few seconds.
 
-use std::{process::ExitCode, time::Duration};
+use std::{
+    collections::VecDeque,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
 
 use anyhow::Result;
 use clap::Args;
@@ -22,12 +26,16 @@ pub struct LiveArgs {
 /// Findings shown under the tables.
 const LATEST: usize = 3;
 
+/// Rates are averaged over this long: events arrive in bursts (a ring buffer read per wakeup),
+/// and a slow guest can go a whole tick between two of them.
+const RATE_WINDOW: Duration = Duration::from_secs(5);
+
 struct Live {
     inner: attach::Aggregate,
     tty: bool,
     keys: Option<RawStdin>,
-    last_events: u64,
-    last_dropped: u64,
+    /// (when, events, dropped) at the ticks of the last [`RATE_WINDOW`], oldest first.
+    samples: VecDeque<(Instant, u64, u64)>,
 }
 
 impl Sink for Live {
@@ -36,16 +44,21 @@ impl Sink for Live {
     }
 
     fn tick(&mut self, session: &mut Session) -> Result<bool> {
-        let secs = self.tick_interval().expect("set").as_secs_f64();
         let s = self.inner.summary(session);
+        let now = (Instant::now(), s.events, s.dropped.unwrap_or(0));
+        while self.samples.len() > 1 && self.samples[1].0 + RATE_WINDOW <= now.0 {
+            self.samples.pop_front();
+        }
+        let (then, events, dropped) = self.samples.front().copied().unwrap_or(now);
+        let secs = now.0.duration_since(then).as_secs_f64().max(1e-3);
         let rates = format!(
-            "{:.0} events/s, {:.0} drops/s, {} live pages tracked",
-            (s.events - self.last_events) as f64 / secs,
-            (s.dropped.unwrap_or(0) - self.last_dropped) as f64 / secs,
+            "{:.0} events/s, {:.0} drops/s (last {:.0} s), {} live pages tracked",
+            (now.1 - events) as f64 / secs,
+            (now.2 - dropped) as f64 / secs,
+            secs,
             self.inner.agg.live_pages(),
         );
-        self.last_events = s.events;
-        self.last_dropped = s.dropped.unwrap_or(0);
+        self.samples.push_back(now);
         if self.tty {
             // Home and clear: redraw in place.
             print!("\x1b[H\x1b[2J{rates}   (q quits)\n{}", s.render(LATEST).replace('\n', "\r\n"));
@@ -106,8 +119,7 @@ pub fn run(args: LiveArgs) -> Result<ExitCode> {
             inner: attach::Aggregate::new(&session),
             tty,
             keys: if tty { RawStdin::new() } else { None },
-            last_events: 0,
-            last_dropped: 0,
+            samples: VecDeque::from([(Instant::now(), 0, 0)]),
         };
         capture::capture(&mut session, &args.run.stop_when(), &mut live).await?;
         drop(live.keys.take());
