@@ -365,10 +365,10 @@ CHURN > /dev/null
         }
     }
     writeln!(script, "exit 0")?;
-    // Guest time in executed instructions: the ratios are then the probes' own cost, whatever
-    // else the host runs (host load moved a wall-clock ratio by over 10 %).
-    let job = GuestJob { files, setup, timeout: Some(Duration::from_secs(1800)), icount: true, ..GuestJob::default() };
+    let job = GuestJob { files, setup, timeout: Some(Duration::from_secs(1800)), ..GuestJob::default() };
+    let host = HostLoad::start()?;
     let out = run_job(&kernel, assets, &script, job, work, &label)?;
+    let others = host.others_cores()?;
     let stdout = std::fs::read_to_string(out.join("stdout"))?;
     let mut runs: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for line in stdout.lines().filter(|l| l.starts_with("RESULT ")) {
@@ -392,11 +392,62 @@ CHURN > /dev/null
         "fentry_ratio": ratio("fentry"),
         "bpftrace_ratio": if bpftrace_reason.is_some() { None } else { ratio("bpftrace") },
         "runs_s": runs,
+        "host_other_cores": others,
     });
     if let Some(reason) = bpftrace_reason {
         value["bpftrace_reason"] = json!(reason);
     }
     Ok(value)
+}
+
+/// CPU the host spends on processes other than xtask and its children (the VM). The guest's
+/// clock is the host's: a busy host slows some repetitions and not others (a compile beside
+/// the run moved a ratio by 10 %), so the table says when the host was not quiet.
+struct HostLoad {
+    at: Instant,
+    busy: f64,
+    own: f64,
+}
+
+/// Other processes' average use, in cores, above which the table flags the hot-path ratios.
+const BUSY_HOST_CORES: f64 = 0.1;
+
+impl HostLoad {
+    fn start() -> Result<Self> {
+        Ok(Self { at: Instant::now(), busy: host_busy_seconds()?, own: own_cpu_seconds() })
+    }
+
+    /// Cores kept busy on average by other processes since `start`.
+    fn others_cores(&self) -> Result<f64> {
+        let busy = host_busy_seconds()? - self.busy;
+        let own = own_cpu_seconds() - self.own;
+        Ok(((busy - own) / self.at.elapsed().as_secs_f64()).max(0.0))
+    }
+}
+
+/// Non-idle CPU time of the whole host, from the first line of /proc/stat.
+fn host_busy_seconds() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let cpu = stat.lines().next().and_then(|l| l.strip_prefix("cpu ")).context("/proc/stat: no cpu line")?;
+    let ticks: Vec<f64> = cpu.split_whitespace().filter_map(|t| t.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal: all but idle and iowait.
+    let busy: f64 = ticks.iter().take(8).enumerate().filter(|(i, _)| !matches!(i, 3 | 4)).map(|(_, t)| t).sum();
+    // SAFETY: sysconf has no preconditions.
+    Ok(busy / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64)
+}
+
+/// CPU time of xtask and of its children that were waited for (the VM, once it exited).
+fn own_cpu_seconds() -> f64 {
+    let cpu = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    [libc::RUSAGE_SELF, libc::RUSAGE_CHILDREN]
+        .into_iter()
+        .map(|who| {
+            // SAFETY: a zeroed rusage is a valid out-parameter.
+            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+            unsafe { libc::getrusage(who, &mut usage) };
+            cpu(usage.ru_utime) + cpu(usage.ru_stime)
+        })
+        .sum()
 }
 
 fn tool_stats(tool: &Path, trace: &Path) -> Result<Value> {
@@ -513,6 +564,12 @@ fn table(out: &Value) -> String {
     row("figure", "value".into(), "target", &json!("measured on"));
     row("---", "---".into(), "---", &json!("---"));
     row("hot path: untraced churn (median s)", fmt(&h["baseline_s"], 3), "", &h["kernel"]);
+    for k in std::iter::once(h).chain(out["hot_path_other_kernels"].as_array().into_iter().flatten()) {
+        if k["host_other_cores"].as_f64().is_some_and(|c| c > BUSY_HOST_CORES) {
+            let busy = format!("{} cores busy on average: ratios unreliable", fmt(&k["host_other_cores"], 2));
+            row("hot path: WARNING, other host processes", busy, "quiet host", &k["kernel"]);
+        }
+    }
     row("hot path: refwatch kprobe", format!("{}×", fmt(&h["kprobe_ratio"], 3)), "≤ 1.02×, < bpftrace", &h["kernel"]);
     row("hot path: refwatch fentry", format!("{}×", fmt(&h["fentry_ratio"], 3)), "≤ 1.02×, < bpftrace", &h["kernel"]);
     row("hot path: bpftrace, same probes + filter", bt, "", &h["kernel"]);

@@ -87,10 +87,6 @@ pub struct GuestJob {
     pub cmdline: Vec<String>,
     /// Wall-clock limit for one boot; None waits forever (interactive use).
     pub timeout: Option<Duration>,
-    /// Guest time counts executed instructions (qemu `-icount`), so that timings inside the
-    /// guest do not depend on what else the host runs. For side-by-side overhead ratios; the
-    /// guest then has one vCPU.
-    pub icount: bool,
 }
 
 /// Single-quotes a word for the guest's shell.

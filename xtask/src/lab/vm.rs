@@ -103,9 +103,7 @@ fn boot(kernel: &Kernel, job: &GuestJob, initrd: &Path, run_dir: &Path, console_
 
     let mut qemu = Command::new("qemu-system-x86_64");
     // thread=single: multi-threaded TCG oopsed with a stray int3 in about 1 of 35 boots of 7.2.
-    // Debian 12's qemu (7.2) with -icount hangs bringing up a second vCPU.
-    let cpus = if job.icount { "1" } else { "2" };
-    qemu.args(["-accel", "tcg,thread=single", "-cpu", "qemu64", "-smp", cpus, "-m", "2G", "-no-reboot"])
+    qemu.args(["-accel", "tcg,thread=single", "-cpu", "qemu64", "-smp", "2", "-m", "2G", "-no-reboot"])
         // No NIC: nothing uses one, and its option ROM costs boot time.
         .args(["-nic", "none"])
         .arg("-kernel")
@@ -116,10 +114,6 @@ fn boot(kernel: &Kernel, job: &GuestJob, initrd: &Path, run_dir: &Path, console_
         .arg(std::iter::once(CMDLINE).chain(job.cmdline.iter().map(String::as_str)).collect::<Vec<_>>().join(" "))
         .arg("-drive")
         .arg(format!("file={},format=raw,if=virtio", disk.display()));
-    if job.icount {
-        // 1 ns per instruction; an idle guest skips ahead instead of sleeping.
-        qemu.args(["-icount", "shift=0,sleep=off"]);
-    }
     if job.interactive {
         qemu.arg("-nographic");
     } else {
