@@ -38,6 +38,9 @@ pub enum Resolution {
     NotThisKernel { since: String },
     /// The caller it must be called from is not in kallsyms.
     CallerMissing { caller: String },
+    /// Left out on request (`--skip`), e.g. a function normal pages pass through often; the
+    /// rules that need it are then reported unchecked.
+    Skipped,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -215,6 +218,18 @@ pub fn resolve(facts: &KernelFacts, requested: AttachMode) -> Plan {
 }
 
 impl Plan {
+    /// Leaves out the entries of catalog function `function`; false if the catalog has none.
+    pub fn skip(&mut self, function: &str) -> bool {
+        let mut known = false;
+        for entry in self.probes.iter_mut().filter(|p| p.function == function) {
+            known = true;
+            if entry.resolution == Resolution::Use {
+                entry.resolution = Resolution::Skipped;
+            }
+        }
+        known
+    }
+
     pub fn used(&self) -> impl Iterator<Item = &ProbeEntry> {
         self.probes.iter().filter(|p| p.resolution == Resolution::Use)
     }

@@ -37,6 +37,8 @@ pub enum SessionError {
     Load(#[from] aya::EbpfError),
     #[error("eBPF map {0}: {1}")]
     Map(&'static str, String),
+    #[error("--skip {0}: the probe catalog has no such function (`refwatch probes` lists them)")]
+    UnknownProbe(String),
     #[error("no probe could be attached on {kernel}:\n  {}", .errors.join("\n  "))]
     NothingAttached { kernel: String, errors: Vec<String> },
     #[error("{0}")]
@@ -45,6 +47,8 @@ pub enum SessionError {
 
 pub struct SessionOptions {
     pub attach: AttachMode,
+    /// Catalog functions to leave out.
+    pub skip: Vec<String>,
     /// Ring buffer size in bytes (rounded up to a power of two pages by the caller).
     pub ring_bytes: u32,
 }
@@ -110,6 +114,9 @@ impl Session {
         let mut plan = plan::resolve(facts, opts.attach);
         if !plan.blockers.is_empty() {
             return Err(SessionError::Unsupported { kernel: plan.kernel, reasons: plan.blockers });
+        }
+        if let Some(unknown) = opts.skip.iter().find(|f| !plan.skip(f)) {
+            return Err(SessionError::UnknownProbe(unknown.clone()));
         }
         let layout = facts
             .layout

@@ -166,3 +166,17 @@ fn layouts_from_btf_match_the_binaries() {
         assert_eq!((l.compound_mode, l.off_large_mapcount), (mode, large), "{k}");
     }
 }
+
+#[test]
+fn skipped_probes_leave_their_rules_unchecked() {
+    use refwatch::aggregate::{Context, Coverage, Rule};
+    let mut p = plan("6.1", AttachMode::Kprobe);
+    assert!(p.skip("vm_normal_page"));
+    assert!(!p.skip("get_page"), "inline: not in the catalog");
+    assert!(!used(&p).iter().any(|u| u.ends_with(":vm_normal_page")));
+    assert!(p.probes.iter().any(|e| e.function == "vm_normal_page" && e.resolution == Resolution::Skipped));
+    // What the aggregator judges with, had every used entry attached.
+    let ctx = Context::new(p.model, p.used().map(|e| e.id), p.pgmap_types.clone());
+    assert!(matches!(ctx.coverage(Rule::FreeWhileMapped), Coverage::Unchecked(_)));
+    assert_eq!(ctx.coverage(Rule::InsertZeroRef), Coverage::Checked);
+}

@@ -16,7 +16,11 @@ use super::RunArgs;
 pub fn open(args: &RunArgs) -> Result<(Session, Option<Layout>)> {
     let kernel = Kernel::inspect()?;
     let layout = kernel.facts.layout.clone().ok();
-    let session = Session::open(kernel, &SessionOptions { attach: args.attach, ring_bytes: args.ring_kib * 1024 })?;
+    let session = Session::open(kernel, &SessionOptions {
+        attach: args.attach,
+        skip: args.skip.clone(),
+        ring_bytes: args.ring_kib * 1024,
+    })?;
     Ok((session, layout))
 }
 

@@ -45,6 +45,10 @@ pub struct RunArgs {
     /// kprobe, fentry, or auto (fentry where the kernel allows it, else kprobe).
     #[arg(long, value_enum, default_value_t = AttachMode::Kprobe)]
     pub attach: AttachMode,
+    /// Leave out the probe on this kernel function (repeatable): less overhead where normal
+    /// pages pass through it often, and the rules that need it are reported unchecked.
+    #[arg(long, value_name = "FUNCTION")]
+    pub skip: Vec<String>,
     /// Ring buffer size in KiB (a power of two, at least 4).
     #[arg(long, default_value_t = DEFAULT_RING_BYTES / 1024, value_parser = ring_kib)]
     pub ring_kib: u32,

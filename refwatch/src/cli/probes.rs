@@ -117,6 +117,7 @@ fn print_text(kernel: &Kernel, plan: &Plan, fentry: &Result<(), String>) {
                 Resolution::Superseded { by } => format!("covered by {by}"),
                 Resolution::NotThisKernel { since } => format!("applies from {since} on"),
                 Resolution::CallerMissing { caller } => format!("caller {caller} not in kallsyms"),
+                Resolution::Skipped => "left out (--skip)".to_owned(),
             };
             let mark = if p.resolution == Resolution::Use { "+" } else { "-" };
             println!("  {mark} {:<34} {what}", p.function);
