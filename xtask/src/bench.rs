@@ -328,6 +328,14 @@ fn hot_path(name: &str, apt: &Apt, assets: &Assets, sizes: &Sizes, work: &Path, 
         r#"cd /tmp
 BT_OK=1
 run() { # variant rep
+	echo "lab: bench $1, repetition $2" > /dev/console
+	# A repetition takes seconds: one still running after 5 min has hung. Show where.
+	( sleep 300; echo "lab: bench $1 $2 hung; tasks:" > /dev/console; ps > /dev/console; echo t > /proc/sysrq-trigger ) &
+	watchdog=$!
+	run_variant "$@"
+	kill $watchdog 2>/dev/null
+}
+run_variant() { # variant rep
 	case $1 in
 	base) out=$(CHURN 2>&1) ;;
 	kprobe|fentry) out=$(refwatch record -o /tmp/h.rwt --attach $1 -- CHURN 2>&1); rm -f /tmp/h.rwt ;;

@@ -49,7 +49,8 @@ impl Sink for Live {
         while self.samples.len() > 1 && self.samples[1].0 + RATE_WINDOW <= now.0 {
             self.samples.pop_front();
         }
-        let (then, events, dropped) = self.samples.front().copied().unwrap_or(now);
+        // Never empty: seeded at the start.
+        let (then, events, dropped) = self.samples[0];
         let secs = now.0.duration_since(then).as_secs_f64().max(1e-3);
         let rates = format!(
             "{:.0} events/s, {:.0} drops/s (last {:.0} s), {} live pages tracked",

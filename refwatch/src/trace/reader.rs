@@ -233,7 +233,9 @@ impl<R: Read> TraceReader<R> {
                         }
                     };
                     // The consumer only hangs up by panicking, which the scope re-raises.
-                    let _ = full_tx.send(batch);
+                    if full_tx.send(batch).is_err() {
+                        return Ok(());
+                    }
                     if let Some(end) = end {
                         return end;
                     }
