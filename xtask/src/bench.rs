@@ -330,10 +330,15 @@ BT_OK=1
 run() { # variant rep
 	echo "lab: bench $1, repetition $2" > /dev/console
 	# A repetition takes seconds: one still running after 5 min has hung. Show where.
-	( sleep 300; echo "lab: bench $1 $2 hung; tasks:" > /dev/console; ps > /dev/console; echo t > /proc/sysrq-trigger ) &
+	( sleep 300; echo "lab: bench $1 $2 hung; user tasks:" > /dev/console
+	  for p in /proc/[0-9]*; do [ -e $p/exe ] && echo "$(cat $p/comm) $(cat $p/wchan) $(tr '\n' ' ' < $p/stack)"; done > /dev/console ) &
 	watchdog=$!
 	run_variant "$@"
 	kill $watchdog 2>/dev/null
+}
+# A bpftrace that does not exit on SIGINT must not hang the run: KILL it after 10 s.
+stop_bpftrace() {
+	kill -INT $bt 2>/dev/null; ( sleep 10; kill -KILL $bt 2>/dev/null ) & wait $bt
 }
 run_variant() { # variant rep
 	case $1 in
@@ -345,17 +350,17 @@ run_variant() { # variant rep
 		bpftrace /bench/refwatch.bt > /tmp/bt.out 2>&1 &
 		bt=$!
 		i=0
-		while ! grep -q '^ready' /tmp/bt.out && kill -0 $bt 2>/dev/null && [ $i -lt 1200 ]; do sleep 0.25; i=$((i+1)); done
+		# It is ready in about 15 s; bookworm's bpftrace 0.17 once sat idle, never ready.
+		while ! grep -q '^ready' /tmp/bt.out && kill -0 $bt 2>/dev/null && [ $i -lt 480 ]; do sleep 0.25; i=$((i+1)); done
 		if ! grep -q '^ready' /tmp/bt.out; then
 			BT_OK=0
-			kill -INT $bt 2>/dev/null; wait $bt
-			echo "BPFTRACE_FAILED $(grep -v '^$' /tmp/bt.out | tail -n 3 | tr '\n' ' ')"
+			stop_bpftrace
+			echo "BPFTRACE_FAILED repetition $2: $(grep -v '^$' /tmp/bt.out | tail -n 3 | tr '\n' ' ')"
 			cp /tmp/bt.out /out/bpftrace-failed.log
 			return 0
 		fi
 		out=$(CHURN 2>&1)
-		# A bpftrace that does not exit on SIGINT must not hang the run: KILL it after 10 s.
-		kill -INT $bt; ( sleep 10; kill -KILL $bt 2>/dev/null ) & wait $bt
+		stop_bpftrace
 		cat /tmp/bt.out >> /out/bpftrace.log ;;
 	esac
 	echo "$out" | grep '^churn ' | sed "s/^churn /RESULT variant=$1 rep=$2 /"
@@ -387,8 +392,10 @@ CHURN > /dev/null
         let v = variants.iter().find(|v| **v == variant).copied().unwrap_or("?");
         runs.entry(v).or_default().push(f["seconds"]);
     }
-    if let Some(line) = stdout.lines().find(|l| l.starts_with("BPFTRACE_FAILED")) {
-        bpftrace_reason = Some(format!("bpftrace did not start in the guest: {}", line.trim_start_matches("BPFTRACE_FAILED ").trim()));
+    // A bpftrace that failed to start is skipped from then on; the repetitions before count.
+    let bpftrace_failed = stdout.lines().find_map(|l| l.strip_prefix("BPFTRACE_FAILED ")).map(str::trim);
+    if let Some(failed) = bpftrace_failed.filter(|_| !runs.contains_key("bpftrace")) {
+        bpftrace_reason = Some(format!("bpftrace did not start in the guest: {failed}"));
     }
     let med = |v: &str| runs.get(v).cloned().and_then(median);
     let Some(base) = med("base") else { bail!("no baseline churn result; guest output:\n{stdout}") };
@@ -408,6 +415,9 @@ CHURN > /dev/null
         "runs_s": runs,
         "host_other_cores": others,
     });
+    if let Some(failed) = bpftrace_failed {
+        value["bpftrace_failed"] = json!(failed);
+    }
     if let Some(reason) = bpftrace_reason {
         value["bpftrace_reason"] = json!(reason);
     }
@@ -577,8 +587,13 @@ fn table(out: &Value) -> String {
     let d = &out["device"];
     let a = &out["analysis"];
     let t = &out["trace"];
-    let bt = match h.get("bpftrace_reason") {
-        Some(Value::String(r)) => format!("n/a: {r}"),
+    let bt = match (h.get("bpftrace_reason"), h.get("bpftrace_failed")) {
+        (Some(Value::String(r)), _) => format!("n/a: {r}"),
+        (_, Some(Value::String(f))) => format!(
+            "{}× over {} repetitions, then it did not start: {f}",
+            fmt(&h["bpftrace_ratio"], 3),
+            h["runs_s"]["bpftrace"].as_array().map_or(0, Vec::len)
+        ),
         _ => format!("{}×", fmt(&h["bpftrace_ratio"], 3)),
     };
     let mut row = |what: &str, value: String, target: &str, kernel: &Value| {
