@@ -118,6 +118,7 @@ pub const CALLERS: &str = "CALLERS";
 /// Map names.
 pub const EVENTS: &str = "EVENTS";
 pub const DROPS: &str = "DROPS";
+pub const CALLS: &str = "CALLS";
 pub const STACKS: &str = "STACKS";
 pub const PGMAPS_SEEN: &str = "PGMAPS_SEEN";
 

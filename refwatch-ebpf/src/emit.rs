@@ -9,12 +9,15 @@ use refwatch_common::{
     event::{PGMAP_TYPE_UNKNOWN, flags},
 };
 
-use crate::{DROPS, EVENTS, PGMAPS_SEEN, STACKS, args::Args, layout, page};
+use crate::{CALLS, DROPS, EVENTS, PGMAPS_SEEN, STACKS, args::Args, layout, page};
 
 const PAGE_SHIFT: u64 = 12;
 
 #[inline(always)]
 pub fn handle<C: Args + StackIdContext>(ctx: &C, id: u8, probe: &Probe) {
+    if let Some(n) = CALLS.get_ptr_mut(u32::from(id)) {
+        unsafe { *n += 1 };
+    }
     if let Arg::Pgmap(n) = probe.arg {
         let pgmap = ctx.arg_u64(n);
         if probe.kind == EventKind::PgmapRemove {

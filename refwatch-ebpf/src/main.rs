@@ -31,6 +31,11 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 #[map]
 static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// Entries of each catalog function, device page or not, per CPU: what the probes cost a
+/// workload is their trap or trampoline times these.
+#[map]
+static CALLS: PerCpuArray<u64> = PerCpuArray::with_max_entries(refwatch_common::catalog::CATALOG_LEN as u32, 0);
+
 #[map]
 static STACKS: StackTrace = StackTrace::with_max_entries(MAX_STACKS, 0);
 

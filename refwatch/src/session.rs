@@ -88,6 +88,7 @@ pub struct Session {
     _ebpf: aya::Ebpf,
     ring: AsyncFd<RingBuf<MapData>>,
     drops: PerCpuArray<MapData, u64>,
+    calls: PerCpuArray<MapData, u64>,
     stacks: StackTraceMap<MapData>,
     pub plan: Plan,
     pub kallsyms: Kallsyms,
@@ -159,6 +160,8 @@ impl Session {
             .map_err(|e| SessionError::Map(globals::EVENTS, e.to_string()))?;
         let drops = PerCpuArray::try_from(take(&mut ebpf, globals::DROPS)?)
             .map_err(|e| SessionError::Map(globals::DROPS, e.to_string()))?;
+        let calls = PerCpuArray::try_from(take(&mut ebpf, globals::CALLS)?)
+            .map_err(|e| SessionError::Map(globals::CALLS, e.to_string()))?;
         let stacks = StackTraceMap::try_from(take(&mut ebpf, globals::STACKS)?)
             .map_err(|e| SessionError::Map(globals::STACKS, e.to_string()))?;
         drop(kernel);
@@ -168,6 +171,7 @@ impl Session {
             // into the AsyncFd together).
             ring: unsafe { AsyncFd::register(ring) }.map_err(|e| SessionError::Io(e.into()))?,
             drops,
+            calls,
             stacks,
             plan,
             // Re-read: the BPF programs and trampolines just attached have symbols of their own,
@@ -197,6 +201,14 @@ impl Session {
     /// Failed ring-buffer reservations, summed over CPUs.
     pub fn dropped(&self) -> u64 {
         self.drops.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
+    }
+
+    /// Entries of each attached function since attach (device pages or not), summed over CPUs.
+    pub fn calls(&self) -> std::collections::BTreeMap<String, u64> {
+        self.plan
+            .attached()
+            .map(|p| (p.function.clone(), self.calls.get(&u32::from(p.id), 0).map_or(0, |v| v.iter().sum())))
+            .collect()
     }
 
     /// The symbolized kernel stack of a stack id, innermost frame first.

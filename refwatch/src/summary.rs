@@ -1,6 +1,8 @@
 //! What live, report and check show: one summary built from the aggregator, rendered as JSON
 //! or as tables, and the check verdict.
 
+use std::collections::BTreeMap;
+
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde::Serialize;
 
@@ -47,6 +49,10 @@ pub struct Summary {
     pub pgmaps: Vec<PgmapSummary>,
     pub findings_total: u64,
     pub findings: Vec<FindingOut>,
+    /// Entries of each attached function, device pages or not: the probes' cost to the
+    /// workload is their trap or trampoline times these. Empty for older traces.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub calls: BTreeMap<String, u64>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
 }
@@ -102,6 +108,7 @@ impl Summary {
                 .iter()
                 .map(|f| FindingOut { finding: f.clone(), stack: stack(f.stack_id) })
                 .collect(),
+            calls: BTreeMap::new(),
             warnings: Vec::new(),
         }
     }
@@ -174,6 +181,10 @@ impl Summary {
             "kernel {}, attach {}, {} events, {dropped} dropped, {} findings\n",
             self.kernel, self.attach, self.events, self.findings_total
         ));
+        if !self.calls.is_empty() {
+            let calls: Vec<String> = self.calls.iter().map(|(f, n)| format!("{f} {n}")).collect();
+            out.push_str(&format!("probed functions entered (any page): {}\n", calls.join(", ")));
+        }
         let skip = self.findings.len().saturating_sub(findings);
         for f in &self.findings[skip..] {
             out.push_str(&render_finding(f));
@@ -243,6 +254,7 @@ pub fn from_trace<R: std::io::Read + Send>(
     })?;
     let dropped = reader.footer().map(|f| f.dropped);
     let mut summary = Summary::build(&agg, &plan, dropped, |id| reader.stack(id).to_vec());
+    summary.calls = reader.footer().map(|f| f.calls.clone()).unwrap_or_default();
     summary.warnings.extend(reader.warning().map(str::to_owned));
     if reader.header().synthetic {
         summary.warnings.push("synthetic trace (made by a test, not recorded)".into());

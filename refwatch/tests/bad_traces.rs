@@ -50,7 +50,7 @@ fn finished_trace() -> (Vec<u8>, u64, usize) {
     for ev in &events {
         w.event(ev, |id| r.stack(id).to_vec()).unwrap();
     }
-    w.finish(Footer { events: events.len() as u64, dropped: 0, end: "duration".into() }).unwrap();
+    w.finish(Footer { events: events.len() as u64, dropped: 0, end: "duration".into(), ..Footer::default() }).unwrap();
     let header = 14 + u32::from_le_bytes(out[10..14].try_into().unwrap()) as usize;
     (out, events.len() as u64, header)
 }

@@ -36,7 +36,10 @@ impl Aggregate {
 
     pub fn summary(&self, session: &mut Session) -> Summary {
         let dropped = session.dropped();
-        Summary::build(&self.agg, &session.plan.clone(), Some(dropped), |id| session.stack(id).to_vec())
+        let mut summary =
+            Summary::build(&self.agg, &session.plan.clone(), Some(dropped), |id| session.stack(id).to_vec());
+        summary.calls = session.calls();
+        summary
     }
 }
 

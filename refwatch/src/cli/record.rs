@@ -55,13 +55,14 @@ pub fn run(args: RecordArgs) -> Result<ExitCode> {
         // A write error ends the capture; the footer is still attempted so the trace stays readable.
         let end = capture::capture(&mut session, &stop, &mut rec).await;
         let dropped = session.dropped();
+        let calls = session.calls();
         let end_name = match &end {
             Ok(e) => format!("{e:?}").to_lowercase(),
             Err(e) => format!("error: {e:#}"),
         };
         let (events, bytes) = (rec.0.events(), rec.0.bytes());
         rec.0
-            .finish(Footer { dropped, end: end_name, ..Footer::default() })
+            .finish(Footer { dropped, end: end_name, calls, ..Footer::default() })
             .with_context(|| format!("finishing {}", args.output.display()))?;
         end?;
         eprintln!(

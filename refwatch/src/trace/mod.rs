@@ -47,6 +47,8 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use refwatch_common::globals::Layout;
@@ -79,6 +81,10 @@ pub struct Footer {
     pub dropped: u64,
     /// Why recording stopped.
     pub end: String,
+    /// Entries of each attached function while recording, device pages or not (what the probes
+    /// cost the workload); empty in traces from before it was counted.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub calls: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -191,9 +191,19 @@ fn healthy(check_json: &Path) -> Option<String> {
     struct Check {
         findings_total: u64,
         findings: Vec<serde_json::Value>,
+        events: u64,
+        pgmaps: Vec<serde_json::Value>,
+        #[serde(default)]
+        calls: std::collections::BTreeMap<String, u64>,
     }
     let text = std::fs::read_to_string(check_json).unwrap_or_default();
     match serde_json::from_str::<Check>(&text) {
+        // Every event comes from an entry of a probed function, but for the one event per
+        // pgmap that a page's first event may bring along.
+        Ok(c) if c.calls.values().sum::<u64>() + (c.pgmaps.len() as u64) < c.events => Some(format!(
+            "refwatch check counted {} events but only these entries of the probed functions: {:?}",
+            c.events, c.calls
+        )),
         Ok(c) if c.findings_total == 0 => None,
         Ok(c) => Some(format!(
             "refwatch check found {} violation(s) on a healthy kernel, first: {}",
