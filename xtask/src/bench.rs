@@ -471,14 +471,13 @@ fn host_busy_seconds() -> Result<f64> {
 
 /// CPU time of xtask and of its children that were waited for (the VM, once it exited).
 fn own_cpu_seconds() -> f64 {
-    let cpu = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     [libc::RUSAGE_SELF, libc::RUSAGE_CHILDREN]
         .into_iter()
         .map(|who| {
             // SAFETY: a zeroed rusage is a valid out-parameter.
             let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
             unsafe { libc::getrusage(who, &mut usage) };
-            cpu(usage.ru_utime) + cpu(usage.ru_stime)
+            cpu_seconds(&usage)
         })
         .sum()
 }
@@ -521,8 +520,13 @@ fn timed(cmd: &mut Command) -> Result<(f64, f64, u64)> {
     if pid < 0 || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
         bail!("`{}` failed (wait status {status})", cmd::describe(cmd));
     }
-    let cpu = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    Ok((secs, cpu(usage.ru_utime) + cpu(usage.ru_stime), usage.ru_maxrss as u64))
+    Ok((secs, cpu_seconds(&usage), usage.ru_maxrss as u64))
+}
+
+/// User plus system time of an rusage.
+fn cpu_seconds(usage: &libc::rusage) -> f64 {
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
 fn analysis(tool: &Path, refwatch: &Path, work: &Path, target: u64) -> Result<Value> {
