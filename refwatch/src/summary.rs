@@ -74,6 +74,7 @@ impl Summary {
         agg: &Aggregator,
         plan: &crate::plan::Plan,
         dropped: Option<u64>,
+        calls: BTreeMap<String, u64>,
         mut stack: impl FnMut(i32) -> Vec<String>,
     ) -> Self {
         let ctx = agg.context();
@@ -108,7 +109,7 @@ impl Summary {
                 .iter()
                 .map(|f| FindingOut { finding: f.clone(), stack: stack(f.stack_id) })
                 .collect(),
-            calls: BTreeMap::new(),
+            calls,
             warnings: Vec::new(),
         }
     }
@@ -253,8 +254,8 @@ pub fn from_trace<R: std::io::Read + Send>(
         agg.observe(ev);
     })?;
     let dropped = reader.footer().map(|f| f.dropped);
-    let mut summary = Summary::build(&agg, &plan, dropped, |id| reader.stack(id).to_vec());
-    summary.calls = reader.footer().map(|f| f.calls.clone()).unwrap_or_default();
+    let calls = reader.footer().map(|f| f.calls.clone()).unwrap_or_default();
+    let mut summary = Summary::build(&agg, &plan, dropped, calls, |id| reader.stack(id).to_vec());
     summary.warnings.extend(reader.warning().map(str::to_owned));
     if reader.header().synthetic {
         summary.warnings.push("synthetic trace (made by a test, not recorded)".into());

@@ -35,11 +35,8 @@ impl Aggregate {
     }
 
     pub fn summary(&self, session: &mut Session) -> Summary {
-        let dropped = session.dropped();
-        let mut summary =
-            Summary::build(&self.agg, &session.plan.clone(), Some(dropped), |id| session.stack(id).to_vec());
-        summary.calls = session.calls();
-        summary
+        let (dropped, calls) = (session.dropped(), session.calls());
+        Summary::build(&self.agg, &session.plan.clone(), Some(dropped), calls, |id| session.stack(id).to_vec())
     }
 }
 
