@@ -50,7 +50,9 @@ pub struct Probe {
     pub site: &'static str,
     /// A grab that legitimately fails on refcount 0 (gup-fast).
     pub speculative: bool,
-    /// The hit counts only when called from this function (kprobe mode: the return address).
+    /// The hit counts only when called from this function (its return address: at the stack
+    /// pointer for a kprobe, the word above the arguments for fentry, so such an entry's
+    /// arguments must be 8 bytes or less each).
     pub caller: Option<&'static str>,
     /// Kernel versions (major, minor), inclusive, where the entry applies. Used only where
     /// presence and prototype cannot tell (a function that exists but is inlined into a caller

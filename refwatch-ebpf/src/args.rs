@@ -8,8 +8,8 @@ use aya_ebpf::{
 
 pub trait Args: EbpfContext {
     fn arg_u64(&self, n: u8) -> u64;
-    /// Return address of the probed call, where the program type can see it.
-    fn return_address(&self) -> Option<u64>;
+    /// Return address of the probed call; `nr_args` is the probed function's argument count.
+    fn return_address(&self, nr_args: u8) -> Option<u64>;
 }
 
 impl Args for ProbeContext {
@@ -17,7 +17,7 @@ impl Args for ProbeContext {
         self.arg::<u64>(n as usize).unwrap_or(0)
     }
 
-    fn return_address(&self) -> Option<u64> {
+    fn return_address(&self, _nr_args: u8) -> Option<u64> {
         // At function entry the return address is the word at the stack pointer.
         let sp = unsafe { (*self.regs).rsp };
         unsafe { bpf_probe_read_kernel(sp as *const u64) }.ok()
@@ -32,7 +32,13 @@ impl Args for FEntryContext {
         unsafe { bpf_probe_read_kernel(slot) }.unwrap_or(0)
     }
 
-    fn return_address(&self) -> Option<u64> {
-        None
+    fn return_address(&self, nr_args: u8) -> Option<u64> {
+        // The x86-64 trampoline of fentry programs (none of them fexit) saves the arguments
+        // just below its frame pointer, ctx pointing at the first, then pushes nothing else
+        // above: past the last argument come the saved rbp, the return address into the
+        // traced function, and the traced function's own return address into its caller.
+        // (With an fexit on the same function a return-value slot shifts this by one: the
+        // word read is then inside the traced function, and the hit is dropped, not misread.)
+        Some(self.arg_u64(nr_args + 2)).filter(|ret| *ret != 0)
     }
 }

@@ -28,14 +28,16 @@ pub fn handle<C: Args + StackIdContext>(ctx: &C, id: u8, probe: &Probe) {
         pgmap_event(ctx, id, probe.kind, pgmap, 0);
         return;
     }
-    if !called_from_wanted_caller(ctx, id) {
-        return;
-    }
     let Some(page) = page_arg(ctx, probe.arg) else {
         return;
     };
     // The filter every hit pays for: one read and a compare.
     if page::zone_device_flags(page).is_none() {
+        return;
+    }
+    // After the page filter: reading the return address is a helper call, and the functions
+    // with a caller filter (vm_normal_page) run for every normal page unmapped.
+    if !called_from_wanted_caller(ctx, id, probe.params.len() as u8) {
         return;
     }
     let head = page::head(page);
@@ -89,12 +91,12 @@ fn page_arg<C: Args>(ctx: &C, arg: Arg) -> Option<u64> {
 }
 
 #[inline(always)]
-fn called_from_wanted_caller<C: Args>(ctx: &C, id: u8) -> bool {
+fn called_from_wanted_caller<C: Args>(ctx: &C, id: u8, nr_args: u8) -> bool {
     let range = unsafe { core::ptr::read_volatile(&raw const crate::CALLERS.range[id as usize]) };
     if range[1] == 0 {
         return true;
     }
-    ctx.return_address().is_some_and(|ret| ret >= range[0] && ret < range[1])
+    ctx.return_address(nr_args).is_some_and(|ret| ret >= range[0] && ret < range[1])
 }
 
 #[inline(always)]

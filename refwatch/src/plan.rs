@@ -110,11 +110,10 @@ fn matches_prototype(probe: &Probe, found: &[String]) -> bool {
         })
 }
 
-/// Whether an fentry program can carry this entry on this kernel: fentry programs cannot see
-/// the return address that caller-filtered entries need, and older trampolines refuse struct
-/// arguments passed by value.
+/// Whether an fentry program can carry this entry on this kernel: older trampolines refuse
+/// struct arguments passed by value.
 pub fn fentry_capable(probe: &Probe, version: (u8, u8)) -> bool {
-    probe.caller.is_none() && (version >= FENTRY_STRUCT_ARGS_SINCE || !probe.struct_by_value())
+    version >= FENTRY_STRUCT_ARGS_SINCE || !probe.struct_by_value()
 }
 
 fn modes_for(probe: &Probe, version: (u8, u8), requested: AttachMode) -> Vec<AttachMode> {

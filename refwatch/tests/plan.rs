@@ -88,16 +88,18 @@ fn prototypes_pick_the_entry() {
     assert!(matches!(other.unwrap().resolution, Resolution::OtherPrototype { .. }));
 }
 
-/// fentry cannot see the return address that vm_normal_page's caller filter needs.
+/// From 6.1 every entry of the plan can be an fentry program, vm_normal_page's caller filter
+/// included; 5.10's trampolines refuse its pte_t argument.
 #[test]
-fn fentry_keeps_caller_filtered_entries_on_kprobe() {
+fn fentry_carries_every_entry_from_6_1() {
     let plan = plan("6.1", AttachMode::Fentry);
     for p in plan.used() {
-        let want = if p.function == "vm_normal_page" { AttachMode::Kprobe } else { AttachMode::Fentry };
-        assert_eq!(p.modes, vec![want], "{}", p.function);
+        assert_eq!(p.modes, vec![AttachMode::Fentry], "{}", p.function);
     }
     let auto = plan_modes("6.1", "__vm_insert_mixed");
     assert_eq!(auto, vec![AttachMode::Fentry, AttachMode::Kprobe]);
+    assert_eq!(plan_modes("6.1", "vm_normal_page"), vec![AttachMode::Fentry, AttachMode::Kprobe]);
+    assert_eq!(plan_modes("5.10", "vm_normal_page"), vec![AttachMode::Kprobe]);
 }
 
 /// 5.10's trampolines refuse struct-by-value arguments: its pfn_t inserts stay on kprobes.

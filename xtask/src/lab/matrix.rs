@@ -38,8 +38,13 @@ use Attach::{Fentry, Kprobe};
 use Expect::{DistinctPmemPfns, Events};
 
 /// 5.10–6.12 map fsdax pages by pfn without taking a reference (insert_pfn); nothing is
-/// freed at munmap.
-const MMAP_6: &[Expect] = &[DistinctPmemPfns { kind: "insert", at_least: PAGES }];
+/// freed at munmap, where every PTE is zapped (vm_normal_page from unmap_page_range, whose
+/// caller filter reads the return address: at the stack pointer for kprobes, above the
+/// arguments in an fentry trampoline).
+const MMAP_6: &[Expect] = &[
+    DistinctPmemPfns { kind: "insert", at_least: PAGES },
+    DistinctPmemPfns { kind: "unmap", at_least: PAGES },
+];
 /// 7.x takes a folio reference per PTE (vmf_insert_page_mkwrite) and frees each page at
 /// munmap (free_zone_device_folio: 4096 hits).
 const MMAP_7: &[Expect] = &[
@@ -111,6 +116,7 @@ pub const CASES: &[Case] = &[
     case("7.3", "fsdax-mmap", Fentry, MMAP_7),
     case("5.10", "fsdax-mmap", Kprobe, MMAP_6),
     case("6.12", "fsdax-mmap", Kprobe, MMAP_6),
+    case("6.12", "fsdax-mmap", Fentry, MMAP_6),
 ];
 
 /// The guest side of a case: the workload runs once, under `refwatch record`; the trace is
