@@ -1,7 +1,7 @@
 //! Helpers of `cargo xtask bench` that need refwatch's own code (trace format, catalog).
 //! Built with `cargo build --release -p refwatch --example bench_tool`; not part of refwatch.
 //!
-//! - `stats TRACE`: JSON {events, dropped, bytes, bytes_per_event, span_ns, kernel}.
+//! - `stats TRACE`: JSON {events, dropped, calls, bytes, bytes_per_event, span_ns, kernel}.
 //! - `replicate IN OUT EVENTS`: a trace of about EVENTS events made of copies of IN's events,
 //!   each copy shifted in time after the previous one, its pages moved to a different window
 //!   of the same pgmap (so copies do not overlap) and its tasks given other pids.
@@ -55,6 +55,7 @@ fn stats(path: &Path) -> Result<()> {
             "kernel": reader.header().kernel,
             "events": n,
             "dropped": reader.footer().map(|f| f.dropped),
+            "calls": reader.footer().map(|f| &f.calls),
             "bytes": bytes,
             "bytes_per_event": bytes as f64 / n.max(1) as f64,
             "span_ns": first.map_or(0, |f| last.saturating_sub(f)),

@@ -1,8 +1,11 @@
 //! `cargo xtask bench`: refwatch's performance figures, measured in the VM lab and on the host.
 //!
-//! 1. hot path: normal-page churn (`benchload churn`) without tracing, under `refwatch record`
-//!    (kprobe and fentry) and under a bpftrace script with the same probes and filter, all in
-//!    one boot, interleaved, median of the repetitions; ratios to the untraced run.
+//! 1. hot path: normal-page churn (`benchload churn`) without tracing (twice: the second
+//!    "again" shows what the run cannot resolve), under `refwatch record` (kprobe, fentry,
+//!    kprobe without the unmap probes) and under a bpftrace script with the same probes and
+//!    filter, all in one boot, interleaved; ratios of the median rounds to the untraced one.
+//!    Under each, `benchload zap` times unmaps alone: the cost of one probed-function entry,
+//!    which times the entries of a churn round gives the ratio again, from entries.
 //! 2. device events: a DAX fault + GUP pin storm (`benchload storm`) under `refwatch record`,
 //!    then the same storm with smaller and smaller ring buffers until events are dropped.
 //! 3. offline analysis: a big trace made of copies of a recorded one, `refwatch report --json`
@@ -47,17 +50,23 @@ struct Sizes {
     reps: usize,
     churn_rounds: u32,
     churn_mib: u32,
+    zap_rounds: u32,
     storm_passes: u32,
     storm_mib: u32,
     big_events: u64,
 }
 
 impl Sizes {
+    /// Pages `benchload zap` unmaps per round: one entry of the unmap probes' function each.
+    fn zap_pages_per_round(&self) -> u32 {
+        self.churn_mib * 256
+    }
+
     fn new(quick: bool) -> Self {
         if quick {
-            Self { reps: 3, churn_rounds: 6, churn_mib: 32, storm_passes: 8, storm_mib: 16, big_events: 2_000_000 }
+            Self { reps: 3, churn_rounds: 6, churn_mib: 32, zap_rounds: 10, storm_passes: 8, storm_mib: 16, big_events: 2_000_000 }
         } else {
-            Self { reps: 9, churn_rounds: 12, churn_mib: 32, storm_passes: 24, storm_mib: 16, big_events: 10_000_000 }
+            Self { reps: 9, churn_rounds: 12, churn_mib: 32, zap_rounds: 20, storm_passes: 24, storm_mib: 16, big_events: 10_000_000 }
         }
     }
 }
@@ -291,6 +300,7 @@ fn hot_path(name: &str, apt: &Apt, assets: &Assets, sizes: &Sizes, work: &Path, 
     let kernel = Kernel::fetch(crate::lab::kernel_spec(name)?, apt)?;
     let label = format!("hot-{name}");
     let churn = format!("benchload churn {} {} /dev/ram0", sizes.churn_rounds, sizes.churn_mib);
+    let zap = format!("benchload zap {} {}", sizes.zap_rounds, sizes.churn_mib);
     // The page-cache half reads a RAM disk (brd): page-cache pages without a disk's I/O noise.
     let mut setup = Vec::new();
     let mut files = Vec::new();
@@ -320,7 +330,8 @@ fn hot_path(name: &str, apt: &Apt, assets: &Assets, sizes: &Sizes, work: &Path, 
         }
     }
     let with_bpftrace = bpftrace_reason.is_none();
-    let mut variants = vec!["base", "kprobe", "fentry", "lean"];
+    // "again" is untraced too: its ratio to "base" is what this run cannot resolve.
+    let mut variants = vec!["base", "again", "kprobe", "fentry", "lean"];
     if with_bpftrace {
         variants.push("bpftrace");
     }
@@ -336,15 +347,26 @@ run() { # variant rep
 	run_variant "$@"
 	kill $watchdog 2>/dev/null
 }
+measure() { # variant rep [tracer command…]: churn, then zap, each under the tracer
+	v=$1; rep=$2; shift 2
+	for load in churn zap; do
+		case $load in churn) work="CHURN" ;; zap) work="ZAP" ;; esac
+		out=$("$@" $work 2>&1)
+		# Kept for their entry counts (the last repetition's).
+		[ -f /tmp/h.rwt ] && mv /tmp/h.rwt /out/$v-$load.rwt
+		echo "$out" | grep -E '^(churn|zap)' | sed "s/^/RESULT variant=$v rep=$rep /"
+		echo "$out" | grep -vE '^(churn|zap)' | sed "s/^/LOG $v $rep: /"
+	done
+}
 # A bpftrace that does not exit on SIGINT must not hang the run: KILL it after 10 s.
 stop_bpftrace() {
 	kill -INT $bt 2>/dev/null; ( sleep 10; kill -KILL $bt 2>/dev/null ) & wait $bt
 }
 run_variant() { # variant rep
 	case $1 in
-	base) out=$(CHURN 2>&1) ;;
-	kprobe|fentry) out=$(refwatch record -o /tmp/h.rwt --attach $1 -- CHURN 2>&1); rm -f /tmp/h.rwt ;;
-	lean) out=$(refwatch record -o /tmp/h.rwt --attach kprobe SKIP_UNMAPS -- CHURN 2>&1); rm -f /tmp/h.rwt ;;
+	base|again) measure $1 $2 ;;
+	kprobe|fentry) measure $1 $2 refwatch record -o /tmp/h.rwt --attach $1 -- ;;
+	lean) measure $1 $2 refwatch record -o /tmp/h.rwt --attach kprobe SKIP_UNMAPS -- ;;
 	bpftrace)
 		[ $BT_OK = 1 ] || return 0
 		bpftrace /bench/refwatch.bt > /tmp/bt.out 2>&1 &
@@ -359,18 +381,18 @@ run_variant() { # variant rep
 			cp /tmp/bt.out /out/bpftrace-failed.log
 			return 0
 		fi
-		out=$(CHURN 2>&1)
+		measure $1 $2
 		stop_bpftrace
 		cat /tmp/bt.out >> /out/bpftrace.log ;;
 	esac
-	echo "$out" | grep '^churn ' | sed "s/^churn /RESULT variant=$1 rep=$2 /"
-	echo "$out" | grep -v '^churn ' | sed "s/^/LOG $1 $2: /"
 }
 # Warm-up: the first runs after boot are slower.
 CHURN > /dev/null
+ZAP > /dev/null
 "#,
     )
     .replace("CHURN", &churn)
+    .replace("ZAP", &zap)
     .replace("SKIP_UNMAPS", &skip_unmaps());
     for rep in 0..sizes.reps {
         // Rotate the order each repetition so no variant always runs first.
@@ -385,33 +407,64 @@ CHURN > /dev/null
     let out = run_job(&kernel, assets, &script, job, work, &label)?;
     let others = host.others_cores()?;
     let stdout = std::fs::read_to_string(out.join("stdout"))?;
-    let mut runs: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    // variant -> "churn" / "churn_round" / "zap" / "zap_round" -> seconds.
+    let mut runs: BTreeMap<&str, BTreeMap<String, Vec<f64>>> = BTreeMap::new();
     for line in stdout.lines().filter(|l| l.starts_with("RESULT ")) {
-        let variant = line.split_whitespace().find_map(|w| w.strip_prefix("variant=")).unwrap_or("?");
-        let Some(f) = fields(line, "RESULT ") else { continue };
-        let v = variants.iter().find(|v| **v == variant).copied().unwrap_or("?");
-        runs.entry(v).or_default().push(f["seconds"]);
+        let mut words = line.split_whitespace().skip(1);
+        let (Some(variant), Some(_rep), Some(what)) = (words.next(), words.next(), words.next()) else { continue };
+        let Some(v) = variant.strip_prefix("variant=").and_then(|v| variants.iter().find(|x| **x == v)) else { continue };
+        let Some(secs) = fields(line, "RESULT ").and_then(|f| f.get("seconds").copied()) else { continue };
+        runs.entry(v).or_default().entry(what.to_owned()).or_default().push(secs);
     }
     // A bpftrace that failed to start is skipped from then on; the repetitions before count.
     let bpftrace_failed = stdout.lines().find_map(|l| l.strip_prefix("BPFTRACE_FAILED ")).map(str::trim);
     if let Some(failed) = bpftrace_failed.filter(|_| !runs.contains_key("bpftrace")) {
         bpftrace_reason = Some(format!("bpftrace did not start in the guest: {failed}"));
     }
-    let med = |v: &str| runs.get(v).cloned().and_then(median);
-    let Some(base) = med("base") else { bail!("no baseline churn result; guest output:\n{stdout}") };
-    let ratio = |v: &str| med(v).map(|m| m / base);
-    // How far one untraced repetition strays from their median: the resolution of the ratios.
-    let spread = runs["base"].iter().map(|r| (r / base - 1.0).abs()).fold(0.0, f64::max);
+    // The median round of all repetitions: one slow stretch of the host moves it less than it
+    // moves a whole run.
+    let typical = |v: &str, what: &str| runs.get(v).and_then(|w| w.get(what)).cloned().and_then(median);
+    let Some(base_round) = typical("base", "churn_round") else {
+        bail!("no baseline churn result; guest output:\n{stdout}")
+    };
+    let base_zap = typical("base", "zap_round");
+    let base_median = typical("base", "churn");
+    // Entries of the probed functions in one churn round, from the kprobe recording's footer
+    // (its own start and exit included: an upper bound). The same for every tracer.
+    let churn_calls = tool_stats(tool, &out.join("kprobe-churn.rwt"))
+        .ok()
+        .and_then(|st| st["calls"].as_object().map(|c| c.values().filter_map(Value::as_u64).sum::<u64>()));
+    let entries_per_round = churn_calls.map(|c| c as f64 / f64::from(sizes.churn_rounds));
+    let zap_pages = f64::from(sizes.zap_pages_per_round());
+    let (mut ratios, mut medians, mut per_entry, mut from_entries) = Default::default();
+    for v in variants.iter().filter(|v| **v != "base") {
+        let put = |map: &mut serde_json::Map<String, Value>, x: Option<f64>| map.insert(v.to_string(), json!(x));
+        put(&mut ratios, typical(v, "churn_round").map(|r| r / base_round));
+        put(&mut medians, typical(v, "churn").zip(base_median).map(|(m, b)| m / b));
+        // What one unmap costs this tracer: benchload zap unmaps one page per entry.
+        let ns = typical(v, "zap_round").zip(base_zap).map(|(z, b)| (z - b) / zap_pages * 1e9);
+        put(&mut per_entry, ns);
+        put(&mut from_entries, entries_per_round.zip(ns).map(|(n, ns)| 1.0 + n * ns / 1e9 / base_round));
+    }
+    let ratio = |v: &str| ratios.get(v).cloned().unwrap_or(Value::Null);
+    let bpftrace_ok = bpftrace_reason.is_none();
     let mut value = json!({
         "kernel": kernel.spec.release,
         "workload": churn,
+        "zap_workload": zap,
         "repetitions": sizes.reps,
-        "baseline_s": base,
-        "baseline_spread": spread,
+        "estimator": "median of all repetitions' rounds",
+        "baseline_s": base_median,
+        "baseline_round_s": base_round,
+        "untraced_again_ratio": ratio("again"),
         "kprobe_ratio": ratio("kprobe"),
         "fentry_ratio": ratio("fentry"),
         "kprobe_without_unmaps_ratio": ratio("lean"),
-        "bpftrace_ratio": if bpftrace_reason.is_some() { None } else { ratio("bpftrace") },
+        "bpftrace_ratio": if bpftrace_ok { ratio("bpftrace") } else { Value::Null },
+        "median_ratios": medians,
+        "per_entry_ns": per_entry,
+        "churn_entries_per_round": entries_per_round,
+        "ratios_from_entries": from_entries,
         "runs_s": runs,
         "host_other_cores": others,
     });
@@ -585,50 +638,62 @@ fn fmt(v: &Value, digits: usize) -> String {
     }
 }
 
+/// The hot-path rows of one kernel; bpftrace's only where it ran (the first kernel).
+fn hot_rows(row: &mut impl FnMut(&str, String, &str, &Value), k: &Value, first: bool) {
+    let kernel = &k["kernel"];
+    let base = format!("{} s (median run {} s)", fmt(&k["baseline_round_s"], 4), fmt(&k["baseline_s"], 3));
+    row("hot path: untraced churn round (median)", base, "", kernel);
+    if k["host_other_cores"].as_f64().is_some_and(|c| c > BUSY_HOST_CORES) {
+        let busy = format!("{} cores busy on average: ratios unreliable", fmt(&k["host_other_cores"], 2));
+        row("hot path: WARNING, other host processes", busy, "quiet host", kernel);
+    }
+    let entries = format!("{} (probed functions, kprobe recording)", fmt(&k["churn_entries_per_round"], 0));
+    row("hot path: entries per churn round", entries, "", kernel);
+    let variants = [
+        ("again", "untraced_again_ratio", "untraced again: what this run cannot resolve", "1×"),
+        ("kprobe", "kprobe_ratio", "refwatch kprobe", "≤ 1.02×, < bpftrace"),
+        ("fentry", "fentry_ratio", "refwatch fentry", "≤ 1.02×, < bpftrace"),
+        ("bpftrace", "bpftrace_ratio", "bpftrace, same probes + filter", ""),
+        ("lean", "kprobe_without_unmaps_ratio", "refwatch kprobe without the unmap probes (--skip)", ""),
+    ];
+    for (v, key, what, target) in variants {
+        if v == "bpftrace" && !first {
+            continue;
+        }
+        let mut cell = format!(
+            "{}× measured (median of runs {}×); {}× from entries ({} ns each)",
+            fmt(&k[key], 3),
+            fmt(&k["median_ratios"][v], 3),
+            fmt(&k["ratios_from_entries"][v], 3),
+            fmt(&k["per_entry_ns"][v], 0)
+        );
+        if v == "bpftrace" {
+            match (k.get("bpftrace_reason"), k.get("bpftrace_failed")) {
+                (Some(Value::String(r)), _) => cell = format!("n/a: {r}"),
+                (_, Some(Value::String(f))) => {
+                    let reps = k["runs_s"]["bpftrace"]["churn"].as_array().map_or(0, Vec::len);
+                    cell = format!("{cell}, over {reps} repetitions, then it did not start: {f}");
+                }
+                _ => {}
+            }
+        }
+        row(&format!("hot path: {what}"), cell, target, kernel);
+    }
+}
+
 fn table(out: &Value) -> String {
     let mut s = String::new();
     let h = &out["hot_path"];
     let d = &out["device"];
     let a = &out["analysis"];
     let t = &out["trace"];
-    let bt = match (h.get("bpftrace_reason"), h.get("bpftrace_failed")) {
-        (Some(Value::String(r)), _) => format!("n/a: {r}"),
-        (_, Some(Value::String(f))) => format!(
-            "{}× over {} repetitions, then it did not start: {f}",
-            fmt(&h["bpftrace_ratio"], 3),
-            h["runs_s"]["bpftrace"].as_array().map_or(0, Vec::len)
-        ),
-        _ => format!("{}×", fmt(&h["bpftrace_ratio"], 3)),
-    };
     let mut row = |what: &str, value: String, target: &str, kernel: &Value| {
         let _ = writeln!(s, "| {what} | {value} | {target} | {} |", kernel.as_str().unwrap_or("-"));
     };
     row("figure", "value".into(), "target", &json!("measured on"));
     row("---", "---".into(), "---", &json!("---"));
-    let base = format!("{} (repetitions within ±{:.0} % of it)", fmt(&h["baseline_s"], 3), h["baseline_spread"].as_f64().unwrap_or(0.0) * 100.0);
-    row("hot path: untraced churn (median s)", base, "", &h["kernel"]);
-    for k in std::iter::once(h).chain(out["hot_path_other_kernels"].as_array().into_iter().flatten()) {
-        if k["host_other_cores"].as_f64().is_some_and(|c| c > BUSY_HOST_CORES) {
-            let busy = format!("{} cores busy on average: ratios unreliable", fmt(&k["host_other_cores"], 2));
-            row("hot path: WARNING, other host processes", busy, "quiet host", &k["kernel"]);
-        }
-    }
-    row("hot path: refwatch kprobe", format!("{}×", fmt(&h["kprobe_ratio"], 3)), "≤ 1.02×, < bpftrace", &h["kernel"]);
-    row("hot path: refwatch fentry", format!("{}×", fmt(&h["fentry_ratio"], 3)), "≤ 1.02×, < bpftrace", &h["kernel"]);
-    row("hot path: bpftrace, same probes + filter", bt, "", &h["kernel"]);
-    let lean = format!("{}×", fmt(&h["kprobe_without_unmaps_ratio"], 3));
-    row("hot path: refwatch kprobe without the unmap probes (--skip)", lean, "", &h["kernel"]);
-    if let Some(Value::Array(more)) = out.get("hot_path_other_kernels") {
-        for k in more {
-            let ratios = format!(
-                "{}× / {}× / {}× (untraced within ±{:.0} %)",
-                fmt(&k["kprobe_ratio"], 3),
-                fmt(&k["fentry_ratio"], 3),
-                fmt(&k["kprobe_without_unmaps_ratio"], 3),
-                k["baseline_spread"].as_f64().unwrap_or(0.0) * 100.0
-            );
-            row("hot path: refwatch kprobe / fentry / kprobe without unmap probes", ratios, "≤ 1.02×", &k["kernel"]);
-        }
+    for (i, k) in std::iter::once(h).chain(out["hot_path_other_kernels"].as_array().into_iter().flatten()).enumerate() {
+        hot_rows(&mut row, k, i == 0);
     }
     row("device: events/s delivered (kprobe, 4 MiB ring)", fmt(&d["events_per_s"], 0), "", &d["kernel"]);
     row("device: dropped (4 MiB ring)", fmt(&d["dropped"], 0), "0", &d["kernel"]);

@@ -5,7 +5,13 @@
  *       normal-memory page churn: per round, mmap MIB of anonymous memory, touch every page,
  *       munmap it; then read MIB of BLOCKDEV (default /dev/vda) through the page cache and
  *       drop those pages again (POSIX_FADV_DONTNEED). No ZONE_DEVICE page is involved.
- *       prints "churn seconds=S pages=N"
+ *       prints "churn_round seconds=S" for every round, then "churn seconds=S pages=N"
+ *       (S: the sum of the rounds)
+ *   benchload zap ROUNDS MIB
+ *       the unmap probes' own cost: per round, mmap MIB of anonymous memory, write every page,
+ *       and time the munmap alone (one call of the unmap probes' functions per page).
+ *       prints "zap_round seconds=S" (that munmap) for every round, then
+ *       "zap seconds=S pages=N"
  *   benchload storm PASSES MIB
  *       device-event storm on fsdax: map MIB of a file on /mnt/dax (PTEs only), fault every
  *       page in, then PASSES times pin and release every page through GUP (one
@@ -47,8 +53,9 @@ static int churn(long rounds, size_t size, const char *dev)
 	if (!buf)
 		die("malloc");
 	unsigned long pages = 0;
-	double t0 = now();
+	double total = 0;
 	for (long r = 0; r < rounds; r++) {
+		double r0 = now();
 		char *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 		if (p == MAP_FAILED)
 			die("mmap");
@@ -65,8 +72,33 @@ static int churn(long rounds, size_t size, const char *dev)
 		if (posix_fadvise(fd, 0, size, POSIX_FADV_DONTNEED))
 			die("fadvise");
 		pages += 2 * size / PAGE;
+		double t = now() - r0;
+		total += t;
+		printf("churn_round seconds=%.6f\n", t);
 	}
-	printf("churn seconds=%.6f pages=%lu\n", now() - t0, pages);
+	printf("churn seconds=%.6f pages=%lu\n", total, pages);
+	return 0;
+}
+
+static int zap(long rounds, size_t size)
+{
+	double total = 0;
+	for (long r = 0; r < rounds; r++) {
+		char *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (p == MAP_FAILED)
+			die("mmap");
+		if (madvise(p, size, MADV_NOHUGEPAGE))
+			die("madvise");
+		for (size_t off = 0; off < size; off += PAGE)
+			p[off] = (char)r;
+		double t0 = now();
+		if (munmap(p, size))
+			die("munmap");
+		double t = now() - t0;
+		total += t;
+		printf("zap_round seconds=%.6f\n", t);
+	}
+	printf("zap seconds=%.6f pages=%lu\n", total, (unsigned long)(rounds * (size / PAGE)));
 	return 0;
 }
 
@@ -109,8 +141,10 @@ int main(int argc, char **argv)
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	if (argc >= 4 && !strcmp(argv[1], "churn"))
 		return churn(atol(argv[2]), (size_t)atol(argv[3]) << 20, argc > 4 ? argv[4] : "/dev/vda");
+	if (argc == 4 && !strcmp(argv[1], "zap"))
+		return zap(atol(argv[2]), (size_t)atol(argv[3]) << 20);
 	if (argc == 4 && !strcmp(argv[1], "storm"))
 		return storm(atol(argv[2]), (size_t)atol(argv[3]) << 20);
-	fprintf(stderr, "usage: benchload churn ROUNDS MIB [BLOCKDEV] | storm PASSES MIB\n");
+	fprintf(stderr, "usage: benchload churn ROUNDS MIB [BLOCKDEV] | zap ROUNDS MIB | storm PASSES MIB\n");
 	return 2;
 }
