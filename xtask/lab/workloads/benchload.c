@@ -44,6 +44,20 @@ static double now(void)
 	return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
+/* SIZE bytes of anonymous memory, every page written with BYTE. */
+static char *anon_written(size_t size, char byte)
+{
+	char *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		die("mmap");
+	/* Small pages: a THP would turn 512 page events into one. */
+	if (madvise(p, size, MADV_NOHUGEPAGE))
+		die("madvise");
+	for (size_t off = 0; off < size; off += PAGE)
+		p[off] = byte;
+	return p;
+}
+
 static int churn(long rounds, size_t size, const char *dev)
 {
 	int fd = open(dev, O_RDONLY);
@@ -56,14 +70,7 @@ static int churn(long rounds, size_t size, const char *dev)
 	double total = 0;
 	for (long r = 0; r < rounds; r++) {
 		double r0 = now();
-		char *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-		if (p == MAP_FAILED)
-			die("mmap");
-		/* Small pages: a THP would turn 512 page events into one. */
-		if (madvise(p, size, MADV_NOHUGEPAGE))
-			die("madvise");
-		for (size_t off = 0; off < size; off += PAGE)
-			p[off] = (char)r;
+		char *p = anon_written(size, (char)r);
 		if (munmap(p, size))
 			die("munmap");
 		for (size_t off = 0; off < size; off += 1 << 16)
@@ -84,13 +91,7 @@ static int zap(long rounds, size_t size)
 {
 	double total = 0;
 	for (long r = 0; r < rounds; r++) {
-		char *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-		if (p == MAP_FAILED)
-			die("mmap");
-		if (madvise(p, size, MADV_NOHUGEPAGE))
-			die("madvise");
-		for (size_t off = 0; off < size; off += PAGE)
-			p[off] = (char)r;
+		char *p = anon_written(size, (char)r);
 		double t0 = now();
 		if (munmap(p, size))
 			die("munmap");
