@@ -83,8 +83,8 @@ pub fn handle<C: Args + StackIdContext>(ctx: &C, id: u8, probe: &Probe) {
 fn page_arg<C: Args>(ctx: &C, arg: Arg) -> Option<u64> {
     match arg {
         Arg::Page(n) | Arg::Folio(n) => Some(ctx.arg_u64(n)).filter(|p| *p != 0),
-        Arg::PfnT(n) => page::pfn_t_page(ctx.arg_u64(n)),
-        Arg::Pte(n) => page::pte_page(ctx.arg_u64(n)),
+        Arg::PfnT(n) => page::pfn_t_page(ctx.arg_scalar(n)),
+        Arg::Pte(n) => page::pte_page(ctx.arg_scalar(n)),
         Arg::PmdPtr(n) => page::pmd_page(ctx.arg_u64(n)),
         Arg::Pgmap(_) => None,
     }
