@@ -299,8 +299,10 @@ fn bpftrace_files(apt: &Apt) -> Result<Vec<(PathBuf, String)>> {
 fn hot_path(name: &str, apt: &Apt, assets: &Assets, sizes: &Sizes, work: &Path, tool: &Path) -> Result<Value> {
     let kernel = Kernel::fetch(crate::lab::kernel_spec(name)?, apt)?;
     let label = format!("hot-{name}");
-    let churn = format!("benchload churn {} {} /dev/ram0", sizes.churn_rounds, sizes.churn_mib);
-    let zap = format!("benchload zap {} {}", sizes.zap_rounds, sizes.churn_mib);
+    // On one vCPU: a process that ran on both pays TLB-shootdown IPIs at munmap, which moved
+    // whole runs' instruction counts by up to 20 % depending on where the scheduler put it.
+    let churn = format!("taskset -c 1 benchload churn {} {} /dev/ram0", sizes.churn_rounds, sizes.churn_mib);
+    let zap = format!("taskset -c 1 benchload zap {} {}", sizes.zap_rounds, sizes.churn_mib);
     // The page-cache half reads a RAM disk (brd): page-cache pages without a disk's I/O noise.
     let mut setup = Vec::new();
     let mut files = Vec::new();
@@ -402,11 +404,16 @@ ZAP > /dev/null
         }
     }
     writeln!(script, "exit 0")?;
-    let job = GuestJob { files, setup, timeout: Some(Duration::from_secs(1800)), ..GuestJob::default() };
+    let marks_file = work.join(format!("{label}.marks"));
+    let plugin = format!("{},out={}", crate::lab::insncount::build(apt)?.display(), marks_file.display());
+    let qemu_args = vec!["-plugin".to_owned(), plugin];
+    let job = GuestJob { files, setup, qemu_args, timeout: Some(Duration::from_secs(2400)), ..GuestJob::default() };
     let host = HostLoad::start()?;
     let out = run_job(&kernel, assets, &script, job, work, &label)?;
     let others = host.others_cores()?;
     let stdout = std::fs::read_to_string(out.join("stdout"))?;
+    let warmup_rounds = (sizes.churn_rounds + sizes.zap_rounds) as usize;
+    let instructions = instructions(&stdout, &std::fs::read_to_string(&marks_file)?, warmup_rounds, &variants, sizes);
     // variant -> "churn" / "churn_round" / "zap" / "zap_round" -> seconds.
     let mut runs: BTreeMap<&str, BTreeMap<String, Vec<f64>>> = BTreeMap::new();
     for line in stdout.lines().filter(|l| l.starts_with("RESULT ")) {
@@ -467,6 +474,7 @@ ZAP > /dev/null
         "ratios_from_entries": from_entries,
         "runs_s": runs,
         "host_other_cores": others,
+        "instructions": instructions,
     });
     if let Some(failed) = bpftrace_failed {
         value["bpftrace_failed"] = json!(failed);
@@ -475,6 +483,45 @@ ZAP > /dev/null
         value["bpftrace_reason"] = json!(reason);
     }
     Ok(value)
+}
+
+/// Guest instructions (all vCPUs) per round, from the insncount plugin's marks: one pair per
+/// round, the warm-up's first, then the rounds in the order of the RESULT lines. Ratios of the
+/// medians to the untraced ones, and the instructions one unmap-probe entry adds (zap).
+fn instructions(stdout: &str, marks: &str, warmup_rounds: usize, variants: &[&str], sizes: &Sizes) -> Value {
+    let counts = crate::lab::insncount::marks(marks);
+    let per_round: Vec<u64> = counts.chunks_exact(2).map(|p| p[1].saturating_sub(p[0])).collect();
+    let rounds: Vec<(&str, &str)> = stdout
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.strip_prefix("RESULT variant=")?.split_whitespace();
+            let (v, _rep, what) = (w.next()?, w.next()?, w.next()?);
+            what.ends_with("_round").then_some((v, what))
+        })
+        .collect();
+    if per_round.len() != warmup_rounds + rounds.len() {
+        return json!({ "error": format!("{} marked rounds for {} warm-up and {} measured ones", per_round.len(), warmup_rounds, rounds.len()) });
+    }
+    let mut by: BTreeMap<(&str, &str), Vec<f64>> = BTreeMap::new();
+    for (&(v, what), n) in rounds.iter().zip(&per_round[warmup_rounds..]) {
+        by.entry((v, what)).or_default().push(*n as f64);
+    }
+    let typical = |v: &str, what: &str| by.get(&(v, what)).cloned().and_then(median);
+    let (Some(base_churn), Some(base_zap)) = (typical("base", "churn_round"), typical("base", "zap_round")) else {
+        return json!({ "error": "no untraced rounds" });
+    };
+    let zap_pages = f64::from(sizes.zap_pages_per_round());
+    let others = variants.iter().filter(|v| **v != "base");
+    let ratios: BTreeMap<&str, Option<f64>> = others.clone().map(|v| (*v, typical(v, "churn_round").map(|n| n / base_churn))).collect();
+    let per_entry: BTreeMap<&str, Option<f64>> =
+        others.map(|v| (*v, typical(v, "zap_round").map(|n| (n - base_zap) / zap_pages))).collect();
+    json!({
+        "estimator": "median guest instructions per round, all vCPUs (QEMU TCG plugin)",
+        "untraced_churn_round": base_churn,
+        "untraced_zap_round": base_zap,
+        "ratios": ratios,
+        "per_entry": per_entry,
+    })
 }
 
 /// `--skip` of every unmap probe: their functions (vm_normal_page, folio_remove_rmap_*) run for
@@ -649,6 +696,13 @@ fn hot_rows(row: &mut impl FnMut(&str, String, &str, &Value), k: &Value, first: 
     }
     let entries = format!("{} (probed functions, kprobe recording)", fmt(&k["churn_entries_per_round"], 0));
     row("hot path: entries per churn round", entries, "", kernel);
+    let insns = &k["instructions"];
+    if let Some(Value::String(e)) = insns.get("error") {
+        row("hot path: instruction counts", format!("n/a: {e}"), "", kernel);
+    } else {
+        let base = format!("{} per churn round, {} per zap round", fmt(&insns["untraced_churn_round"], 0), fmt(&insns["untraced_zap_round"], 0));
+        row("hot path: untraced guest instructions (median)", base, "", kernel);
+    }
     let variants = [
         ("again", "untraced_again_ratio", "untraced again: what this run cannot resolve", "1×"),
         ("kprobe", "kprobe_ratio", "refwatch kprobe", "≤ 1.02×, < bpftrace"),
@@ -660,8 +714,11 @@ fn hot_rows(row: &mut impl FnMut(&str, String, &str, &Value), k: &Value, first: 
         if v == "bpftrace" && !first {
             continue;
         }
+        let insns = &k["instructions"];
         let mut cell = format!(
-            "{}× measured (median of runs {}×); {}× from entries ({} ns each)",
+            "{}× in instructions ({} per unmap-probe entry); wall clock {}× (median of runs {}×; {}× from entries at {} ns each)",
+            fmt(&insns["ratios"][v], 4),
+            fmt(&insns["per_entry"][v], 0),
             fmt(&k[key], 3),
             fmt(&k["median_ratios"][v], 3),
             fmt(&k["ratios_from_entries"][v], 3),

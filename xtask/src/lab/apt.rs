@@ -24,6 +24,9 @@ const SOURCES: &[(&str, &str)] = &[
     (MIRROR, "sid"),
 ];
 
+/// Suites whose source packages are fetched (qemu's, for its plugin header).
+const SOURCE_SUITES: &[(&str, &str)] = &[(MIRROR, "bookworm")];
+
 pub struct Apt {
     dir: PathBuf,
     updated: Once,
@@ -32,12 +35,14 @@ pub struct Apt {
 impl Apt {
     pub fn new() -> Result<Self> {
         let dir = paths::lab_cache()?.join("apt");
-        for sub in ["lists/partial", "cache/archives/partial", "empty", "debs"] {
+        for sub in ["lists/partial", "cache/archives/partial", "empty", "debs", "sources"] {
             paths::create_dir(&dir.join(sub))?;
         }
+        let line = |kind: &str, (uri, suite): &(&str, &str)| format!("{kind} [signed-by={KEYRING}] {uri} {suite} main\n");
         let sources: String = SOURCES
             .iter()
-            .map(|(uri, suite)| format!("deb [signed-by={KEYRING}] {uri} {suite} main\n"))
+            .map(|s| line("deb", s))
+            .chain(SOURCE_SUITES.iter().map(|s| line("deb-src", s)))
             .collect();
         let list = dir.join("sources.list");
         if std::fs::read_to_string(&list).ok().as_deref() != Some(sources.as_str()) {
@@ -103,6 +108,29 @@ impl Apt {
             Some(found) => Ok(found),
             None => bail!("apt-get download left no .deb for {name}={version} in {}", debs.display()),
         }
+    }
+
+    /// One file of a source package's upstream tarball (e.g. `include/qemu/qemu-plugin.h` of
+    /// `qemu`), extracted under the cache; downloaded on a cache miss.
+    pub fn source_file(&self, package: &str, member: &str) -> Result<PathBuf> {
+        let dir = self.dir.join("sources").join(package);
+        let file = dir.join(member);
+        if file.exists() {
+            return Ok(file);
+        }
+        paths::create_dir(&dir)?;
+        self.update()?;
+        note(format_args!("apt: downloading the {package} source package"));
+        cmd::run(self.apt("apt-get").args(["source", "--download-only", "-q", package]).current_dir(&dir))
+            .with_context(|| format!("downloading the {package} source package"))?;
+        let orig = std::fs::read_dir(&dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains(".orig.tar.")))
+            .with_context(|| format!("no upstream tarball of {package} in {}", dir.display()))?;
+        let text = cmd::output(Command::new("tar").arg("-xOf").arg(&orig).args(["--wildcards", &format!("*/{member}")]))?;
+        paths::create_dir(file.parent().context("member path")?)?;
+        std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
+        Ok(file)
     }
 }
 

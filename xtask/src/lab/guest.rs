@@ -87,6 +87,8 @@ pub struct GuestJob {
     pub cmdline: Vec<String>,
     /// Wall-clock limit for one boot; None waits forever (interactive use).
     pub timeout: Option<Duration>,
+    /// Extra QEMU options (e.g. a TCG plugin).
+    pub qemu_args: Vec<String>,
 }
 
 /// Single-quotes a word for the guest's shell.

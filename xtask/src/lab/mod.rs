@@ -4,6 +4,7 @@ mod apt;
 mod guest;
 pub mod inject;
 mod initramfs;
+pub mod insncount;
 mod kernel;
 pub mod matrix;
 mod vm;
@@ -65,6 +66,10 @@ pub struct LabArgs {
     #[arg(long, value_name = "SCENARIO", conflicts_with_all = ["command", "shell", "output"],
           value_parser = clap::builder::PossibleValuesParser::new(inject::SCENARIOS))]
     inject: Option<String>,
+    /// An extra QEMU option (repeatable), e.g. `--qemu-arg=-plugin --qemu-arg=FILE.so,out=MARKS`
+    /// for the bench's instruction counter.
+    #[arg(long = "qemu-arg", value_name = "ARG", allow_hyphen_values = true)]
+    qemu_args: Vec<String>,
     /// Seconds one boot may take before it is killed.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
@@ -112,6 +117,7 @@ fn lab(args: LabArgs) -> Result<ExitCode> {
         includes: args.includes,
         env: vec![("REFWATCH_ATTACH".into(), args.attach.as_str().into())],
         timeout: (!args.shell).then(|| Duration::from_secs(args.timeout)),
+        qemu_args: args.qemu_args,
         ..GuestJob::default()
     };
     let label = format!("lab-{}-{}", spec.name, std::process::id());

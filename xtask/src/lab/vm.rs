@@ -106,6 +106,7 @@ fn boot(kernel: &Kernel, job: &GuestJob, initrd: &Path, run_dir: &Path, console_
     qemu.args(["-accel", "tcg,thread=single", "-cpu", "qemu64", "-smp", "2", "-m", "2G", "-no-reboot"])
         // No NIC: nothing uses one, and its option ROM costs boot time.
         .args(["-nic", "none"])
+        .args(&job.qemu_args)
         .arg("-kernel")
         .arg(kernel.vmlinuz()?)
         .arg("-initrd")
