@@ -412,16 +412,13 @@ ZAP > /dev/null
     let out = run_job(&kernel, assets, &script, job, work, &label)?;
     let others = host.others_cores()?;
     let stdout = std::fs::read_to_string(out.join("stdout"))?;
+    let results = results(&stdout, &variants);
     let warmup_rounds = (sizes.churn_rounds + sizes.zap_rounds) as usize;
-    let instructions = instructions(&stdout, &std::fs::read_to_string(&marks_file)?, warmup_rounds, &variants, sizes);
+    let instructions = instructions(&results, &std::fs::read_to_string(&marks_file)?, warmup_rounds, &variants, sizes);
     // variant -> "churn" / "churn_round" / "zap" / "zap_round" -> seconds.
-    let mut runs: BTreeMap<&str, BTreeMap<String, Vec<f64>>> = BTreeMap::new();
-    for line in stdout.lines().filter(|l| l.starts_with("RESULT ")) {
-        let mut words = line.split_whitespace().skip(1);
-        let (Some(variant), Some(_rep), Some(what)) = (words.next(), words.next(), words.next()) else { continue };
-        let Some(v) = variant.strip_prefix("variant=").and_then(|v| variants.iter().find(|x| **x == v)) else { continue };
-        let Some(secs) = fields(line, "RESULT ").and_then(|f| f.get("seconds").copied()) else { continue };
-        runs.entry(v).or_default().entry(what.to_owned()).or_default().push(secs);
+    let mut runs: BTreeMap<&str, BTreeMap<&str, Vec<f64>>> = BTreeMap::new();
+    for &(v, what, secs) in &results {
+        runs.entry(v).or_default().entry(what).or_default().push(secs);
     }
     // A bpftrace that failed to start is skipped from then on; the repetitions before count.
     let bpftrace_failed = stdout.lines().find_map(|l| l.strip_prefix("BPFTRACE_FAILED ")).map(str::trim);
@@ -485,20 +482,28 @@ ZAP > /dev/null
     Ok(value)
 }
 
+/// The guest's "RESULT variant=V rep=R WHAT seconds=S …" lines, in order, as (V, WHAT, S);
+/// WHAT is churn, churn_round, zap or zap_round.
+fn results<'a>(stdout: &'a str, variants: &[&'static str]) -> Vec<(&'static str, &'a str, f64)> {
+    stdout
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.strip_prefix("RESULT ")?.split_whitespace();
+            let (variant, _rep, what) = (words.next()?, words.next()?, words.next()?);
+            let v = variant.strip_prefix("variant=").and_then(|v| variants.iter().find(|x| **x == v))?;
+            Some((*v, what, fields(line, "RESULT ")?.get("seconds").copied()?))
+        })
+        .collect()
+}
+
 /// Guest instructions (all vCPUs) per round, from the insncount plugin's marks: one pair per
-/// round, the warm-up's first, then the rounds in the order of the RESULT lines. Ratios of the
+/// round, the warm-up's first, then the rounds in the order of the results. Ratios of the
 /// medians to the untraced ones, and the instructions one unmap-probe entry adds (zap).
-fn instructions(stdout: &str, marks: &str, warmup_rounds: usize, variants: &[&str], sizes: &Sizes) -> Value {
+fn instructions(results: &[(&str, &str, f64)], marks: &str, warmup_rounds: usize, variants: &[&str], sizes: &Sizes) -> Value {
     let counts = crate::lab::insncount::marks(marks);
     let per_round: Vec<u64> = counts.chunks_exact(2).map(|p| p[1].saturating_sub(p[0])).collect();
-    let rounds: Vec<(&str, &str)> = stdout
-        .lines()
-        .filter_map(|l| {
-            let mut w = l.strip_prefix("RESULT variant=")?.split_whitespace();
-            let (v, _rep, what) = (w.next()?, w.next()?, w.next()?);
-            what.ends_with("_round").then_some((v, what))
-        })
-        .collect();
+    let rounds: Vec<(&str, &str)> =
+        results.iter().filter(|(_, what, _)| what.ends_with("_round")).map(|&(v, what, _)| (v, what)).collect();
     if per_round.len() != warmup_rounds + rounds.len() {
         return json!({ "error": format!("{} marked rounds for {} warm-up and {} measured ones", per_round.len(), warmup_rounds, rounds.len()) });
     }
@@ -714,7 +719,6 @@ fn hot_rows(row: &mut impl FnMut(&str, String, &str, &Value), k: &Value, first: 
         if v == "bpftrace" && !first {
             continue;
         }
-        let insns = &k["instructions"];
         let mut cell = format!(
             "{}× in instructions ({} per unmap-probe entry); wall clock {}× (median of runs {}×; {}× from entries at {} ns each)",
             fmt(&insns["ratios"][v], 4),
