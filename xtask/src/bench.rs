@@ -24,7 +24,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use crate::cmd::{self, note};
-use crate::lab::{Apt, Assets, GuestJob, Kernel, run_in_vm};
+use crate::lab::{Apt, Assets, GuestJob, Kernel, insncount::Mark, run_in_vm};
 use crate::paths;
 
 /// bpftrace from the same Debian release as the default (6.1, bookworm) guest kernel.
@@ -496,37 +496,61 @@ fn results<'a>(stdout: &'a str, variants: &[&'static str]) -> Vec<(&'static str,
         .collect()
 }
 
-/// Guest instructions (all vCPUs) per round, from the insncount plugin's marks: one pair per
-/// round, the warm-up's first, then the rounds in the order of the results. Ratios of the
-/// medians to the untraced ones, and the instructions one unmap-probe entry adds (zap).
+/// Guest instructions per round, from the insncount plugin's marks: one pair per round, the
+/// warm-up's first, then the rounds in the order of the results. Counted twice: on the
+/// workload's (pinned) vCPU, which is what the probes add to its own path, and on all vCPUs,
+/// which adds the tracer's reader and whatever else the system ran meanwhile.
 fn instructions(results: &[(&str, &str, f64)], marks: &str, warmup_rounds: usize, variants: &[&str], sizes: &Sizes) -> Value {
-    let counts = crate::lab::insncount::marks(marks);
-    let per_round: Vec<u64> = counts.chunks_exact(2).map(|p| p[1].saturating_sub(p[0])).collect();
+    let marks = crate::lab::insncount::marks(marks);
     let rounds: Vec<(&str, &str)> =
         results.iter().filter(|(_, what, _)| what.ends_with("_round")).map(|&(v, what, _)| (v, what)).collect();
-    if per_round.len() != warmup_rounds + rounds.len() {
-        return json!({ "error": format!("{} marked rounds for {} warm-up and {} measured ones", per_round.len(), warmup_rounds, rounds.len()) });
+    let pairs: Vec<&[Mark]> = marks.chunks_exact(2).collect();
+    if pairs.len() != warmup_rounds + rounds.len() {
+        return json!({ "error": format!("{} marked rounds for {} warm-up and {} measured ones", pairs.len(), warmup_rounds, rounds.len()) });
     }
+    if let Some(p) = pairs.iter().find(|p| p[0].vcpu != p[1].vcpu) {
+        return json!({ "error": format!("a round began on vCPU {} and ended on vCPU {}: the workload was not pinned", p[0].vcpu, p[1].vcpu) });
+    }
+    let measured = &pairs[warmup_rounds..];
+    let own = per_round_ratios(&rounds, measured.iter().map(|p| p[1].own - p[0].own), variants, sizes);
+    let all = per_round_ratios(&rounds, measured.iter().map(|p| p[1].total.saturating_sub(p[0].total)), variants, sizes);
+    match (own, all) {
+        (Ok(mut own), Ok(all)) => {
+            own["estimator"] = json!("median guest instructions per round on the workload's vCPU (QEMU TCG plugin)");
+            own["all_vcpus"] = all;
+            own
+        }
+        (Err(e), _) | (_, Err(e)) => json!({ "error": e }),
+    }
+}
+
+/// Ratios of each variant's median round to the untraced one, and the instructions one
+/// unmap-probe entry adds (benchload zap unmaps one page per entry).
+fn per_round_ratios(
+    rounds: &[(&str, &str)],
+    counts: impl Iterator<Item = u64>,
+    variants: &[&str],
+    sizes: &Sizes,
+) -> Result<Value, String> {
     let mut by: BTreeMap<(&str, &str), Vec<f64>> = BTreeMap::new();
-    for (&(v, what), n) in rounds.iter().zip(&per_round[warmup_rounds..]) {
-        by.entry((v, what)).or_default().push(*n as f64);
+    for (&(v, what), n) in rounds.iter().zip(counts) {
+        by.entry((v, what)).or_default().push(n as f64);
     }
     let typical = |v: &str, what: &str| by.get(&(v, what)).cloned().and_then(median);
     let (Some(base_churn), Some(base_zap)) = (typical("base", "churn_round"), typical("base", "zap_round")) else {
-        return json!({ "error": "no untraced rounds" });
+        return Err("no untraced rounds".into());
     };
     let zap_pages = f64::from(sizes.zap_pages_per_round());
     let others = variants.iter().filter(|v| **v != "base");
     let ratios: BTreeMap<&str, Option<f64>> = others.clone().map(|v| (*v, typical(v, "churn_round").map(|n| n / base_churn))).collect();
     let per_entry: BTreeMap<&str, Option<f64>> =
         others.map(|v| (*v, typical(v, "zap_round").map(|n| (n - base_zap) / zap_pages))).collect();
-    json!({
-        "estimator": "median guest instructions per round, all vCPUs (QEMU TCG plugin)",
+    Ok(json!({
         "untraced_churn_round": base_churn,
         "untraced_zap_round": base_zap,
         "ratios": ratios,
         "per_entry": per_entry,
-    })
+    }))
 }
 
 /// `--skip` of every unmap probe: their functions (vm_normal_page, folio_remove_rmap_*) run for
@@ -705,8 +729,14 @@ fn hot_rows(row: &mut impl FnMut(&str, String, &str, &Value), k: &Value, first: 
     if let Some(Value::String(e)) = insns.get("error") {
         row("hot path: instruction counts", format!("n/a: {e}"), "", kernel);
     } else {
-        let base = format!("{} per churn round, {} per zap round", fmt(&insns["untraced_churn_round"], 0), fmt(&insns["untraced_zap_round"], 0));
-        row("hot path: untraced guest instructions (median)", base, "", kernel);
+        let base = format!(
+            "{} per churn round, {} per zap round (all vCPUs: {}, {})",
+            fmt(&insns["untraced_churn_round"], 0),
+            fmt(&insns["untraced_zap_round"], 0),
+            fmt(&insns["all_vcpus"]["untraced_churn_round"], 0),
+            fmt(&insns["all_vcpus"]["untraced_zap_round"], 0)
+        );
+        row("hot path: untraced instructions on the workload's vCPU (median)", base, "", kernel);
     }
     let variants = [
         ("again", "untraced_again_ratio", "untraced again: what this run cannot resolve", "1×"),
@@ -720,9 +750,10 @@ fn hot_rows(row: &mut impl FnMut(&str, String, &str, &Value), k: &Value, first: 
             continue;
         }
         let mut cell = format!(
-            "{}× in instructions ({} per unmap-probe entry); wall clock {}× (median of runs {}×; {}× from entries at {} ns each)",
+            "{}× in instructions ({} per unmap-probe entry; all vCPUs {}×); wall clock {}× (median of runs {}×; {}× from entries at {} ns each)",
             fmt(&insns["ratios"][v], 4),
             fmt(&insns["per_entry"][v], 0),
+            fmt(&insns["all_vcpus"]["ratios"][v], 4),
             fmt(&k[key], 3),
             fmt(&k["median_ratios"][v], 3),
             fmt(&k["ratios_from_entries"][v], 3),

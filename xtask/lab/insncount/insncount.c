@@ -1,9 +1,11 @@
-/* insncount: a QEMU TCG plugin that counts the guest's executed instructions, all vCPUs
- * together, and logs the count at every marker. Under TCG wall-clock time follows the host's
+/* insncount: a QEMU TCG plugin that counts the guest's executed instructions per vCPU and
+ * logs the counts at every marker. Under TCG wall-clock time follows the host's
  * load; instruction counts do not, so `cargo xtask bench` measures the hot path with both.
  *
  * The marker is `xchg %bx,%bx` (66 87 db), a no-op that benchload executes around each
- * round. Every execution appends "mark VCPU TOTAL" to the file given as out=FILE.
+ * round. Every execution appends "mark VCPU TOTAL OWN" to the file given as out=FILE: all
+ * vCPUs' instructions, and those of the vCPU that executed the marker (the workload's, which
+ * is pinned: its own cost, apart from the tracer's reader and the rest of the system).
  * Built by xtask against qemu-plugin.h of Debian's qemu source (the host's QEMU version). */
 #include <inttypes.h>
 #include <stdio.h>
@@ -29,7 +31,7 @@ static void mark(unsigned int cpu, void *unused)
 	uint64_t total = 0;
 	for (int i = 0; i < MAX_CPUS; i++)
 		total += counts[i];
-	fprintf(out, "mark %u %" PRIu64 "\n", cpu, total);
+	fprintf(out, "mark %u %" PRIu64 " %" PRIu64 "\n", cpu, total, counts[cpu % MAX_CPUS]);
 	fflush(out);
 }
 
