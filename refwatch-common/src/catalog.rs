@@ -54,6 +54,9 @@ pub struct Probe {
     /// pointer for a kprobe, the word above the arguments for fentry, so such an entry's
     /// arguments must be 8 bytes or less each).
     pub caller: Option<&'static str>,
+    /// Every normal page passes this function too (each unmapped one), so its probe costs
+    /// workloads that never touch device memory. Left out where no rule needs it.
+    pub hot: bool,
     /// Kernel versions (major, minor), inclusive, where the entry applies. Used only where
     /// presence and prototype cannot tell (a function that exists but is inlined into a caller
     /// on some kernels).
@@ -84,6 +87,7 @@ const fn p(
         site,
         speculative: false,
         caller: None,
+        hot: false,
         since: ANY,
         checked,
         note,
@@ -103,6 +107,11 @@ const fn speculative(mut probe: Probe) -> Probe {
 
 const fn caller(mut probe: Probe, caller: &'static str) -> Probe {
     probe.caller = Some(caller);
+    probe
+}
+
+const fn hot(mut probe: Probe) -> Probe {
+    probe.hot = true;
     probe
 }
 
@@ -183,13 +192,13 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
     // --- mappings going away ----------------------------------------------------------------
     // The rmap functions exist from 6.9 on, but device pages take part in rmap only from the
     // 6.15 rework: before it they would hide vm_normal_page, the only unmap probe that sees them.
-    since(refs(p("folio_remove_rmap_ptes", Unmap, Folio(0), &["folio*", "page*", "_", "_"],
+    hot(since(refs(p("folio_remove_rmap_ptes", Unmap, Folio(0), &["folio*", "page*", "_", "_"],
       "unmap-pte", "7.2", "zap of PTEs mapping the folio; refs are the PTE count"),
-      Refs::Arg(2), None), (6, 15)),
-    since(p("folio_remove_rmap_pmd", Unmap, Folio(0), &["folio*", "page*", "_"], "unmap-pmd",
-      "7.2", "zap of a PMD mapping the folio"), (6, 15)),
-    caller(p("vm_normal_page", Unmap, Pte(2), &["_", "_", "pte_t"], "unmap-pte",
-      "5.10 6.1 6.12", "zap of a devmap PTE: no rmap, no refcount change"), "unmap_page_range"),
+      Refs::Arg(2), None), (6, 15))),
+    hot(since(p("folio_remove_rmap_pmd", Unmap, Folio(0), &["folio*", "page*", "_"], "unmap-pmd",
+      "7.2", "zap of a PMD mapping the folio"), (6, 15))),
+    hot(caller(p("vm_normal_page", Unmap, Pte(2), &["_", "_", "pte_t"], "unmap-pte",
+      "5.10 6.1 6.12", "zap of a devmap PTE: no rmap, no refcount change"), "unmap_page_range")),
 ];
 
 /// The newest kernel the catalog was checked against (Debian's 7.3 in the VM lab).
@@ -262,6 +271,14 @@ pub enum RefModel {
     /// Every type but GENERIC is idle at 0 and freed at 0; a mapping holds a reference and a
     /// mapcount, as for normal pages.
     ZeroBased,
+}
+
+impl RefModel {
+    /// Whether a user mapping holds a reference and a mapcount: the page's own counts then
+    /// say whether it is mapped, and no unmap needs to be traced to know it.
+    pub const fn mapping_takes_ref(self) -> bool {
+        matches!(self, RefModel::ZeroBased)
+    }
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -41,6 +41,9 @@ pub enum Resolution {
     /// Left out on request (`--skip`), e.g. a function normal pages pass through often; the
     /// rules that need it are then reported unchecked.
     Skipped,
+    /// Left out unless asked for (`--with`): every normal page passes it, and no rule needs
+    /// it on this kernel, where a mapping holds a reference and a mapcount of its own.
+    Hot,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,12 +119,13 @@ pub fn fentry_capable(probe: &Probe, version: (u8, u8)) -> bool {
     version >= FENTRY_STRUCT_ARGS_SINCE || !probe.struct_by_value()
 }
 
-fn modes_for(probe: &Probe, version: (u8, u8), requested: AttachMode) -> Vec<AttachMode> {
-    let fentry_ok = fentry_capable(probe, version);
+fn modes_for(probe: &Probe, facts: &KernelFacts, requested: AttachMode) -> Vec<AttachMode> {
+    let fentry_ok = fentry_capable(probe, facts.version);
     match requested {
         AttachMode::Kprobe => vec![AttachMode::Kprobe],
         AttachMode::Fentry if fentry_ok => vec![AttachMode::Fentry],
         AttachMode::Fentry => vec![AttachMode::Kprobe],
+        AttachMode::Auto if !facts.kprobes => [AttachMode::Fentry].into_iter().filter(|_| fentry_ok).collect(),
         AttachMode::Auto if fentry_ok => vec![AttachMode::Fentry, AttachMode::Kprobe],
         AttachMode::Auto => vec![AttachMode::Kprobe],
     }
@@ -147,8 +151,14 @@ pub fn resolve(facts: &KernelFacts, requested: AttachMode) -> Plan {
                 Some(_) => match taken.get(probe.site) {
                     Some(by) => Resolution::Superseded { by: (*by).to_owned() },
                     None => {
+                        // A hot entry still takes its site: the alternatives it stands for
+                        // are not the way to see these transitions here either.
                         taken.insert(probe.site, probe.function);
-                        Resolution::Use
+                        if probe.hot && era.model.mapping_takes_ref() {
+                            Resolution::Hot
+                        } else {
+                            Resolution::Use
+                        }
                     }
                 },
             }
@@ -159,7 +169,7 @@ pub fn resolve(facts: &KernelFacts, requested: AttachMode) -> Plan {
             kind: probe.kind.name().to_owned(),
             site: probe.site.to_owned(),
             resolution,
-            modes: modes_for(probe, facts.version, requested),
+            modes: modes_for(probe, facts, requested),
             attached: None,
         });
     }
@@ -181,11 +191,9 @@ pub fn resolve(facts: &KernelFacts, requested: AttachMode) -> Plan {
     if let Err(e) = &facts.layout {
         blockers.push(format!("struct layout unknown: {e}"));
     }
+    let no_kprobes = format!("kprobes are not available ({} is absent: CONFIG_KPROBES off?)", crate::facts::KPROBE_PMU);
     if !facts.kprobes && requested == AttachMode::Kprobe {
-        blockers.push(format!(
-            "kprobes are not available ({} is absent: CONFIG_KPROBES off?)",
-            crate::facts::KPROBE_PMU
-        ));
+        blockers.push(no_kprobes.clone());
     }
     if facts.version == (0, 0) {
         blockers.push(format!("kernel release {:?} has no version refwatch can read", facts.release));
@@ -195,6 +203,12 @@ pub fn resolve(facts: &KernelFacts, requested: AttachMode) -> Plan {
         blockers.push(format!("no catalog function resolved on this kernel{why}"));
     }
     let mut notes = Vec::new();
+    if !facts.kprobes && requested != AttachMode::Kprobe {
+        let stuck: Vec<&str> =
+            probes.iter().filter(|p| p.resolution == Resolution::Use && p.modes.is_empty()).map(|p| p.function.as_str()).collect();
+        let stuck = if stuck.is_empty() { String::new() } else { format!(", so {} cannot be attached", stuck.join(", ")) };
+        notes.push(format!("{no_kprobes}: fentry only{stuck}"));
+    }
     if facts.version > NEWEST_CHECKED {
         notes.push(format!(
             "{}.{} is newer than any kernel the catalog was checked on ({}.{}): probes are resolved \
@@ -219,11 +233,21 @@ pub fn resolve(facts: &KernelFacts, requested: AttachMode) -> Plan {
 impl Plan {
     /// Leaves out the entries of catalog function `function`; false if the catalog has none.
     pub fn skip(&mut self, function: &str) -> bool {
+        self.retag(function, &Resolution::Use, Resolution::Skipped)
+    }
+
+    /// Attaches the entries of catalog function `function` that are off by default
+    /// ([`Resolution::Hot`]); false if the catalog has none.
+    pub fn with(&mut self, function: &str) -> bool {
+        self.retag(function, &Resolution::Hot, Resolution::Use)
+    }
+
+    fn retag(&mut self, function: &str, from: &Resolution, to: Resolution) -> bool {
         let mut known = false;
         for entry in self.probes.iter_mut().filter(|p| p.function == function) {
             known = true;
-            if entry.resolution == Resolution::Use {
-                entry.resolution = Resolution::Skipped;
+            if entry.resolution == *from {
+                entry.resolution = to.clone();
             }
         }
         known

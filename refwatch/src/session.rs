@@ -37,7 +37,7 @@ pub enum SessionError {
     Load(#[from] aya::EbpfError),
     #[error("eBPF map {0}: {1}")]
     Map(&'static str, String),
-    #[error("--skip {0}: the probe catalog has no such function (`refwatch probes` lists them)")]
+    #[error("{0}: the probe catalog has no such function (`refwatch probes` lists them)")]
     UnknownProbe(String),
     #[error("no probe could be attached on {kernel}:\n  {}", .errors.join("\n  "))]
     NothingAttached { kernel: String, errors: Vec<String> },
@@ -49,6 +49,8 @@ pub struct SessionOptions {
     pub attach: AttachMode,
     /// Catalog functions to leave out.
     pub skip: Vec<String>,
+    /// Catalog functions off by default (hot) to attach.
+    pub with: Vec<String>,
     /// Ring buffer size in bytes (rounded up to a power of two pages by the caller).
     pub ring_bytes: u32,
 }
@@ -116,8 +118,12 @@ impl Session {
         if !plan.blockers.is_empty() {
             return Err(SessionError::Unsupported { kernel: plan.kernel, reasons: plan.blockers });
         }
+        // --with first: a function named by both is left out.
+        if let Some(unknown) = opts.with.iter().find(|f| !plan.with(f)) {
+            return Err(SessionError::UnknownProbe(format!("--with {unknown}")));
+        }
         if let Some(unknown) = opts.skip.iter().find(|f| !plan.skip(f)) {
-            return Err(SessionError::UnknownProbe(unknown.clone()));
+            return Err(SessionError::UnknownProbe(format!("--skip {unknown}")));
         }
         let layout = facts
             .layout
@@ -133,9 +139,10 @@ impl Session {
             }
         }
         let mut ebpf = load_object(&layout, &callers, opts.ring_bytes)?;
-        let mut errors = Vec::new();
+        // Error -> functions that failed with it: one line for a refusal they all share.
+        let mut errors: Vec<(String, Vec<String>)> = Vec::new();
         for entry in plan.probes.iter_mut().filter(|p| p.resolution == plan::Resolution::Use) {
-            let mut last_err = String::new();
+            let mut last_err = String::from("no attach mode is available for it on this kernel");
             for &mode in &entry.modes {
                 match attach(&mut ebpf, entry.id, &entry.function, mode, &kernel) {
                     Ok(()) => {
@@ -146,11 +153,15 @@ impl Session {
                 }
             }
             if entry.attached.is_none() {
-                errors.push(format!("{}: {last_err}", entry.function));
+                match errors.iter_mut().find(|(e, _)| *e == last_err) {
+                    Some((_, functions)) => functions.push(entry.function.clone()),
+                    None => errors.push((last_err.clone(), vec![entry.function.clone()])),
+                }
                 entry.attached = Some(Err(last_err));
             }
         }
         if plan.attached().next().is_none() {
+            let errors = errors.into_iter().map(|(e, f)| format!("{}: {e}", f.join(", "))).chain(plan.notes.clone()).collect();
             return Err(SessionError::NothingAttached { kernel: plan.kernel, errors });
         }
         let take = |ebpf: &mut aya::Ebpf, name: &'static str| {

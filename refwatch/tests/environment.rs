@@ -121,19 +121,33 @@ fn no_kprobes_is_a_clear_environment_error() {
     }
     let trace = std::env::temp_dir().join(format!("refwatch-nokprobes-{}.rft", std::process::id()));
     let trace = trace.to_str().unwrap();
+    let no_kprobes = "kprobes are not available (/sys/bus/event_source/devices/kprobe is absent";
     for args in [&["stream", "-d", "1"][..], &["record", "-o", trace, "-d", "1"], &["check", "-d", "1"], &["check"]] {
-        let o = refwatch(args);
-        assert_eq!(o.code, 2, "refwatch {args:?}: {}", o.stderr);
+        let kprobe = [args, &["--attach", "kprobe"]].concat();
+        let o = refwatch(&kprobe);
+        assert_eq!(o.code, 2, "refwatch {kprobe:?}: {}", o.stderr);
         assert!(
-            o.stderr.starts_with("refwatch: refwatch cannot run on ")
-                && o.stderr.contains("kprobes are not available (/sys/bus/event_source/devices/kprobe is absent"),
+            o.stderr.starts_with("refwatch: refwatch cannot run on ") && o.stderr.contains(no_kprobes),
+            "refwatch {kprobe:?}: {}",
+            o.stderr
+        );
+        // The default (auto) tries fentry, and says why that failed too when it does.
+        let o = refwatch(args);
+        if o.code != 2 {
+            eprintln!("note: fentry attached here; the auto half of this test does not apply");
+            continue;
+        }
+        assert!(
+            o.stderr.starts_with("refwatch: no probe could be attached on ")
+                && o.stderr.contains("Fentry: ")
+                && o.stderr.contains(&format!("{no_kprobes}: CONFIG_KPROBES off?): fentry only")),
             "refwatch {args:?}: {}",
             o.stderr
         );
     }
     assert!(!Path::new(trace).exists(), "no trace file is left behind when recording cannot start");
     // `probes` still explains the plan, and says why it cannot run.
-    let o = refwatch(&["probes"]);
+    let o = refwatch(&["probes", "--attach", "kprobe"]);
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert!(o.stdout.contains("refwatch cannot run here: kprobes are not available"), "{}", o.stdout);
 }

@@ -66,7 +66,6 @@ fn debian_7_2() {
         "insert:vmf_insert_folio_pud", "insert:vm_insert_page",
         "get:try_grab_folio", "get:try_grab_folio_fast", "get:zone_device_page_init",
         "put:gup_put_folio", "put:unpin_user_page", "free:free_zone_device_folio",
-        "unmap:folio_remove_rmap_ptes", "unmap:folio_remove_rmap_pmd",
     ]);
 }
 
@@ -181,4 +180,30 @@ fn skipped_probes_leave_their_rules_unchecked() {
     let ctx = Context::new(p.model, p.used().map(|e| e.id), p.pgmap_types.clone());
     assert!(matches!(ctx.coverage(Rule::FreeWhileMapped), Coverage::Unchecked(_)));
     assert_eq!(ctx.coverage(Rule::InsertZeroRef), Coverage::Checked);
+}
+
+/// Where a mapping holds a reference and a mapcount (6.15+), the unmap probes every normal page
+/// passes are off by default and no rule goes unchecked for it; `--with` attaches them. Before
+/// that era the mapped state is traced, so they stay on.
+#[test]
+fn hot_unmap_probes_are_off_where_no_rule_needs_them() {
+    use refwatch::aggregate::{Context, Coverage, Rule};
+    let mut p = plan("7.2", AttachMode::Kprobe);
+    let status = |p: &Plan, f: &str| p.probes.iter().find(|e| e.function == f).unwrap().resolution.clone();
+    assert_eq!(status(&p, "folio_remove_rmap_ptes"), Resolution::Hot);
+    assert_eq!(status(&p, "folio_remove_rmap_pmd"), Resolution::Hot);
+    // Nothing stands in for them (vm_normal_page's caller is inlined here, and would be
+    // superseded by them).
+    assert_ne!(status(&p, "vm_normal_page"), Resolution::Use);
+    let ctx = Context::new(p.model, p.used().map(|e| e.id), p.pgmap_types.clone());
+    for rule in Rule::ALL {
+        assert_eq!(ctx.coverage(rule), Coverage::Checked, "{rule:?}");
+    }
+    assert!(p.with("folio_remove_rmap_ptes"));
+    assert!(!p.with("get_page"), "inline: not in the catalog");
+    assert_eq!(status(&p, "folio_remove_rmap_ptes"), Resolution::Use);
+    assert_eq!(status(&p, "folio_remove_rmap_pmd"), Resolution::Hot);
+    for k in ["5.10", "6.1", "6.12"] {
+        assert_eq!(status(&plan(k, AttachMode::Kprobe), "vm_normal_page"), Resolution::Use, "{k}");
+    }
 }

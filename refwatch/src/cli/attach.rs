@@ -19,6 +19,7 @@ pub fn open(args: &RunArgs) -> Result<(Session, Option<Layout>)> {
     let session = Session::open(kernel, &SessionOptions {
         attach: args.attach,
         skip: args.skip.clone(),
+        with: args.with.clone(),
         ring_bytes: args.ring_kib * 1024,
     })?;
     Ok((session, layout))

@@ -42,13 +42,18 @@ enum Command {
 /// Options shared by every command that attaches probes: how, and until when.
 #[derive(Args, Clone)]
 pub struct RunArgs {
-    /// kprobe, fentry, or auto (fentry where the kernel allows it, else kprobe).
-    #[arg(long, value_enum, default_value_t = AttachMode::Kprobe)]
+    /// kprobe, fentry, or auto: fentry where the kernel allows it, else kprobe (fentry costs
+    /// less per probe hit).
+    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub attach: AttachMode,
     /// Leave out the probe on this kernel function (repeatable): less overhead where normal
     /// pages pass through it often, and the rules that need it are reported unchecked.
     #[arg(long, value_name = "FUNCTION")]
     pub skip: Vec<String>,
+    /// Attach a probe that is off by default on this kernel (repeatable): one every normal
+    /// page passes through, which no rule needs here (`refwatch probes` marks them "hot").
+    #[arg(long, value_name = "FUNCTION")]
+    pub with: Vec<String>,
     /// Ring buffer size in KiB (a power of two, at least 4).
     #[arg(long, default_value_t = DEFAULT_RING_BYTES / 1024, value_parser = ring_kib)]
     pub ring_kib: u32,

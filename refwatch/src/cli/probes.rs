@@ -23,7 +23,8 @@ pub struct ProbesArgs {
     /// the fentry programs of the functions the plan uses where the kernel allows fentry.
     #[arg(long)]
     verify: bool,
-    #[arg(long, value_enum, default_value_t = AttachMode::Kprobe)]
+    /// The attach mode to plan for, as the attaching commands take it.
+    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     attach: AttachMode,
 }
 
@@ -118,6 +119,11 @@ fn print_text(kernel: &Kernel, plan: &Plan, fentry: &Result<(), String>) {
                 Resolution::NotThisKernel { since } => format!("applies from {since} on"),
                 Resolution::CallerMissing { caller } => format!("caller {caller} not in kallsyms"),
                 Resolution::Skipped => "left out (--skip)".to_owned(),
+                Resolution::Hot => format!(
+                    "hot, left out: normal pages pass through it too, and no rule needs it here \
+                     (a mapping holds a reference and a mapcount); --with {} attaches it",
+                    p.function
+                ),
             };
             let mark = if p.resolution == Resolution::Use { "+" } else { "-" };
             println!("  {mark} {:<34} {what}", p.function);

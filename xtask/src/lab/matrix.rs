@@ -23,6 +23,8 @@ pub struct Case {
     /// A `daxload` subcommand (xtask/lab/workloads/daxload.c).
     pub scenario: &'static str,
     pub attach: Attach,
+    /// Hot probes to attach (`--with`), off by default where no rule needs them.
+    pub with: &'static [&'static str],
     /// Beyond these, every case needs exit status 0, a summary line and zero dropped events.
     pub expect: &'static [Expect],
 }
@@ -34,7 +36,7 @@ pub enum Expect {
     Events { kind: &'static str, at_least: usize },
 }
 
-use Attach::{Fentry, Kprobe};
+use Attach::{Auto, Fentry, Kprobe};
 use Expect::{DistinctPmemPfns, Events};
 
 /// 5.10–6.12 map fsdax pages by pfn without taking a reference (insert_pfn); nothing is
@@ -87,9 +89,21 @@ const DEVDAX: &[Expect] = &[
 ];
 /// Disabling the namespace unmaps its pgmap (memunmap_pages).
 const TEARDOWN: &[Expect] = &[Events { kind: "pgmap_remove", at_least: 1 }];
+/// 7.x with its unmap probe asked for (off by default: a mapping holds a reference and a
+/// mapcount, so no rule needs it): munmap zaps every PTE through folio_remove_rmap_ptes.
+const MMAP_7_UNMAPS: &[Expect] = &[
+    DistinctPmemPfns { kind: "insert", at_least: PAGES },
+    DistinctPmemPfns { kind: "unmap", at_least: PAGES },
+    DistinctPmemPfns { kind: "free", at_least: PAGES },
+];
 
 const fn case(kernel: &'static str, scenario: &'static str, attach: Attach, expect: &'static [Expect]) -> Case {
-    Case { kernel, scenario, attach, expect }
+    Case { kernel, scenario, attach, with: &[], expect }
+}
+
+const fn with(mut case: Case, functions: &'static [&'static str]) -> Case {
+    case.with = functions;
+    case
 }
 
 pub const CASES: &[Case] = &[
@@ -100,6 +114,8 @@ pub const CASES: &[Case] = &[
     case("6.1", "devdax", Kprobe, DEVDAX),
     case("6.1", "teardown", Kprobe, TEARDOWN),
     case("6.1", "fsdax-mmap", Fentry, MMAP_6),
+    // The default mode: fentry for every entry from 6.1 on.
+    case("6.1", "fsdax-gup", Auto, GUP_6),
     case("7.2", "fsdax-mmap", Kprobe, MMAP_7),
     case("7.2", "fsdax-gup", Kprobe, GUP_7),
     case("7.2", "fsdax-truncate", Kprobe, TRUNCATE_7),
@@ -107,6 +123,7 @@ pub const CASES: &[Case] = &[
     case("7.2", "devdax", Kprobe, DEVDAX),
     case("7.2", "teardown", Kprobe, TEARDOWN),
     case("7.2", "fsdax-mmap", Fentry, MMAP_7),
+    with(case("7.2", "fsdax-mmap", Fentry, MMAP_7_UNMAPS), &["folio_remove_rmap_ptes"]),
     case("7.3", "fsdax-mmap", Kprobe, MMAP_7),
     case("7.3", "fsdax-gup", Kprobe, GUP_7),
     case("7.3", "fsdax-truncate", Kprobe, TRUNCATE_7),
@@ -125,10 +142,11 @@ pub const CASES: &[Case] = &[
 /// trace comes back in /out for inspection.
 fn job(case: &Case) -> GuestJob {
     let script = format!(
-        "refwatch record -o /out/trace.rwt --attach {} -- daxload {} 2> /out/record.err || exit $?; \
+        "refwatch record -o /out/trace.rwt --attach {}{} -- daxload {} 2> /out/record.err || exit $?; \
          refwatch stream --json --trace /out/trace.rwt > /out/events.jsonl 2> /out/stream.err || exit $?; \
          refwatch check --json --trace /out/trace.rwt > /out/check.json 2> /out/check.err",
         case.attach.as_str(),
+        case.with.iter().map(|f| format!(" --with {f}")).collect::<String>(),
         case.scenario
     );
     GuestJob {
@@ -274,7 +292,8 @@ pub trait VmCase: Sync {
 
 impl VmCase for Case {
     fn id(&self) -> String {
-        format!("{}/{}/{}", self.kernel, self.scenario, self.attach.as_str())
+        let with: String = self.with.iter().map(|f| format!("+{f}")).collect();
+        format!("{}/{}/{}{with}", self.kernel, self.scenario, self.attach.as_str())
     }
     fn kernel(&self) -> &'static str {
         self.kernel
