@@ -128,7 +128,8 @@ fn print_text(kernel: &Kernel, plan: &Plan, fentry: &Result<(), String>) {
             let mark = if p.resolution == Resolution::Use { "+" } else { "-" };
             println!("  {mark} {:<34} {what}", p.function);
         }
-        if plan.used().all(|p| p.kind != kind.name()) {
+        let hot = plan.probes.iter().any(|p| p.kind == kind.name() && p.resolution == Resolution::Hot);
+        if plan.used().all(|p| p.kind != kind.name()) && !hot {
             println!("  ! nothing on this kernel carries {} events", kind.name());
         }
     }
