@@ -23,6 +23,10 @@ pub enum Arg {
     PmdPtr(u8),
     /// `struct dev_pagemap *` in argument n.
     Pgmap(u8),
+    /// A zap of the user address range `[start, end)` of the `struct vm_area_struct *` in
+    /// argument `vma`: one event per range, for mms that had a device page inserted, in place
+    /// of one probe hit per PTE (every normal page unmapped passes the per-PTE functions).
+    Range { vma: u8, start: u8, end: u8 },
 }
 
 /// How many references (or pages) the transition moves.
@@ -42,6 +46,10 @@ pub struct Probe {
     pub refs: Refs,
     /// Argument holding the GUP `flags` (FOLL_GET / FOLL_PIN), if any.
     pub gup_flags: Option<u8>,
+    /// Arguments holding the `struct vm_area_struct *` and the user address an insert maps
+    /// the page at: the event then carries the address and the mm, which a [`Arg::Range`]
+    /// zap is matched against.
+    pub at: Option<(u8, u8)>,
     /// The BTF prototype this entry was written for: one pattern per parameter, `page*`,
     /// `folio*`, `pfn_t`, `pte_t`, `pmd_t*`, `dev_pagemap*`, or `_` for anything.
     pub params: &'static [&'static str],
@@ -59,14 +67,16 @@ pub struct Probe {
     pub hot: bool,
     /// Kernel versions (major, minor), inclusive, where the entry applies. Used only where
     /// presence and prototype cannot tell (a function that exists but is inlined into a caller
-    /// on some kernels).
+    /// on some kernels, or one whose meaning for device pages changed with an era).
     pub since: (u8, u8),
+    pub until: (u8, u8),
     /// Kernels the entry was checked on.
     pub checked: &'static str,
     pub note: &'static str,
 }
 
 const ANY: (u8, u8) = (0, 0);
+const NEVER: (u8, u8) = (u8::MAX, u8::MAX);
 
 const fn p(
     function: &'static str,
@@ -83,12 +93,14 @@ const fn p(
         arg,
         refs: Refs::One,
         gup_flags: None,
+        at: None,
         params,
         site,
         speculative: false,
         caller: None,
         hot: false,
         since: ANY,
+        until: NEVER,
         checked,
         note,
     }
@@ -120,10 +132,20 @@ const fn since(mut probe: Probe, version: (u8, u8)) -> Probe {
     probe
 }
 
+const fn until(mut probe: Probe, version: (u8, u8)) -> Probe {
+    probe.until = version;
+    probe
+}
+
+const fn at(mut probe: Probe, vma: u8, address: u8) -> Probe {
+    probe.at = Some((vma, address));
+    probe
+}
+
 use Arg::*;
 use EventKind::*;
 
-pub const CATALOG_LEN: usize = 31;
+pub const CATALOG_LEN: usize = 32;
 
 pub const CATALOG: [Probe; CATALOG_LEN] = [
     // --- pgmap creation / teardown -----------------------------------------------------------
@@ -132,12 +154,14 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
     p("memunmap_pages", PgmapRemove, Pgmap(0), &["dev_pagemap*"], "memunmap_pages",
       "5.10 6.1 6.12 7.2", "also runs inside a failing memremap_pages"),
     // --- insertion into user page tables -----------------------------------------------------
-    p("__vm_insert_mixed", Insert, PfnT(2), &["_", "_", "pfn_t", "_", "_"], "pte-insert-pfn",
-      "5.10 6.1", "vmf_insert_mixed(_mkwrite) tail-call it; no reference is taken"),
-    p("__vm_insert_mixed", Insert, PfnT(2), &["_", "_", "pfn_t", "_"], "pte-insert-pfn",
-      "6.12", "vmf_insert_mixed(_mkwrite) tail-call it; no reference is taken"),
-    p("insert_pfn", Insert, PfnT(2), &["_", "_", "pfn_t", "_", "_"], "pte-insert-pfn",
-      "5.10 6.1 6.12", "fallback where __vm_insert_mixed is inlined"),
+    at(p("__vm_insert_mixed", Insert, PfnT(2), &["vm_area_struct*", "_", "pfn_t", "_", "_"],
+      "pte-insert-pfn", "5.10 6.1", "vmf_insert_mixed(_mkwrite) tail-call it; no reference is taken"),
+      0, 1),
+    at(p("__vm_insert_mixed", Insert, PfnT(2), &["vm_area_struct*", "_", "pfn_t", "_"],
+      "pte-insert-pfn", "6.12", "vmf_insert_mixed(_mkwrite) tail-call it; no reference is taken"),
+      0, 1),
+    at(p("insert_pfn", Insert, PfnT(2), &["vm_area_struct*", "_", "pfn_t", "_", "_"],
+      "pte-insert-pfn", "5.10 6.1 6.12", "fallback where __vm_insert_mixed is inlined"), 0, 1),
     p("vmf_insert_pfn_pmd_prot", Insert, PfnT(1), &["_", "pfn_t", "_", "_"], "pmd-insert-pfn",
       "5.10 6.1", "fsdax and device-dax PMD faults; no reference is taken"),
     p("vmf_insert_pfn_pmd", Insert, PfnT(1), &["_", "pfn_t", "_"], "pmd-insert-pfn",
@@ -152,8 +176,8 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
       "7.2", "the mapping takes a reference and the entire mapcount"),
     p("vmf_insert_folio_pud", Insert, Folio(1), &["_", "folio*", "_"], "pud-insert-folio",
       "7.2", "device-dax PUD faults"),
-    p("vm_insert_page", Insert, Page(2), &["_", "_", "page*"], "vm-insert-page",
-      "5.10 6.1 6.12 7.2", "P2PDMA and driver mmaps of device pages"),
+    at(p("vm_insert_page", Insert, Page(2), &["vm_area_struct*", "_", "page*"], "vm-insert-page",
+      "5.10 6.1 6.12 7.2", "P2PDMA and driver mmaps of device pages"), 0, 1),
     // --- references taken -------------------------------------------------------------------
     refs(p("try_grab_page", Get, Page(0), &["page*", "_"], "gup-grab",
       "5.10 6.1", "slow GUP and follow_devmap_*; FOLL_PIN adds GUP_PIN_COUNTING_BIAS"),
@@ -199,6 +223,12 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
       "7.2", "zap of a PMD mapping the folio"), (6, 15))),
     hot(caller(p("vm_normal_page", Unmap, Pte(2), &["_", "_", "pte_t"], "unmap-pte",
       "5.10 6.1 6.12", "zap of a devmap PTE: no rmap, no refcount change"), "unmap_page_range")),
+    // Before 6.15 a devmap PTE has no rmap and its zap calls nothing but vm_normal_page, which
+    // every normal page passes too: the zap of the range is probed instead (one entry per VMA
+    // zapped), and the PTEs it clears are the inserts seen at those addresses of that mm.
+    until(p("unmap_page_range", Unmap, Range { vma: 1, start: 2, end: 3 },
+      &["mmu_gather*", "vm_area_struct*", "_", "_", "_"], "unmap-pte", "5.10 6.1 6.12",
+      "munmap, exit, truncate and MADV_DONTNEED zap user ranges through it"), (6, 14)),
 ];
 
 /// The newest kernel the catalog was checked against (Debian's 7.3 in the VM lab).
@@ -212,6 +242,16 @@ impl Probe {
     /// Whether the page argument is a struct passed by value.
     pub const fn struct_by_value(&self) -> bool {
         matches!(self.arg, Arg::PfnT(_) | Arg::Pte(_))
+    }
+
+    /// Whether the entry applies to kernel `version` by the catalog's version bounds.
+    pub fn applies_to(&self, version: (u8, u8)) -> bool {
+        self.since <= version && version <= self.until
+    }
+
+    /// Whether the entry's events are zaps of address ranges ([`Arg::Range`]).
+    pub const fn is_range(&self) -> bool {
+        matches!(self.arg, Arg::Range { .. })
     }
 }
 

@@ -9,13 +9,16 @@ pub struct Event {
     /// `bpf_get_current_pid_tgid()`: tgid in the upper half, pid (thread id) in the lower.
     pub pid_tgid: u64,
     pub pfn: u64,
-    /// Address of the struct page the probe was handed (the head page for a folio).
+    /// Address of the struct page the probe was handed (the head page for a folio); for a
+    /// range zap ([`crate::Arg::Range`]) the `struct mm_struct *` of the range, and `pfn` 0.
     pub page: u64,
     /// `struct dev_pagemap *` of the page, 0 when it could not be read.
     pub pgmap: u64,
-    /// Kind-specific: references moved (get/put), pages (unmap), first pfn (pgmap events).
+    /// Kind-specific: references moved (get/put), pages (unmap), first pfn (pgmap events),
+    /// the user address (inserts whose probe knows it), the range's start (range zaps).
     pub extra: u64,
-    /// Kind-specific: end pfn, exclusive (pgmap events); GUP flags (get/put) where known.
+    /// Kind-specific: end pfn, exclusive (pgmap events); GUP flags (get/put) where known; the
+    /// `struct mm_struct *` (inserts with a user address); the range's end (range zaps).
     pub extra2: u64,
     /// `page->_refcount` of the head page, read at the probe.
     pub refcount: i32,

@@ -39,6 +39,9 @@ pub struct Layout {
     pub off_pgmap_nr_range: u64,
     /// First `struct range` of the pgmap (`range` / `ranges[]` union).
     pub off_pgmap_ranges: u64,
+    /// `vm_area_struct->vm_mm` (0 in facts and traces from before it was read).
+    #[cfg_attr(feature = "user", serde(default))]
+    pub off_vma_mm: u64,
 }
 
 /// x86-64 `VMEMMAP_START` with 4-level paging when the kernel does not randomize it.
@@ -79,6 +82,7 @@ impl Layout {
         off_pgmap_type: 0,
         off_pgmap_nr_range: 0,
         off_pgmap_ranges: 0,
+        off_vma_mm: 0,
     };
 
     /// The layout with the run-time addresses: `vmemmap_base_addr` is 0 where the kernel has
@@ -121,8 +125,12 @@ pub const DROPS: &str = "DROPS";
 pub const CALLS: &str = "CALLS";
 pub const STACKS: &str = "STACKS";
 pub const PGMAPS_SEEN: &str = "PGMAPS_SEEN";
+pub const DEVICE_MMS: &str = "DEVICE_MMS";
 
 /// Default ring buffer size in bytes (a power of two, a multiple of the page size).
 pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
 pub const STACK_DEPTH: usize = 127;
 pub const MAX_STACKS: u32 = 16384;
+/// mms that had a device page inserted, least recently used evicted first: enough that a live
+/// mm with device mappings is never the one evicted.
+pub const MAX_DEVICE_MMS: u32 = 16384;

@@ -9,7 +9,7 @@ use refwatch_common::{
     event::{PGMAP_TYPE_UNKNOWN, flags},
 };
 
-use crate::{CALLS, DROPS, EVENTS, PGMAPS_SEEN, STACKS, args::Args, layout, page};
+use crate::{CALLS, DEVICE_MMS, DROPS, EVENTS, PGMAPS_SEEN, STACKS, args::Args, layout, page};
 
 const PAGE_SHIFT: u64 = 12;
 
@@ -26,6 +26,10 @@ pub fn handle<C: Args + StackIdContext>(ctx: &C, id: u8, probe: &Probe) {
             let _ = PGMAPS_SEEN.insert(pgmap, 1, 0);
         }
         pgmap_event(ctx, id, probe.kind, pgmap, 0);
+        return;
+    }
+    if let Arg::Range { vma, start, end } = probe.arg {
+        range_event(ctx, id, probe.kind, vma, start, end);
         return;
     }
     let Some(page) = page_arg(ctx, probe.arg) else {
@@ -64,6 +68,15 @@ pub fn handle<C: Args + StackIdContext>(ctx: &C, id: u8, probe: &Probe) {
             Some(n) => ctx.arg_u64(n),
             None => 0,
         };
+        if let Some((vma, address)) = probe.at {
+            let mm = vma_mm(ctx, vma).unwrap_or(0);
+            (*ev).extra = ctx.arg_scalar(address);
+            (*ev).extra2 = mm;
+            // Before the zap of this address can run: its range event needs the mm known.
+            if mm != 0 {
+                let _ = DEVICE_MMS.insert(mm, 1, 0);
+            }
+        }
         (*ev).refcount = state.refcount;
         (*ev).mapcount = state.mapcount;
         (*ev).pgmap_type = pgmap_type_u8(state.pgmap);
@@ -86,8 +99,43 @@ fn page_arg<C: Args>(ctx: &C, arg: Arg) -> Option<u64> {
         Arg::PfnT(n) => page::pfn_t_page(ctx.arg_scalar(n)),
         Arg::Pte(n) => page::pte_page(ctx.arg_scalar(n)),
         Arg::PmdPtr(n) => page::pmd_page(ctx.arg_u64(n)),
-        Arg::Pgmap(_) => None,
+        Arg::Pgmap(_) | Arg::Range { .. } => None,
     }
+}
+
+#[inline(always)]
+fn vma_mm<C: Args>(ctx: &C, vma: u8) -> Option<u64> {
+    page::read::<u64>(ctx.arg_u64(vma) + layout!(off_vma_mm))
+}
+
+/// One event for a zapped user range `[start, end)`, only in mms that had a device page
+/// inserted: `page` carries the mm. The zap of every other mm costs one read and a lookup.
+#[inline(always)]
+fn range_event<C: Args + StackIdContext>(ctx: &C, id: u8, kind: EventKind, vma: u8, start: u8, end: u8) {
+    let Some(mm) = vma_mm(ctx, vma) else {
+        return;
+    };
+    if unsafe { DEVICE_MMS.get(mm) }.is_none() {
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        count_drop();
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    unsafe {
+        fill_common(ctx, ev, id, kind);
+        (*ev).pfn = 0;
+        (*ev).page = mm;
+        (*ev).pgmap = 0;
+        (*ev).extra = ctx.arg_scalar(start);
+        (*ev).extra2 = ctx.arg_scalar(end);
+        (*ev).refcount = 0;
+        (*ev).mapcount = 0;
+        (*ev).pgmap_type = PGMAP_TYPE_UNKNOWN;
+        (*ev).flags = 0;
+    }
+    entry.submit(0);
 }
 
 #[inline(always)]

@@ -9,12 +9,12 @@ mod page;
 
 use aya_ebpf::{
     macros::{fentry, kprobe, map},
-    maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
     programs::{FEntryContext, ProbeContext},
 };
 use refwatch_common::{
     CATALOG,
-    globals::{Callers, DEFAULT_RING_BYTES, Layout, MAX_STACKS},
+    globals::{Callers, DEFAULT_RING_BYTES, Layout, MAX_DEVICE_MMS, MAX_STACKS},
 };
 
 /// Filled in by the loader from BTF and kallsyms.
@@ -42,6 +42,11 @@ static STACKS: StackTrace = StackTrace::with_max_entries(MAX_STACKS, 0);
 /// pgmaps already reported, so that a pgmap created before refwatch started is reported once.
 #[map]
 static PGMAPS_SEEN: HashMap<u64, u8> = HashMap::with_max_entries(256, 0);
+
+/// mms that had a device page inserted: range zaps ([`refwatch_common::Arg::Range`]) of other
+/// mms emit nothing.
+#[map]
+static DEVICE_MMS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(MAX_DEVICE_MMS, 0);
 
 /// Reads a `LAYOUT` field; volatile so the loader's value is used, not the placeholder.
 macro_rules! layout {
@@ -77,7 +82,7 @@ programs! {
     15 => k_15, f_15; 16 => k_16, f_16; 17 => k_17, f_17; 18 => k_18, f_18; 19 => k_19, f_19;
     20 => k_20, f_20; 21 => k_21, f_21; 22 => k_22, f_22; 23 => k_23, f_23; 24 => k_24, f_24;
     25 => k_25, f_25; 26 => k_26, f_26; 27 => k_27, f_27; 28 => k_28, f_28; 29 => k_29, f_29;
-    30 => k_30, f_30;
+    30 => k_30, f_30; 31 => k_31, f_31;
 }
 
 #[cfg(not(test))]

@@ -150,8 +150,25 @@ fn bpftrace(path: &Path) -> Result<()> {
                 writeln!(s, "kprobe:{} {{ @pgmap[probe] = count(); }}", probe.function)?;
                 continue;
             }
+            // As refwatch: only zaps in mms that had a device page inserted count.
+            Arg::Range { vma, .. } => {
+                writeln!(
+                    s,
+                    "kprobe:{} {{ if (@mms[*(uint64 *)(arg{vma} + {})]) {{ @range[probe] = count(); }} }}",
+                    probe.function, layout.off_vma_mm
+                )?;
+                continue;
+            }
         };
-        writeln!(s, "kprobe:{} {{ {page} if ({zone}) {{ @device[probe] = count(); }} }}", probe.function)?;
+        let remember_mm = match probe.at {
+            Some((vma, _)) => format!("@mms[*(uint64 *)(arg{vma} + {})] = 1;", layout.off_vma_mm),
+            None => String::new(),
+        };
+        writeln!(
+            s,
+            "kprobe:{} {{ {page} if ({zone}) {{ @device[probe] = count(); {remember_mm} }} }}",
+            probe.function
+        )?;
     }
     print!("{s}");
     Ok(())

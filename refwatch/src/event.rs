@@ -1,12 +1,14 @@
 //! Userspace views of the raw [`Event`]: accessors and the JSON line `refwatch stream` prints.
 
-use refwatch_common::{Event, EventKind, event::PGMAP_TYPE_UNKNOWN};
+use refwatch_common::{CATALOG, Event, EventKind, event::PGMAP_TYPE_UNKNOWN};
 use serde_json::{Value, json};
 
 use crate::plan::Plan;
 
 pub trait EventExt {
     fn event_kind(&self) -> Option<EventKind>;
+    /// A zap of a user address range: (mm, start, end).
+    fn zapped_range(&self) -> Option<(u64, u64, u64)>;
     fn tgid(&self) -> u32;
     fn pid(&self) -> u32;
     fn comm_str(&self) -> &str;
@@ -15,6 +17,10 @@ pub trait EventExt {
 impl EventExt for Event {
     fn event_kind(&self) -> Option<EventKind> {
         EventKind::from_u8(self.kind)
+    }
+
+    fn zapped_range(&self) -> Option<(u64, u64, u64)> {
+        CATALOG.get(usize::from(self.probe)).filter(|p| p.is_range()).map(|_| (self.page, self.extra, self.extra2))
     }
 
     fn tgid(&self) -> u32 {
@@ -36,8 +42,25 @@ pub fn comm_str(comm: &[u8; 16]) -> &str {
     std::str::from_utf8(&comm[..end]).unwrap_or("?")
 }
 
-/// One event as a JSON object; `stack` is the symbolized kernel stack, innermost first.
+/// One event as a JSON object; `stack` is the symbolized kernel stack, innermost first. A
+/// range zap has no page: it names the mm and the `[start, end)` of user addresses instead.
 pub fn to_json(ev: &Event, plan: &Plan, stack: &[String]) -> Value {
+    if let Some((mm, start, end)) = ev.zapped_range() {
+        return json!({
+            "kind": ev.event_kind().map_or("unknown", EventKind::name),
+            "probe": plan.function(ev.probe),
+            "ts_ns": ev.ts_ns,
+            "cpu": ev.cpu,
+            "pid": ev.pid(),
+            "tgid": ev.tgid(),
+            "comm": ev.comm_str(),
+            "pfn": null,
+            "mm": format!("{mm:#x}"),
+            "start": format!("{start:#x}"),
+            "end": format!("{end:#x}"),
+            "stack": stack,
+        });
+    }
     let pgmap_type = if ev.pgmap_type == PGMAP_TYPE_UNKNOWN {
         "unknown"
     } else {

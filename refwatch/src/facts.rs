@@ -166,6 +166,7 @@ pub fn layout_from_btf(btf: &Btf, config: Option<&str>) -> Result<Layout, String
         off_pgmap_nr_range: need("dev_pagemap.nr_range",
             btf.member_offset("dev_pagemap", "nr_range"))?,
         off_pgmap_ranges: need("dev_pagemap.range", btf.member_offset("dev_pagemap", "range"))?,
+        off_vma_mm: need("vm_area_struct.vm_mm", btf.member_offset("vm_area_struct", "vm_mm"))?,
     })
 }
 

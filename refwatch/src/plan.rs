@@ -35,14 +35,19 @@ pub enum Resolution {
     /// Another entry of the same site already covers the transition.
     Superseded { by: String },
     /// The entry does not apply to this kernel version.
-    NotThisKernel { since: String },
+    NotThisKernel {
+        since: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        until: Option<String>,
+    },
     /// The caller it must be called from is not in kallsyms.
     CallerMissing { caller: String },
     /// Left out on request (`--skip`), e.g. a function normal pages pass through often; the
     /// rules that need it are then reported unchecked.
     Skipped,
     /// Left out unless asked for (`--with`): every normal page passes it, and no rule needs
-    /// it on this kernel, where a mapping holds a reference and a mapcount of its own.
+    /// it on this kernel: a mapping holds a reference and a mapcount of its own (6.15+), or
+    /// a cheaper entry of its site sees the same unmaps (range zaps before that).
     Hot,
 }
 
@@ -133,37 +138,57 @@ fn modes_for(probe: &Probe, facts: &KernelFacts, requested: AttachMode) -> Vec<A
 
 pub fn resolve(facts: &KernelFacts, requested: AttachMode) -> Plan {
     let era = era(facts.version);
-    let mut taken: BTreeMap<&str, &str> = BTreeMap::new();
-    let mut probes = Vec::with_capacity(CATALOG.len());
-    for (id, probe) in CATALOG.iter().enumerate() {
-        let resolution = if facts.version < probe.since {
-            Resolution::NotThisKernel { since: format!("{}.{}", probe.since.0, probe.since.1) }
-        } else if !facts.symbols.contains_key(probe.function) {
-            Resolution::Missing
-        } else if let Some(caller) = probe.caller.filter(|c| !facts.symbols.contains_key(*c)) {
-            Resolution::CallerMissing { caller: caller.to_owned() }
-        } else {
-            match facts.prototypes.get(probe.function) {
-                None => Resolution::NoPrototype,
-                Some(found) if !matches_prototype(probe, found) => {
-                    Resolution::OtherPrototype { found: found.clone() }
+    // Whether each entry can be used at all on this kernel, site aside.
+    let mut resolutions: Vec<Resolution> = CATALOG
+        .iter()
+        .map(|probe| {
+            if !probe.applies_to(facts.version) {
+                Resolution::NotThisKernel {
+                    since: format!("{}.{}", probe.since.0, probe.since.1),
+                    until: (probe.until.0 != u8::MAX).then(|| format!("{}.{}", probe.until.0, probe.until.1)),
                 }
-                Some(_) => match taken.get(probe.site) {
-                    Some(by) => Resolution::Superseded { by: (*by).to_owned() },
-                    None => {
-                        // A hot entry still takes its site: the alternatives it stands for
-                        // are not the way to see these transitions here either.
-                        taken.insert(probe.site, probe.function);
-                        if probe.hot && era.model.mapping_takes_ref() {
-                            Resolution::Hot
-                        } else {
-                            Resolution::Use
-                        }
+            } else if !facts.symbols.contains_key(probe.function) {
+                Resolution::Missing
+            } else if let Some(caller) = probe.caller.filter(|c| !facts.symbols.contains_key(*c)) {
+                Resolution::CallerMissing { caller: caller.to_owned() }
+            } else {
+                match facts.prototypes.get(probe.function) {
+                    None => Resolution::NoPrototype,
+                    Some(found) if !matches_prototype(probe, found) => {
+                        Resolution::OtherPrototype { found: found.clone() }
                     }
-                },
+                    Some(_) => Resolution::Use,
+                }
+            }
+        })
+        .collect();
+    // One entry per site: the first that resolves, in catalog order, but a hot one (every
+    // normal page passes it) only where no other entry of its site resolves; there it is
+    // left out by default, and `--with` swaps it in.
+    let mut taken: BTreeMap<&str, (&str, bool)> = BTreeMap::new();
+    let mut order: Vec<usize> = (0..CATALOG.len()).collect();
+    order.sort_by_key(|&id| CATALOG[id].hot);
+    for id in order {
+        let probe = &CATALOG[id];
+        if resolutions[id] != Resolution::Use {
+            continue;
+        }
+        resolutions[id] = match taken.get(probe.site) {
+            Some((_, false)) if probe.hot => Resolution::Hot,
+            Some((by, _)) => Resolution::Superseded { by: (*by).to_owned() },
+            None => {
+                // A hot entry still takes its site: the alternatives it stands for are not
+                // the way to see these transitions here either.
+                taken.insert(probe.site, (probe.function, probe.hot));
+                if probe.hot && era.model.mapping_takes_ref() { Resolution::Hot } else { Resolution::Use }
             }
         };
-        probes.push(ProbeEntry {
+    }
+    let probes: Vec<ProbeEntry> = CATALOG
+        .iter()
+        .zip(resolutions)
+        .enumerate()
+        .map(|(id, (probe, resolution))| ProbeEntry {
             id: id as u8,
             function: probe.function.to_owned(),
             kind: probe.kind.name().to_owned(),
@@ -171,8 +196,8 @@ pub fn resolve(facts: &KernelFacts, requested: AttachMode) -> Plan {
             resolution,
             modes: modes_for(probe, facts, requested),
             attached: None,
-        });
-    }
+        })
+        .collect();
     let used: BTreeSet<&str> = probes
         .iter()
         .filter(|p| p.resolution == Resolution::Use)
@@ -237,8 +262,18 @@ impl Plan {
     }
 
     /// Attaches the entries of catalog function `function` that are off by default
-    /// ([`Resolution::Hot`]); false if the catalog has none.
+    /// ([`Resolution::Hot`]), in place of the entry their site uses; false if the catalog
+    /// has none.
     pub fn with(&mut self, function: &str) -> bool {
+        let sites: Vec<String> = self
+            .probes
+            .iter()
+            .filter(|p| p.function == function && p.resolution == Resolution::Hot)
+            .map(|p| p.site.clone())
+            .collect();
+        for entry in self.probes.iter_mut().filter(|p| sites.contains(&p.site) && p.resolution == Resolution::Use) {
+            entry.resolution = Resolution::Superseded { by: function.to_owned() };
+        }
         self.retag(function, &Resolution::Hot, Resolution::Use)
     }
 

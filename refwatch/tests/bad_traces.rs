@@ -154,10 +154,10 @@ fn bit_flips_never_panic() {
 #[test]
 fn wrong_version() {
     let (mut bytes, _, _) = finished_trace();
-    bytes[8..10].copy_from_slice(&3u16.to_le_bytes());
-    let o = report(&write("v3.rft", &bytes), false);
+    bytes[8..10].copy_from_slice(&4u16.to_le_bytes());
+    let o = report(&write("v4.rft", &bytes), false);
     assert_eq!(o.code, 2);
-    assert!(o.stderr.contains("trace format version 3 is not supported (this refwatch reads versions 1 to 2)"), "{}", o.stderr);
+    assert!(o.stderr.contains("trace format version 4 is not supported (this refwatch reads versions 1 to 3)"), "{}", o.stderr);
 }
 
 #[test]

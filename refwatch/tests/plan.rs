@@ -31,7 +31,7 @@ fn debian_5_10() {
         "insert:__vm_insert_mixed", "insert:vmf_insert_pfn_pmd_prot",
         "insert:vmf_insert_pfn_pud_prot", "insert:vm_insert_page",
         "get:try_grab_page", "get:try_grab_compound_head",
-        "put:put_devmap_managed_page", "free:free_devmap_managed_page", "unmap:vm_normal_page",
+        "put:put_devmap_managed_page", "free:free_devmap_managed_page", "unmap:unmap_page_range",
     ]);
 }
 
@@ -43,7 +43,7 @@ fn debian_6_1() {
         "insert:vmf_insert_pfn_pud_prot", "insert:vm_insert_page",
         "get:try_grab_page", "get:try_grab_folio", "get:zone_device_page_init",
         "put:__put_devmap_managed_page_refs", "put:gup_put_folio",
-        "free:free_zone_device_page", "unmap:vm_normal_page",
+        "free:free_zone_device_page", "unmap:unmap_page_range",
     ]);
 }
 
@@ -54,7 +54,7 @@ fn debian_6_12() {
         "insert:__vm_insert_mixed", "insert:vmf_insert_pfn_pmd", "insert:vmf_insert_pfn_pud",
         "insert:vm_insert_page", "get:try_grab_folio", "get:try_grab_folio_fast",
         "get:zone_device_page_init", "put:__put_devmap_managed_folio_refs",
-        "put:gup_put_folio", "free:free_zone_device_folio", "unmap:vm_normal_page",
+        "put:gup_put_folio", "free:free_zone_device_folio", "unmap:unmap_page_range",
     ]);
 }
 
@@ -87,8 +87,8 @@ fn prototypes_pick_the_entry() {
     assert!(matches!(other.unwrap().resolution, Resolution::OtherPrototype { .. }));
 }
 
-/// From 6.1 every entry of the plan can be an fentry program, vm_normal_page's caller filter
-/// included; 5.10's trampolines refuse its pte_t argument.
+/// From 6.1 every entry of the plan can be an fentry program, and so can vm_normal_page's
+/// caller filter (`--with`); 5.10's trampolines refuse its pte_t argument.
 #[test]
 fn fentry_carries_every_entry_from_6_1() {
     let plan = plan("6.1", AttachMode::Fentry);
@@ -110,7 +110,7 @@ fn fentry_on_5_10_keeps_pfn_t_entries_on_kprobe() {
 }
 
 fn plan_modes(kernel: &str, function: &str) -> Vec<AttachMode> {
-    plan(kernel, AttachMode::Auto).used().find(|p| p.function == function).unwrap().modes.clone()
+    plan(kernel, AttachMode::Auto).probes.iter().find(|p| p.function == function).unwrap().modes.clone()
 }
 
 #[test]
@@ -172,19 +172,19 @@ fn layouts_from_btf_match_the_binaries() {
 fn skipped_probes_leave_their_rules_unchecked() {
     use refwatch::aggregate::{Context, Coverage, Rule};
     let mut p = plan("6.1", AttachMode::Kprobe);
-    assert!(p.skip("vm_normal_page"));
+    assert!(p.skip("unmap_page_range"));
     assert!(!p.skip("get_page"), "inline: not in the catalog");
-    assert!(!used(&p).iter().any(|u| u.ends_with(":vm_normal_page")));
-    assert!(p.probes.iter().any(|e| e.function == "vm_normal_page" && e.resolution == Resolution::Skipped));
+    assert!(!used(&p).iter().any(|u| u.starts_with("unmap:")));
+    assert!(p.probes.iter().any(|e| e.function == "unmap_page_range" && e.resolution == Resolution::Skipped));
     // What the aggregator judges with, had every used entry attached.
     let ctx = Context::new(p.model, p.used().map(|e| e.id), p.pgmap_types.clone());
     assert!(matches!(ctx.coverage(Rule::FreeWhileMapped), Coverage::Unchecked(_)));
     assert_eq!(ctx.coverage(Rule::InsertZeroRef), Coverage::Checked);
 }
 
-/// Where a mapping holds a reference and a mapcount (6.15+), the unmap probes every normal page
-/// passes are off by default and no rule goes unchecked for it; `--with` attaches them. Before
-/// that era the mapped state is traced, so they stay on.
+/// The unmap probes every normal page passes are off by default and no rule goes unchecked for
+/// it: where a mapping holds a reference and a mapcount (6.15+), and before that where the zap
+/// of the range (unmap_page_range) tells the mapped state; `--with` attaches them.
 #[test]
 fn hot_unmap_probes_are_off_where_no_rule_needs_them() {
     use refwatch::aggregate::{Context, Coverage, Rule};
@@ -203,7 +203,21 @@ fn hot_unmap_probes_are_off_where_no_rule_needs_them() {
     assert!(!p.with("get_page"), "inline: not in the catalog");
     assert_eq!(status(&p, "folio_remove_rmap_ptes"), Resolution::Use);
     assert_eq!(status(&p, "folio_remove_rmap_pmd"), Resolution::Hot);
+    // Before 6.15 the range zap stands in for the per-PTE probe; --with swaps it back.
     for k in ["5.10", "6.1", "6.12"] {
-        assert_eq!(status(&plan(k, AttachMode::Kprobe), "vm_normal_page"), Resolution::Use, "{k}");
+        let mut p = plan(k, AttachMode::Kprobe);
+        assert_eq!(status(&p, "vm_normal_page"), Resolution::Hot, "{k}");
+        assert_eq!(status(&p, "unmap_page_range"), Resolution::Use, "{k}");
+        assert!(p.with("vm_normal_page"));
+        assert_eq!(status(&p, "vm_normal_page"), Resolution::Use, "{k}");
+        let by = Resolution::Superseded { by: "vm_normal_page".into() };
+        assert_eq!(status(&p, "unmap_page_range"), by, "{k}");
+        let ctx = Context::new(p.model, p.used().map(|e| e.id), p.pgmap_types.clone());
+        // 5.10 frees at the idle refcount 1: the rule is unchecked there whatever is probed.
+        if k != "5.10" {
+            assert_eq!(ctx.coverage(Rule::FreeWhileMapped), Coverage::Checked, "{k}");
+        }
+        assert_eq!(ctx.coverage(Rule::TeardownBusy), Coverage::Checked, "{k}");
     }
+    assert!(matches!(status(&p, "unmap_page_range"), Resolution::NotThisKernel { .. }));
 }

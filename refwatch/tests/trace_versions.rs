@@ -12,7 +12,7 @@ fn recorded(name: &str) -> PathBuf {
 
 #[test]
 fn version_1_traces_reencode_smaller_with_the_same_events() {
-    assert_eq!(VERSION, 2);
+    assert_eq!(VERSION, 3);
     for name in ["5.10-fsdax-mmap", "6.1-fsdax-mmap", "7.2-fsdax-pmd"] {
         let path = recorded(name);
         let v1_bytes = std::fs::metadata(&path).unwrap().len();

@@ -2,7 +2,7 @@
 //!
 //! 1. hot path: normal-page churn (`benchload churn`) without tracing (twice: the second
 //!    "again" shows what the run cannot resolve), under `refwatch record` (kprobe, fentry,
-//!    kprobe without the unmap probes) and under a bpftrace script with the same probes and
+//!    kprobe with the per-PTE unmap probes the default plan leaves out) and under a bpftrace script with the same probes and
 //!    filter, all in one boot, interleaved; ratios of the median rounds to the untraced one.
 //!    Under each, `benchload zap` times unmaps alone: the cost of one probed-function entry,
 //!    which times the entries of a churn round gives the ratio again, from entries.
@@ -333,10 +333,8 @@ fn hot_path(name: &str, apt: &Apt, assets: &Assets, sizes: &Sizes, work: &Path, 
     }
     let with_bpftrace = bpftrace_reason.is_none();
     // "again" is untraced too: its ratio to "base" is what this run cannot resolve.
-    // The hot (unmap) probes switched from the plan's default: left out where they are on by
-    // default ("lean"), asked for where they are off ("wide"): what they cost on their own.
-    let hot = hot_switch(name)?;
-    let mut variants = vec!["base", "again", "kprobe", "fentry", hot.variant];
+    // The hot (per-PTE unmap) probes asked for ("wide"): what the default plan saves.
+    let mut variants = vec!["base", "again", "kprobe", "fentry", "wide"];
     if with_bpftrace {
         variants.push("bpftrace");
     }
@@ -371,7 +369,7 @@ run_variant() { # variant rep
 	case $1 in
 	base|again) measure $1 $2 ;;
 	kprobe|fentry) measure $1 $2 refwatch record -o /tmp/h.rwt --attach $1 -- ;;
-	lean|wide) measure $1 $2 refwatch record -o /tmp/h.rwt --attach kprobe HOT_SWITCH -- ;;
+	wide) measure $1 $2 refwatch record -o /tmp/h.rwt --attach kprobe HOT_OPTIONS -- ;;
 	bpftrace)
 		[ $BT_OK = 1 ] || return 0
 		bpftrace /bench/refwatch.bt > /tmp/bt.out 2>&1 &
@@ -398,7 +396,7 @@ ZAP > /dev/null
     )
     .replace("CHURN", &churn)
     .replace("ZAP", &zap)
-    .replace("HOT_SWITCH", &hot.options);
+    .replace("HOT_OPTIONS", &hot_options());
     for rep in 0..sizes.reps {
         // Rotate the order each repetition so no variant always runs first.
         for i in 0..variants.len() {
@@ -466,7 +464,6 @@ ZAP > /dev/null
         "untraced_again_ratio": ratio("again"),
         "kprobe_ratio": ratio("kprobe"),
         "fentry_ratio": ratio("fentry"),
-        "kprobe_without_unmaps_ratio": ratio("lean"),
         "kprobe_with_unmaps_ratio": ratio("wide"),
         "bpftrace_ratio": if bpftrace_ok { ratio("bpftrace") } else { Value::Null },
         "median_ratios": medians,
@@ -557,21 +554,11 @@ fn per_round_ratios(
     }))
 }
 
-struct HotSwitch {
-    variant: &'static str,
-    options: String,
-}
-
-/// The hot catalog entries (vm_normal_page, folio_remove_rmap_*: every normal page unmapped
-/// passes them) switched from the plan's default on kernel `name`: `--skip` where a rule needs
-/// them and they are on, `--with` where a mapping holds a reference and they are off.
-fn hot_switch(name: &str) -> Result<HotSwitch> {
-    use refwatch_common::{CATALOG, catalog::era};
-    let (major, minor) = name.split_once('.').context("kernel name is MAJOR.MINOR")?;
-    let on_by_default = !era((major.parse()?, minor.parse()?)).model.mapping_takes_ref();
-    let (variant, flag) = if on_by_default { ("lean", "--skip") } else { ("wide", "--with") };
-    let options = CATALOG.iter().filter(|p| p.hot).map(|p| format!("{flag} {}", p.function)).collect::<Vec<_>>();
-    Ok(HotSwitch { variant, options: options.join(" ") })
+/// `--with` for every hot catalog entry (vm_normal_page, folio_remove_rmap_*: every normal
+/// page unmapped passes them), off by default on every kernel: the per-PTE unmap probes that
+/// the default plan does without, for what they would cost.
+fn hot_options() -> String {
+    refwatch_common::CATALOG.iter().filter(|p| p.hot).map(|p| format!("--with {}", p.function)).collect::<Vec<_>>().join(" ")
 }
 
 /// CPU the host spends on processes other than xtask and its children (the VM). The guest's
@@ -755,8 +742,7 @@ fn hot_rows(row: &mut impl FnMut(&str, String, &str, &Value), k: &Value, first: 
         ("kprobe", "kprobe_ratio", "refwatch kprobe", "≤ 1.02×, < bpftrace"),
         ("fentry", "fentry_ratio", "refwatch fentry", "≤ 1.02×, < bpftrace"),
         ("bpftrace", "bpftrace_ratio", "bpftrace, same probes + filter", ""),
-        ("lean", "kprobe_without_unmaps_ratio", "refwatch kprobe without the unmap probes (--skip)", ""),
-        ("wide", "kprobe_with_unmaps_ratio", "refwatch kprobe with the unmap probes (--with; off by default here)", ""),
+        ("wide", "kprobe_with_unmaps_ratio", "refwatch kprobe with the per-PTE unmap probes (--with; off by default)", ""),
     ];
     for (v, key, what, target) in variants {
         // bpftrace's row stays where it was meant to run and did not, to say why.

@@ -39,6 +39,8 @@ pub struct Context {
     unmap_levels: [bool; 3],
     /// Per catalog entry: are unmaps probed at the level of its site.
     tracked: [bool; CATALOG_LEN],
+    /// Unmaps come as zapped address ranges, matched against the inserts' (mm, address).
+    range_unmaps: bool,
 }
 
 impl Context {
@@ -58,7 +60,8 @@ impl Context {
             unmap_levels[rules::level(p) as usize] = true;
         }
         let tracked = CATALOG.map(|p| unmap_levels[rules::level(&p) as usize]);
-        Self { model, attached: mask, pgmap_types, types, unmap_levels, tracked }
+        let range_unmaps = CATALOG.iter().zip(mask).any(|(p, on)| on && p.is_range());
+        Self { model, attached: mask, pgmap_types, types, unmap_levels, tracked, range_unmaps }
     }
 
     pub fn from_plan(plan: &Plan) -> Self {
@@ -86,6 +89,11 @@ impl Context {
 
     fn pg_type(&self, raw: u8) -> PgType {
         self.types[raw as usize]
+    }
+
+    /// Whether an insert through `probe` is a mapping that a range zap will take away.
+    fn keyed(&self, probe: &Probe) -> bool {
+        self.range_unmaps && probe.at.is_some() && self.model != Model::ZeroBased
     }
 
     pub fn coverage(&self, rule: Rule) -> Coverage {
@@ -137,6 +145,9 @@ pub struct Aggregator {
     pgmaps: BTreeMap<u64, PgmapState>,
     /// Pgmaps whose teardown started, oldest first, bounded.
     retired: Vec<PgmapState>,
+    /// Device PTEs by (mm, user address) → pfn, where unmaps come as zapped ranges
+    /// ([`Context::keyed`]): bounded by the device pages mapped.
+    mappings: BTreeMap<(u64, u64), u64>,
     events: u64,
     by_rule: BTreeMap<Rule, u64>,
     findings: Vec<Finding>,
@@ -205,6 +216,10 @@ impl Aggregator {
                 0
             }
             EventKind::PgmapRemove => self.pgmap_remove(ev),
+            EventKind::Unmap if probe.is_range() => {
+                self.range_unmap(ev);
+                0
+            }
             _ => self.page_event(ev, kind, probe),
         }
     }
@@ -256,6 +271,9 @@ impl Aggregator {
             let finding = self.finding(Rule::TeardownBusy, format!("memunmap_pages with the page busy: {why}"), ev, pfn, page);
             self.raise(finding);
         }
+        let gone: std::collections::HashSet<u64> =
+            self.pages.iter().filter(|(_, p)| p.pgmap == ev.pgmap).map(|(pfn, _)| pfn).collect();
+        self.mappings.retain(|_, pfn| !gone.contains(pfn));
         self.pages.retain(|p| p.pgmap != ev.pgmap, &mut self.tasks);
         if let Some(mut pg) = self.pgmaps.remove(&ev.pgmap) {
             pg.teardown = true;
@@ -267,9 +285,72 @@ impl Aggregator {
         raised
     }
 
+    /// The device PTEs a zap of `[extra, extra2)` in mm `page` clears: those inserted there.
+    fn range_unmap(&mut self, ev: &Event) {
+        let (mm, start, end) = (ev.page, ev.extra, ev.extra2);
+        if start >= end {
+            return;
+        }
+        let zapped: Vec<((u64, u64), u64)> = self.mappings.range((mm, start)..(mm, end)).map(|(k, v)| (*k, *v)).collect();
+        for (key, pfn) in zapped {
+            self.mappings.remove(&key);
+            let Some(page) = self.pages.get_mut(pfn) else { continue };
+            page.mapped = (page.mapped - 1).max(0);
+            let step = Step {
+                ts_ns: ev.ts_ns,
+                refs: 1,
+                refcount: page.refcount as i32,
+                mapcount: 0,
+                task: self.tasks.hold(Task { pid_tgid: ev.pid_tgid, comm: ev.comm }),
+                probe: ev.probe,
+                kind: EventKind::Unmap,
+            };
+            if let Some(old) = page.recent.push(step) {
+                self.tasks.release(old.task);
+            }
+            let pgmap = page.pgmap;
+            if let Some(pg) = self.pgmaps.get_mut(&pgmap) {
+                pg.counters.count(EventKind::Unmap);
+            }
+            self.forget_if_idle(pfn, false);
+        }
+    }
+
+    /// Drops a page whose state says nothing any more: idle (where that is visible) and
+    /// unmapped, or its pgmap is being torn down.
+    fn forget_if_idle(&mut self, pfn: u64, teardown: bool) {
+        let model = self.context().model;
+        let Some(page) = self.pages.get(pfn) else { return };
+        let idle_now = match idle(model, page.ty) {
+            Some(i) if idle_visible(model, page.ty) => page.refcount <= i,
+            _ => true,
+        };
+        if teardown || (idle_now && page.mapped <= 0) {
+            self.pages.remove(pfn, &mut self.tasks);
+        }
+    }
+
+    /// Records an insert's (mm, address) mapping; false when that address already mapped the
+    /// page (a refault, or an insert that lost a race and mapped nothing new).
+    fn map_at(&mut self, ev: &Event) -> bool {
+        match self.mappings.insert((ev.extra2, ev.extra), ev.pfn) {
+            Some(old) if old == ev.pfn => false,
+            Some(stale) => {
+                // The PTE was zapped where no range probe saw it (insert_pfn maps only an
+                // empty PTE): the page it named is no longer mapped there.
+                if let Some(page) = self.pages.get_mut(stale) {
+                    page.mapped = (page.mapped - 1).max(0);
+                }
+                true
+            }
+            None => true,
+        }
+    }
+
     fn page_event(&mut self, ev: &Event, kind: EventKind, probe: &'static Probe) -> usize {
+        let keyed = kind == EventKind::Insert && self.context().keyed(probe);
+        let new_mapping = !keyed || self.map_at(ev);
         let ctx = self.ctx.as_ref().expect("built with new()");
-        let model = ctx.model;
         let ty = ctx.pg_type(ev.pgmap_type);
         let teardown = self.retired.iter().any(|p| p.address == ev.pgmap) && !self.pgmaps.contains_key(&ev.pgmap);
         let pg = match self.pgmaps.get_mut(&ev.pgmap) {
@@ -303,7 +384,8 @@ impl Aggregator {
         page.ty = ty;
         let step = Step {
             ts_ns: ev.ts_ns,
-            refs: ev.extra,
+            // A keyed insert's extra is its address; it maps the page once.
+            refs: if keyed { 1 } else { ev.extra },
             refcount: ev.refcount,
             mapcount: ev.mapcount,
             task: self.tasks.hold(Task { pid_tgid: ev.pid_tgid, comm: ev.comm }),
@@ -315,7 +397,7 @@ impl Aggregator {
         }
         let view = PageView { ty, mapped: page.mapped, pgmap_in_teardown: teardown };
         let verdict = rules::judge(ctx, probe, ev, &view);
-        advance(ctx, probe, kind, ev, page);
+        advance(ctx, probe, kind, ev, page, new_mapping);
         let key = verdict.as_ref().map(|(rule, _)| (*rule, ev.pid_tgid, ev.refcount));
         let repeat = key.is_some() && key == page.last_finding;
         page.last_finding = key;
@@ -326,14 +408,7 @@ impl Aggregator {
             self.raise(finding);
             raised = 1;
         }
-        let page = self.pages.get(ev.pfn).expect("just updated");
-        let idle_now = match idle(model, page.ty) {
-            Some(i) if idle_visible(model, page.ty) => page.refcount <= i,
-            _ => true,
-        };
-        if teardown || (idle_now && page.mapped <= 0) {
-            self.pages.remove(ev.pfn, &mut self.tasks);
-        }
+        self.forget_if_idle(ev.pfn, teardown);
         raised
     }
 
@@ -368,8 +443,9 @@ impl Aggregator {
     }
 }
 
-/// Moves a page's refcount and mapping estimate past the probed function.
-fn advance(ctx: &Context, probe: &Probe, kind: EventKind, ev: &Event, page: &mut PageState) {
+/// Moves a page's refcount and mapping estimate past the probed function; `new_mapping` is
+/// false for an insert at an address that already mapped the page.
+fn advance(ctx: &Context, probe: &Probe, kind: EventKind, ev: &Event, page: &mut PageState, new_mapping: bool) {
     let r = i64::from(ev.refcount);
     let m = i64::from(ev.mapcount);
     let refs = ev.extra.max(1) as i64;
@@ -383,7 +459,7 @@ fn advance(ctx: &Context, probe: &Probe, kind: EventKind, ev: &Event, page: &mut
             // 7.x: the mapping takes a reference and a mapcount, unless the insert fails on 0.
             let ok = !zero_based || r >= 1;
             page.refcount = if zero_based && ok { r + 1 } else { r };
-            if tracked && ok {
+            if tracked && ok && new_mapping {
                 page.mapped = if zero_based { m + 1 } else { page.mapped + 1 };
             }
         }

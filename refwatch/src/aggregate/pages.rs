@@ -47,6 +47,10 @@ impl Pages {
         self.slots.get(&pfn).map(|&slot| &self.states[slot as usize])
     }
 
+    pub fn get_mut(&mut self, pfn: u64) -> Option<&mut PageState> {
+        self.slots.get(&pfn).map(|&slot| &mut self.states[slot as usize])
+    }
+
     /// The state of `pfn`; a page not live starts with `pgmap`, `ty` and `refcount` (then
     /// also true).
     pub fn get_or_start(&mut self, pfn: u64, pgmap: u64, ty: PgType, refcount: i64) -> (&mut PageState, bool) {

@@ -12,6 +12,9 @@ use crate::plan::Model;
 pub const PGMAP: u64 = 0xffff_8881_0000_2000;
 pub const BASE_PFN: u64 = 0x24_0000;
 const VMEMMAP: u64 = 0xffff_ea00_0000_0000;
+/// The mm of the process mapping the pages, and where its mapping starts.
+const MM: u64 = 0xffff_8881_0a3c_4400;
+const MAP_BASE: u64 = 0x7f12_3400_0000;
 
 /// Catalog id of `function` for the kernel named in its `checked` list.
 pub fn probe_id(function: &str, kernel: &str) -> u8 {
@@ -46,9 +49,9 @@ impl Probes {
             Model::ZeroBased => "7.2",
         };
         let (insert, unmap, get, spec, devmap_put, gup_put, free) = match model {
-            Model::AllOneBased => ("__vm_insert_mixed", "vm_normal_page", "try_grab_page",
+            Model::AllOneBased => ("__vm_insert_mixed", "unmap_page_range", "try_grab_page",
                 "try_grab_compound_head", Some("put_devmap_managed_page"), None, "free_devmap_managed_page"),
-            Model::FsdaxOneBased => ("__vm_insert_mixed", "vm_normal_page", "try_grab_folio",
+            Model::FsdaxOneBased => ("__vm_insert_mixed", "unmap_page_range", "try_grab_folio",
                 "try_grab_folio_fast", Some("__put_devmap_managed_folio_refs"), Some("gup_put_folio"),
                 "free_zone_device_folio"),
             Model::ZeroBased => ("vmf_insert_page_mkwrite", "folio_remove_rmap_ptes", "try_grab_folio",
@@ -110,12 +113,23 @@ pub struct Sim<'a> {
     pages: Vec<Page>,
     pub out: Vec<Event>,
     ts: u64,
+    /// User addresses mapping each page, where unmaps are range zaps (≤6.14).
+    addrs: Vec<Vec<u64>>,
+    next_addr: u64,
 }
 
 impl<'a> Sim<'a> {
     pub fn new(p: &'a Probes, generic: bool, pages: usize) -> Self {
         let idle = if generic || p.model != Model::ZeroBased { 1 } else { 0 };
-        let mut sim = Self { p, generic, pages: vec![Page { refs: idle, ..Page::default() }; pages], out: Vec::new(), ts: 1_000_000 };
+        let mut sim = Self {
+            p,
+            generic,
+            pages: vec![Page { refs: idle, ..Page::default() }; pages],
+            out: Vec::new(),
+            ts: 1_000_000,
+            addrs: vec![Vec::new(); pages],
+            next_addr: MAP_BASE,
+        };
         let mut add = sim.event(p.add, 0, EventKind::PgmapAdd);
         add.pfn = 0;
         add.page = 0;
@@ -177,7 +191,13 @@ impl<'a> Sim<'a> {
                 // 7.x fsdax: dax_fault_iter's temporary folio_ref_inc (invisible).
                 let temp = zero_based && !self.generic;
                 self.pages[i].refs += i32::from(temp);
-                self.emit(self.p.insert, i, EventKind::Insert);
+                let mut insert = self.event(self.p.insert, i, EventKind::Insert);
+                if CATALOG[self.p.insert as usize].at.is_some() {
+                    (insert.extra, insert.extra2) = (self.next_addr, MM);
+                    self.addrs[i].push(self.next_addr);
+                    self.next_addr += 4096;
+                }
+                self.out.push(insert);
                 if zero_based {
                     self.pages[i].refs += 1;
                 }
@@ -189,7 +209,13 @@ impl<'a> Sim<'a> {
                 if self.pages[i].maps == 0 {
                     return;
                 }
-                self.emit(self.p.unmap, i, EventKind::Unmap);
+                let mut unmap = self.event(self.p.unmap, i, EventKind::Unmap);
+                if CATALOG[self.p.unmap as usize].is_range() {
+                    let at = self.addrs[i].pop().expect("a mapped page has an address");
+                    (unmap.pfn, unmap.page, unmap.pgmap, unmap.extra, unmap.extra2) = (0, MM, 0, at, at + 4096);
+                    (unmap.refcount, unmap.pgmap_type) = (0, refwatch_common::event::PGMAP_TYPE_UNKNOWN);
+                }
+                self.out.push(unmap);
                 self.pages[i].maps -= 1;
                 if zero_based {
                     self.put_ref(i);

@@ -116,12 +116,16 @@ fn print_text(kernel: &Kernel, plan: &Plan, fentry: &Result<(), String>) {
                     format!("other prototype here ({}), not this entry", found.join(", "))
                 }
                 Resolution::Superseded { by } => format!("covered by {by}"),
-                Resolution::NotThisKernel { since } => format!("applies from {since} on"),
+                Resolution::NotThisKernel { since, until: None } => format!("applies from {since} on"),
+                Resolution::NotThisKernel { since, until: Some(until) } if since == "0.0" => {
+                    format!("applies up to {until}")
+                }
+                Resolution::NotThisKernel { since, until: Some(until) } => format!("applies to {since}–{until}"),
                 Resolution::CallerMissing { caller } => format!("caller {caller} not in kallsyms"),
                 Resolution::Skipped => "left out (--skip)".to_owned(),
                 Resolution::Hot => format!(
-                    "hot, left out: normal pages pass through it too, and no rule needs it here \
-                     (a mapping holds a reference and a mapcount); --with {} attaches it",
+                    "hot, left out: normal pages pass through it too, and no rule needs it here; \
+                     --with {} attaches it",
                     p.function
                 ),
             };

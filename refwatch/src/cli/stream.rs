@@ -48,6 +48,17 @@ impl Printer {
         if self.json {
             serde_json::to_writer(&mut self.out, &to_json(ev, plan, stack))?;
             writeln!(self.out)?;
+        } else if let Some((mm, start, end)) = ev.zapped_range() {
+            writeln!(
+                self.out,
+                "{:>14.6} {:<12} {:<30} mm={mm:#x} [{start:#x}, {end:#x}) {}/{} {}",
+                ev.ts_ns as f64 / 1e9,
+                kind,
+                plan.function(ev.probe),
+                ev.comm_str(),
+                ev.tgid(),
+                stack.first().map_or("", String::as_str),
+            )?;
         } else {
             writeln!(
                 self.out,

@@ -29,8 +29,11 @@ pub fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
+/// Event tags are catalog probe ids below this.
+const PROBE_TAGS: usize = 0x80;
+
 /// What an event is coded against. Writer and reader keep identical copies.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Context {
     prev: Event,
     task: u64,
@@ -38,11 +41,25 @@ pub struct Context {
     task_known: bool,
     /// Format version of the frames: 1 stored the stack id absolute and `extra2` against 0.
     version: u16,
+    /// From version 3: the last `extra`, `extra2` of each probe, what its next ones are coded
+    /// against (an insert's address is the previous one's plus a page, its mm the same).
+    extras: Box<[(u64, u64); PROBE_TAGS]>,
+    /// From version 3: the last (pfn, page) of page events and of range zaps (pfn 0, the mm),
+    /// each what the next of its sort is coded against, so that a zap between two page events
+    /// costs neither of them.
+    wheres: [(u64, u64); 2],
 }
 
 impl Context {
     pub fn new(version: u16) -> Self {
-        Self { prev: Event::default(), task: 0, task_known: false, version }
+        Self {
+            prev: Event::default(),
+            task: 0,
+            task_known: false,
+            version,
+            extras: Box::new([(1, 0); PROBE_TAGS]),
+            wheres: [(0, 0); 2],
+        }
     }
 
     /// The event coded or decoded last.
@@ -50,11 +67,42 @@ impl Context {
         &self.prev
     }
 
-    /// What `stack_id` and `extra2` are coded against: consecutive events mostly share both
-    /// (the same path, the same GUP flags), which makes them one byte or nothing from version 2.
-    fn base(&self) -> (i32, u64) {
-        if self.version >= 2 { (self.prev.stack_id, self.prev.extra2) } else { (0, 0) }
+    /// What `stack_id` is coded against: consecutive events mostly share it (the same path),
+    /// which makes it one byte from version 2.
+    fn stack_base(&self) -> i32 {
+        if self.version >= 2 { self.prev.stack_id } else { 0 }
     }
+
+    /// What probe `probe`'s `extra` and `extra2` are coded against, and whether as a delta.
+    fn extras_base(&self, probe: u8) -> ((u64, u64), bool) {
+        match self.version {
+            1 => ((1, 0), false),
+            2 => ((1, self.prev.extra2), false),
+            _ => (self.extras[usize::from(probe) % PROBE_TAGS], true),
+        }
+    }
+}
+
+/// Which of [`Context::wheres`] a probe's events use.
+fn where_slot(probe: u8) -> usize {
+    usize::from(CATALOG.get(usize::from(probe)).is_some_and(|p| p.is_range()))
+}
+
+impl Context {
+    /// What an event of `probe` codes its pfn and page against.
+    fn where_base(&self, probe: u8) -> (u64, u64) {
+        if self.version >= 3 { self.wheres[where_slot(probe)] } else { (self.prev.pfn, self.prev.page) }
+    }
+
+    /// Remembers what the event just coded leaves for the next ones.
+    fn coded(&mut self, ev_probe: u8, extras: (u64, u64), at: (u64, u64)) {
+        self.extras[usize::from(ev_probe) % PROBE_TAGS] = extras;
+        self.wheres[where_slot(ev_probe)] = at;
+    }
+}
+
+fn put_extra(out: &mut Vec<u8>, v: u64, base: u64, delta: bool) {
+    if delta { put_ivar(out, v.wrapping_sub(base) as i64) } else { put_uvar(out, v) }
 }
 
 const TASK: u8 = 1 << 0;
@@ -66,8 +114,9 @@ const EXTRA: u8 = 1 << 5;
 const EXTRA2: u8 = 1 << 6;
 const MAP_KIND: u8 = 1 << 7;
 
-fn predicted_page(prev: &Event, pfn: u64) -> u64 {
-    prev.page.wrapping_add(pfn.wrapping_sub(prev.pfn).wrapping_mul(64))
+/// The page a pfn has if struct pages are 64 bytes apart from `(base pfn, base page)`.
+fn predicted_page((pfn0, page0): (u64, u64), pfn: u64) -> u64 {
+    page0.wrapping_add(pfn.wrapping_sub(pfn0).wrapping_mul(64))
 }
 
 fn catalog_kind(probe: u8) -> u8 {
@@ -78,21 +127,23 @@ impl Context {
     /// Appends the event frame (tag included); `task` is the interned index of its task.
     pub fn encode(&mut self, ev: &Event, task: u64, out: &mut Vec<u8>) {
         let p = &self.prev;
-        let page_delta = ev.page.wrapping_sub(predicted_page(p, ev.pfn)) as i64;
+        let at = self.where_base(ev.probe);
+        let page_delta = ev.page.wrapping_sub(predicted_page(at, ev.pfn)) as i64;
         let mut present = 0;
         present |= if task != self.task { TASK } else { 0 };
         present |= if page_delta != 0 { PAGE } else { 0 };
         present |= if ev.pgmap != p.pgmap { PGMAP } else { 0 };
         present |= if (ev.pgmap_type, ev.flags) != (p.pgmap_type, p.flags) { TYPE } else { 0 };
         present |= if ev.cpu != p.cpu { CPU } else { 0 };
-        present |= if ev.extra != 1 { EXTRA } else { 0 };
-        let (stack_base, extra2_base) = self.base();
+        let stack_base = self.stack_base();
+        let ((extra_base, extra2_base), delta) = self.extras_base(ev.probe);
+        present |= if ev.extra != extra_base { EXTRA } else { 0 };
         present |= if ev.extra2 != extra2_base { EXTRA2 } else { 0 };
         present |= if ev.mapcount != 0 || ev.kind != catalog_kind(ev.probe) { MAP_KIND } else { 0 };
         out.push(ev.probe);
         out.push(present);
         put_ivar(out, ev.ts_ns.wrapping_sub(p.ts_ns) as i64);
-        put_ivar(out, ev.pfn.wrapping_sub(p.pfn) as i64);
+        put_ivar(out, ev.pfn.wrapping_sub(at.0) as i64);
         put_ivar(out, ev.refcount.into());
         put_ivar(out, ev.stack_id.wrapping_sub(stack_base).into());
         if present & TASK != 0 {
@@ -111,10 +162,10 @@ impl Context {
             put_uvar(out, ev.cpu.into());
         }
         if present & EXTRA != 0 {
-            put_uvar(out, ev.extra);
+            put_extra(out, ev.extra, extra_base, delta);
         }
         if present & EXTRA2 != 0 {
-            put_uvar(out, ev.extra2);
+            put_extra(out, ev.extra2, extra2_base, delta);
         }
         if present & MAP_KIND != 0 {
             put_ivar(out, ev.mapcount.into());
@@ -122,6 +173,7 @@ impl Context {
         }
         self.prev = *ev;
         self.task = task;
+        self.coded(ev.probe, (ev.extra, ev.extra2), (ev.pfn, ev.page));
     }
 
     /// Decodes an event frame whose tag (`probe`) was already read, in place of the previous
@@ -134,14 +186,18 @@ impl Context {
         src: &mut Input,
         task: impl Fn(u64) -> Option<(u64, [u8; 16])>,
     ) -> Result<(), Cut> {
-        let (stack_base, extra2_base) = self.base();
+        let stack_base = self.stack_base();
+        let at = self.where_base(probe);
+        let ((extra_base, extra2_base), delta) = self.extras_base(probe);
+        let extra = |src: &mut Input, base: u64| -> Result<u64, Cut> {
+            if delta { Ok(base.wrapping_add(src.ivar()? as u64)) } else { src.uvar() }
+        };
         let present = src.byte()?;
         let ev = &mut self.prev;
         ev.probe = probe;
         ev.ts_ns = ev.ts_ns.wrapping_add(src.ivar()? as u64);
-        let pfn = ev.pfn.wrapping_add(src.ivar()? as u64);
-        ev.page = predicted_page(ev, pfn);
-        ev.pfn = pfn;
+        ev.pfn = at.0.wrapping_add(src.ivar()? as u64);
+        ev.page = predicted_page(at, ev.pfn);
         ev.refcount = src.ivar()? as i32;
         ev.stack_id = (src.ivar()? as i32).wrapping_add(stack_base);
         if present & TASK != 0 || !self.task_known {
@@ -165,13 +221,15 @@ impl Context {
         if present & CPU != 0 {
             ev.cpu = src.uvar()? as u16;
         }
-        ev.extra = if present & EXTRA != 0 { src.uvar()? } else { 1 };
-        ev.extra2 = if present & EXTRA2 != 0 { src.uvar()? } else { extra2_base };
+        ev.extra = if present & EXTRA != 0 { extra(src, extra_base)? } else { extra_base };
+        ev.extra2 = if present & EXTRA2 != 0 { extra(src, extra2_base)? } else { extra2_base };
         (ev.mapcount, ev.kind) = if present & MAP_KIND != 0 {
             (src.ivar()? as i32, src.byte()?)
         } else {
             (0, catalog_kind(probe))
         };
+        let coded = ((ev.extra, ev.extra2), (ev.pfn, ev.page));
+        self.coded(probe, coded.0, coded.1);
         Ok(())
     }
 }

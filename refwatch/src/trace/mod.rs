@@ -1,4 +1,4 @@
-//! The `refwatch record` trace format, version 2 (version 1 traces are still read).
+//! The `refwatch record` trace format, version 3 (versions 1 and 2 are still read).
 //!
 //! A trace is self-describing: `refwatch report` needs nothing from the recording machine.
 //!
@@ -31,12 +31,17 @@
 //!   bit2 pgmap               (else: same as previous)
 //!   bit3 pgmap_type, flags   (two bytes; else: same as previous)
 //!   bit4 cpu                 (else: same as previous)
-//!   bit5 extra               (else: 1)
-//!   bit6 extra2              (else: as previous; version 1: 0)
+//!   bit5 extra               (else: as the probe's previous event's; versions 1, 2: 1)
+//!   bit6 extra2              (else: as the probe's previous event's; version 2: as the
+//!                             previous event's; version 1: 0)
 //!   bit7 mapcount (zigzag), kind (u8) (else: 0, and the catalog kind of the probe)
 //! ```
 //!
-//! The context starts zeroed (task 0 unset, page 0, cpu 0, pgmap 0, type 0, flags 0). A
+//! From version 3 the pfn delta and the predicted page of a range zap (pfn 0, page the mm)
+//! are against the previous range zap's, and those of a page event against the previous page
+//! event's. From version 3 `extra` and `extra2` are zigzag deltas against the same probe's previous
+//! event's (before: absolute), a probe's first event against extra 1, extra2 0. The context
+//! starts zeroed (task 0 unset, page 0, cpu 0, pgmap 0, type 0, flags 0). A
 //! trace cut short (crash, kill, full disk) has no footer: the reader returns every whole
 //! frame and reports the cut as a warning. A wrong magic, an unknown version, a bad header or
 //! an unknown tag is an error.
@@ -60,7 +65,7 @@ pub use writer::TraceWriter;
 
 pub const MAGIC: &[u8; 8] = b"RFWTRACE";
 /// Written by this refwatch; versions 1 to this one are read.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Header {

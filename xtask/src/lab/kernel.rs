@@ -41,7 +41,7 @@ pub const KERNELS: &[KernelSpec] = &[
         headers: &[
             ("linux-headers-6.1.0-56-amd64", "6.1.192-2"),
             ("linux-headers-6.1.0-56-common", "6.1.192-2"),
-            ("linux-kbuild-6.1", "6.1.192-2"),
+            ("linux-kbuild-6.1", "6.1.192-3"),
         ],
     },
     // bookworm-backports

@@ -34,18 +34,29 @@ pub enum Expect {
     DistinctPmemPfns { kind: &'static str, at_least: usize },
     /// At least `at_least` events of `kind`, wherever (pgmap events carry no page).
     Events { kind: &'static str, at_least: usize },
+    /// At least `at_least` transitions of `kind` counted by `refwatch check` over its pgmaps:
+    /// where one event stands for many pages (a range zap), the pages it names.
+    Counted { kind: &'static str, at_least: usize },
 }
 
 use Attach::{Auto, Fentry, Kprobe};
-use Expect::{DistinctPmemPfns, Events};
+use Expect::{Counted, DistinctPmemPfns, Events};
 
 /// 5.10–6.12 map fsdax pages by pfn without taking a reference (insert_pfn); nothing is
-/// freed at munmap, where every PTE is zapped (vm_normal_page from unmap_page_range, whose
-/// caller filter reads the return address: at the stack pointer for kprobes, above the
-/// arguments in an fentry trampoline).
+/// freed at munmap, which zaps the whole range (one unmap_page_range event) and with it the
+/// 4096 PTEs inserted there, which refwatch counts as unmaps of their pages.
 const MMAP_6: &[Expect] = &[
     DistinctPmemPfns { kind: "insert", at_least: PAGES },
+    Events { kind: "unmap", at_least: 1 },
+    Counted { kind: "unmaps", at_least: PAGES },
+];
+/// The same with the per-PTE unmap probe asked for where unmap_page_range is left out:
+/// vm_normal_page from unmap_page_range, whose caller filter reads the return address (at
+/// the stack pointer for kprobes, above the arguments in an fentry trampoline).
+const MMAP_6_PTE_UNMAPS: &[Expect] = &[
+    DistinctPmemPfns { kind: "insert", at_least: PAGES },
     DistinctPmemPfns { kind: "unmap", at_least: PAGES },
+    Counted { kind: "unmaps", at_least: PAGES },
 ];
 /// 7.x takes a folio reference per PTE (vmf_insert_page_mkwrite) and frees each page at
 /// munmap (free_zone_device_folio: 4096 hits).
@@ -124,6 +135,7 @@ pub const CASES: &[Case] = &[
     case("7.2", "teardown", Kprobe, TEARDOWN),
     case("7.2", "fsdax-mmap", Fentry, MMAP_7),
     with(case("7.2", "fsdax-mmap", Fentry, MMAP_7_UNMAPS), &["folio_remove_rmap_ptes"]),
+    with(case("6.1", "fsdax-mmap", Fentry, MMAP_6_PTE_UNMAPS), &["vm_normal_page"]),
     case("7.3", "fsdax-mmap", Kprobe, MMAP_7),
     case("7.3", "fsdax-gup", Kprobe, GUP_7),
     case("7.3", "fsdax-truncate", Kprobe, TRUNCATE_7),
@@ -201,11 +213,30 @@ fn assess(case: &Case, result: &VmResult) -> Vec<String> {
         None => failures.push("no {\"summary\":…} line on stderr".into()),
     }
     failures.extend(healthy(&out.join("check.json")));
+    let counted = counted(&out.join("check.json"));
     match load_events(&out.join("events.jsonl")) {
-        Ok(events) => failures.extend(case.expect.iter().filter_map(|e| check(e, &events))),
+        Ok(events) => failures.extend(case.expect.iter().filter_map(|e| check(e, &events, &counted))),
         Err(e) => failures.push(format!("{e:#}")),
     }
     failures
+}
+
+/// The per-pgmap counters of `refwatch check --json`, summed over its pgmaps.
+fn counted(check_json: &Path) -> BTreeMap<String, u64> {
+    #[derive(Deserialize)]
+    struct Check {
+        pgmaps: Vec<BTreeMap<String, serde_json::Value>>,
+    }
+    let text = std::fs::read_to_string(check_json).unwrap_or_default();
+    let mut sums = BTreeMap::new();
+    for pgmap in serde_json::from_str::<Check>(&text).map(|c| c.pgmaps).unwrap_or_default() {
+        for (name, value) in pgmap {
+            if let Some(n) = value.as_u64() {
+                *sums.entry(name).or_default() += n;
+            }
+        }
+    }
+    sums
 }
 
 /// The lab's kernels are healthy: `refwatch check` must pass with no finding, and say which
@@ -238,7 +269,7 @@ fn healthy(check_json: &Path) -> Option<String> {
     }
 }
 
-fn check(expect: &Expect, events: &[Event]) -> Option<String> {
+fn check(expect: &Expect, events: &[Event], counted: &BTreeMap<String, u64>) -> Option<String> {
     let (kind, at_least, seen, what) = match *expect {
         DistinctPmemPfns { kind, at_least } => {
             let pfns: HashSet<u64> = events
@@ -250,6 +281,9 @@ fn check(expect: &Expect, events: &[Event]) -> Option<String> {
             (kind, at_least, pfns.len(), "distinct pmem pfns")
         }
         Events { kind, at_least } => (kind, at_least, events.iter().filter(|e| e.kind == kind).count(), "events"),
+        Counted { kind, at_least } => {
+            (kind, at_least, counted.get(kind).copied().unwrap_or(0) as usize, "counted by refwatch check")
+        }
     };
     (seen < at_least).then(|| {
         format!("{kind}: {seen} {what}, expected ≥ {at_least} (all kinds: {:?})", kinds(events))
