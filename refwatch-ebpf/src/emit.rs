@@ -118,24 +118,8 @@ fn range_event<C: Args + StackIdContext>(ctx: &C, id: u8, kind: EventKind, vma: 
     if unsafe { DEVICE_MMS.get(mm) }.is_none() {
         return;
     }
-    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
-        count_drop();
-        return;
-    };
-    let ev = entry.as_mut_ptr();
-    unsafe {
-        fill_common(ctx, ev, id, kind);
-        (*ev).pfn = 0;
-        (*ev).page = mm;
-        (*ev).pgmap = 0;
-        (*ev).extra = ctx.arg_scalar(start);
-        (*ev).extra2 = ctx.arg_scalar(end);
-        (*ev).refcount = 0;
-        (*ev).mapcount = 0;
-        (*ev).pgmap_type = PGMAP_TYPE_UNKNOWN;
-        (*ev).flags = 0;
-    }
-    entry.submit(0);
+    let (start, end) = (ctx.arg_scalar(start), ctx.arg_scalar(end));
+    submit_other(ctx, id, kind, Other { pfn: 0, page: mm, pgmap: 0, extra: start, extra2: end, mapcount: 0, pgmap_type: PGMAP_TYPE_UNKNOWN, flags: 0 });
 }
 
 #[inline(always)]
@@ -164,6 +148,26 @@ fn pgmap_event<C: Args + StackIdContext>(ctx: &C, id: u8, kind: EventKind, pgmap
     let at = pgmap + layout!(off_pgmap_ranges);
     let start = page::read::<u64>(at).unwrap_or(0);
     let end = page::read::<u64>(at + 8).unwrap_or(0);
+    // range.end is inclusive, in bytes.
+    let (first, end) = (start >> PAGE_SHIFT, (end + 1) >> PAGE_SHIFT);
+    let o = Other { pfn: first, page: 0, pgmap, extra: first, extra2: end, mapcount: nr, pgmap_type: pgmap_type_u8(pgmap), flags: f };
+    submit_other(ctx, id, kind, o);
+}
+
+/// The fields of an event about something other than one page: a pgmap, a range zap.
+struct Other {
+    pfn: u64,
+    page: u64,
+    pgmap: u64,
+    extra: u64,
+    extra2: u64,
+    mapcount: i32,
+    pgmap_type: u8,
+    flags: u8,
+}
+
+#[inline(always)]
+fn submit_other<C: StackIdContext>(ctx: &C, id: u8, kind: EventKind, o: Other) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count_drop();
         return;
@@ -171,16 +175,15 @@ fn pgmap_event<C: Args + StackIdContext>(ctx: &C, id: u8, kind: EventKind, pgmap
     let ev = entry.as_mut_ptr();
     unsafe {
         fill_common(ctx, ev, id, kind);
-        (*ev).pfn = start >> PAGE_SHIFT;
-        (*ev).page = 0;
-        (*ev).pgmap = pgmap;
-        (*ev).extra = start >> PAGE_SHIFT;
-        // range.end is inclusive, in bytes.
-        (*ev).extra2 = (end + 1) >> PAGE_SHIFT;
+        (*ev).pfn = o.pfn;
+        (*ev).page = o.page;
+        (*ev).pgmap = o.pgmap;
+        (*ev).extra = o.extra;
+        (*ev).extra2 = o.extra2;
         (*ev).refcount = 0;
-        (*ev).mapcount = nr;
-        (*ev).pgmap_type = pgmap_type_u8(pgmap);
-        (*ev).flags = f;
+        (*ev).mapcount = o.mapcount;
+        (*ev).pgmap_type = o.pgmap_type;
+        (*ev).flags = o.flags;
     }
     entry.submit(0);
 }

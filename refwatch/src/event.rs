@@ -45,28 +45,7 @@ pub fn comm_str(comm: &[u8; 16]) -> &str {
 /// One event as a JSON object; `stack` is the symbolized kernel stack, innermost first. A
 /// range zap has no page: it names the mm and the `[start, end)` of user addresses instead.
 pub fn to_json(ev: &Event, plan: &Plan, stack: &[String]) -> Value {
-    if let Some((mm, start, end)) = ev.zapped_range() {
-        return json!({
-            "kind": ev.event_kind().map_or("unknown", EventKind::name),
-            "probe": plan.function(ev.probe),
-            "ts_ns": ev.ts_ns,
-            "cpu": ev.cpu,
-            "pid": ev.pid(),
-            "tgid": ev.tgid(),
-            "comm": ev.comm_str(),
-            "pfn": null,
-            "mm": format!("{mm:#x}"),
-            "start": format!("{start:#x}"),
-            "end": format!("{end:#x}"),
-            "stack": stack,
-        });
-    }
-    let pgmap_type = if ev.pgmap_type == PGMAP_TYPE_UNKNOWN {
-        "unknown"
-    } else {
-        plan.pgmap_type_name(ev.pgmap_type)
-    };
-    json!({
+    let mut out = json!({
         "kind": ev.event_kind().map_or("unknown", EventKind::name),
         "probe": plan.function(ev.probe),
         "ts_ns": ev.ts_ns,
@@ -74,15 +53,33 @@ pub fn to_json(ev: &Event, plan: &Plan, stack: &[String]) -> Value {
         "pid": ev.pid(),
         "tgid": ev.tgid(),
         "comm": ev.comm_str(),
-        "pfn": ev.pfn,
-        "page": format!("{:#x}", ev.page),
-        "refcount": ev.refcount,
-        "mapcount": ev.mapcount,
-        "pgmap": format!("{:#x}", ev.pgmap),
-        "pgmap_type": pgmap_type,
-        "extra": ev.extra,
-        "extra2": ev.extra2,
-        "flags": ev.flags,
         "stack": stack,
-    })
+    });
+    let what = match ev.zapped_range() {
+        Some((mm, start, end)) => json!({
+            "pfn": null,
+            "mm": format!("{mm:#x}"),
+            "start": format!("{start:#x}"),
+            "end": format!("{end:#x}"),
+        }),
+        None => json!({
+            "pfn": ev.pfn,
+            "page": format!("{:#x}", ev.page),
+            "refcount": ev.refcount,
+            "mapcount": ev.mapcount,
+            "pgmap": format!("{:#x}", ev.pgmap),
+            "pgmap_type": if ev.pgmap_type == PGMAP_TYPE_UNKNOWN {
+                "unknown"
+            } else {
+                plan.pgmap_type_name(ev.pgmap_type)
+            },
+            "extra": ev.extra,
+            "extra2": ev.extra2,
+            "flags": ev.flags,
+        }),
+    };
+    if let (Value::Object(out), Value::Object(what)) = (&mut out, what) {
+        out.extend(what);
+    }
+    out
 }

@@ -48,28 +48,23 @@ impl Printer {
         if self.json {
             serde_json::to_writer(&mut self.out, &to_json(ev, plan, stack))?;
             writeln!(self.out)?;
-        } else if let Some((mm, start, end)) = ev.zapped_range() {
-            writeln!(
-                self.out,
-                "{:>14.6} {:<12} {:<30} mm={mm:#x} [{start:#x}, {end:#x}) {}/{} {}",
-                ev.ts_ns as f64 / 1e9,
-                kind,
-                plan.function(ev.probe),
-                ev.comm_str(),
-                ev.tgid(),
-                stack.first().map_or("", String::as_str),
-            )?;
         } else {
+            let what = match ev.zapped_range() {
+                Some((mm, start, end)) => format!("mm={mm:#x} [{start:#x}, {end:#x})"),
+                None => format!(
+                    "pfn={:#x} ref={} map={} {}",
+                    ev.pfn,
+                    ev.refcount,
+                    ev.mapcount,
+                    plan.pgmap_type_name(ev.pgmap_type)
+                ),
+            };
             writeln!(
                 self.out,
-                "{:>14.6} {:<12} {:<30} pfn={:#x} ref={} map={} {} {}/{} {}",
+                "{:>14.6} {:<12} {:<30} {what} {}/{} {}",
                 ev.ts_ns as f64 / 1e9,
                 kind,
                 plan.function(ev.probe),
-                ev.pfn,
-                ev.refcount,
-                ev.mapcount,
-                plan.pgmap_type_name(ev.pgmap_type),
                 ev.comm_str(),
                 ev.tgid(),
                 stack.first().map_or("", String::as_str),
