@@ -172,3 +172,41 @@ fn every_checked_rule_has_a_breach_to_find() {
         }
     }
 }
+
+/// ≤6.14: an insert maps (mm, address) once however often it is faulted, and a range zap
+/// unmaps what was inserted inside it in its own mm only.
+#[test]
+fn range_zaps_unmap_the_inserts_inside_them() {
+    let p = Probes::for_model(Model::FsdaxOneBased);
+    let mut sim = super::synth::Sim::new(&p, false, 4);
+    let mut agg = Aggregator::new(p.context());
+    let mm = 0xffff_8881_0000_4000;
+    let insert = |sim: &mut super::synth::Sim, page: usize, at: u64| {
+        let mut ev = sim.event(p.insert, page, EventKind::Insert);
+        (ev.extra, ev.extra2) = (at, mm);
+        ev
+    };
+    let zap = |sim: &mut super::synth::Sim, mm: u64, start: u64, end: u64| {
+        let mut ev = sim.event(p.unmap, 0, EventKind::Unmap);
+        (ev.pfn, ev.page, ev.extra, ev.extra2) = (0, mm, start, end);
+        ev
+    };
+    let add = sim.out[0];
+    agg.observe(&add);
+    for ev in [insert(&mut sim, 0, 0x1000), insert(&mut sim, 0, 0x1000), insert(&mut sim, 1, 0x2000)] {
+        agg.observe(&ev);
+    }
+    assert_eq!(agg.load(super::synth::PGMAP), (0, 2));
+    // Another mm, and a range beside the mappings: nothing goes.
+    agg.observe(&zap(&mut sim, mm + 0x40, 0, 0x10000));
+    agg.observe(&zap(&mut sim, mm, 0x3000, 0x10000));
+    assert_eq!(agg.load(super::synth::PGMAP), (0, 2));
+    // [0x1000, 0x2000) holds page 0's one mapping, however often it was inserted.
+    agg.observe(&zap(&mut sim, mm, 0x1000, 0x2000));
+    assert_eq!(agg.load(super::synth::PGMAP), (0, 1));
+    let unmaps = agg.pgmaps().map(|pg| pg.counters.unmaps).sum::<u64>();
+    assert_eq!(unmaps, 1);
+    agg.observe(&zap(&mut sim, mm, 0, u64::MAX));
+    assert_eq!(agg.load(super::synth::PGMAP), (0, 0));
+    assert_eq!(agg.live_pages(), 0);
+}

@@ -39,8 +39,8 @@
 //!
 //! From version 3 the pfn delta and the predicted page of a range zap (pfn 0, page the mm)
 //! are against the previous range zap's, and those of a page event against the previous page
-//! event's. From version 3 `extra` and `extra2` are zigzag deltas against the same probe's previous
-//! event's (before: absolute), a probe's first event against extra 1, extra2 0. The context
+//! event's; `extra` and `extra2` are zigzag deltas against the same probe's previous event's
+//! (before: absolute), a probe's first event against extra 1, extra2 0. The context
 //! starts zeroed (task 0 unset, page 0, cpu 0, pgmap 0, type 0, flags 0). A
 //! trace cut short (crash, kill, full disk) has no footer: the reader returns every whole
 //! frame and reports the cut as a warning. A wrong magic, an unknown version, a bad header or
