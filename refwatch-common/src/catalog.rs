@@ -27,6 +27,9 @@ pub enum Arg {
     /// argument `vma`: one event per range, for mms that had a device page inserted, in place
     /// of one probe hit per PTE (every normal page unmapped passes the per-PTE functions).
     Range { vma: u8, start: u8, end: u8 },
+    /// The mappings of `[from, from + len)` of the `vma` in argument `vma` move to `to`
+    /// (mremap): one event per move, for the same mms as [`Arg::Range`].
+    Move { vma: u8, from: u8, to: u8, len: u8 },
 }
 
 /// How many references (or pages) the transition moves.
@@ -145,7 +148,7 @@ const fn at(mut probe: Probe, vma: u8, address: u8) -> Probe {
 use Arg::*;
 use EventKind::*;
 
-pub const CATALOG_LEN: usize = 32;
+pub const CATALOG_LEN: usize = 34;
 
 pub const CATALOG: [Probe; CATALOG_LEN] = [
     // --- pgmap creation / teardown -----------------------------------------------------------
@@ -229,6 +232,13 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
     until(p("unmap_page_range", Unmap, Range { vma: 1, start: 2, end: 3 },
       &["mmu_gather*", "vm_area_struct*", "_", "_", "_"], "unmap-pte", "5.10 6.1 6.12",
       "munmap, exit, truncate and MADV_DONTNEED zap user ranges through it"), (6, 14)),
+    // mremap moves the PTEs the inserts were seen at (exec moves its stack through it too).
+    until(p("move_page_tables", Remap, Move { vma: 0, from: 1, to: 3, len: 4 },
+      &["vm_area_struct*", "_", "vm_area_struct*", "_", "_", "_"], "move-pte", "5.10 6.1",
+      "mremap of a range: the PTEs move, nothing is unmapped"), (6, 14)),
+    until(p("move_page_tables", Remap, Move { vma: 0, from: 1, to: 3, len: 4 },
+      &["vm_area_struct*", "_", "vm_area_struct*", "_", "_", "_", "_"], "move-pte", "6.12",
+      "mremap of a range: the PTEs move, nothing is unmapped"), (6, 14)),
 ];
 
 /// The newest kernel the catalog was checked against (Debian's 7.3 in the VM lab).
@@ -249,9 +259,10 @@ impl Probe {
         self.since <= version && version <= self.until
     }
 
-    /// Whether the entry's events are zaps of address ranges ([`Arg::Range`]).
+    /// Whether the entry's events are about a user address range, not a page ([`Arg::Range`],
+    /// [`Arg::Move`]).
     pub const fn is_range(&self) -> bool {
-        matches!(self.arg, Arg::Range { .. })
+        matches!(self.arg, Arg::Range { .. } | Arg::Move { .. })
     }
 }
 

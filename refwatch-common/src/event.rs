@@ -10,15 +10,16 @@ pub struct Event {
     pub pid_tgid: u64,
     pub pfn: u64,
     /// Address of the struct page the probe was handed (the head page for a folio); for a
-    /// range zap ([`crate::Arg::Range`]) the `struct mm_struct *` of the range, and `pfn` 0.
+    /// range zap or move ([`crate::Arg::Range`], [`crate::Arg::Move`]) the `struct mm_struct *`
+    /// of the range; `pfn` is then 0 (a zap) or the address the range moves to (a move).
     pub page: u64,
     /// `struct dev_pagemap *` of the page, 0 when it could not be read.
     pub pgmap: u64,
     /// Kind-specific: references moved (get/put), pages (unmap), first pfn (pgmap events),
-    /// the user address (inserts whose probe knows it), the range's start (range zaps).
+    /// the user address (inserts whose probe knows it), the range's start (range zaps, moves).
     pub extra: u64,
     /// Kind-specific: end pfn, exclusive (pgmap events); GUP flags (get/put) where known; the
-    /// `struct mm_struct *` (inserts with a user address); the range's end (range zaps).
+    /// `struct mm_struct *` (inserts with a user address); the range's end (range zaps, moves).
     pub extra2: u64,
     /// `page->_refcount` of the head page, read at the probe.
     pub refcount: i32,
@@ -76,10 +77,12 @@ pub enum EventKind {
     PgmapAdd = 5,
     /// memunmap_pages starts tearing a dev_pagemap down.
     PgmapRemove = 6,
+    /// The mappings of a user address range move to another address (mremap).
+    Remap = 7,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 7] = [
+    pub const ALL: [EventKind; 8] = [
         EventKind::Insert,
         EventKind::Get,
         EventKind::Put,
@@ -87,6 +90,7 @@ impl EventKind {
         EventKind::Unmap,
         EventKind::PgmapAdd,
         EventKind::PgmapRemove,
+        EventKind::Remap,
     ];
 
     pub const fn from_u8(v: u8) -> Option<Self> {
@@ -98,6 +102,7 @@ impl EventKind {
             4 => Some(Self::Unmap),
             5 => Some(Self::PgmapAdd),
             6 => Some(Self::PgmapRemove),
+            7 => Some(Self::Remap),
             _ => None,
         }
     }
@@ -112,6 +117,7 @@ impl EventKind {
             Self::Unmap => "unmap",
             Self::PgmapAdd => "pgmap_add",
             Self::PgmapRemove => "pgmap_remove",
+            Self::Remap => "remap",
         }
     }
 }

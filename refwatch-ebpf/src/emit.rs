@@ -28,9 +28,19 @@ pub fn handle<C: Args + StackIdContext>(ctx: &C, id: u8, probe: &Probe) {
         pgmap_event(ctx, id, probe.kind, pgmap, 0);
         return;
     }
-    if let Arg::Range { vma, start, end } = probe.arg {
-        range_event(ctx, id, probe.kind, vma, start, end);
-        return;
+    match probe.arg {
+        Arg::Range { vma, start, end } => {
+            range_event(ctx, id, probe.kind, vma, |ctx| (0, ctx.arg_scalar(start), ctx.arg_scalar(end)));
+            return;
+        }
+        Arg::Move { vma, from, to, len } => {
+            range_event(ctx, id, probe.kind, vma, |ctx| {
+                let from = ctx.arg_scalar(from);
+                (ctx.arg_scalar(to), from, from + ctx.arg_scalar(len))
+            });
+            return;
+        }
+        _ => {}
     }
     let Some(page) = page_arg(ctx, probe.arg) else {
         return;
@@ -99,7 +109,7 @@ fn page_arg<C: Args>(ctx: &C, arg: Arg) -> Option<u64> {
         Arg::PfnT(n) => page::pfn_t_page(ctx.arg_scalar(n)),
         Arg::Pte(n) => page::pte_page(ctx.arg_scalar(n)),
         Arg::PmdPtr(n) => page::pmd_page(ctx.arg_u64(n)),
-        Arg::Pgmap(_) | Arg::Range { .. } => None,
+        Arg::Pgmap(_) | Arg::Range { .. } | Arg::Move { .. } => None,
     }
 }
 
@@ -108,18 +118,19 @@ fn vma_mm<C: Args>(ctx: &C, vma: u8) -> Option<u64> {
     page::read::<u64>(ctx.arg_u64(vma) + layout!(off_vma_mm))
 }
 
-/// One event for a zapped user range `[start, end)`, only in mms that had a device page
-/// inserted: `page` carries the mm. The zap of every other mm costs one read and a lookup.
+/// One event for a user range `[start, end)` zapped or moved (`to`, else 0), only in mms that
+/// had a device page inserted: `page` carries the mm, `pfn` the destination. The ranges of
+/// every other mm cost one read and a lookup.
 #[inline(always)]
-fn range_event<C: Args + StackIdContext>(ctx: &C, id: u8, kind: EventKind, vma: u8, start: u8, end: u8) {
+fn range_event<C: Args + StackIdContext>(ctx: &C, id: u8, kind: EventKind, vma: u8, range: impl Fn(&C) -> (u64, u64, u64)) {
     let Some(mm) = vma_mm(ctx, vma) else {
         return;
     };
     if unsafe { DEVICE_MMS.get(mm) }.is_none() {
         return;
     }
-    let (start, end) = (ctx.arg_scalar(start), ctx.arg_scalar(end));
-    submit_other(ctx, id, kind, Other { pfn: 0, page: mm, pgmap: 0, extra: start, extra2: end, mapcount: 0, pgmap_type: PGMAP_TYPE_UNKNOWN, flags: 0 });
+    let (to, start, end) = range(ctx);
+    submit_other(ctx, id, kind, Other { pfn: to, page: mm, pgmap: 0, extra: start, extra2: end, mapcount: 0, pgmap_type: PGMAP_TYPE_UNKNOWN, flags: 0 });
 }
 
 #[inline(always)]

@@ -150,8 +150,8 @@ fn bpftrace(path: &Path) -> Result<()> {
                 writeln!(s, "kprobe:{} {{ @pgmap[probe] = count(); }}", probe.function)?;
                 continue;
             }
-            // As refwatch: only zaps in mms that had a device page inserted count.
-            Arg::Range { vma, .. } => {
+            // As refwatch: only ranges of mms that had a device page inserted count.
+            Arg::Range { vma, .. } | Arg::Move { vma, .. } => {
                 writeln!(
                     s,
                     "kprobe:{} {{ if (@mms[*(uint64 *)(arg{vma} + {})]) {{ @range[probe] = count(); }} }}",

@@ -1,14 +1,14 @@
 //! Userspace views of the raw [`Event`]: accessors and the JSON line `refwatch stream` prints.
 
-use refwatch_common::{CATALOG, Event, EventKind, event::PGMAP_TYPE_UNKNOWN};
+use refwatch_common::{Arg, CATALOG, Event, EventKind, event::PGMAP_TYPE_UNKNOWN};
 use serde_json::{Value, json};
 
 use crate::plan::Plan;
 
 pub trait EventExt {
     fn event_kind(&self) -> Option<EventKind>;
-    /// A zap of a user address range: (mm, start, end).
-    fn zapped_range(&self) -> Option<(u64, u64, u64)>;
+    /// The user address range a range zap or move is about.
+    fn user_range(&self) -> Option<UserRange>;
     fn tgid(&self) -> u32;
     fn pid(&self) -> u32;
     fn comm_str(&self) -> &str;
@@ -19,8 +19,10 @@ impl EventExt for Event {
         EventKind::from_u8(self.kind)
     }
 
-    fn zapped_range(&self) -> Option<(u64, u64, u64)> {
-        CATALOG.get(usize::from(self.probe)).filter(|p| p.is_range()).map(|_| (self.page, self.extra, self.extra2))
+    fn user_range(&self) -> Option<UserRange> {
+        let probe = CATALOG.get(usize::from(self.probe)).filter(|p| p.is_range())?;
+        let to = matches!(probe.arg, Arg::Move { .. }).then_some(self.pfn);
+        Some(UserRange { mm: self.page, start: self.extra, end: self.extra2, to })
     }
 
     fn tgid(&self) -> u32 {
@@ -36,6 +38,14 @@ impl EventExt for Event {
     }
 }
 
+/// `[start, end)` of an mm's user addresses, zapped, or moved to `to`.
+pub struct UserRange {
+    pub mm: u64,
+    pub start: u64,
+    pub end: u64,
+    pub to: Option<u64>,
+}
+
 /// A task's comm up to its NUL, or "?" when it is not UTF-8.
 pub fn comm_str(comm: &[u8; 16]) -> &str {
     let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
@@ -43,7 +53,8 @@ pub fn comm_str(comm: &[u8; 16]) -> &str {
 }
 
 /// One event as a JSON object; `stack` is the symbolized kernel stack, innermost first. A
-/// range zap has no page: it names the mm and the `[start, end)` of user addresses instead.
+/// range zap or move has no page: it names the mm and the `[start, end)` of user addresses
+/// instead, and where a move puts them.
 pub fn to_json(ev: &Event, plan: &Plan, stack: &[String]) -> Value {
     let mut out = json!({
         "kind": ev.event_kind().map_or("unknown", EventKind::name),
@@ -55,12 +66,13 @@ pub fn to_json(ev: &Event, plan: &Plan, stack: &[String]) -> Value {
         "comm": ev.comm_str(),
         "stack": stack,
     });
-    let what = match ev.zapped_range() {
-        Some((mm, start, end)) => json!({
+    let what = match ev.user_range() {
+        Some(r) => json!({
             "pfn": null,
-            "mm": format!("{mm:#x}"),
-            "start": format!("{start:#x}"),
-            "end": format!("{end:#x}"),
+            "mm": format!("{:#x}", r.mm),
+            "start": format!("{:#x}", r.start),
+            "end": format!("{:#x}", r.end),
+            "to": r.to.map(|to| format!("{to:#x}")),
         }),
         None => json!({
             "pfn": ev.pfn,

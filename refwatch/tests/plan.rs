@@ -31,7 +31,8 @@ fn debian_5_10() {
         "insert:__vm_insert_mixed", "insert:vmf_insert_pfn_pmd_prot",
         "insert:vmf_insert_pfn_pud_prot", "insert:vm_insert_page",
         "get:try_grab_page", "get:try_grab_compound_head",
-        "put:put_devmap_managed_page", "free:free_devmap_managed_page", "unmap:unmap_page_range",
+        "put:put_devmap_managed_page", "free:free_devmap_managed_page",
+        "unmap:unmap_page_range", "remap:move_page_tables",
     ]);
 }
 
@@ -43,7 +44,7 @@ fn debian_6_1() {
         "insert:vmf_insert_pfn_pud_prot", "insert:vm_insert_page",
         "get:try_grab_page", "get:try_grab_folio", "get:zone_device_page_init",
         "put:__put_devmap_managed_page_refs", "put:gup_put_folio",
-        "free:free_zone_device_page", "unmap:unmap_page_range",
+        "free:free_zone_device_page", "unmap:unmap_page_range", "remap:move_page_tables",
     ]);
 }
 
@@ -54,7 +55,7 @@ fn debian_6_12() {
         "insert:__vm_insert_mixed", "insert:vmf_insert_pfn_pmd", "insert:vmf_insert_pfn_pud",
         "insert:vm_insert_page", "get:try_grab_folio", "get:try_grab_folio_fast",
         "get:zone_device_page_init", "put:__put_devmap_managed_folio_refs",
-        "put:gup_put_folio", "free:free_zone_device_folio", "unmap:unmap_page_range",
+        "put:gup_put_folio", "free:free_zone_device_folio", "unmap:unmap_page_range", "remap:move_page_tables",
     ]);
 }
 

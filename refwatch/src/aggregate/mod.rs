@@ -220,6 +220,10 @@ impl Aggregator {
                 self.range_unmap(ev);
                 0
             }
+            EventKind::Remap => {
+                self.range_move(ev);
+                0
+            }
             _ => self.page_event(ev, kind, probe),
         }
     }
@@ -287,13 +291,7 @@ impl Aggregator {
 
     /// The device PTEs a zap of `[extra, extra2)` in mm `page` clears: those inserted there.
     fn range_unmap(&mut self, ev: &Event) {
-        let (mm, start, end) = (ev.page, ev.extra, ev.extra2);
-        if start >= end {
-            return;
-        }
-        let zapped: Vec<((u64, u64), u64)> = self.mappings.range((mm, start)..(mm, end)).map(|(k, v)| (*k, *v)).collect();
-        for (key, pfn) in zapped {
-            self.mappings.remove(&key);
+        for (_, pfn) in self.take_range(ev.page, ev.extra, ev.extra2) {
             let Some(page) = self.pages.get_mut(pfn) else { continue };
             page.mapped = (page.mapped - 1).max(0);
             let step = Step {
@@ -316,6 +314,24 @@ impl Aggregator {
         }
     }
 
+    /// mremap: the device PTEs of `[extra, extra2)` in mm `page` move to `pfn` onwards.
+    fn range_move(&mut self, ev: &Event) {
+        let (mm, start, to) = (ev.page, ev.extra, ev.pfn);
+        for ((_, at), pfn) in self.take_range(mm, start, ev.extra2) {
+            self.map_at((mm, to.wrapping_add(at - start)), pfn);
+        }
+    }
+
+    /// Removes and returns the mappings of `[start, end)` in `mm` (in O(k log n): a split and
+    /// a merge would move the whole table at every zap).
+    fn take_range(&mut self, mm: u64, start: u64, end: u64) -> Vec<((u64, u64), u64)> {
+        if start >= end {
+            return Vec::new();
+        }
+        let keys: Vec<(u64, u64)> = self.mappings.range((mm, start)..(mm, end)).map(|(k, _)| *k).collect();
+        keys.into_iter().filter_map(|k| Some((k, self.mappings.remove(&k)?))).collect()
+    }
+
     /// Drops a page whose state says nothing any more: idle (where that is visible) and
     /// unmapped, or its pgmap is being torn down.
     fn forget_if_idle(&mut self, pfn: u64, teardown: bool) {
@@ -330,11 +346,11 @@ impl Aggregator {
         }
     }
 
-    /// Records an insert's (mm, address) mapping; false when that address already mapped the
-    /// page (a refault, or an insert that lost a race and mapped nothing new).
-    fn map_at(&mut self, ev: &Event) -> bool {
-        match self.mappings.insert((ev.extra2, ev.extra), ev.pfn) {
-            Some(old) if old == ev.pfn => false,
+    /// Records that (mm, address) `at` maps `pfn`; false when it mapped that page already (a
+    /// refault, or an insert that lost a race and mapped nothing new).
+    fn map_at(&mut self, at: (u64, u64), pfn: u64) -> bool {
+        match self.mappings.insert(at, pfn) {
+            Some(old) if old == pfn => false,
             Some(stale) => {
                 // The PTE was zapped where no range probe saw it (insert_pfn maps only an
                 // empty PTE): the page it named is no longer mapped there.
@@ -349,7 +365,7 @@ impl Aggregator {
 
     fn page_event(&mut self, ev: &Event, kind: EventKind, probe: &'static Probe) -> usize {
         let keyed = kind == EventKind::Insert && self.context().keyed(probe);
-        let new_mapping = !keyed || self.map_at(ev);
+        let new_mapping = !keyed || self.map_at((ev.extra2, ev.extra), ev.pfn);
         let ctx = self.ctx.as_ref().expect("built with new()");
         let ty = ctx.pg_type(ev.pgmap_type);
         let teardown = self.retired.iter().any(|p| p.address == ev.pgmap) && !self.pgmaps.contains_key(&ev.pgmap);
@@ -483,6 +499,6 @@ fn advance(ctx: &Context, probe: &Probe, kind: EventKind, ev: &Event, page: &mut
             page.refcount = r;
             page.mapped = if zero_based { m - refs } else { (page.mapped - refs).max(0) };
         }
-        EventKind::PgmapAdd | EventKind::PgmapRemove => {}
+        EventKind::PgmapAdd | EventKind::PgmapRemove | EventKind::Remap => {}
     }
 }

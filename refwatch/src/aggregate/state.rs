@@ -151,7 +151,7 @@ impl Counters {
             EventKind::Put => self.puts += 1,
             EventKind::Free => self.frees += 1,
             EventKind::Unmap => self.unmaps += 1,
-            EventKind::PgmapAdd | EventKind::PgmapRemove => {}
+            EventKind::PgmapAdd | EventKind::PgmapRemove | EventKind::Remap => {}
         }
     }
 }

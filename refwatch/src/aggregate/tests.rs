@@ -173,8 +173,8 @@ fn every_checked_rule_has_a_breach_to_find() {
     }
 }
 
-/// ≤6.14: an insert maps (mm, address) once however often it is faulted, and a range zap
-/// unmaps what was inserted inside it in its own mm only.
+/// ≤6.14: an insert maps (mm, address) once however often it is faulted, a range zap unmaps
+/// what was inserted inside it in its own mm only, and mremap carries mappings along.
 #[test]
 fn range_zaps_unmap_the_inserts_inside_them() {
     let p = Probes::for_model(Model::FsdaxOneBased);
@@ -201,8 +201,14 @@ fn range_zaps_unmap_the_inserts_inside_them() {
     agg.observe(&zap(&mut sim, mm + 0x40, 0, 0x10000));
     agg.observe(&zap(&mut sim, mm, 0x3000, 0x10000));
     assert_eq!(agg.load(super::synth::PGMAP), (0, 2));
-    // [0x1000, 0x2000) holds page 0's one mapping, however often it was inserted.
+    // mremap moves page 0's mapping to 0x9000: zapping its old place leaves it mapped.
+    let mut remap = sim.event(super::synth::probe_id("move_page_tables", "6.12"), 0, EventKind::Remap);
+    (remap.pfn, remap.page, remap.extra, remap.extra2) = (0x9000, mm, 0x1000, 0x2000);
+    agg.observe(&remap);
     agg.observe(&zap(&mut sim, mm, 0x1000, 0x2000));
+    assert_eq!(agg.load(super::synth::PGMAP), (0, 2));
+    // [0x9000, 0xa000) holds page 0's one mapping, however often it was inserted.
+    agg.observe(&zap(&mut sim, mm, 0x9000, 0xa000));
     assert_eq!(agg.load(super::synth::PGMAP), (0, 1));
     let unmaps = agg.pgmaps().map(|pg| pg.counters.unmaps).sum::<u64>();
     assert_eq!(unmaps, 1);

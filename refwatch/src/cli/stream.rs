@@ -49,8 +49,11 @@ impl Printer {
             serde_json::to_writer(&mut self.out, &to_json(ev, plan, stack))?;
             writeln!(self.out)?;
         } else {
-            let what = match ev.zapped_range() {
-                Some((mm, start, end)) => format!("mm={mm:#x} [{start:#x}, {end:#x})"),
+            let what = match ev.user_range() {
+                Some(r) => {
+                    let to = r.to.map(|to| format!(" -> {to:#x}")).unwrap_or_default();
+                    format!("mm={:#x} [{:#x}, {:#x}){to}", r.mm, r.start, r.end)
+                }
                 None => format!(
                     "pfn={:#x} ref={} map={} {}",
                     ev.pfn,

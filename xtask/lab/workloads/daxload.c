@@ -92,7 +92,19 @@ static void pin_each_page(char *p, size_t size)
 	}
 }
 
-static int fsdax(int gup, int truncate)
+/* mremap moves the mapping's PTEs to another address: nothing is unmapped or faulted. */
+static char *move(char *p, size_t size)
+{
+	char *to = mmap(NULL, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (to == MAP_FAILED)
+		die("mmap destination");
+	char *moved = mremap(p, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, to);
+	if (moved == MAP_FAILED)
+		die("mremap");
+	return moved;
+}
+
+static int fsdax(int gup, int truncate, int moved)
 {
 	const char *path = DAX_DIR "/daxload";
 	int fd = create_file(path, FILE_SIZE);
@@ -112,6 +124,8 @@ static int fsdax(int gup, int truncate)
 			die("ftruncate back");
 		touch(p, FILE_SIZE);
 	}
+	if (moved)
+		p = move(p, FILE_SIZE);
 	unmap(p, FILE_SIZE);
 	close(fd);
 	if (unlink(path))
@@ -189,17 +203,19 @@ int main(int argc, char **argv)
 	const char *cmd = argc > 1 ? argv[1] : "";
 	setvbuf(stderr, NULL, _IONBF, 0);
 	if (!strcmp(cmd, "fsdax-mmap"))
-		return fsdax(0, 0);
+		return fsdax(0, 0, 0);
 	if (!strcmp(cmd, "fsdax-gup"))
-		return fsdax(1, 0);
+		return fsdax(1, 0, 0);
 	if (!strcmp(cmd, "fsdax-truncate"))
-		return fsdax(0, 1);
+		return fsdax(0, 1, 0);
+	if (!strcmp(cmd, "fsdax-mremap"))
+		return fsdax(0, 0, 1);
 	if (!strcmp(cmd, "fsdax-pmd"))
 		return fsdax_pmd();
 	if (!strcmp(cmd, "devdax"))
 		return devdax();
 	if (!strcmp(cmd, "teardown"))
 		return teardown();
-	fprintf(stderr, "usage: daxload fsdax-mmap|fsdax-gup|fsdax-truncate|fsdax-pmd|devdax|teardown\n");
+	fprintf(stderr, "usage: daxload fsdax-mmap|fsdax-gup|fsdax-truncate|fsdax-mremap|fsdax-pmd|devdax|teardown\n");
 	return 2;
 }

@@ -37,10 +37,12 @@ pub enum Expect {
     /// At least `at_least` transitions of `kind` counted by `refwatch check` over its pgmaps:
     /// where one event stands for many pages (a range zap), the pages it names.
     Counted { kind: &'static str, at_least: usize },
+    /// No page of any pgmap is left mapped by `refwatch check`'s reckoning at the end.
+    NoneMapped,
 }
 
 use Attach::{Auto, Fentry, Kprobe};
-use Expect::{Counted, DistinctPmemPfns, Events};
+use Expect::{Counted, DistinctPmemPfns, Events, NoneMapped};
 
 /// 5.10–6.12 map fsdax pages by pfn without taking a reference (insert_pfn); nothing is
 /// freed at munmap, which zaps the whole range (one unmap_page_range event) and with it the
@@ -49,6 +51,15 @@ const MMAP_6: &[Expect] = &[
     DistinctPmemPfns { kind: "insert", at_least: PAGES },
     Events { kind: "unmap", at_least: 1 },
     Counted { kind: "unmaps", at_least: PAGES },
+    NoneMapped,
+];
+/// mremap moves the 4096 PTEs (move_page_tables: one remap event); the munmap at the new
+/// address then zaps them all, and nothing is left mapped at the old one.
+const MREMAP_6: &[Expect] = &[
+    DistinctPmemPfns { kind: "insert", at_least: PAGES },
+    Events { kind: "remap", at_least: 1 },
+    Counted { kind: "unmaps", at_least: PAGES },
+    NoneMapped,
 ];
 /// The same with the per-PTE unmap probe asked for where unmap_page_range is left out:
 /// vm_normal_page from unmap_page_range, whose caller filter reads the return address (at
@@ -57,6 +68,7 @@ const MMAP_6_PTE_UNMAPS: &[Expect] = &[
     DistinctPmemPfns { kind: "insert", at_least: PAGES },
     DistinctPmemPfns { kind: "unmap", at_least: PAGES },
     Counted { kind: "unmaps", at_least: PAGES },
+    NoneMapped,
 ];
 /// 7.x takes a folio reference per PTE (vmf_insert_page_mkwrite) and frees each page at
 /// munmap (free_zone_device_folio: 4096 hits).
@@ -136,6 +148,9 @@ pub const CASES: &[Case] = &[
     case("7.2", "fsdax-mmap", Fentry, MMAP_7),
     with(case("7.2", "fsdax-mmap", Fentry, MMAP_7_UNMAPS), &["folio_remove_rmap_ptes"]),
     with(case("6.1", "fsdax-mmap", Fentry, MMAP_6_PTE_UNMAPS), &["vm_normal_page"]),
+    case("6.1", "fsdax-mremap", Kprobe, MREMAP_6),
+    case("6.12", "fsdax-mremap", Fentry, MREMAP_6),
+    case("7.2", "fsdax-mremap", Kprobe, MMAP_7),
     case("7.3", "fsdax-mmap", Kprobe, MMAP_7),
     case("7.3", "fsdax-gup", Kprobe, GUP_7),
     case("7.3", "fsdax-truncate", Kprobe, TRUNCATE_7),
@@ -283,6 +298,10 @@ fn check(expect: &Expect, events: &[Event], counted: &BTreeMap<String, u64>) -> 
         Events { kind, at_least } => (kind, at_least, events.iter().filter(|e| e.kind == kind).count(), "events"),
         Counted { kind, at_least } => {
             (kind, at_least, counted.get(kind).copied().unwrap_or(0) as usize, "counted by refwatch check")
+        }
+        NoneMapped => {
+            let mapped = counted.get("mapped_pages").copied().unwrap_or(0);
+            return (mapped > 0).then(|| format!("{mapped} page(s) left mapped by refwatch check's reckoning"));
         }
     };
     (seen < at_least).then(|| {
