@@ -254,6 +254,11 @@ impl Probe {
         matches!(self.arg, Arg::PfnT(_) | Arg::Pte(_))
     }
 
+    /// The last kernel the entry applies to, if it is bounded.
+    pub fn last_version(&self) -> Option<(u8, u8)> {
+        (self.until != NEVER).then_some(self.until)
+    }
+
     /// Whether the entry applies to kernel `version` by the catalog's version bounds.
     pub fn applies_to(&self, version: (u8, u8)) -> bool {
         self.since <= version && version <= self.until

@@ -165,7 +165,7 @@ fn pgmap_event<C: Args + StackIdContext>(ctx: &C, id: u8, kind: EventKind, pgmap
     submit_other(ctx, id, kind, o);
 }
 
-/// The fields of an event about something other than one page: a pgmap, a range zap.
+/// The fields of an event about something other than one page: a pgmap, a user range.
 struct Other {
     pfn: u64,
     page: u64,

@@ -145,7 +145,7 @@ pub fn resolve(facts: &KernelFacts, requested: AttachMode) -> Plan {
             if !probe.applies_to(facts.version) {
                 Resolution::NotThisKernel {
                     since: format!("{}.{}", probe.since.0, probe.since.1),
-                    until: (probe.until.0 != u8::MAX).then(|| format!("{}.{}", probe.until.0, probe.until.1)),
+                    until: probe.last_version().map(|(major, minor)| format!("{major}.{minor}")),
                 }
             } else if !facts.symbols.contains_key(probe.function) {
                 Resolution::Missing

@@ -400,8 +400,8 @@ impl Aggregator {
         page.ty = ty;
         let step = Step {
             ts_ns: ev.ts_ns,
-            // A keyed insert's extra is its address; it maps the page once.
-            refs: if keyed { 1 } else { ev.extra },
+            // An insert's extra is its address where its probe knows it; it maps the page once.
+            refs: if kind == EventKind::Insert && probe.at.is_some() { 1 } else { ev.extra },
             refcount: ev.refcount,
             mapcount: ev.mapcount,
             task: self.tasks.hold(Task { pid_tgid: ev.pid_tgid, comm: ev.comm }),
