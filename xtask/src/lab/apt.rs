@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Once;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 use crate::cmd::{self, note};
 use crate::paths;
@@ -89,25 +89,50 @@ impl Apt {
         result
     }
 
-    /// Returns the .deb for exactly `name` at `version`, downloading it on a cache miss.
+    /// Returns the .deb for `name` at `version`, downloading it on a cache miss. The archives
+    /// keep only the newest Debian revision of a package (bookworm-security replaced
+    /// linux-kbuild-6.1 6.1.192-2 by -3): where the pinned one is gone, the newest served
+    /// revision of the same upstream release stands in, and the lab says so.
     pub fn download(&self, name: &str, version: &str) -> Result<PathBuf> {
         let debs = self.dir.join("debs");
         if let Some(found) = find_deb(&debs, name, version)? {
             return Ok(found);
         }
         self.update()?;
-        note(format_args!("apt: downloading {name}={version}"));
-        cmd::run(
-            self.apt("apt-get")
-                .args(["download", "-q"])
-                .arg(format!("{name}={version}"))
-                .current_dir(&debs),
-        )
-        .with_context(|| format!("downloading {name}={version}: is the pinned version still served?"))?;
-        match find_deb(&debs, name, version)? {
-            Some(found) => Ok(found),
-            None => bail!("apt-get download left no .deb for {name}={version} in {}", debs.display()),
+        let pinned = self.fetch(name, version, &debs);
+        if pinned.is_ok() {
+            return pinned;
         }
+        let Some(other) = self.same_upstream(name, version)? else {
+            return pinned.with_context(|| format!("{name}: no revision of {version}'s upstream release is served"));
+        };
+        note(format_args!("apt: {name}={version} is no longer served; using {other}, the same upstream release"));
+        match find_deb(&debs, name, &other)? {
+            Some(found) => Ok(found),
+            None => self.fetch(name, &other, &debs),
+        }
+    }
+
+    fn fetch(&self, name: &str, version: &str, debs: &Path) -> Result<PathBuf> {
+        note(format_args!("apt: downloading {name}={version}"));
+        cmd::run(self.apt("apt-get").args(["download", "-q"]).arg(format!("{name}={version}")).current_dir(debs))
+            .with_context(|| format!("downloading {name}={version}"))?;
+        find_deb(debs, name, version)?
+            .with_context(|| format!("apt-get download left no .deb for {name}={version} in {}", debs.display()))
+    }
+
+    /// The newest served version of `name` whose upstream part (before the Debian revision)
+    /// is `version`'s.
+    fn same_upstream(&self, name: &str, version: &str) -> Result<Option<String>> {
+        let upstream = |v: &str| v.rsplit_once('-').map_or(v.to_owned(), |(u, _)| u.to_owned());
+        // Captured: apt() sends stdout to stderr.
+        let listing = cmd::output(self.apt("apt-cache").stdout(std::process::Stdio::piped()).arg("madison").arg(name))?;
+        // madison lists the newest first: "NAME | VERSION | URL SUITE/main amd64 Packages".
+        Ok(listing
+            .lines()
+            .filter_map(|line| line.split('|').nth(1).map(str::trim))
+            .find(|v| upstream(v) == upstream(version))
+            .map(str::to_owned))
     }
 
     /// One file of a source package's upstream tarball (e.g. `include/qemu/qemu-plugin.h` of
