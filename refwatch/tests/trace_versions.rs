@@ -1,6 +1,7 @@
-//! Version 2 of the trace format codes stack ids and GUP flags against the previous event.
-//! Traces recorded in the lab as version 1 must read unchanged, and re-encode to version 2
-//! with the same events in fewer frame bytes.
+//! Version 2 of the trace format codes stack ids and GUP flags against the previous event,
+//! version 3 `extra`/`extra2` against the same probe's previous event. Traces recorded in the
+//! lab as version 1 must read unchanged, and re-encode to the current version with the same
+//! events in fewer frame bytes.
 
 use std::path::PathBuf;
 
@@ -24,13 +25,13 @@ fn version_1_traces_reencode_smaller_with_the_same_events() {
             events.push(ev);
         }
         let footer = reader.footer().cloned().unwrap_or_else(Footer::default);
-        let v2 = writer.finish(footer).unwrap();
+        let now = writer.finish(footer).unwrap();
         // Compare the frames: the JSON header is the same data in both, spelled differently.
         let header_len = |b: &[u8]| 14 + u32::from_le_bytes(b[10..14].try_into().unwrap()) as u64;
         let v1_frames = v1_bytes - header_len(&std::fs::read(&path).unwrap());
-        let v2_frames = v2.len() as u64 - header_len(&v2);
-        assert!(v2_frames < v1_frames, "{name}: v2 frames {v2_frames} bytes, v1 {v1_frames}");
-        let mut again = TraceReader::new(&v2[..]).unwrap();
+        let now_frames = now.len() as u64 - header_len(&now);
+        assert!(now_frames < v1_frames, "{name}: v{VERSION} frames {now_frames} bytes, v1 {v1_frames}");
+        let mut again = TraceReader::new(&now[..]).unwrap();
         let mut n = 0;
         while let Some(&ev) = again.next_event().unwrap() {
             assert_eq!(ev, events[n], "{name}: event {n}");
@@ -38,6 +39,6 @@ fn version_1_traces_reencode_smaller_with_the_same_events() {
             n += 1;
         }
         assert_eq!(n, events.len());
-        eprintln!("{name}: {n} events, frames: v1 {v1_frames} bytes, v2 {v2_frames} bytes");
+        eprintln!("{name}: {n} events, frames: v1 {v1_frames} bytes, v{VERSION} {now_frames} bytes");
     }
 }
