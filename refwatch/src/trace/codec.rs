@@ -32,6 +32,11 @@ pub fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
 /// Event tags are catalog probe ids below this.
 const PROBE_TAGS: usize = 0x80;
 
+/// Which of [`Context::wheres`] a probe's events use.
+fn where_slot(probe: u8) -> usize {
+    usize::from(CATALOG.get(usize::from(probe)).is_some_and(|p| p.is_range()))
+}
+
 /// What an event is coded against. Writer and reader keep identical copies.
 #[derive(Clone, Debug)]
 pub struct Context {
@@ -81,14 +86,7 @@ impl Context {
             _ => (self.extras[usize::from(probe) % PROBE_TAGS], true),
         }
     }
-}
 
-/// Which of [`Context::wheres`] a probe's events use.
-fn where_slot(probe: u8) -> usize {
-    usize::from(CATALOG.get(usize::from(probe)).is_some_and(|p| p.is_range()))
-}
-
-impl Context {
     /// What an event of `probe` codes its pfn and page against.
     fn where_base(&self, probe: u8) -> (u64, u64) {
         if self.version >= 3 { self.wheres[where_slot(probe)] } else { (self.prev.pfn, self.prev.page) }
