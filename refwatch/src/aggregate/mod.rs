@@ -12,7 +12,7 @@ mod tests;
 
 use std::collections::BTreeMap;
 
-use refwatch_common::{CATALOG, Event, EventKind, Probe, catalog::CATALOG_LEN, event::PGMAP_TYPE_UNKNOWN};
+use refwatch_common::{Arg, CATALOG, Event, EventKind, Probe, catalog::CATALOG_LEN, event::PGMAP_TYPE_UNKNOWN};
 use serde::Serialize;
 
 pub use rules::{Coverage, PgType, Rule, idle, idle_visible};
@@ -60,7 +60,9 @@ impl Context {
             unmap_levels[rules::level(p) as usize] = true;
         }
         let tracked = CATALOG.map(|p| unmap_levels[rules::level(&p) as usize]);
-        let range_unmaps = CATALOG.iter().zip(mask).any(|(p, on)| on && p.is_range());
+        // A zap of ranges, not a move: with the per-PTE unmap probe in its place (`--with`),
+        // inserts are counted, not keyed, though mremap is still probed.
+        let range_unmaps = CATALOG.iter().zip(mask).any(|(p, on)| on && matches!(p.arg, Arg::Range { .. }));
         Self { model, attached: mask, pgmap_types, types, unmap_levels, tracked, range_unmaps }
     }
 

@@ -1,6 +1,8 @@
 //! Property tests over synthetic healthy streams per era: silence without a breach, and every
 //! injected breach found exactly once.
 
+use std::collections::BTreeMap;
+
 use proptest::{prelude::*, sample::Index};
 use refwatch_common::{CATALOG, Event, EventKind};
 
@@ -215,4 +217,22 @@ fn range_zaps_unmap_the_inserts_inside_them() {
     agg.observe(&zap(&mut sim, mm, 0, u64::MAX));
     assert_eq!(agg.load(super::synth::PGMAP), (0, 0));
     assert_eq!(agg.live_pages(), 0);
+}
+
+/// `--with vm_normal_page` on ≤6.14: unmaps come per PTE while mremap is still probed, and a
+/// page faulted in again after its unmap is mapped again.
+#[test]
+fn per_pte_unmaps_with_mremap_probed_count_refaults() {
+    use super::synth::probe_id;
+    let p = Probes::for_model(Model::FsdaxOneBased);
+    let (unmap, remap) = (probe_id("vm_normal_page", "6.12"), probe_id("move_page_tables", "6.12"));
+    let types = BTreeMap::from([(3, "fsdax".to_owned())]);
+    let mut agg = Aggregator::new(super::Context::new(p.model, [p.insert, unmap, remap, p.free, p.add], types));
+    let mut sim = super::synth::Sim::new(&p, false, 1);
+    let mut insert = sim.event(p.insert, 0, EventKind::Insert);
+    (insert.extra, insert.extra2) = (0x1000, 0xffff_8881_0000_4000);
+    for ev in [insert, sim.event(unmap, 0, EventKind::Unmap), insert] {
+        agg.observe(&ev);
+    }
+    assert_eq!(agg.load(super::synth::PGMAP), (0, 1));
 }
