@@ -16,7 +16,8 @@ pub struct Event {
     /// `struct dev_pagemap *` of the page, 0 when it could not be read.
     pub pgmap: u64,
     /// Kind-specific: references moved (get/put), pages (unmap), first pfn (pgmap events),
-    /// the user address (inserts whose probe knows it), the range's start (range zaps, moves).
+    /// the user address (inserts whose probe knows it), the range's start (range zaps, moves),
+    /// the pages of the DAX entry (truncate).
     pub extra: u64,
     /// Kind-specific: end pfn, exclusive (pgmap events); GUP flags (get/put) where known; the
     /// `struct mm_struct *` (inserts with a user address); the range's end (range zaps, moves).
@@ -51,6 +52,8 @@ pub mod flags {
     pub const SPECULATIVE: u8 = 1 << 2;
     /// The pgmap fields could not be read.
     pub const PGMAP_UNREADABLE: u8 = 1 << 3;
+    /// The teardown scan stopped at its limit before the end of the pgmap's range.
+    pub const SCAN_CUT: u8 = 1 << 4;
 }
 
 /// Unknown `enum memory_type`.
@@ -79,10 +82,15 @@ pub enum EventKind {
     PgmapRemove = 6,
     /// The mappings of a user address range move to another address (mremap).
     Remap = 7,
+    /// The filesystem takes a DAX page's block back (truncate, hole punch, eviction).
+    Truncate = 8,
+    /// memunmap_pages found the page still held: the kernel's own refcount above idle, or a
+    /// mapcount (read by a scan of the pgmap in the kernel, before the pgmap event).
+    Held = 9,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 8] = [
+    pub const ALL: [EventKind; 10] = [
         EventKind::Insert,
         EventKind::Get,
         EventKind::Put,
@@ -91,6 +99,8 @@ impl EventKind {
         EventKind::PgmapAdd,
         EventKind::PgmapRemove,
         EventKind::Remap,
+        EventKind::Truncate,
+        EventKind::Held,
     ];
 
     pub const fn from_u8(v: u8) -> Option<Self> {
@@ -103,6 +113,8 @@ impl EventKind {
             5 => Some(Self::PgmapAdd),
             6 => Some(Self::PgmapRemove),
             7 => Some(Self::Remap),
+            8 => Some(Self::Truncate),
+            9 => Some(Self::Held),
             _ => None,
         }
     }
@@ -118,6 +130,8 @@ impl EventKind {
             Self::PgmapAdd => "pgmap_add",
             Self::PgmapRemove => "pgmap_remove",
             Self::Remap => "remap",
+            Self::Truncate => "truncate",
+            Self::Held => "held",
         }
     }
 }

@@ -42,6 +42,21 @@ pub struct Layout {
     /// `vm_area_struct->vm_mm` (0 in facts and traces from before it was read).
     #[cfg_attr(feature = "user", serde(default))]
     pub off_vma_mm: u64,
+    /// `vm_fault->vma` and `vm_fault->address` (u64::MAX where unknown, `null` when saved).
+    #[cfg_attr(
+        feature = "user",
+        serde(default = "optional_offset::none", with = "optional_offset")
+    )]
+    pub off_vmf_vma: u64,
+    #[cfg_attr(
+        feature = "user",
+        serde(default = "optional_offset::none", with = "optional_offset")
+    )]
+    pub off_vmf_address: u64,
+    /// Bit t set: pages of raw `enum memory_type` t are idle at refcount 1 in this kernel's
+    /// era (0 elsewhere). The teardown scan reports pages above it. Set by the loader.
+    #[cfg_attr(feature = "user", serde(default))]
+    pub idle_one_types: u64,
 }
 
 /// x86-64 `VMEMMAP_START` with 4-level paging when the kernel does not randomize it.
@@ -58,6 +73,11 @@ mod optional_offset {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
         Ok(Option::<u64>::deserialize(d)?.unwrap_or(u64::MAX))
+    }
+
+    /// A field missing from older facts and traces.
+    pub fn none() -> u64 {
+        u64::MAX
     }
 }
 
@@ -83,6 +103,9 @@ impl Layout {
         off_pgmap_nr_range: 0,
         off_pgmap_ranges: 0,
         off_vma_mm: 0,
+        off_vmf_vma: u64::MAX,
+        off_vmf_address: u64::MAX,
+        idle_one_types: 0,
     };
 
     /// The layout with the run-time addresses: `vmemmap_base_addr` is 0 where the kernel has
@@ -109,7 +132,9 @@ pub struct Callers {
 
 impl Default for Callers {
     fn default() -> Self {
-        Self { range: [[0; 2]; CATALOG_LEN] }
+        Self {
+            range: [[0; 2]; CATALOG_LEN],
+        }
     }
 }
 

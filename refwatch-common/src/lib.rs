@@ -6,5 +6,5 @@ pub mod catalog;
 pub mod event;
 pub mod globals;
 
-pub use catalog::{Arg, CATALOG, Era, Probe, RefModel, Refs};
+pub use catalog::{Arg, At, CATALOG, Era, Probe, RefModel, Refs};
 pub use event::{Event, EventKind};

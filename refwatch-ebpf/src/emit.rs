@@ -1,36 +1,65 @@
 //! Turning one probe hit into ring-buffer events.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+    },
     programs::tracing::StackIdContext,
 };
 use refwatch_common::{
-    Arg, Event, EventKind, Probe, Refs,
+    Arg, At, Event, EventKind, Probe, Refs,
     event::{PGMAP_TYPE_UNKNOWN, flags},
 };
 
-use crate::{CALLS, DEVICE_MMS, DROPS, EVENTS, PGMAPS_SEEN, STACKS, args::Args, layout, page};
+use crate::{
+    CALLS, DEVICE_MMS, DROPS, EVENTS, PGMAPS_SEEN, STACKS, args::Args, layout, page, scan,
+};
 
 const PAGE_SHIFT: u64 = 12;
+/// Bits of a DAX xarray entry (`xa_mk_value(flags | pfn << DAX_SHIFT)`, fs/dax.c): the value
+/// marker is bit 0, so `DAX_PMD` is bit 2, the zero-page and empty markers bits 3 and 4.
+const DAX_ENTRY_PMD: u64 = 1 << 2;
+const DAX_ENTRY_NO_PAGES: u64 = (1 << 3) | (1 << 4);
+const DAX_ENTRY_PFN_SHIFT: u64 = 5;
+/// Pages of a PMD entry (x86-64).
+const PMD_PAGES: u64 = 512;
 
 #[inline(always)]
 pub fn handle<C: Args + StackIdContext>(ctx: &C, id: u8, probe: &Probe) {
     if let Some(n) = CALLS.get_ptr_mut(u32::from(id)) {
         unsafe { *n += 1 };
     }
-    if let Arg::Pgmap(n) = probe.arg {
+    if let Arg::Pgmap(n) | Arg::PgmapScan(n) = probe.arg {
         let pgmap = ctx.arg_u64(n);
         if probe.kind == EventKind::PgmapRemove {
             let _ = PGMAPS_SEEN.remove(pgmap);
         } else {
             let _ = PGMAPS_SEEN.insert(pgmap, 1, 0);
         }
-        pgmap_event(ctx, id, probe.kind, pgmap, 0);
+        let f = match probe.arg {
+            // Before the pgmap event, so the aggregator has every held page when it judges.
+            Arg::PgmapScan(_) => scan::held_pages(ctx, id, pgmap),
+            _ => 0,
+        };
+        pgmap_event(ctx, id, probe.kind, pgmap, f);
         return;
     }
     match probe.arg {
+        Arg::DaxEntry {
+            entry,
+            trunc,
+            each_page,
+        } => {
+            // `bool` in a 64-bit slot: only the low byte is defined.
+            if ctx.arg_scalar(trunc) & 0xff != 0 {
+                dax_entry(ctx, id, probe.kind, ctx.arg_u64(entry), each_page);
+            }
+            return;
+        }
         Arg::Range { vma, start, end } => {
-            range_event(ctx, id, probe.kind, vma, |ctx| (0, ctx.arg_scalar(start), ctx.arg_scalar(end)));
+            range_event(ctx, id, probe.kind, vma, |ctx| {
+                (0, ctx.arg_scalar(start), ctx.arg_scalar(end))
+            });
             return;
         }
         Arg::Move { vma, from, to, len } => {
@@ -56,48 +85,140 @@ pub fn handle<C: Args + StackIdContext>(ctx: &C, id: u8, probe: &Probe) {
     }
     let head = page::head(page);
     let state = page::state(head);
-    if state.pgmap != 0 && unsafe { PGMAPS_SEEN.get(state.pgmap) }.is_none() {
-        let _ = PGMAPS_SEEN.insert(state.pgmap, 1, 0);
-        pgmap_event(ctx, id, EventKind::PgmapAdd, state.pgmap, flags::DISCOVERED);
+    discover(ctx, id, state.pgmap);
+    let mut extra = match probe.refs {
+        Refs::One => 1,
+        Refs::Arg(n) => ctx.arg_u64(n),
+    };
+    let mut extra2 = match probe.gup_flags {
+        Some(n) => ctx.arg_u64(n),
+        None => 0,
+    };
+    if let Some((mm, address)) = mapped_at(ctx, probe.at) {
+        (extra, extra2) = (address, mm);
+        // Before the zap of this address can run: its range event needs the mm known.
+        if mm != 0 {
+            let _ = DEVICE_MMS.insert(mm, 1, 0);
+        }
     }
+    let f = if probe.speculative {
+        flags::SPECULATIVE
+    } else {
+        0
+    };
+    submit_page(&common(ctx), id, probe.kind, head, &state, extra, extra2, f);
+}
+
+/// Reports a pgmap created before refwatch started, the first time one of its pages is seen.
+#[inline(always)]
+fn discover<C: Args + StackIdContext>(ctx: &C, id: u8, pgmap: u64) {
+    if pgmap != 0 && unsafe { PGMAPS_SEEN.get(pgmap) }.is_none() {
+        let _ = PGMAPS_SEEN.insert(pgmap, 1, 0);
+        pgmap_event(ctx, id, EventKind::PgmapAdd, pgmap, flags::DISCOVERED);
+    }
+}
+
+/// The (mm, user address) an insert maps its page at, where its probe knows them.
+#[inline(always)]
+fn mapped_at<C: Args>(ctx: &C, at: Option<At>) -> Option<(u64, u64)> {
+    match at? {
+        At::Args { vma, address } => Some((vma_mm(ctx, vma).unwrap_or(0), ctx.arg_scalar(address))),
+        At::Vmf(n) => {
+            let vmf = ctx.arg_u64(n);
+            let vma = page::read::<u64>(vmf + layout!(off_vmf_vma))?;
+            let address = page::read::<u64>(vmf + layout!(off_vmf_address))?;
+            Some((
+                page::read::<u64>(vma + layout!(off_vma_mm)).unwrap_or(0),
+                address,
+            ))
+        }
+    }
+}
+
+/// A DAX entry given back to the filesystem: an event for its first page and, with
+/// `each_page`, one for each other page of a PMD entry that is still referenced (above the
+/// idle refcount 1 of the kernels that have this probe).
+#[inline(always)]
+fn dax_entry<C: Args + StackIdContext>(
+    ctx: &C,
+    id: u8,
+    kind: EventKind,
+    entry: u64,
+    each_page: bool,
+) {
+    if entry & DAX_ENTRY_NO_PAGES != 0 {
+        return;
+    }
+    let first = entry >> DAX_ENTRY_PFN_SHIFT;
+    let Some(page) = page::pfn_to_page(first) else {
+        return;
+    };
+    if page::zone_device_flags(page).is_none() {
+        return;
+    }
+    let pages = if entry & DAX_ENTRY_PMD != 0 {
+        PMD_PAGES
+    } else {
+        1
+    };
+    let common = common(ctx);
+    let state = page::state(page);
+    discover(ctx, id, state.pgmap);
+    submit_page(&common, id, kind, page, &state, pages, 0, 0);
+    if each_page && pages > 1 {
+        scan::busy_pages(common, id, kind, first + 1, pages - 1, 0, 1);
+    }
+}
+
+/// What every event of one probe hit shares.
+pub struct Common {
+    pub ts_ns: u64,
+    pub pid_tgid: u64,
+    pub stack_id: i32,
+    pub cpu: u16,
+    pub comm: [u8; 16],
+}
+
+#[inline(always)]
+pub fn common<C: StackIdContext>(ctx: &C) -> Common {
+    Common {
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        pid_tgid: bpf_get_current_pid_tgid(),
+        stack_id: ctx.get_stackid(&STACKS, 0).map_or(-1, |s| s as i32),
+        cpu: unsafe { bpf_get_smp_processor_id() } as u16,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    }
+}
+
+/// One event about the (head) page `page` in state `state`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub fn submit_page(
+    c: &Common,
+    id: u8,
+    kind: EventKind,
+    page: u64,
+    state: &page::PageState,
+    extra: u64,
+    extra2: u64,
+    f: u8,
+) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count_drop();
         return;
     };
     let ev = entry.as_mut_ptr();
     unsafe {
-        fill_common(ctx, ev, id, probe.kind);
-        (*ev).pfn = page::page_to_pfn(head).unwrap_or(u64::MAX);
-        (*ev).page = head;
+        fill_common(c, ev, id, kind);
+        (*ev).pfn = page::page_to_pfn(page).unwrap_or(u64::MAX);
+        (*ev).page = page;
         (*ev).pgmap = state.pgmap;
-        (*ev).extra = match probe.refs {
-            Refs::One => 1,
-            Refs::Arg(n) => ctx.arg_u64(n),
-        };
-        (*ev).extra2 = match probe.gup_flags {
-            Some(n) => ctx.arg_u64(n),
-            None => 0,
-        };
-        if let Some((vma, address)) = probe.at {
-            let mm = vma_mm(ctx, vma).unwrap_or(0);
-            (*ev).extra = ctx.arg_scalar(address);
-            (*ev).extra2 = mm;
-            // Before the zap of this address can run: its range event needs the mm known.
-            if mm != 0 {
-                let _ = DEVICE_MMS.insert(mm, 1, 0);
-            }
-        }
+        (*ev).extra = extra;
+        (*ev).extra2 = extra2;
         (*ev).refcount = state.refcount;
         (*ev).mapcount = state.mapcount;
         (*ev).pgmap_type = pgmap_type_u8(state.pgmap);
-        let mut f = 0;
-        if state.is_head {
-            f |= flags::HEAD;
-        }
-        if probe.speculative {
-            f |= flags::SPECULATIVE;
-        }
-        (*ev).flags = f;
+        (*ev).flags = f | if state.is_head { flags::HEAD } else { 0 };
     }
     entry.submit(0);
 }
@@ -109,7 +230,11 @@ fn page_arg<C: Args>(ctx: &C, arg: Arg) -> Option<u64> {
         Arg::PfnT(n) => page::pfn_t_page(ctx.arg_scalar(n)),
         Arg::Pte(n) => page::pte_page(ctx.arg_scalar(n)),
         Arg::PmdPtr(n) => page::pmd_page(ctx.arg_u64(n)),
-        Arg::Pgmap(_) | Arg::Range { .. } | Arg::Move { .. } => None,
+        Arg::Pgmap(_)
+        | Arg::PgmapScan(_)
+        | Arg::DaxEntry { .. }
+        | Arg::Range { .. }
+        | Arg::Move { .. } => None,
     }
 }
 
@@ -122,7 +247,13 @@ fn vma_mm<C: Args>(ctx: &C, vma: u8) -> Option<u64> {
 /// had a device page inserted: `page` carries the mm, `pfn` the destination. The ranges of
 /// every other mm cost one read and a lookup.
 #[inline(always)]
-fn range_event<C: Args + StackIdContext>(ctx: &C, id: u8, kind: EventKind, vma: u8, range: impl Fn(&C) -> (u64, u64, u64)) {
+fn range_event<C: Args + StackIdContext>(
+    ctx: &C,
+    id: u8,
+    kind: EventKind,
+    vma: u8,
+    range: impl Fn(&C) -> (u64, u64, u64),
+) {
     let Some(mm) = vma_mm(ctx, vma) else {
         return;
     };
@@ -130,7 +261,21 @@ fn range_event<C: Args + StackIdContext>(ctx: &C, id: u8, kind: EventKind, vma: 
         return;
     }
     let (to, start, end) = range(ctx);
-    submit_other(ctx, id, kind, Other { pfn: to, page: mm, pgmap: 0, extra: start, extra2: end, mapcount: 0, pgmap_type: PGMAP_TYPE_UNKNOWN, flags: 0 });
+    submit_other(
+        &common(ctx),
+        id,
+        kind,
+        Other {
+            pfn: to,
+            page: mm,
+            pgmap: 0,
+            extra: start,
+            extra2: end,
+            mapcount: 0,
+            pgmap_type: PGMAP_TYPE_UNKNOWN,
+            flags: 0,
+        },
+    );
 }
 
 #[inline(always)]
@@ -139,11 +284,12 @@ fn called_from_wanted_caller<C: Args>(ctx: &C, id: u8, nr_args: u8) -> bool {
     if range[1] == 0 {
         return true;
     }
-    ctx.return_address(nr_args).is_some_and(|ret| ret >= range[0] && ret < range[1])
+    ctx.return_address(nr_args)
+        .is_some_and(|ret| ret >= range[0] && ret < range[1])
 }
 
 #[inline(always)]
-fn pgmap_type_u8(pgmap: u64) -> u8 {
+pub fn pgmap_type_u8(pgmap: u64) -> u8 {
     if pgmap == 0 {
         return PGMAP_TYPE_UNKNOWN;
     }
@@ -161,8 +307,17 @@ fn pgmap_event<C: Args + StackIdContext>(ctx: &C, id: u8, kind: EventKind, pgmap
     let end = page::read::<u64>(at + 8).unwrap_or(0);
     // range.end is inclusive, in bytes.
     let (first, end) = (start >> PAGE_SHIFT, (end + 1) >> PAGE_SHIFT);
-    let o = Other { pfn: first, page: 0, pgmap, extra: first, extra2: end, mapcount: nr, pgmap_type: pgmap_type_u8(pgmap), flags: f };
-    submit_other(ctx, id, kind, o);
+    let o = Other {
+        pfn: first,
+        page: 0,
+        pgmap,
+        extra: first,
+        extra2: end,
+        mapcount: nr,
+        pgmap_type: pgmap_type_u8(pgmap),
+        flags: f,
+    };
+    submit_other(&common(ctx), id, kind, o);
 }
 
 /// The fields of an event about something other than one page: a pgmap, a user range.
@@ -178,14 +333,14 @@ struct Other {
 }
 
 #[inline(always)]
-fn submit_other<C: StackIdContext>(ctx: &C, id: u8, kind: EventKind, o: Other) {
+fn submit_other(c: &Common, id: u8, kind: EventKind, o: Other) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count_drop();
         return;
     };
     let ev = entry.as_mut_ptr();
     unsafe {
-        fill_common(ctx, ev, id, kind);
+        fill_common(c, ev, id, kind);
         (*ev).pfn = o.pfn;
         (*ev).page = o.page;
         (*ev).pgmap = o.pgmap;
@@ -200,16 +355,16 @@ fn submit_other<C: StackIdContext>(ctx: &C, id: u8, kind: EventKind, o: Other) {
 }
 
 #[inline(always)]
-unsafe fn fill_common<C: StackIdContext>(ctx: &C, ev: *mut Event, id: u8, kind: EventKind) {
+unsafe fn fill_common(c: &Common, ev: *mut Event, id: u8, kind: EventKind) {
     unsafe {
-        (*ev).ts_ns = bpf_ktime_get_ns();
-        (*ev).pid_tgid = bpf_get_current_pid_tgid();
-        (*ev).stack_id = ctx.get_stackid(&STACKS, 0).map_or(-1, |s| s as i32);
-        (*ev).cpu = bpf_get_smp_processor_id() as u16;
+        (*ev).ts_ns = c.ts_ns;
+        (*ev).pid_tgid = c.pid_tgid;
+        (*ev).stack_id = c.stack_id;
+        (*ev).cpu = c.cpu;
         (*ev).probe = id;
         (*ev).kind = kind as u8;
         (*ev)._pad = [0; 6];
-        (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        (*ev).comm = c.comm;
     }
 }
 

@@ -6,6 +6,7 @@
 mod args;
 mod emit;
 mod page;
+mod scan;
 
 use aya_ebpf::{
     macros::{fentry, kprobe, map},
@@ -22,7 +23,9 @@ use refwatch_common::{
 static LAYOUT: Layout = Layout::PLACEHOLDER;
 
 #[unsafe(no_mangle)]
-static CALLERS: Callers = Callers { range: [[0; 2]; refwatch_common::catalog::CATALOG_LEN] };
+static CALLERS: Callers = Callers {
+    range: [[0; 2]; refwatch_common::catalog::CATALOG_LEN],
+};
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
@@ -34,7 +37,8 @@ static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// Entries of each catalog function, device page or not, per CPU: what the probes cost a
 /// workload is their trap or trampoline times these.
 #[map]
-static CALLS: PerCpuArray<u64> = PerCpuArray::with_max_entries(refwatch_common::catalog::CATALOG_LEN as u32, 0);
+static CALLS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(refwatch_common::catalog::CATALOG_LEN as u32, 0);
 
 #[map]
 static STACKS: StackTrace = StackTrace::with_max_entries(MAX_STACKS, 0);
@@ -82,7 +86,8 @@ programs! {
     15 => k_15, f_15; 16 => k_16, f_16; 17 => k_17, f_17; 18 => k_18, f_18; 19 => k_19, f_19;
     20 => k_20, f_20; 21 => k_21, f_21; 22 => k_22, f_22; 23 => k_23, f_23; 24 => k_24, f_24;
     25 => k_25, f_25; 26 => k_26, f_26; 27 => k_27, f_27; 28 => k_28, f_28; 29 => k_29, f_29;
-    30 => k_30, f_30; 31 => k_31, f_31; 32 => k_32, f_32; 33 => k_33, f_33;
+    30 => k_30, f_30; 31 => k_31, f_31; 32 => k_32, f_32; 33 => k_33, f_33; 34 => k_34, f_34;
+    35 => k_35, f_35; 36 => k_36, f_36;
 }
 
 #[cfg(not(test))]

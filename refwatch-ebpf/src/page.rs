@@ -108,7 +108,11 @@ pub fn state(head: u64) -> PageState {
     let flags = read::<u64>(head + layout!(off_flags)).unwrap_or(0);
     let is_head = flags & layout!(pg_head_mask) != 0;
     let large = layout!(off_large_mapcount);
-    let mapcount_off = if is_head && large != u64::MAX { large } else { layout!(off_mapcount) };
+    let mapcount_off = if is_head && large != u64::MAX {
+        large
+    } else {
+        layout!(off_mapcount)
+    };
     PageState {
         refcount: read::<i32>(head + layout!(off_refcount)).unwrap_or(i32::MIN),
         mapcount: read::<i32>(head + mapcount_off).map_or(i32::MIN, |m| m + 1),

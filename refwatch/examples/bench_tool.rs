@@ -13,18 +13,21 @@ use std::{fmt::Write as _, path::Path, process::ExitCode};
 
 use anyhow::{Context, Result, bail};
 use refwatch::trace::{Footer, TraceReader, TraceWriter};
-use refwatch_common::{Arg, CATALOG, Event, EventKind};
+use refwatch_common::{Arg, At, CATALOG, Event, EventKind};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match args.as_slice() {
         ["stats", trace] => stats(Path::new(trace)),
-        ["replicate", input, output, events] => {
-            events.parse().context("EVENTS").and_then(|n| replicate(Path::new(input), Path::new(output), n))
-        }
+        ["replicate", input, output, events] => events
+            .parse()
+            .context("EVENTS")
+            .and_then(|n| replicate(Path::new(input), Path::new(output), n)),
         ["bpftrace", trace] => bpftrace(Path::new(trace)),
-        _ => Err(anyhow::anyhow!("usage: bench_tool stats TRACE | replicate IN OUT EVENTS | bpftrace TRACE")),
+        _ => Err(anyhow::anyhow!(
+            "usage: bench_tool stats TRACE | replicate IN OUT EVENTS | bpftrace TRACE"
+        )),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -65,7 +68,10 @@ fn stats(path: &Path) -> Result<()> {
 }
 
 fn is_page_event(ev: &Event) -> bool {
-    !matches!(EventKind::from_u8(ev.kind), Some(EventKind::PgmapAdd | EventKind::PgmapRemove) | None)
+    !matches!(
+        EventKind::from_u8(ev.kind),
+        Some(EventKind::PgmapAdd | EventKind::PgmapRemove) | None
+    )
 }
 
 fn replicate(input: &Path, output: &Path, target: u64) -> Result<()> {
@@ -106,7 +112,9 @@ fn replicate(input: &Path, output: &Path, target: u64) -> Result<()> {
             if is_page_event(ev) {
                 // Move the copy's pages into window `window` of the pgmap, keeping their order.
                 let to = base + window * width + (ev.pfn - lo);
-                e.page = e.page.wrapping_add(to.wrapping_sub(ev.pfn).wrapping_mul(page_size));
+                e.page = e
+                    .page
+                    .wrapping_add(to.wrapping_sub(ev.pfn).wrapping_mul(page_size));
                 e.pfn = to;
             } else if k > 0 {
                 continue; // the pgmap exists once
@@ -115,8 +123,15 @@ fn replicate(input: &Path, output: &Path, target: u64) -> Result<()> {
         }
     }
     let n = w.events();
-    w.finish(Footer { dropped: 0, end: "replicated".into(), ..Footer::default() })?;
-    eprintln!("{}: {n} events ({copies} copies, {windows} pfn windows)", output.display());
+    w.finish(Footer {
+        dropped: 0,
+        end: "replicated".into(),
+        ..Footer::default()
+    })?;
+    eprintln!(
+        "{}: {n} events ({copies} copies, {windows} pfn windows)",
+        output.display()
+    );
     Ok(())
 }
 
@@ -125,7 +140,11 @@ fn bpftrace(path: &Path) -> Result<()> {
     let header = reader.header();
     let layout = header.layout.as_ref().context("the trace has no layout")?;
     let mut s = String::new();
-    writeln!(s, "// refwatch's probe set on {}: zone(page) == ZONE_DEVICE, count per probe.", header.kernel)?;
+    writeln!(
+        s,
+        "// refwatch's probe set on {}: zone(page) == ZONE_DEVICE, count per probe.",
+        header.kernel
+    )?;
     writeln!(s, "BEGIN {{ printf(\"ready\\n\"); }}")?;
     let zone = format!(
         "(((*(uint64 *)($page + {})) >> {}) & {:#x}) == {}",
@@ -133,7 +152,9 @@ fn bpftrace(path: &Path) -> Result<()> {
     );
     let vmemmap = "(*(uint64 *)kaddr(\"vmemmap_base\"))";
     for entry in header.plan.attached() {
-        let probe = CATALOG.get(entry.id as usize).context("probe id out of the catalog")?;
+        let probe = CATALOG
+            .get(entry.id as usize)
+            .context("probe id out of the catalog")?;
         let page = match probe.arg {
             Arg::Page(n) | Arg::Folio(n) => format!("$page = arg{n};"),
             Arg::PfnT(n) => format!(
@@ -146,8 +167,12 @@ fn bpftrace(path: &Path) -> Result<()> {
                  $page = {vmemmap} + ((arg{n} & 0xffffffffff000) >> 12) * {};",
                 layout.page_size
             ),
-            Arg::PmdPtr(_) | Arg::Pgmap(_) => {
-                writeln!(s, "kprobe:{} {{ @pgmap[probe] = count(); }}", probe.function)?;
+            Arg::PmdPtr(_) | Arg::Pgmap(_) | Arg::PgmapScan(_) | Arg::DaxEntry { .. } => {
+                writeln!(
+                    s,
+                    "kprobe:{} {{ @pgmap[probe] = count(); }}",
+                    probe.function
+                )?;
                 continue;
             }
             // As refwatch: only ranges of mms that had a device page inserted count.
@@ -161,7 +186,13 @@ fn bpftrace(path: &Path) -> Result<()> {
             }
         };
         let remember_mm = match probe.at {
-            Some((vma, _)) => format!("@mms[*(uint64 *)(arg{vma} + {})] = 1;", layout.off_vma_mm),
+            Some(At::Args { vma, .. }) => {
+                format!("@mms[*(uint64 *)(arg{vma} + {})] = 1;", layout.off_vma_mm)
+            }
+            Some(At::Vmf(n)) => format!(
+                "@mms[*(uint64 *)(*(uint64 *)(arg{n} + {}) + {})] = 1;",
+                layout.off_vmf_vma, layout.off_vma_mm
+            ),
             None => String::new(),
         };
         writeln!(

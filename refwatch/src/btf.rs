@@ -43,17 +43,36 @@ struct Member {
 
 #[derive(Debug, Clone)]
 enum Type {
-    Int { name: u32 },
+    Int {
+        name: u32,
+    },
     Ptr(u32),
-    Array { nelems: u32 },
-    Composite { name: u32, size: u32, members: Vec<Member> },
-    Enum { name: u32, values: Vec<(u32, i64)> },
+    Array {
+        nelems: u32,
+    },
+    Composite {
+        name: u32,
+        size: u32,
+        members: Vec<Member>,
+    },
+    Enum {
+        name: u32,
+        values: Vec<(u32, i64)>,
+    },
     Fwd(u32),
-    Typedef { name: u32, ty: u32 },
+    Typedef {
+        name: u32,
+        ty: u32,
+    },
     /// const/volatile/restrict/type_tag: transparent.
     Modifier(u32),
-    Func { name: u32, proto: u32 },
-    FuncProto { params: Vec<u32> },
+    Func {
+        name: u32,
+        proto: u32,
+    },
+    FuncProto {
+        params: Vec<u32>,
+    },
     Other,
 }
 
@@ -72,7 +91,10 @@ fn u32_at(data: &[u8], off: usize) -> Result<u32, BtfError> {
 
 impl Btf {
     pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
-        let magic = data.get(0..2).map(|b| u16::from_le_bytes([b[0], b[1]])).unwrap_or(0);
+        let magic = data
+            .get(0..2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            .unwrap_or(0);
         if magic != 0xeb9f {
             return Err(BtfError::BadMagic(magic));
         }
@@ -118,7 +140,11 @@ impl Btf {
                         });
                         off += 12;
                     }
-                    Type::Composite { name, size: size_or_type, members }
+                    Type::Composite {
+                        name,
+                        size: size_or_type,
+                        members,
+                    }
                 }
                 KIND_ENUM => {
                     let mut values = Vec::with_capacity(vlen);
@@ -139,11 +165,17 @@ impl Btf {
                     Type::Enum { name, values }
                 }
                 KIND_FWD => Type::Fwd(name),
-                KIND_TYPEDEF => Type::Typedef { name, ty: size_or_type },
+                KIND_TYPEDEF => Type::Typedef {
+                    name,
+                    ty: size_or_type,
+                },
                 KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
                     Type::Modifier(size_or_type)
                 }
-                KIND_FUNC => Type::Func { name, proto: size_or_type },
+                KIND_FUNC => Type::Func {
+                    name,
+                    proto: size_or_type,
+                },
                 KIND_FUNC_PROTO => {
                     let mut params = Vec::with_capacity(vlen);
                     for _ in 0..vlen {
@@ -161,11 +193,20 @@ impl Btf {
                     Type::Other
                 }
                 KIND_FLOAT => Type::Other,
-                kind => return Err(BtfError::UnknownKind { kind, id: types.len() as u32 }),
+                kind => {
+                    return Err(BtfError::UnknownKind {
+                        kind,
+                        id: types.len() as u32,
+                    });
+                }
             };
             types.push(ty);
         }
-        let mut btf = Btf { strings, types, by_name: HashMap::new() };
+        let mut btf = Btf {
+            strings,
+            types,
+            by_name: HashMap::new(),
+        };
         for id in 1..btf.types.len() as u32 {
             if let Some(name) = btf.name_of(id).filter(|n| !n.is_empty()) {
                 btf.by_name.entry(name.to_owned()).or_default().push(id);
@@ -193,17 +234,24 @@ impl Btf {
     }
 
     fn find(&self, name: &str, pred: impl Fn(&Type) -> bool) -> Option<u32> {
-        self.by_name.get(name)?.iter().copied().find(|&id| pred(&self.types[id as usize]))
+        self.by_name
+            .get(name)?
+            .iter()
+            .copied()
+            .find(|&id| pred(&self.types[id as usize]))
     }
 
     fn composite(&self, name: &str) -> Option<u32> {
         // Prefer the definition with members over an empty forward-ish duplicate.
-        self.by_name.get(name)?.iter().copied().filter(|&id| {
-            matches!(self.types[id as usize], Type::Composite { .. })
-        }).max_by_key(|&id| match &self.types[id as usize] {
-            Type::Composite { members, .. } => members.len(),
-            _ => 0,
-        })
+        self.by_name
+            .get(name)?
+            .iter()
+            .copied()
+            .filter(|&id| matches!(self.types[id as usize], Type::Composite { .. }))
+            .max_by_key(|&id| match &self.types[id as usize] {
+                Type::Composite { members, .. } => members.len(),
+                _ => 0,
+            })
     }
 
     /// `sizeof(struct name)`.
@@ -216,7 +264,8 @@ impl Btf {
 
     /// Byte offset of `member` in `struct name`, looking through anonymous structs and unions.
     pub fn member_offset(&self, name: &str, member: &str) -> Option<u64> {
-        self.member(self.composite(name)?, member).map(|(bits, _)| bits / 8)
+        self.member(self.composite(name)?, member)
+            .map(|(bits, _)| bits / 8)
     }
 
     /// Number of elements of an array member.
@@ -261,8 +310,15 @@ impl Btf {
     /// Values of `enum name`, by enumerator name.
     pub fn enum_values(&self, name: &str) -> Option<Vec<(String, i64)>> {
         let id = self.find(name, |t| matches!(t, Type::Enum { .. }))?;
-        let Type::Enum { values, .. } = &self.types[id as usize] else { return None };
-        Some(values.iter().map(|(n, v)| (self.str_at(*n).to_owned(), *v)).collect())
+        let Type::Enum { values, .. } = &self.types[id as usize] else {
+            return None;
+        };
+        Some(
+            values
+                .iter()
+                .map(|(n, v)| (self.str_at(*n).to_owned(), *v))
+                .collect(),
+        )
     }
 
     /// Value of one enumerator, searched in every enum (kernel enumerators are unique).
@@ -279,8 +335,12 @@ impl Btf {
     /// The parameters of function `name` as patterns: `page*`, `pfn_t`, `unsigned int`, ….
     pub fn function_params(&self, name: &str) -> Option<Vec<String>> {
         let id = self.find(name, |t| matches!(t, Type::Func { .. }))?;
-        let Type::Func { proto, .. } = &self.types[id as usize] else { return None };
-        let Type::FuncProto { params } = &self.types[*proto as usize] else { return None };
+        let Type::Func { proto, .. } = &self.types[id as usize] else {
+            return None;
+        };
+        let Type::FuncProto { params } = &self.types[*proto as usize] else {
+            return None;
+        };
         Some(params.iter().map(|&ty| self.pattern(ty)).collect())
     }
 
@@ -313,20 +373,42 @@ mod tests {
     /// Builds a tiny BTF blob: int, struct page { flags; union { pgmap; compound_head }; int
     /// _refcount; }, a pointer to it and `void f(struct page *, unsigned long)`.
     fn sample() -> Vec<u8> {
-        let mut strings = b"\0int\0page\0flags\0pgmap\0compound_head\0_refcount\0f\0p\0n\0".to_vec();
+        let mut strings =
+            b"\0int\0page\0flags\0pgmap\0compound_head\0_refcount\0f\0p\0n\0".to_vec();
         let s = |name: &str, strings: &[u8]| -> u32 {
             let pat = format!("\0{name}\0");
-            strings.windows(pat.len()).position(|w| w == pat.as_bytes()).unwrap() as u32 + 1
+            strings
+                .windows(pat.len())
+                .position(|w| w == pat.as_bytes())
+                .unwrap() as u32
+                + 1
         };
         let mut t = Vec::<u32>::new();
         // 1: int
         t.extend([s("int", &strings), KIND_INT << 24, 8, 64]);
         // 2: anonymous union { pgmap: int (8); compound_head: int (8) }
         t.extend([0, KIND_UNION << 24 | 2, 8]);
-        t.extend([s("pgmap", &strings), 1, 0, s("compound_head", &strings), 1, 0]);
+        t.extend([
+            s("pgmap", &strings),
+            1,
+            0,
+            s("compound_head", &strings),
+            1,
+            0,
+        ]);
         // 3: struct page { flags @0; union @64 bits; _refcount @128 bits }
         t.extend([s("page", &strings), KIND_STRUCT << 24 | 3, 24]);
-        t.extend([s("flags", &strings), 1, 0, 0, 2, 64, s("_refcount", &strings), 1, 128]);
+        t.extend([
+            s("flags", &strings),
+            1,
+            0,
+            0,
+            2,
+            64,
+            s("_refcount", &strings),
+            1,
+            128,
+        ]);
         // 4: struct page *
         t.extend([0, KIND_PTR << 24, 3]);
         // 5: proto (struct page *p, int n)
@@ -338,7 +420,13 @@ mod tests {
         let mut out = Vec::new();
         out.extend(0xeb9fu16.to_le_bytes());
         out.extend([1, 0]);
-        for v in [24u32, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
+        for v in [
+            24u32,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strings.len() as u32,
+        ] {
             out.extend(v.to_le_bytes());
         }
         out.extend(types);

@@ -74,18 +74,28 @@ static EARLY: std::sync::Mutex<Option<(Signal, Signal)>> = std::sync::Mutex::new
 /// this call and the capture (e.g. while a trace file is being created) stops the capture at
 /// once instead of being lost or killing the process. Must be called inside the runtime.
 pub fn watch_signals() -> std::io::Result<()> {
-    let pair = (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?);
+    let pair = (
+        signal(SignalKind::interrupt())?,
+        signal(SignalKind::terminate())?,
+    );
     *EARLY.lock().unwrap_or_else(|e| e.into_inner()) = Some(pair);
     Ok(())
 }
 
 /// Runs the capture; the session's probes stay attached until it returns, and every event
 /// already in the ring buffer at the end is delivered before it does.
-pub async fn capture(session: &mut Session, stop: &StopWhen, sink: &mut impl Sink) -> anyhow::Result<End> {
+pub async fn capture(
+    session: &mut Session,
+    stop: &StopWhen,
+    sink: &mut impl Sink,
+) -> anyhow::Result<End> {
     let early = EARLY.lock().unwrap_or_else(|e| e.into_inner()).take();
     let (mut sigint, mut sigterm) = match early {
         Some(pair) => pair,
-        None => (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?),
+        None => (
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        ),
     };
     let deadline = stop.duration.map(|d| Instant::now() + d);
     let tick = sink.tick_interval();

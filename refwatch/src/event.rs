@@ -20,9 +20,16 @@ impl EventExt for Event {
     }
 
     fn user_range(&self) -> Option<UserRange> {
-        let probe = CATALOG.get(usize::from(self.probe)).filter(|p| p.is_range())?;
+        let probe = CATALOG
+            .get(usize::from(self.probe))
+            .filter(|p| p.is_range())?;
         let to = matches!(probe.arg, Arg::Move { .. }).then_some(self.pfn);
-        Some(UserRange { mm: self.page, start: self.extra, end: self.extra2, to })
+        Some(UserRange {
+            mm: self.page,
+            start: self.extra,
+            end: self.extra2,
+            to,
+        })
     }
 
     fn tgid(&self) -> u32 {

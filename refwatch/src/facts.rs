@@ -116,7 +116,11 @@ fn pgmap_types(btf: &Btf) -> BTreeMap<u8, String> {
 }
 
 fn order_base_2(n: u64) -> u64 {
-    if n <= 1 { 0 } else { 64 - (n - 1).leading_zeros() as u64 }
+    if n <= 1 {
+        0
+    } else {
+        64 - (n - 1).leading_zeros() as u64
+    }
 }
 
 /// Struct offsets and the page->flags zone field, all from BTF.
@@ -124,19 +128,35 @@ pub fn layout_from_btf(btf: &Btf, config: Option<&str>) -> Result<Layout, String
     let need = |what: &str, v: Option<u64>| v.ok_or_else(|| format!("BTF has no {what}"));
     let (off_compound_head, compound_mode) = match btf.member_offset("page", "compound_head") {
         Some(off) => (off, COMPOUND_MINUS_ONE),
-        None => (need("page.compound_info", btf.member_offset("page", "compound_info"))?,
-                 COMPOUND_MASK),
+        None => (
+            need(
+                "page.compound_info",
+                btf.member_offset("page", "compound_info"),
+            )?,
+            COMPOUND_MASK,
+        ),
     };
     let off_pgmap = btf
         .member_offset("page", "pgmap")
         .or_else(|| btf.member_offset("folio", "pgmap"));
-    let zone_device = need("ZONE_DEVICE", btf.enumerator("ZONE_DEVICE").map(|v| v as u64))?;
-    let max_nr_zones = need("__MAX_NR_ZONES", btf.enumerator("__MAX_NR_ZONES").map(|v| v as u64))?;
-    let zonerefs = need("zonelist._zonerefs", btf.member_array_len("zonelist", "_zonerefs"))?;
+    let zone_device = need(
+        "ZONE_DEVICE",
+        btf.enumerator("ZONE_DEVICE").map(|v| v as u64),
+    )?;
+    let max_nr_zones = need(
+        "__MAX_NR_ZONES",
+        btf.enumerator("__MAX_NR_ZONES").map(|v| v as u64),
+    )?;
+    let zonerefs = need(
+        "zonelist._zonerefs",
+        btf.member_array_len("zonelist", "_zonerefs"),
+    )?;
     // _zonerefs has MAX_NUMNODES * MAX_NR_ZONES + 1 entries; MAX_NUMNODES = 1 << NODES_SHIFT.
     let numnodes = (zonerefs - 1) / max_nr_zones;
     if !numnodes.is_power_of_two() {
-        return Err(format!("cannot derive NODES_SHIFT from {zonerefs} zonerefs"));
+        return Err(format!(
+            "cannot derive NODES_SHIFT from {zonerefs} zonerefs"
+        ));
     }
     let nodes_shift = numnodes.trailing_zeros() as u64;
     let zones_width = order_base_2(max_nr_zones);
@@ -160,20 +180,35 @@ pub fn layout_from_btf(btf: &Btf, config: Option<&str>) -> Result<Layout, String
         compound_mode,
         off_refcount: need("page._refcount", btf.member_offset("page", "_refcount"))?,
         off_mapcount: need("page._mapcount", btf.member_offset("page", "_mapcount"))?,
-        off_large_mapcount: btf.member_offset("folio", "_large_mapcount").unwrap_or(u64::MAX),
+        off_large_mapcount: btf
+            .member_offset("folio", "_large_mapcount")
+            .unwrap_or(u64::MAX),
         off_pgmap: need("page.pgmap or folio.pgmap", off_pgmap)?,
         off_pgmap_type: need("dev_pagemap.type", btf.member_offset("dev_pagemap", "type"))?,
-        off_pgmap_nr_range: need("dev_pagemap.nr_range",
-            btf.member_offset("dev_pagemap", "nr_range"))?,
-        off_pgmap_ranges: need("dev_pagemap.range", btf.member_offset("dev_pagemap", "range"))?,
-        off_vma_mm: need("vm_area_struct.vm_mm", btf.member_offset("vm_area_struct", "vm_mm"))?,
+        off_pgmap_nr_range: need(
+            "dev_pagemap.nr_range",
+            btf.member_offset("dev_pagemap", "nr_range"),
+        )?,
+        off_pgmap_ranges: need(
+            "dev_pagemap.range",
+            btf.member_offset("dev_pagemap", "range"),
+        )?,
+        off_vma_mm: need(
+            "vm_area_struct.vm_mm",
+            btf.member_offset("vm_area_struct", "vm_mm"),
+        )?,
+        off_vmf_vma: btf.member_offset("vm_fault", "vma").unwrap_or(u64::MAX),
+        off_vmf_address: btf.member_offset("vm_fault", "address").unwrap_or(u64::MAX),
+        idle_one_types: 0,
     })
 }
 
 /// Where the kernel config is readable, it must agree with what BTF implies.
 fn check_config(config: &str, nodes_shift: u64) -> Result<(), String> {
     let value = |key: &str| {
-        config.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('=').map(str::to_owned))
+        config
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('=').map(str::to_owned))
     };
     if value("CONFIG_SPARSEMEM_VMEMMAP").as_deref() != Some("y") {
         return Err("CONFIG_SPARSEMEM_VMEMMAP is not set: page->flags layout unsupported".into());
@@ -181,7 +216,9 @@ fn check_config(config: &str, nodes_shift: u64) -> Result<(), String> {
     if let Some(shift) = value("CONFIG_NODES_SHIFT")
         && shift.parse::<u64>().ok() != Some(nodes_shift)
     {
-        return Err(format!("CONFIG_NODES_SHIFT={shift} but BTF implies {nodes_shift}"));
+        return Err(format!(
+            "CONFIG_NODES_SHIFT={shift} but BTF implies {nodes_shift}"
+        ));
     }
     Ok(())
 }

@@ -39,7 +39,12 @@ impl Kallsyms {
                 if m != module.as_deref() {
                     module = m.map(Arc::from);
                 }
-                Some(Symbol { addr, ty, name, module: module.clone() })
+                Some(Symbol {
+                    addr,
+                    ty,
+                    name,
+                    module: module.clone(),
+                })
             })
             .collect();
         sorted.sort_by_key(|s| s.addr);
@@ -50,7 +55,9 @@ impl Kallsyms {
     }
 
     fn index(&self, name: &str) -> Option<usize> {
-        let i = self.by_name.partition_point(|&i| &*self.sorted[i as usize].name < name);
+        let i = self
+            .by_name
+            .partition_point(|&i| &*self.sorted[i as usize].name < name);
         let &i = self.by_name.get(i)?;
         (&*self.sorted[i as usize].name == name).then_some(i as usize)
     }
@@ -80,7 +87,8 @@ impl Kallsyms {
 
     /// Whether the address is in a BPF program or trampoline (refwatch's own frames, for fentry).
     pub fn is_bpf(&self, addr: u64) -> bool {
-        self.containing(addr).is_some_and(|s| s.module.as_deref() == Some("bpf"))
+        self.containing(addr)
+            .is_some_and(|s| s.module.as_deref() == Some("bpf"))
     }
 
     /// The kernel's own `%pS` form: `func+0x1f/0x40 [module]`.
@@ -90,8 +98,15 @@ impl Kallsyms {
             return format!("{addr:#x}");
         }
         let s = &self.sorted[i - 1];
-        let size = self.sorted[i..].iter().find(|n| n.addr > s.addr).map_or(0, |n| n.addr - s.addr);
-        let module = s.module.as_ref().map(|m| format!(" [{m}]")).unwrap_or_default();
+        let size = self.sorted[i..]
+            .iter()
+            .find(|n| n.addr > s.addr)
+            .map_or(0, |n| n.addr - s.addr);
+        let module = s
+            .module
+            .as_ref()
+            .map(|m| format!(" [{m}]"))
+            .unwrap_or_default();
         format!("{}+{:#x}/{:#x}{}", s.name, addr - s.addr, size, module)
     }
 }
@@ -116,7 +131,10 @@ ffffffffc0003000 t bpf_prog_6deef7357e7b4530_f_3\t[bpf]
     fn symbolizes_like_the_kernel() {
         let k = Kallsyms::parse(SAMPLE);
         assert_eq!(k.symbolize(0xffffffff8123401f), "insert_pfn+0x1f/0x200");
-        assert_eq!(k.symbolize(0xffffffffc0001010), "inject_fault+0x10/0x100 [refwatch_inject]");
+        assert_eq!(
+            k.symbolize(0xffffffffc0001010),
+            "inject_fault+0x10/0x100 [refwatch_inject]"
+        );
         assert_eq!(k.symbolize(0x1000), "0x1000");
     }
 
@@ -125,7 +143,10 @@ ffffffffc0003000 t bpf_prog_6deef7357e7b4530_f_3\t[bpf]
         let k = Kallsyms::parse(SAMPLE);
         assert_eq!(k.get("insert_pfn").unwrap().ty, 't');
         assert_eq!(k.get("vmemmap_base").unwrap().addr, 0xffffffff82600000);
-        assert_eq!(k.range("vmf_insert_mixed"), Some((0xffffffff81234200, 0xffffffff81234240)));
+        assert_eq!(
+            k.range("vmf_insert_mixed"),
+            Some((0xffffffff81234200, 0xffffffff81234240))
+        );
         assert!(k.get("get_page").is_none());
         assert!(k.addresses_visible());
         assert!(k.is_bpf(0xffffffffc0002010));

@@ -2,6 +2,7 @@
 //! main.rs is a thin layer over it.
 
 pub mod aggregate;
+pub mod announce;
 pub mod btf;
 pub mod capture;
 pub mod event;

@@ -113,9 +113,11 @@ impl From<RefModel> for Model {
 
 fn matches_prototype(probe: &Probe, found: &[String]) -> bool {
     probe.params.len() == found.len()
-        && probe.params.iter().zip(found).all(|(want, got)| {
-            *want == "_" || want == got
-        })
+        && probe
+            .params
+            .iter()
+            .zip(found)
+            .all(|(want, got)| *want == "_" || want == got)
 }
 
 /// Whether an fentry program can carry this entry on this kernel: older trampolines refuse
@@ -130,7 +132,10 @@ fn modes_for(probe: &Probe, facts: &KernelFacts, requested: AttachMode) -> Vec<A
         AttachMode::Kprobe => vec![AttachMode::Kprobe],
         AttachMode::Fentry if fentry_ok => vec![AttachMode::Fentry],
         AttachMode::Fentry => vec![AttachMode::Kprobe],
-        AttachMode::Auto if !facts.kprobes => [AttachMode::Fentry].into_iter().filter(|_| fentry_ok).collect(),
+        AttachMode::Auto if !facts.kprobes => [AttachMode::Fentry]
+            .into_iter()
+            .filter(|_| fentry_ok)
+            .collect(),
         AttachMode::Auto if fentry_ok => vec![AttachMode::Fentry, AttachMode::Kprobe],
         AttachMode::Auto => vec![AttachMode::Kprobe],
     }
@@ -145,18 +150,22 @@ pub fn resolve(facts: &KernelFacts, requested: AttachMode) -> Plan {
             if !probe.applies_to(facts.version) {
                 Resolution::NotThisKernel {
                     since: format!("{}.{}", probe.since.0, probe.since.1),
-                    until: probe.last_version().map(|(major, minor)| format!("{major}.{minor}")),
+                    until: probe
+                        .last_version()
+                        .map(|(major, minor)| format!("{major}.{minor}")),
                 }
             } else if !facts.symbols.contains_key(probe.function) {
                 Resolution::Missing
             } else if let Some(caller) = probe.caller.filter(|c| !facts.symbols.contains_key(*c)) {
-                Resolution::CallerMissing { caller: caller.to_owned() }
+                Resolution::CallerMissing {
+                    caller: caller.to_owned(),
+                }
             } else {
                 match facts.prototypes.get(probe.function) {
                     None => Resolution::NoPrototype,
-                    Some(found) if !matches_prototype(probe, found) => {
-                        Resolution::OtherPrototype { found: found.clone() }
-                    }
+                    Some(found) if !matches_prototype(probe, found) => Resolution::OtherPrototype {
+                        found: found.clone(),
+                    },
                     Some(_) => Resolution::Use,
                 }
             }
@@ -175,12 +184,18 @@ pub fn resolve(facts: &KernelFacts, requested: AttachMode) -> Plan {
         }
         resolutions[id] = match taken.get(probe.site) {
             Some((_, false)) if probe.hot => Resolution::Hot,
-            Some((by, _)) => Resolution::Superseded { by: (*by).to_owned() },
+            Some((by, _)) => Resolution::Superseded {
+                by: (*by).to_owned(),
+            },
             None => {
                 // A hot entry still takes its site: the alternatives it stands for are not
                 // the way to see these transitions here either.
                 taken.insert(probe.site, (probe.function, probe.hot));
-                if probe.hot && era.model.mapping_takes_ref() { Resolution::Hot } else { Resolution::Use }
+                if probe.hot && era.model.mapping_takes_ref() {
+                    Resolution::Hot
+                } else {
+                    Resolution::Use
+                }
             }
         };
     }
@@ -208,7 +223,12 @@ pub fn resolve(facts: &KernelFacts, requested: AttachMode) -> Plan {
         .map(|i| InlineCoverage {
             name: i.name.to_owned(),
             out_of_line: facts.symbols.contains_key(i.name),
-            covered_by: i.covered_by.iter().filter(|f| used.contains(**f)).map(|f| (*f).to_owned()).collect(),
+            covered_by: i
+                .covered_by
+                .iter()
+                .filter(|f| used.contains(**f))
+                .map(|f| (*f).to_owned())
+                .collect(),
             note: i.note.to_owned(),
         })
         .collect();
@@ -216,22 +236,39 @@ pub fn resolve(facts: &KernelFacts, requested: AttachMode) -> Plan {
     if let Err(e) = &facts.layout {
         blockers.push(format!("struct layout unknown: {e}"));
     }
-    let no_kprobes = format!("kprobes are not available ({} is absent: CONFIG_KPROBES off?)", crate::facts::KPROBE_PMU);
+    let no_kprobes = format!(
+        "kprobes are not available ({} is absent: CONFIG_KPROBES off?)",
+        crate::facts::KPROBE_PMU
+    );
     if !facts.kprobes && requested == AttachMode::Kprobe {
         blockers.push(no_kprobes.clone());
     }
     if facts.version == (0, 0) {
-        blockers.push(format!("kernel release {:?} has no version refwatch can read", facts.release));
+        blockers.push(format!(
+            "kernel release {:?} has no version refwatch can read",
+            facts.release
+        ));
     }
     if used.is_empty() {
-        let why = if facts.btf { "" } else { " (without BTF no prototype can be checked)" };
+        let why = if facts.btf {
+            ""
+        } else {
+            " (without BTF no prototype can be checked)"
+        };
         blockers.push(format!("no catalog function resolved on this kernel{why}"));
     }
     let mut notes = Vec::new();
     if !facts.kprobes && requested != AttachMode::Kprobe {
-        let stuck: Vec<&str> =
-            probes.iter().filter(|p| p.resolution == Resolution::Use && p.modes.is_empty()).map(|p| p.function.as_str()).collect();
-        let stuck = if stuck.is_empty() { String::new() } else { format!(", so {} cannot be attached", stuck.join(", ")) };
+        let stuck: Vec<&str> = probes
+            .iter()
+            .filter(|p| p.resolution == Resolution::Use && p.modes.is_empty())
+            .map(|p| p.function.as_str())
+            .collect();
+        let stuck = if stuck.is_empty() {
+            String::new()
+        } else {
+            format!(", so {} cannot be attached", stuck.join(", "))
+        };
         notes.push(format!("{no_kprobes}: fentry only{stuck}"));
     }
     if facts.version > NEWEST_CHECKED {
@@ -271,8 +308,14 @@ impl Plan {
             .filter(|p| p.function == function && p.resolution == Resolution::Hot)
             .map(|p| p.site.clone())
             .collect();
-        for entry in self.probes.iter_mut().filter(|p| sites.contains(&p.site) && p.resolution == Resolution::Use) {
-            entry.resolution = Resolution::Superseded { by: function.to_owned() };
+        for entry in self
+            .probes
+            .iter_mut()
+            .filter(|p| sites.contains(&p.site) && p.resolution == Resolution::Use)
+        {
+            entry.resolution = Resolution::Superseded {
+                by: function.to_owned(),
+            };
         }
         self.retag(function, &Resolution::Hot, Resolution::Use)
     }
@@ -289,22 +332,29 @@ impl Plan {
     }
 
     pub fn used(&self) -> impl Iterator<Item = &ProbeEntry> {
-        self.probes.iter().filter(|p| p.resolution == Resolution::Use)
+        self.probes
+            .iter()
+            .filter(|p| p.resolution == Resolution::Use)
     }
 
     /// Entries that are attached and delivering events.
     pub fn attached(&self) -> impl Iterator<Item = &ProbeEntry> {
-        self.probes.iter().filter(|p| matches!(p.attached, Some(Ok(_))))
+        self.probes
+            .iter()
+            .filter(|p| matches!(p.attached, Some(Ok(_))))
     }
 
     /// Whether any attached probe carries events of `kind`.
     pub fn sees(&self, kind: EventKind) -> bool {
-        self.attached().any(|p| p.kind == kind.name())
+        self.attached()
+            .any(|p| CATALOG[usize::from(p.id)].carries(kind))
     }
 
     /// The function name of a catalog id.
     pub fn function(&self, id: u8) -> &str {
-        self.probes.get(id as usize).map_or("?", |p| p.function.as_str())
+        self.probes
+            .get(id as usize)
+            .map_or("?", |p| p.function.as_str())
     }
 
     pub fn pgmap_type_name(&self, raw: u8) -> &str {

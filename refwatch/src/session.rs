@@ -14,6 +14,7 @@ use refwatch_common::{
 use tokio::io::unix::AsyncFd;
 
 use crate::{
+    aggregate::{PgType, idle},
     btf::Btf,
     facts::{BTF_PATH, KernelFacts, VMEMMAP_BASE},
     kallsyms::Kallsyms,
@@ -32,7 +33,10 @@ pub enum SessionError {
     #[error("kernel addresses are hidden in /proc/kallsyms (kptr_restrict): run as root")]
     HiddenAddresses,
     #[error("refwatch cannot run on {kernel}: {}", .reasons.join("; "))]
-    Unsupported { kernel: String, reasons: Vec<String> },
+    Unsupported {
+        kernel: String,
+        reasons: Vec<String>,
+    },
     #[error("loading the eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("eBPF map {0}: {1}")]
@@ -75,12 +79,21 @@ impl Kernel {
             Err(e) => (None, Some(format!("{BTF_PATH}: {e}"))),
         };
         let facts = KernelFacts::gather(&kallsyms, btf.as_ref(), btf_error);
-        Ok(Self { kallsyms, facts, aya_btf: std::cell::OnceCell::new() })
+        Ok(Self {
+            kallsyms,
+            facts,
+            aya_btf: std::cell::OnceCell::new(),
+        })
     }
 
     pub fn aya_btf(&self) -> Option<&aya::Btf> {
         self.aya_btf
-            .get_or_init(|| self.facts.btf.then(aya::Btf::from_sys_fs).and_then(Result::ok))
+            .get_or_init(|| {
+                self.facts
+                    .btf
+                    .then(aya::Btf::from_sys_fs)
+                    .and_then(Result::ok)
+            })
             .as_ref()
     }
 }
@@ -99,7 +112,10 @@ pub struct Session {
 
 fn raise_memlock() {
     // 5.10 still charges BPF maps to RLIMIT_MEMLOCK.
-    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
 }
 
@@ -110,13 +126,18 @@ impl Session {
         if !missing.is_empty() {
             return Err(SessionError::Privileges(missing));
         }
-        let Kernel { kallsyms, facts, .. } = &kernel;
+        let Kernel {
+            kallsyms, facts, ..
+        } = &kernel;
         if !kallsyms.addresses_visible() {
             return Err(SessionError::HiddenAddresses);
         }
         let mut plan = plan::resolve(facts, opts.attach);
         if !plan.blockers.is_empty() {
-            return Err(SessionError::Unsupported { kernel: plan.kernel, reasons: plan.blockers });
+            return Err(SessionError::Unsupported {
+                kernel: plan.kernel,
+                reasons: plan.blockers,
+            });
         }
         // --with first: a function named by both is left out.
         if let Some(unknown) = opts.with.iter().find(|f| !plan.with(f)) {
@@ -125,11 +146,12 @@ impl Session {
         if let Some(unknown) = opts.skip.iter().find(|f| !plan.skip(f)) {
             return Err(SessionError::UnknownProbe(format!("--skip {unknown}")));
         }
-        let layout = facts
+        let mut layout = facts
             .layout
             .as_ref()
             .expect("no blockers implies a layout")
             .with_vmemmap_base(kallsyms.get(VMEMMAP_BASE).map_or(0, |s| s.addr));
+        layout.idle_one_types = idle_one_types(&plan);
         let mut callers = Callers::default();
         for entry in plan.used() {
             if let Some(caller) = refwatch_common::CATALOG[entry.id as usize].caller
@@ -141,7 +163,11 @@ impl Session {
         let mut ebpf = load_object(&layout, &callers, opts.ring_bytes)?;
         // Error -> functions that failed with it: one line for a refusal they all share.
         let mut errors: Vec<(String, Vec<String>)> = Vec::new();
-        for entry in plan.probes.iter_mut().filter(|p| p.resolution == plan::Resolution::Use) {
+        for entry in plan
+            .probes
+            .iter_mut()
+            .filter(|p| p.resolution == plan::Resolution::Use)
+        {
             let mut last_err = String::from("no attach mode is available for it on this kernel");
             for &mode in &entry.modes {
                 match attach(&mut ebpf, entry.id, &entry.function, mode, &kernel) {
@@ -161,11 +187,19 @@ impl Session {
             }
         }
         if plan.attached().next().is_none() {
-            let errors = errors.into_iter().map(|(e, f)| format!("{}: {e}", f.join(", "))).chain(plan.notes.clone()).collect();
-            return Err(SessionError::NothingAttached { kernel: plan.kernel, errors });
+            let errors = errors
+                .into_iter()
+                .map(|(e, f)| format!("{}: {e}", f.join(", ")))
+                .chain(plan.notes.clone())
+                .collect();
+            return Err(SessionError::NothingAttached {
+                kernel: plan.kernel,
+                errors,
+            });
         }
         let take = |ebpf: &mut aya::Ebpf, name: &'static str| {
-            ebpf.take_map(name).ok_or_else(|| SessionError::Map(name, "missing".into()))
+            ebpf.take_map(name)
+                .ok_or_else(|| SessionError::Map(name, "missing".into()))
         };
         let ring = RingBuf::try_from(take(&mut ebpf, globals::EVENTS)?)
             .map_err(|e| SessionError::Map(globals::EVENTS, e.to_string()))?;
@@ -218,7 +252,14 @@ impl Session {
     pub fn calls(&self) -> std::collections::BTreeMap<String, u64> {
         self.plan
             .attached()
-            .map(|p| (p.function.clone(), self.calls.get(&u32::from(p.id), 0).map_or(0, |v| v.iter().sum())))
+            .map(|p| {
+                (
+                    p.function.clone(),
+                    self.calls
+                        .get(&u32::from(p.id), 0)
+                        .map_or(0, |v| v.iter().sum()),
+                )
+            })
             .collect()
     }
 
@@ -227,7 +268,12 @@ impl Session {
         if id < 0 {
             return &[];
         }
-        let Self { symbolized, stacks, kallsyms, .. } = self;
+        let Self {
+            symbolized,
+            stacks,
+            kallsyms,
+            ..
+        } = self;
         symbolized.entry(id).or_insert_with(|| {
             stacks
                 .get(&(id as u32), 0)
@@ -244,7 +290,20 @@ impl Session {
     }
 }
 
-fn load_object(layout: &Layout, callers: &Callers, ring_bytes: u32) -> Result<aya::Ebpf, aya::EbpfError> {
+/// The raw `enum memory_type` values whose pages idle at refcount 1 in the plan's era, as the
+/// teardown scan's bit mask.
+fn idle_one_types(plan: &Plan) -> u64 {
+    plan.pgmap_types
+        .iter()
+        .filter(|&(&raw, name)| raw < 64 && idle(plan.model, PgType::from_name(name)) == Some(1))
+        .fold(0, |mask, (&raw, _)| mask | 1 << raw)
+}
+
+fn load_object(
+    layout: &Layout,
+    callers: &Callers,
+    ring_bytes: u32,
+) -> Result<aya::Ebpf, aya::EbpfError> {
     raise_memlock();
     EbpfLoader::new()
         .override_global(globals::LAYOUT, layout, true)
@@ -256,24 +315,40 @@ fn load_object(layout: &Layout, callers: &Callers, ring_bytes: u32) -> Result<ay
 /// A program's name and whether the running kernel's verifier accepted it.
 pub type VerifyOutcome = (String, Result<(), String>);
 
-/// Loads (verifies) every kprobe program without attaching, and, in `fentry` (function names
-/// by catalog id), the fentry program of each of those functions: the object's programs must
-/// pass the verifier of the running kernel even where it cannot attach them. Name → outcome.
-pub fn verify_programs(kernel: &Kernel, fentry: &[(u8, &str)]) -> Result<Vec<VerifyOutcome>, SessionError> {
+/// Loads (verifies) the kprobe program of every catalog entry that applies to the running
+/// kernel's version without attaching, and, in `fentry` (function names by catalog id), the
+/// fentry program of each of those functions: the object's programs must pass the verifier
+/// of the running kernel even where it cannot attach them. Name → outcome.
+pub fn verify_programs(
+    kernel: &Kernel,
+    fentry: &[(u8, &str)],
+) -> Result<Vec<VerifyOutcome>, SessionError> {
     let layout = kernel.facts.layout.clone().unwrap_or(Layout::PLACEHOLDER);
-    let mut ebpf = load_object(&layout.with_vmemmap_base(0), &Callers::default(), globals::DEFAULT_RING_BYTES)?;
+    let mut ebpf = load_object(
+        &layout.with_vmemmap_base(0),
+        &Callers::default(),
+        globals::DEFAULT_RING_BYTES,
+    )?;
+    let version = kernel.facts.version;
     let mut outcomes: Vec<_> = (0..refwatch_common::CATALOG.len())
+        .filter(|&id| refwatch_common::CATALOG[id].applies_to(version))
         .map(|id| {
             let name = format!("k_{id}");
-            let outcome = program::<KProbe>(&mut ebpf, &name).and_then(|p| p.load().map_err(|e| error_chain(&e)));
+            let outcome = program::<KProbe>(&mut ebpf, &name)
+                .and_then(|p| p.load().map_err(|e| error_chain(&e)));
             (name, outcome)
         })
         .collect();
     for &(id, function) in fentry {
         let name = format!("f_{id}");
-        let outcome = kernel.aya_btf().ok_or_else(|| "no kernel BTF".to_owned()).and_then(|btf| {
-            program::<FEntry>(&mut ebpf, &name)?.load(function, btf).map_err(|e| error_chain(&e))
-        });
+        let outcome = kernel
+            .aya_btf()
+            .ok_or_else(|| "no kernel BTF".to_owned())
+            .and_then(|btf| {
+                program::<FEntry>(&mut ebpf, &name)?
+                    .load(function, btf)
+                    .map_err(|e| error_chain(&e))
+            });
         outcomes.push((format!("{name} ({function})"), outcome));
     }
     Ok(outcomes)
@@ -283,8 +358,12 @@ pub fn verify_programs(kernel: &Kernel, fentry: &[(u8, &str)]) -> Result<Vec<Ver
 /// fentry load with EPERM).
 pub fn fentry_allowed(kernel: &Kernel, id: u8, function: &str) -> Result<(), String> {
     let layout = kernel.facts.layout.clone().map_err(|e| e.to_string())?;
-    let mut ebpf = load_object(&layout.with_vmemmap_base(0), &Callers::default(), globals::DEFAULT_RING_BYTES)
-        .map_err(|e| error_chain(&e))?;
+    let mut ebpf = load_object(
+        &layout.with_vmemmap_base(0),
+        &Callers::default(),
+        globals::DEFAULT_RING_BYTES,
+    )
+    .map_err(|e| error_chain(&e))?;
     let btf = kernel.aya_btf().ok_or("no kernel BTF")?;
     let prog: &mut FEntry = program(&mut ebpf, &format!("f_{id}"))?;
     prog.load(function, btf).map_err(|e| error_chain(&e))
@@ -328,7 +407,10 @@ fn program<'a, P>(ebpf: &'a mut aya::Ebpf, name: &str) -> Result<&'a mut P, Stri
 where
     &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
-    ebpf.program_mut(name).ok_or_else(|| format!("program {name} missing"))?.try_into().map_err(|e| error_chain(&e))
+    ebpf.program_mut(name)
+        .ok_or_else(|| format!("program {name} missing"))?
+        .try_into()
+        .map_err(|e| error_chain(&e))
 }
 
 /// An error with its sources, on one line (aya's errors keep the useful part in `source`).
@@ -343,7 +425,11 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     }
     match s.split_once("Verifier output:") {
         Some((head, log)) => {
-            let lines: Vec<&str> = log.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+            let lines: Vec<&str> = log
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
             let verdict = lines
                 .iter()
                 .rposition(|l| l.starts_with("processed "))

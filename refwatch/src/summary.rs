@@ -85,12 +85,20 @@ impl Summary {
             dropped,
             rules: Rule::ALL
                 .iter()
-                .map(|&r| RuleSummary { id: r.id(), count: agg.count(r), coverage: ctx.coverage(r) })
+                .map(|&r| RuleSummary {
+                    id: r.id(),
+                    count: agg.count(r),
+                    coverage: ctx.coverage(r),
+                })
                 .collect(),
             pgmaps: agg
                 .pgmaps()
                 .map(|p| {
-                    let (live_refs, mapped_pages) = if p.teardown { (0, 0) } else { agg.load(p.address) };
+                    let (live_refs, mapped_pages) = if p.teardown {
+                        (0, 0)
+                    } else {
+                        agg.load(p.address)
+                    };
                     PgmapSummary {
                         address: format!("{:#x}", p.address),
                         type_name: ctx.type_name(p.raw_type).to_owned(),
@@ -107,7 +115,10 @@ impl Summary {
             findings: agg
                 .findings()
                 .iter()
-                .map(|f| FindingOut { finding: f.clone(), stack: stack(f.stack_id) })
+                .map(|f| FindingOut {
+                    finding: f.clone(),
+                    stack: stack(f.stack_id),
+                })
                 .collect(),
             calls,
             warnings: Vec::new(),
@@ -142,33 +153,64 @@ impl Summary {
             Some(n) => reasons.push(format!("{n} events were dropped")),
             None => reasons.push("the drop count is unknown".into()),
         }
-        if reasons.is_empty() { Verdict::Pass { count } } else { Verdict::Inconclusive { count, reasons } }
+        if reasons.is_empty() {
+            Verdict::Pass { count }
+        } else {
+            Verdict::Inconclusive { count, reasons }
+        }
     }
 
-    /// Tables for a terminal: pgmaps, rules, then the latest `findings` findings.
+    /// Tables for a terminal: pgmaps, rules, then the latest `findings` blocks of findings.
     pub fn render(&self, findings: usize) -> String {
         let mut out = String::new();
         let mut t = Table::new();
         t.load_preset(UTF8_FULL_CONDENSED).set_header([
-            "pgmap", "type", "range (pfn)", "pages", "inserts", "gets", "puts", "frees", "unmaps",
-            "live refs", "mapped",
+            "pgmap",
+            "type",
+            "range (pfn)",
+            "pages",
+            "inserts",
+            "gets",
+            "puts",
+            "frees",
+            "unmaps",
+            "live refs",
+            "mapped",
         ]);
         for p in &self.pgmaps {
-            let range = match (p.ranges.iter().map(|r| r.0).min(), p.ranges.iter().map(|r| r.1).max()) {
+            let range = match (
+                p.ranges.iter().map(|r| r.0).min(),
+                p.ranges.iter().map(|r| r.1).max(),
+            ) {
                 (Some(s), Some(e)) => format!("{s:#x}-{e:#x}"),
                 _ => "?".into(),
             };
-            let state = if p.teardown { " (torn down)" } else if p.discovered { " (found)" } else { "" };
+            let state = if p.teardown {
+                " (torn down)"
+            } else if p.discovered {
+                " (found)"
+            } else {
+                ""
+            };
             let c = &p.counters;
             t.add_row([
-                format!("{}{state}", p.address), p.type_name.clone(), range, c.pages_seen.to_string(),
-                c.inserts.to_string(), c.gets.to_string(), c.puts.to_string(), c.frees.to_string(),
-                c.unmaps.to_string(), p.live_refs.to_string(), p.mapped_pages.to_string(),
+                format!("{}{state}", p.address),
+                p.type_name.clone(),
+                range,
+                c.pages_seen.to_string(),
+                c.inserts.to_string(),
+                c.gets.to_string(),
+                c.puts.to_string(),
+                c.frees.to_string(),
+                c.unmaps.to_string(),
+                p.live_refs.to_string(),
+                p.mapped_pages.to_string(),
             ]);
         }
         out.push_str(&format!("{t}\n"));
         let mut t = Table::new();
-        t.load_preset(UTF8_FULL_CONDENSED).set_header(["rule", "findings", "state"]);
+        t.load_preset(UTF8_FULL_CONDENSED)
+            .set_header(["rule", "findings", "state"]);
         for r in &self.rules {
             let state = match &r.coverage {
                 Coverage::Checked => "checked".to_owned(),
@@ -184,11 +226,14 @@ impl Summary {
         ));
         if !self.calls.is_empty() {
             let calls: Vec<String> = self.calls.iter().map(|(f, n)| format!("{f} {n}")).collect();
-            out.push_str(&format!("probed functions entered (any page): {}\n", calls.join(", ")));
+            out.push_str(&format!(
+                "probed functions entered (any page): {}\n",
+                calls.join(", ")
+            ));
         }
-        let skip = self.findings.len().saturating_sub(findings);
-        for f in &self.findings[skip..] {
-            out.push_str(&render_finding(f));
+        let groups = groups(&self.findings);
+        for group in &groups[groups.len().saturating_sub(findings)..] {
+            out.push_str(&render_group(group));
         }
         for w in &self.warnings {
             out.push_str(&format!("warning: {w}\n"));
@@ -197,31 +242,127 @@ impl Summary {
     }
 }
 
-fn render_finding(f: &FindingOut) -> String {
-    let g = &f.finding;
-    let range = match (g.pgmap.start, g.pgmap.end) {
+/// Findings of one rule with one kernel stack and one task: a teardown under many pages is
+/// one block, not one per page.
+fn groups(findings: &[FindingOut]) -> Vec<Vec<&FindingOut>> {
+    let mut groups: Vec<Vec<&FindingOut>> = Vec::new();
+    let key = |f: &FindingOut| {
+        (
+            f.finding.rule,
+            f.stack.clone(),
+            f.finding.tgid,
+            f.finding.pgmap.address,
+        )
+    };
+    for f in findings {
+        match groups.iter_mut().find(|g| key(g[0]) == key(f)) {
+            Some(g) => g.push(f),
+            None => groups.push(vec![f]),
+        }
+    }
+    groups
+}
+
+/// Pages listed in a block; the count says how many more there are.
+const PAGES_SHOWN: usize = 16;
+
+fn render_group(group: &[&FindingOut]) -> String {
+    let f = &group[0].finding;
+    let range = match (f.pgmap.start, f.pgmap.end) {
         (Some(s), Some(e)) => format!(" {s:#x}-{e:#x}"),
         _ => String::new(),
     };
+    let mut pfns: Vec<u64> = group.iter().map(|g| g.finding.pfn).collect();
+    pfns.sort_unstable();
+    let pages = if group.len() == 1 {
+        format!("pfn {:#x} page {:#x}", f.pfn, f.page)
+    } else {
+        format!("{} pages, pfn {}", group.len(), pfn_ranges(&pfns))
+    };
     let mut s = format!(
-        "\n[{}] pfn {:#x} page {:#x} ({} pgmap {:#x}{range}) {}/{} {} at {:.6}s\n  {}\n",
-        g.rule.id(), g.pfn, g.page, g.pgmap.type_name, g.pgmap.address, g.comm, g.tgid, g.pid,
-        g.ts_ns as f64 / 1e9, g.detail
+        "\n[{}] {pages} ({} pgmap {:#x}{range}) {}/{} {} at {:.6}s\n",
+        f.rule.id(),
+        f.pgmap.type_name,
+        f.pgmap.address,
+        f.comm,
+        f.tgid,
+        f.pid,
+        f.ts_ns as f64 / 1e9
     );
-    for frame in &f.stack {
+    let same_detail = group
+        .iter()
+        .all(|g| g.finding.detail == f.detail && g.finding.held_by == f.held_by);
+    if same_detail {
+        s.push_str(&format!("  {}\n", f.detail));
+    }
+    for frame in &group[0].stack {
         s.push_str(&format!("    {frame}\n"));
     }
-    s.push_str("  recent transitions (oldest first):\n");
-    for t in &g.recent {
-        s.push_str(&transition_line(t));
+    if group.len() > 1 || !f.held_by.is_empty() {
+        s.push_str("  pages:\n");
+        for g in group.iter().take(PAGES_SHOWN) {
+            let g = &g.finding;
+            let why = if same_detail {
+                String::new()
+            } else {
+                format!(": {}", g.detail)
+            };
+            let held = if g.held_by.is_empty() {
+                String::new()
+            } else {
+                format!("; held: {}", g.held_by.join("; "))
+            };
+            s.push_str(&format!(
+                "    pfn {:#x} page {:#x}{why}{held}\n",
+                g.pfn, g.page
+            ));
+        }
+        if group.len() > PAGES_SHOWN {
+            s.push_str(&format!("    … and {} more\n", group.len() - PAGES_SHOWN));
+        }
+    }
+    if !f.recent.is_empty() {
+        s.push_str(&format!(
+            "  recent transitions of pfn {:#x} (oldest first):\n",
+            f.pfn
+        ));
+        for t in &f.recent {
+            s.push_str(&transition_line(t));
+        }
     }
     s
+}
+
+/// Sorted pfns as ranges: "0x40000-0x4000f, 0x40020".
+fn pfn_ranges(pfns: &[u64]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < pfns.len() {
+        let mut j = i;
+        while j + 1 < pfns.len() && pfns[j + 1] == pfns[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j {
+            format!("{:#x}", pfns[i])
+        } else {
+            format!("{:#x}-{:#x}", pfns[i], pfns[j])
+        });
+        i = j + 1;
+    }
+    out.join(", ")
 }
 
 fn transition_line(t: &Transition) -> String {
     format!(
         "    {:>14.6} {:<6} {:<32} ref={} map={} n={} {}/{}\n",
-        t.ts_ns as f64 / 1e9, t.kind.name(), t.function, t.refcount, t.mapcount, t.refs, t.comm, t.pid
+        t.ts_ns as f64 / 1e9,
+        t.kind.name(),
+        t.function,
+        t.refcount,
+        t.mapcount,
+        t.refs,
+        t.comm,
+        t.pid
     )
 }
 
@@ -258,7 +399,9 @@ pub fn from_trace<R: std::io::Read + Send>(
     let mut summary = Summary::build(&agg, &plan, dropped, calls, |id| reader.stack(id).to_vec());
     summary.warnings.extend(reader.warning().map(str::to_owned));
     if reader.header().synthetic {
-        summary.warnings.push("synthetic trace (made by a test, not recorded)".into());
+        summary
+            .warnings
+            .push("synthetic trace (made by a test, not recorded)".into());
     }
     Ok(summary)
 }
@@ -276,7 +419,10 @@ mod tests {
         let p = Probes::for_model(model);
         let mut events = healthy(&p, false, 2, &[]);
         if breach {
-            let i = events.iter().position(|e| e.kind == refwatch_common::EventKind::Insert as u8).unwrap();
+            let i = events
+                .iter()
+                .position(|e| e.kind == refwatch_common::EventKind::Insert as u8)
+                .unwrap();
             events[i].refcount = 0;
         }
         let bytes = p.trace(&events, dropped);
@@ -285,15 +431,31 @@ mod tests {
 
     #[test]
     fn verdicts() {
-        assert_eq!(summary(Model::ZeroBased, false, 0).verdict(0, &[]).exit_code(), 0);
+        assert_eq!(
+            summary(Model::ZeroBased, false, 0)
+                .verdict(0, &[])
+                .exit_code(),
+            0
+        );
         let bad = summary(Model::ZeroBased, true, 0);
         assert_eq!(bad.verdict(0, &[]).exit_code(), 1);
         assert_eq!(bad.verdict(1, &[]).exit_code(), 0);
         assert_eq!(bad.verdict(0, &[Rule::TeardownBusy]).exit_code(), 0);
-        assert_eq!(summary(Model::ZeroBased, false, 3).verdict(0, &[]).exit_code(), 3);
+        assert_eq!(
+            summary(Model::ZeroBased, false, 3)
+                .verdict(0, &[])
+                .exit_code(),
+            3
+        );
         let old = summary(Model::AllOneBased, false, 0);
         assert_eq!(old.verdict(0, &[]).exit_code(), 0);
         assert_eq!(old.verdict(0, &[Rule::FreeWhileMapped]).exit_code(), 3);
+    }
+
+    #[test]
+    fn pfns_read_as_ranges() {
+        assert_eq!(pfn_ranges(&[1, 2, 3, 5, 7, 8]), "0x1-0x3, 0x5, 0x7-0x8");
+        assert_eq!(pfn_ranges(&[]), "");
     }
 
     #[test]
@@ -307,6 +469,9 @@ mod tests {
         assert!(f["recent"].as_array().is_some_and(|r| !r.is_empty()));
         assert_eq!(json["rules"][0]["state"], "checked");
         let text = s.render(5);
-        assert!(text.contains("[insert-zero-ref]") && text.contains("synthetic"), "{text}");
+        assert!(
+            text.contains("[insert-zero-ref]") && text.contains("synthetic"),
+            "{text}"
+        );
     }
 }

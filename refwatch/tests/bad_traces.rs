@@ -32,8 +32,19 @@ fn report(path: &Path, json: bool) -> Outcome {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     };
-    assert!(!o.stderr.contains("panicked"), "refwatch panicked on {}: {}", path.display(), o.stderr);
-    assert!(o.code == 0 || o.code == 2, "exit {} on {}: {}", o.code, path.display(), o.stderr);
+    assert!(
+        !o.stderr.contains("panicked"),
+        "refwatch panicked on {}: {}",
+        path.display(),
+        o.stderr
+    );
+    assert!(
+        o.code == 0 || o.code == 2,
+        "exit {} on {}: {}",
+        o.code,
+        path.display(),
+        o.stderr
+    );
     o
 }
 
@@ -44,13 +55,22 @@ fn finished_trace() -> (Vec<u8>, u64, usize) {
     while let Some(&ev) = r.next_event().unwrap() {
         events.push(ev);
     }
-    assert!(r.warning().is_some() && events.len() > 100, "the fixture is a cut recording");
+    assert!(
+        r.warning().is_some() && events.len() > 100,
+        "the fixture is a cut recording"
+    );
     let mut out = Vec::new();
     let mut w = TraceWriter::new(&mut out, r.header()).unwrap();
     for ev in &events {
         w.event(ev, |id| r.stack(id).to_vec()).unwrap();
     }
-    w.finish(Footer { events: events.len() as u64, dropped: 0, end: "duration".into(), ..Footer::default() }).unwrap();
+    w.finish(Footer {
+        events: events.len() as u64,
+        dropped: 0,
+        end: "duration".into(),
+        ..Footer::default()
+    })
+    .unwrap();
     let header = 14 + u32::from_le_bytes(out[10..14].try_into().unwrap()) as usize;
     (out, events.len() as u64, header)
 }
@@ -82,23 +102,43 @@ fn finished_trace_reads_clean() {
 fn truncated_reads_to_the_cut_with_a_warning() {
     let (bytes, events, header) = finished_trace();
     // Every cut inside the frames, footer included (a step keeps the process count down).
-    let mut cuts: Vec<usize> = (header..bytes.len()).step_by(97).chain([bytes.len() - 1]).collect();
+    let mut cuts: Vec<usize> = (header..bytes.len())
+        .step_by(97)
+        .chain([bytes.len() - 1])
+        .collect();
     cuts.sort();
     let mut last = 0;
     for cut in cuts {
         let o = report(&write("truncated.rft", &bytes[..cut]), true);
         assert_eq!(o.code, 0, "cut at {cut}: {}", o.stderr);
-        assert!(o.stderr.contains("warning: trace cut off at byte"), "cut at {cut}: {}", o.stderr);
+        assert!(
+            o.stderr.contains("warning: trace cut off at byte"),
+            "cut at {cut}: {}",
+            o.stderr
+        );
         let json: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
         let n = json["events"].as_u64().unwrap();
         assert!(n >= last && n <= events, "cut at {cut}: {n} events");
-        assert!(json["dropped"].is_null(), "cut at {cut}: the drop count is unknown");
+        assert!(
+            json["dropped"].is_null(),
+            "cut at {cut}: the drop count is unknown"
+        );
         last = n;
     }
     assert_eq!(last, events, "a cut inside the footer keeps every event");
     // The text report says it too.
-    let o = report(&write("truncated.rft", &bytes[..bytes.len() / 2]), false);
-    assert!(o.stdout.contains("warning: trace cut off") && o.stdout.contains("unknown dropped"), "{}", o.stdout);
+    let o = report(
+        &write(
+            "truncated.rft",
+            &bytes[..header + (bytes.len() - header) / 2],
+        ),
+        false,
+    );
+    assert!(
+        o.stdout.contains("warning: trace cut off") && o.stdout.contains("unknown dropped"),
+        "{}",
+        o.stdout
+    );
 }
 
 #[test]
@@ -107,7 +147,11 @@ fn cut_inside_the_header_is_an_error() {
     for cut in [9, 13, 14, 100, header - 1] {
         let o = report(&write("short-header.rft", &bytes[..cut]), false);
         assert_eq!(o.code, 2, "cut at {cut}");
-        assert!(o.stderr.contains("trace header is cut off"), "cut at {cut}: {}", o.stderr);
+        assert!(
+            o.stderr.contains("trace header is cut off"),
+            "cut at {cut}: {}",
+            o.stderr
+        );
     }
 }
 
@@ -125,7 +169,11 @@ fn bit_flips_never_panic() {
     for i in 0..150 {
         let mut b = bytes.clone();
         // Mostly in the frames, some in the header; one to three flips.
-        let (lo, hi) = if i % 5 == 0 { (0, header) } else { (header, b.len()) };
+        let (lo, hi) = if i % 5 == 0 {
+            (0, header)
+        } else {
+            (header, b.len())
+        };
         for _ in 0..=(next() % 3) {
             let at = lo + (next() as usize) % (hi - lo);
             b[at] ^= 1 << (next() % 8);
@@ -137,18 +185,30 @@ fn bit_flips_never_panic() {
             _ => {
                 errors += 1;
                 let line = o.stderr.trim();
-                assert!(line.starts_with("refwatch: ") && !line.contains('\n'), "flip {i}: {line}");
                 assert!(
-                    ["corrupt trace at byte", "bad trace header", "not a refwatch trace", "version", "header is cut off"]
-                        .iter()
-                        .any(|m| line.contains(m)),
+                    line.starts_with("refwatch: ") && !line.contains('\n'),
+                    "flip {i}: {line}"
+                );
+                assert!(
+                    [
+                        "corrupt trace at byte",
+                        "bad trace header",
+                        "not a refwatch trace",
+                        "version",
+                        "header is cut off"
+                    ]
+                    .iter()
+                    .any(|m| line.contains(m)),
                     "flip {i}: unclear error: {line}"
                 );
             }
         }
     }
     // Flips in the frames are mostly detected (a bad tag, task or length) rather than silent.
-    assert!(errors > 0, "clean {clean}, warned {warned}, errors {errors}");
+    assert!(
+        errors > 0,
+        "clean {clean}, warned {warned}, errors {errors}"
+    );
 }
 
 #[test]
@@ -157,7 +217,13 @@ fn wrong_version() {
     bytes[8..10].copy_from_slice(&4u16.to_le_bytes());
     let o = report(&write("v4.rft", &bytes), false);
     assert_eq!(o.code, 2);
-    assert!(o.stderr.contains("trace format version 4 is not supported (this refwatch reads versions 1 to 3)"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains(
+            "trace format version 4 is not supported (this refwatch reads versions 1 to 3)"
+        ),
+        "{}",
+        o.stderr
+    );
 }
 
 #[test]
@@ -166,7 +232,11 @@ fn wrong_magic() {
     bytes[..8].copy_from_slice(b"\x7fELF\x02\x01\x01\x00");
     let o = report(&write("elf.rft", &bytes), false);
     assert_eq!(o.code, 2);
-    assert!(o.stderr.contains("not a refwatch trace (bad magic)"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("not a refwatch trace (bad magic)"),
+        "{}",
+        o.stderr
+    );
     let o = report(&write("text.rft", b"hello\n"), false);
     assert_eq!(o.code, 2);
     assert!(o.stderr.contains("not a refwatch trace"), "{}", o.stderr);
@@ -176,14 +246,23 @@ fn wrong_magic() {
 fn empty_file() {
     let o = report(&write("empty.rft", b""), false);
     assert_eq!(o.code, 2);
-    assert!(o.stderr.contains("empty file: not a refwatch trace"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("empty file: not a refwatch trace"),
+        "{}",
+        o.stderr
+    );
 }
 
 #[test]
 fn missing_file_names_it_once() {
     let o = report(&scratch("does-not-exist.rft"), false);
     assert_eq!(o.code, 2);
-    assert!(o.stderr.contains("does-not-exist.rft: No such file or directory"), "{}", o.stderr);
+    assert!(
+        o.stderr
+            .contains("does-not-exist.rft: No such file or directory"),
+        "{}",
+        o.stderr
+    );
     assert_eq!(o.stderr.matches("No such file").count(), 1, "{}", o.stderr);
 }
 
@@ -200,5 +279,12 @@ fn footer_count_disagreeing_with_the_events_warns() {
     b.extend_from_slice(&json);
     let o = report(&write("footer-count.rft", &b), false);
     assert_eq!(o.code, 0, "{}", o.stderr);
-    assert!(o.stderr.contains(&format!("the footer counts {} events but the trace holds {events}", events + 5)), "{}", o.stderr);
+    assert!(
+        o.stderr.contains(&format!(
+            "the footer counts {} events but the trace holds {events}",
+            events + 5
+        )),
+        "{}",
+        o.stderr
+    );
 }

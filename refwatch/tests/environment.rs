@@ -57,7 +57,10 @@ fn copy_world_runnable() -> PathBuf {
         // Parents must be searchable; leave the mode alone where they already are.
         let mode = std::fs::metadata(p).unwrap().permissions().mode();
         if mode & 0o001 == 0 {
-            eprintln!("note: {} is not searchable by others; non-root tests may fail", p.display());
+            eprintln!(
+                "note: {} is not searchable by others; non-root tests may fail",
+                p.display()
+            );
         }
         up = p.parent();
     }
@@ -73,7 +76,13 @@ fn as_nobody(args: &[&str]) -> Option<Outcome> {
     let bin = world_runnable_binary();
     let o = outcome(
         Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+                "--bounding-set=-all",
+            ])
             .arg(&bin)
             .args(args),
     );
@@ -89,7 +98,12 @@ fn kprobes_available() -> bool {
 fn non_root_attaching_commands_name_the_missing_capabilities() {
     let out = std::env::temp_dir().join(format!("refwatch-nobody-{}.rft", std::process::id()));
     let out = out.to_str().unwrap();
-    for args in [&["stream", "-d", "1"][..], &["record", "-o", out, "-d", "1"], &["check", "-d", "1"], &["live", "-d", "1"]] {
+    for args in [
+        &["stream", "-d", "1"][..],
+        &["record", "-o", out, "-d", "1"],
+        &["check", "-d", "1"],
+        &["live", "-d", "1"],
+    ] {
         let Some(o) = as_nobody(args) else { return };
         assert_eq!(o.code, 2, "refwatch {args:?}: {}", o.stderr);
         assert!(
@@ -99,16 +113,32 @@ fn non_root_attaching_commands_name_the_missing_capabilities() {
         );
         assert_eq!(o.stderr.lines().count(), 1, "one line: {}", o.stderr);
     }
-    assert!(!Path::new(out).exists(), "no trace file is left behind when recording cannot start");
+    assert!(
+        !Path::new(out).exists(),
+        "no trace file is left behind when recording cannot start"
+    );
 }
 
 #[test]
 fn non_root_probes_works_and_says_what_it_cannot_know() {
-    let Some(o) = as_nobody(&["probes"]) else { return };
+    let Some(o) = as_nobody(&["probes"]) else {
+        return;
+    };
     assert_eq!(o.code, 0, "{}", o.stderr);
-    assert!(o.stdout.contains("kernel:") && o.stdout.contains("BTF:"), "{}", o.stdout);
-    assert!(o.stdout.contains("fentry:   not usable: unknown: needs root to try"), "{}", o.stdout);
-    let Some(o) = as_nobody(&["probes", "--json"]) else { return };
+    assert!(
+        o.stdout.contains("kernel:") && o.stdout.contains("BTF:"),
+        "{}",
+        o.stdout
+    );
+    assert!(
+        o.stdout
+            .contains("fentry:   not usable: unknown: needs root to try"),
+        "{}",
+        o.stdout
+    );
+    let Some(o) = as_nobody(&["probes", "--json"]) else {
+        return;
+    };
     assert_eq!(o.code, 0, "{}", o.stderr);
     serde_json::from_str::<serde_json::Value>(&o.stdout).expect("probes --json is JSON");
 }
@@ -122,12 +152,18 @@ fn no_kprobes_is_a_clear_environment_error() {
     let trace = std::env::temp_dir().join(format!("refwatch-nokprobes-{}.rft", std::process::id()));
     let trace = trace.to_str().unwrap();
     let no_kprobes = "kprobes are not available (/sys/bus/event_source/devices/kprobe is absent";
-    for args in [&["stream", "-d", "1"][..], &["record", "-o", trace, "-d", "1"], &["check", "-d", "1"], &["check"]] {
+    for args in [
+        &["stream", "-d", "1"][..],
+        &["record", "-o", trace, "-d", "1"],
+        &["check", "-d", "1"],
+        &["check"],
+    ] {
         let kprobe = [args, &["--attach", "kprobe"]].concat();
         let o = refwatch(&kprobe);
         assert_eq!(o.code, 2, "refwatch {kprobe:?}: {}", o.stderr);
         assert!(
-            o.stderr.starts_with("refwatch: refwatch cannot run on ") && o.stderr.contains(no_kprobes),
+            o.stderr.starts_with("refwatch: refwatch cannot run on ")
+                && o.stderr.contains(no_kprobes),
             "refwatch {kprobe:?}: {}",
             o.stderr
         );
@@ -138,16 +174,26 @@ fn no_kprobes_is_a_clear_environment_error() {
             continue;
         }
         assert!(
-            o.stderr.starts_with("refwatch: no probe could be attached on ")
+            o.stderr
+                .starts_with("refwatch: no probe could be attached on ")
                 && o.stderr.contains("Fentry: ")
-                && o.stderr.contains(&format!("{no_kprobes}: CONFIG_KPROBES off?): fentry only")),
+                && o.stderr
+                    .contains(&format!("{no_kprobes}: CONFIG_KPROBES off?): fentry only")),
             "refwatch {args:?}: {}",
             o.stderr
         );
     }
-    assert!(!Path::new(trace).exists(), "no trace file is left behind when recording cannot start");
+    assert!(
+        !Path::new(trace).exists(),
+        "no trace file is left behind when recording cannot start"
+    );
     // `probes` still explains the plan, and says why it cannot run.
     let o = refwatch(&["probes", "--attach", "kprobe"]);
     assert_eq!(o.code, 0, "{}", o.stderr);
-    assert!(o.stdout.contains("refwatch cannot run here: kprobes are not available"), "{}", o.stdout);
+    assert!(
+        o.stdout
+            .contains("refwatch cannot run here: kprobes are not available"),
+        "{}",
+        o.stdout
+    );
 }

@@ -7,21 +7,34 @@ use std::path::PathBuf;
 use refwatch::{summary, trace::TraceReader};
 
 fn dir(sub: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join(sub)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(sub)
 }
 
 fn golden(name: &str) {
     let trace = dir("traces").join(format!("{name}.rwt"));
     let reader = TraceReader::open(&trace).unwrap();
-    assert!(!reader.header().synthetic, "{name}: goldens come from recorded traces");
+    assert!(
+        !reader.header().synthetic,
+        "{name}: goldens come from recorded traces"
+    );
     let s = summary::from_trace(reader).unwrap();
-    let got = format!("{}\n{}\n", s.render(usize::MAX), serde_json::to_string_pretty(&s).unwrap());
+    let got = format!(
+        "{}\n{}\n",
+        s.render(usize::MAX),
+        serde_json::to_string_pretty(&s).unwrap()
+    );
     let path = dir("golden").join(format!("{name}.txt"));
     if std::env::var_os("REFWATCH_BLESS").is_some() {
         std::fs::write(&path, &got).unwrap();
     }
     let want = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(got == want, "{name}: report differs from {}:\n{got}", path.display());
+    assert!(
+        got == want,
+        "{name}: report differs from {}:\n{got}",
+        path.display()
+    );
 }
 
 /// 5.10: 4096 devmap PTE inserts at refcount 1 and 4096 zaps; every rule but free-while-mapped

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use refwatch::trace::{Footer, TraceReader, TraceWriter, VERSION};
 
 fn recorded(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/traces").join(format!("{name}.rwt"))
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/traces")
+        .join(format!("{name}.rwt"))
 }
 
 #[test]
@@ -30,15 +32,24 @@ fn version_1_traces_reencode_smaller_with_the_same_events() {
         let header_len = |b: &[u8]| 14 + u32::from_le_bytes(b[10..14].try_into().unwrap()) as u64;
         let v1_frames = v1_bytes - header_len(&std::fs::read(&path).unwrap());
         let now_frames = now.len() as u64 - header_len(&now);
-        assert!(now_frames < v1_frames, "{name}: v{VERSION} frames {now_frames} bytes, v1 {v1_frames}");
+        assert!(
+            now_frames < v1_frames,
+            "{name}: v{VERSION} frames {now_frames} bytes, v1 {v1_frames}"
+        );
         let mut again = TraceReader::new(&now[..]).unwrap();
         let mut n = 0;
         while let Some(&ev) = again.next_event().unwrap() {
             assert_eq!(ev, events[n], "{name}: event {n}");
-            assert_eq!(again.stack(ev.stack_id), reader.stack(ev.stack_id), "{name}: stack of event {n}");
+            assert_eq!(
+                again.stack(ev.stack_id),
+                reader.stack(ev.stack_id),
+                "{name}: stack of event {n}"
+            );
             n += 1;
         }
         assert_eq!(n, events.len());
-        eprintln!("{name}: {n} events, frames: v1 {v1_frames} bytes, v{VERSION} {now_frames} bytes");
+        eprintln!(
+            "{name}: {n} events, frames: v1 {v1_frames} bytes, v{VERSION} {now_frames} bytes"
+        );
     }
 }

@@ -64,9 +64,25 @@ impl Sizes {
 
     fn new(quick: bool) -> Self {
         if quick {
-            Self { reps: 3, churn_rounds: 6, churn_mib: 32, zap_rounds: 10, storm_passes: 8, storm_mib: 16, big_events: 2_000_000 }
+            Self {
+                reps: 3,
+                churn_rounds: 6,
+                churn_mib: 32,
+                zap_rounds: 10,
+                storm_passes: 8,
+                storm_mib: 16,
+                big_events: 2_000_000,
+            }
         } else {
-            Self { reps: 9, churn_rounds: 12, churn_mib: 32, zap_rounds: 20, storm_passes: 24, storm_mib: 16, big_events: 10_000_000 }
+            Self {
+                reps: 9,
+                churn_rounds: 12,
+                churn_mib: 32,
+                zap_rounds: 20,
+                storm_passes: 24,
+                storm_mib: 16,
+                big_events: 10_000_000,
+            }
         }
     }
 }
@@ -95,7 +111,14 @@ fn bench(args: BenchArgs) -> Result<()> {
     let assets = Assets::build()?;
     cmd::run(
         Command::new("cargo")
-            .args(["build", "--release", "-p", "refwatch", "--example", "bench_tool"])
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "refwatch",
+                "--example",
+                "bench_tool",
+            ])
             .current_dir(&root),
     )?;
     let tool = root.join("target/release/examples/bench_tool");
@@ -108,7 +131,12 @@ fn bench(args: BenchArgs) -> Result<()> {
         hot.push(hot_path(kernel, &apt, &assets, &sizes, &work, &tool)?);
     }
     let traces = trace_sizes(&tool, &work)?;
-    let analysis = analysis(&tool, &root.join("target/release/refwatch"), &work, sizes.big_events)?;
+    let analysis = analysis(
+        &tool,
+        &root.join("target/release/refwatch"),
+        &work,
+        sizes.big_events,
+    )?;
     note(format_args!("bench done in {:.0?}", started.elapsed()));
 
     let first = hot.first().cloned().unwrap_or(Value::Null);
@@ -150,7 +178,9 @@ fn fields(text: &str, prefix: &str) -> Option<BTreeMap<String, f64>> {
 
 /// "FILE: N events, D dropped, B bytes (…)" from `refwatch record`'s stderr.
 fn record_counts(stderr: &str) -> Option<(u64, u64)> {
-    let line = stderr.lines().find(|l| l.contains(" events, ") && l.contains(" dropped"))?;
+    let line = stderr
+        .lines()
+        .find(|l| l.contains(" events, ") && l.contains(" dropped"))?;
     let mut words = line.split_whitespace();
     let mut events = None;
     let mut dropped = None;
@@ -167,7 +197,14 @@ fn record_counts(stderr: &str) -> Option<(u64, u64)> {
 }
 
 /// Runs `script` in `job` (its files, setup, limits) and collects its output under `work/name`.
-fn run_job(kernel: &Kernel, assets: &Assets, script: &str, mut job: GuestJob, work: &Path, name: &str) -> Result<PathBuf> {
+fn run_job(
+    kernel: &Kernel,
+    assets: &Assets,
+    script: &str,
+    mut job: GuestJob,
+    work: &Path,
+    name: &str,
+) -> Result<PathBuf> {
     let host_script = work.join(format!("{name}.sh"));
     std::fs::write(&host_script, script)?;
     job.files.push((host_script, "/bench/run.sh".into()));
@@ -177,7 +214,13 @@ fn run_job(kernel: &Kernel, assets: &Assets, script: &str, mut job: GuestJob, wo
     let out = work.join(name);
     paths::create_dir(&out)?;
     if result.out_dir.is_dir() {
-        cmd::run(Command::new("cp").arg("-a").arg("-T").arg(&result.out_dir).arg(&out))?;
+        cmd::run(
+            Command::new("cp")
+                .arg("-a")
+                .arg("-T")
+                .arg(&result.out_dir)
+                .arg(&out),
+        )?;
     }
     std::fs::write(out.join("stdout"), &result.stdout)?;
     std::fs::write(out.join("stderr"), &result.stderr)?;
@@ -211,9 +254,15 @@ fn device(name: &str, apt: &Apt, assets: &Assets, sizes: &Sizes, work: &Path) ->
             "refwatch record -o /tmp/ring.rwt --attach kprobe --ring-kib {kib} -- {storm} > /out/ring-{kib}.txt 2>&1; rm -f /tmp/ring.rwt"
         )?;
     }
-    writeln!(script, "refwatch record -o /out/gup.rwt --attach kprobe -- daxload fsdax-gup > /out/gup.txt 2>&1")?;
+    writeln!(
+        script,
+        "refwatch record -o /out/gup.rwt --attach kprobe -- daxload fsdax-gup > /out/gup.txt 2>&1"
+    )?;
     writeln!(script, "exit 0")?;
-    let job = GuestJob { timeout: Some(Duration::from_secs(900)), ..GuestJob::default() };
+    let job = GuestJob {
+        timeout: Some(Duration::from_secs(900)),
+        ..GuestJob::default()
+    };
     let out = run_job(&kernel, assets, &script, job, work, "device")?;
     let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap_or_default();
 
@@ -246,7 +295,9 @@ fn device(name: &str, apt: &Apt, assets: &Assets, sizes: &Sizes, work: &Path) ->
             v
         })
         .collect();
-    let first_drop = rings.iter().find(|r| r["dropped"].as_u64().is_some_and(|d| d > 0));
+    let first_drop = rings
+        .iter()
+        .find(|r| r["dropped"].as_u64().is_some_and(|d| d > 0));
     let smallest_clean = rings.iter().rfind(|r| r["dropped"].as_u64() == Some(0));
     Ok(json!({
         "kernel": kernel.spec.release,
@@ -269,57 +320,102 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     }
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
 }
 
 /// The bookworm bpftrace .deb unpacked in the lab cache; its libraries come from the host
 /// (a Debian 12 host, the same release), found with ldd.
 fn bpftrace_files(apt: &Apt) -> Result<Vec<(PathBuf, String)>> {
     let (name, version) = BPFTRACE_DEB;
-    let tree = paths::lab_cache()?.join("tools").join(format!("{name}-{version}"));
+    let tree = paths::lab_cache()?
+        .join("tools")
+        .join(format!("{name}-{version}"));
     let binary = tree.join("usr/bin/bpftrace");
     if !binary.exists() {
         crate::lab::extract_packages(apt, &[BPFTRACE_DEB], &tree)?;
     }
-    let ldd = Command::new("ldd").arg(&binary).output().context("running ldd")?;
+    let ldd = Command::new("ldd")
+        .arg(&binary)
+        .output()
+        .context("running ldd")?;
     let listing = String::from_utf8_lossy(&ldd.stdout);
-    let missing: Vec<&str> = listing.lines().filter(|l| l.contains("not found")).map(str::trim).collect();
+    let missing: Vec<&str> = listing
+        .lines()
+        .filter(|l| l.contains("not found"))
+        .map(str::trim)
+        .collect();
     if !missing.is_empty() {
-        bail!("host lacks bpftrace's libraries ({}); `apt-get install bpftrace` provides them", missing.join(", "));
+        bail!(
+            "host lacks bpftrace's libraries ({}); `apt-get install bpftrace` provides them",
+            missing.join(", ")
+        );
     }
     let mut files = vec![(binary, "/usr/bin/bpftrace".to_owned())];
     for line in listing.lines() {
-        if let Some(path) = line.split("=>").last().and_then(|p| p.split_whitespace().next()).filter(|p| p.starts_with('/')) {
+        if let Some(path) = line
+            .split("=>")
+            .last()
+            .and_then(|p| p.split_whitespace().next())
+            .filter(|p| p.starts_with('/'))
+        {
             files.push((PathBuf::from(path), path.to_owned()));
         }
     }
     Ok(files)
 }
 
-fn hot_path(name: &str, apt: &Apt, assets: &Assets, sizes: &Sizes, work: &Path, tool: &Path) -> Result<Value> {
+fn hot_path(
+    name: &str,
+    apt: &Apt,
+    assets: &Assets,
+    sizes: &Sizes,
+    work: &Path,
+    tool: &Path,
+) -> Result<Value> {
     let kernel = Kernel::fetch(crate::lab::kernel_spec(name)?, apt)?;
     let label = format!("hot-{name}");
     // On one vCPU: a process that ran on both pays TLB-shootdown IPIs at munmap, which moved
     // whole runs' instruction counts by up to 20 % depending on where the scheduler put it.
-    let churn = format!("taskset -c 1 benchload churn {} {} /dev/ram0", sizes.churn_rounds, sizes.churn_mib);
-    let zap = format!("taskset -c 1 benchload zap {} {}", sizes.zap_rounds, sizes.churn_mib);
+    let churn = format!(
+        "taskset -c 1 benchload churn {} {} /dev/ram0",
+        sizes.churn_rounds, sizes.churn_mib
+    );
+    let zap = format!(
+        "taskset -c 1 benchload zap {} {}",
+        sizes.zap_rounds, sizes.churn_mib
+    );
     // The page-cache half reads a RAM disk (brd): page-cache pages without a disk's I/O noise.
     let mut setup = Vec::new();
     let mut files = Vec::new();
     for ko in kernel.module_load_order(&["brd"])? {
-        let guest = format!("/bench/{}", ko.file_name().context("module name")?.to_string_lossy());
-        setup.push(format!("insmod {guest} rd_nr=1 rd_size={}", 2 * sizes.churn_mib * 1024));
+        let guest = format!(
+            "/bench/{}",
+            ko.file_name().context("module name")?.to_string_lossy()
+        );
+        setup.push(format!(
+            "insmod {guest} rd_nr=1 rd_size={}",
+            2 * sizes.churn_mib * 1024
+        ));
         files.push((ko, guest));
     }
     // The bpftrace script is derived from a trace recorded on this kernel (its plan and layout).
     let mut bpftrace_reason: Option<String> = None;
     let reference = work.join("device/storm-kprobe.rwt");
     let bt_script = if reference.exists()
-        && crate::lab::kernel_spec(name)?.release == trace_kernel(tool, &reference).unwrap_or_default()
+        && crate::lab::kernel_spec(name)?.release
+            == trace_kernel(tool, &reference).unwrap_or_default()
     {
-        Some(cmd::output(Command::new(tool).arg("bpftrace").arg(&reference))?)
+        Some(cmd::output(
+            Command::new(tool).arg("bpftrace").arg(&reference),
+        )?)
     } else {
-        bpftrace_reason = Some(format!("no trace recorded on {name} to derive the probe set from"));
+        bpftrace_reason = Some(format!(
+            "no trace recorded on {name} to derive the probe set from"
+        ));
         None
     };
     if let Some(bt) = &bt_script {
@@ -406,29 +502,57 @@ ZAP > /dev/null
     }
     writeln!(script, "exit 0")?;
     let marks_file = work.join(format!("{label}.marks"));
-    let plugin = format!("{},out={}", crate::lab::insncount::build(apt)?.display(), marks_file.display());
+    let plugin = format!(
+        "{},out={}",
+        crate::lab::insncount::build(apt)?.display(),
+        marks_file.display()
+    );
     let qemu_args = vec!["-plugin".to_owned(), plugin];
-    let job = GuestJob { files, setup, qemu_args, timeout: Some(Duration::from_secs(2400)), ..GuestJob::default() };
+    let job = GuestJob {
+        files,
+        setup,
+        qemu_args,
+        timeout: Some(Duration::from_secs(2400)),
+        ..GuestJob::default()
+    };
     let host = HostLoad::start()?;
     let out = run_job(&kernel, assets, &script, job, work, &label)?;
     let others = host.others_cores()?;
     let stdout = std::fs::read_to_string(out.join("stdout"))?;
     let results = results(&stdout, &variants);
     let warmup_rounds = (sizes.churn_rounds + sizes.zap_rounds) as usize;
-    let instructions = instructions(&results, &std::fs::read_to_string(&marks_file)?, warmup_rounds, &variants, sizes);
+    let instructions = instructions(
+        &results,
+        &std::fs::read_to_string(&marks_file)?,
+        warmup_rounds,
+        &variants,
+        sizes,
+    );
     // variant -> "churn" / "churn_round" / "zap" / "zap_round" -> seconds.
     let mut runs: BTreeMap<&str, BTreeMap<&str, Vec<f64>>> = BTreeMap::new();
     for &(v, what, secs) in &results {
-        runs.entry(v).or_default().entry(what).or_default().push(secs);
+        runs.entry(v)
+            .or_default()
+            .entry(what)
+            .or_default()
+            .push(secs);
     }
     // A bpftrace that failed to start is skipped from then on; the repetitions before count.
-    let bpftrace_failed = stdout.lines().find_map(|l| l.strip_prefix("BPFTRACE_FAILED ")).map(str::trim);
+    let bpftrace_failed = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("BPFTRACE_FAILED "))
+        .map(str::trim);
     if let Some(failed) = bpftrace_failed.filter(|_| !runs.contains_key("bpftrace")) {
         bpftrace_reason = Some(format!("bpftrace did not start in the guest: {failed}"));
     }
     // The median round of all repetitions: one slow stretch of the host moves it less than it
     // moves a whole run.
-    let typical = |v: &str, what: &str| runs.get(v).and_then(|w| w.get(what)).cloned().and_then(median);
+    let typical = |v: &str, what: &str| {
+        runs.get(v)
+            .and_then(|w| w.get(what))
+            .cloned()
+            .and_then(median)
+    };
     let Some(base_round) = typical("base", "churn_round") else {
         bail!("no baseline churn result; guest output:\n{stdout}")
     };
@@ -438,18 +562,37 @@ ZAP > /dev/null
     // (its own start and exit included: an upper bound). The same for every tracer.
     let churn_calls = tool_stats(tool, &out.join("kprobe-churn.rwt"))
         .ok()
-        .and_then(|st| st["calls"].as_object().map(|c| c.values().filter_map(Value::as_u64).sum::<u64>()));
+        .and_then(|st| {
+            st["calls"]
+                .as_object()
+                .map(|c| c.values().filter_map(Value::as_u64).sum::<u64>())
+        });
     let entries_per_round = churn_calls.map(|c| c as f64 / f64::from(sizes.churn_rounds));
     let zap_pages = f64::from(sizes.zap_pages_per_round());
     let (mut ratios, mut medians, mut per_entry, mut from_entries) = Default::default();
     for v in variants.iter().filter(|v| **v != "base") {
-        let put = |map: &mut serde_json::Map<String, Value>, x: Option<f64>| map.insert(v.to_string(), json!(x));
-        put(&mut ratios, typical(v, "churn_round").map(|r| r / base_round));
-        put(&mut medians, typical(v, "churn").zip(base_median).map(|(m, b)| m / b));
+        let put = |map: &mut serde_json::Map<String, Value>, x: Option<f64>| {
+            map.insert(v.to_string(), json!(x))
+        };
+        put(
+            &mut ratios,
+            typical(v, "churn_round").map(|r| r / base_round),
+        );
+        put(
+            &mut medians,
+            typical(v, "churn").zip(base_median).map(|(m, b)| m / b),
+        );
         // What one unmap costs this tracer: benchload zap unmaps one page per entry.
-        let ns = typical(v, "zap_round").zip(base_zap).map(|(z, b)| (z - b) / zap_pages * 1e9);
+        let ns = typical(v, "zap_round")
+            .zip(base_zap)
+            .map(|(z, b)| (z - b) / zap_pages * 1e9);
         put(&mut per_entry, ns);
-        put(&mut from_entries, entries_per_round.zip(ns).map(|(n, ns)| 1.0 + n * ns / 1e9 / base_round));
+        put(
+            &mut from_entries,
+            entries_per_round
+                .zip(ns)
+                .map(|(n, ns)| 1.0 + n * ns / 1e9 / base_round),
+        );
     }
     let ratio = |v: &str| ratios.get(v).cloned().unwrap_or(Value::Null);
     let bpftrace_ok = bpftrace_reason.is_none();
@@ -491,7 +634,9 @@ fn results<'a>(stdout: &'a str, variants: &[&'static str]) -> Vec<(&'static str,
         .filter_map(|line| {
             let mut words = line.strip_prefix("RESULT ")?.split_whitespace();
             let (variant, _rep, what) = (words.next()?, words.next()?, words.next()?);
-            let v = variant.strip_prefix("variant=").and_then(|v| variants.iter().find(|x| **x == v))?;
+            let v = variant
+                .strip_prefix("variant=")
+                .and_then(|v| variants.iter().find(|x| **x == v))?;
             Some((*v, what, fields(line, "RESULT ")?.get("seconds").copied()?))
         })
         .collect()
@@ -501,10 +646,19 @@ fn results<'a>(stdout: &'a str, variants: &[&'static str]) -> Vec<(&'static str,
 /// warm-up's first, then the rounds in the order of the results. Counted twice: on the
 /// workload's (pinned) vCPU, which is what the probes add to its own path, and on all vCPUs,
 /// which adds the tracer's reader and whatever else the system ran meanwhile.
-fn instructions(results: &[(&str, &str, f64)], marks: &str, warmup_rounds: usize, variants: &[&str], sizes: &Sizes) -> Value {
+fn instructions(
+    results: &[(&str, &str, f64)],
+    marks: &str,
+    warmup_rounds: usize,
+    variants: &[&str],
+    sizes: &Sizes,
+) -> Value {
     let marks = crate::lab::insncount::marks(marks);
-    let rounds: Vec<(&str, &str)> =
-        results.iter().filter(|(_, what, _)| what.ends_with("_round")).map(|&(v, what, _)| (v, what)).collect();
+    let rounds: Vec<(&str, &str)> = results
+        .iter()
+        .filter(|(_, what, _)| what.ends_with("_round"))
+        .map(|&(v, what, _)| (v, what))
+        .collect();
     let pairs: Vec<&[Mark]> = marks.chunks_exact(2).collect();
     if pairs.len() != warmup_rounds + rounds.len() {
         return json!({ "error": format!("{} marked rounds for {} warm-up and {} measured ones", pairs.len(), warmup_rounds, rounds.len()) });
@@ -513,11 +667,25 @@ fn instructions(results: &[(&str, &str, f64)], marks: &str, warmup_rounds: usize
         return json!({ "error": format!("a round began on vCPU {} and ended on vCPU {}: the workload was not pinned", p[0].vcpu, p[1].vcpu) });
     }
     let measured = &pairs[warmup_rounds..];
-    let own = per_round_ratios(&rounds, measured.iter().map(|p| p[1].own - p[0].own), variants, sizes);
-    let all = per_round_ratios(&rounds, measured.iter().map(|p| p[1].total.saturating_sub(p[0].total)), variants, sizes);
+    let own = per_round_ratios(
+        &rounds,
+        measured.iter().map(|p| p[1].own - p[0].own),
+        variants,
+        sizes,
+    );
+    let all = per_round_ratios(
+        &rounds,
+        measured
+            .iter()
+            .map(|p| p[1].total.saturating_sub(p[0].total)),
+        variants,
+        sizes,
+    );
     match (own, all) {
         (Ok(mut own), Ok(all)) => {
-            own["estimator"] = json!("median guest instructions per round on the workload's vCPU (QEMU TCG plugin)");
+            own["estimator"] = json!(
+                "median guest instructions per round on the workload's vCPU (QEMU TCG plugin)"
+            );
             own["all_vcpus"] = all;
             own
         }
@@ -538,14 +706,25 @@ fn per_round_ratios(
         by.entry((v, what)).or_default().push(n as f64);
     }
     let typical = |v: &str, what: &str| by.get(&(v, what)).cloned().and_then(median);
-    let (Some(base_churn), Some(base_zap)) = (typical("base", "churn_round"), typical("base", "zap_round")) else {
+    let (Some(base_churn), Some(base_zap)) =
+        (typical("base", "churn_round"), typical("base", "zap_round"))
+    else {
         return Err("no untraced rounds".into());
     };
     let zap_pages = f64::from(sizes.zap_pages_per_round());
     let others = variants.iter().filter(|v| **v != "base");
-    let ratios: BTreeMap<&str, Option<f64>> = others.clone().map(|v| (*v, typical(v, "churn_round").map(|n| n / base_churn))).collect();
-    let per_entry: BTreeMap<&str, Option<f64>> =
-        others.map(|v| (*v, typical(v, "zap_round").map(|n| (n - base_zap) / zap_pages))).collect();
+    let ratios: BTreeMap<&str, Option<f64>> = others
+        .clone()
+        .map(|v| (*v, typical(v, "churn_round").map(|n| n / base_churn)))
+        .collect();
+    let per_entry: BTreeMap<&str, Option<f64>> = others
+        .map(|v| {
+            (
+                *v,
+                typical(v, "zap_round").map(|n| (n - base_zap) / zap_pages),
+            )
+        })
+        .collect();
     Ok(json!({
         "untraced_churn_round": base_churn,
         "untraced_zap_round": base_zap,
@@ -558,7 +737,12 @@ fn per_round_ratios(
 /// page unmapped passes them), off by default on every kernel: the per-PTE unmap probes that
 /// the default plan does without, for what they would cost.
 fn hot_options() -> String {
-    refwatch_common::CATALOG.iter().filter(|p| p.hot).map(|p| format!("--with {}", p.function)).collect::<Vec<_>>().join(" ")
+    refwatch_common::CATALOG
+        .iter()
+        .filter(|p| p.hot)
+        .map(|p| format!("--with {}", p.function))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// CPU the host spends on processes other than xtask and its children (the VM). The guest's
@@ -575,7 +759,11 @@ const BUSY_HOST_CORES: f64 = 0.1;
 
 impl HostLoad {
     fn start() -> Result<Self> {
-        Ok(Self { at: Instant::now(), busy: host_busy_seconds()?, own: own_cpu_seconds() })
+        Ok(Self {
+            at: Instant::now(),
+            busy: host_busy_seconds()?,
+            own: own_cpu_seconds(),
+        })
     }
 
     /// Cores kept busy on average by other processes since `start`.
@@ -589,10 +777,23 @@ impl HostLoad {
 /// Non-idle CPU time of the whole host, from the first line of /proc/stat.
 fn host_busy_seconds() -> Result<f64> {
     let stat = std::fs::read_to_string("/proc/stat")?;
-    let cpu = stat.lines().next().and_then(|l| l.strip_prefix("cpu ")).context("/proc/stat: no cpu line")?;
-    let ticks: Vec<f64> = cpu.split_whitespace().filter_map(|t| t.parse().ok()).collect();
+    let cpu = stat
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("cpu "))
+        .context("/proc/stat: no cpu line")?;
+    let ticks: Vec<f64> = cpu
+        .split_whitespace()
+        .filter_map(|t| t.parse().ok())
+        .collect();
     // user nice system idle iowait irq softirq steal: all but idle and iowait.
-    let busy: f64 = ticks.iter().take(8).enumerate().filter(|(i, _)| !matches!(i, 3 | 4)).map(|(_, t)| t).sum();
+    let busy: f64 = ticks
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| !matches!(i, 3 | 4))
+        .map(|(_, t)| t)
+        .sum();
     // SAFETY: sysconf has no preconditions.
     Ok(busy / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64)
 }
@@ -611,11 +812,15 @@ fn own_cpu_seconds() -> f64 {
 }
 
 fn tool_stats(tool: &Path, trace: &Path) -> Result<Value> {
-    Ok(serde_json::from_str(&cmd::output(Command::new(tool).arg("stats").arg(trace))?)?)
+    Ok(serde_json::from_str(&cmd::output(
+        Command::new(tool).arg("stats").arg(trace),
+    )?)?)
 }
 
 fn trace_kernel(tool: &Path, trace: &Path) -> Option<String> {
-    tool_stats(tool, trace).ok()?["kernel"].as_str().map(str::to_owned)
+    tool_stats(tool, trace).ok()?["kernel"]
+        .as_str()
+        .map(str::to_owned)
 }
 
 fn trace_sizes(tool: &Path, work: &Path) -> Result<Value> {
@@ -627,7 +832,10 @@ fn trace_sizes(tool: &Path, work: &Path) -> Result<Value> {
         }
     }
     let (events, bytes) = per.values().fold((0u64, 0u64), |(e, b), v| {
-        (e + v["events"].as_u64().unwrap_or(0), b + v["bytes"].as_u64().unwrap_or(0))
+        (
+            e + v["events"].as_u64().unwrap_or(0),
+            b + v["bytes"].as_u64().unwrap_or(0),
+        )
     });
     Ok(json!({
         "kernel": per.values().next().map(|v| v["kernel"].clone()),
@@ -639,7 +847,10 @@ fn trace_sizes(tool: &Path, work: &Path) -> Result<Value> {
 /// Runs `cmd` to completion and returns (wall seconds, CPU seconds, peak RSS in KiB) from wait4.
 fn timed(cmd: &mut Command) -> Result<(f64, f64, u64)> {
     let start = Instant::now();
-    let child = cmd.stdout(Stdio::null()).spawn().with_context(|| format!("starting `{}`", cmd::describe(cmd)))?;
+    let child = cmd
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting `{}`", cmd::describe(cmd)))?;
     let mut status = 0;
     // SAFETY: a zeroed rusage is a valid out-parameter; the pid is our own child.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -660,7 +871,13 @@ fn cpu_seconds(usage: &libc::rusage) -> f64 {
 fn analysis(tool: &Path, refwatch: &Path, work: &Path, target: u64) -> Result<Value> {
     let source = work.join("device/storm-kprobe.rwt");
     // Peak RSS at a quarter of the events too: bounded by live pages, it must not grow.
-    let small = report_on_copies(tool, refwatch, &source, &work.join("quarter.rwt"), target / 4)?;
+    let small = report_on_copies(
+        tool,
+        refwatch,
+        &source,
+        &work.join("quarter.rwt"),
+        target / 4,
+    )?;
     let big = report_on_copies(tool, refwatch, &source, &work.join("big.rwt"), target)?;
     Ok(json!({
         "kernel": big.stats["kernel"],
@@ -687,19 +904,42 @@ struct Report {
 }
 
 /// `refwatch report --json` on a trace of about `events` events made of copies of `source`.
-fn report_on_copies(tool: &Path, refwatch: &Path, source: &Path, trace: &Path, events: u64) -> Result<Report> {
-    cmd::run(Command::new(tool).arg("replicate").arg(source).arg(trace).arg(events.to_string()))?;
+fn report_on_copies(
+    tool: &Path,
+    refwatch: &Path,
+    source: &Path,
+    trace: &Path,
+    events: u64,
+) -> Result<Report> {
+    cmd::run(
+        Command::new(tool)
+            .arg("replicate")
+            .arg(source)
+            .arg(trace)
+            .arg(events.to_string()),
+    )?;
     let stats = tool_stats(tool, trace)?;
     // Best of three: the figure is the analyzer's speed, not the host's noise.
     let mut best = (f64::MAX, 0.0, 0);
     for _ in 0..3 {
-        let run = timed(Command::new(refwatch).arg("report").arg(trace).arg("--json"))?;
+        let run = timed(
+            Command::new(refwatch)
+                .arg("report")
+                .arg(trace)
+                .arg("--json"),
+        )?;
         if run.0 < best.0 {
             best = run;
         }
     }
     let (secs, cpu, rss_kib) = best;
-    Ok(Report { events: stats["events"].as_u64().unwrap_or(0), stats, secs, cpu, rss_mib: rss_kib as f64 / 1024.0 })
+    Ok(Report {
+        events: stats["events"].as_u64().unwrap_or(0),
+        stats,
+        secs,
+        cpu,
+        rss_mib: rss_kib as f64 / 1024.0,
+    })
 }
 
 fn fmt(v: &Value, digits: usize) -> String {
@@ -716,17 +956,40 @@ fn fmt(v: &Value, digits: usize) -> String {
 /// The hot-path rows of one kernel; bpftrace's only where it ran (the first kernel).
 fn hot_rows(row: &mut impl FnMut(&str, String, &str, &Value), k: &Value, first: bool) {
     let kernel = &k["kernel"];
-    let base = format!("{} s (median run {} s)", fmt(&k["baseline_round_s"], 4), fmt(&k["baseline_s"], 3));
+    let base = format!(
+        "{} s (median run {} s)",
+        fmt(&k["baseline_round_s"], 4),
+        fmt(&k["baseline_s"], 3)
+    );
     row("hot path: untraced churn round (median)", base, "", kernel);
-    if k["host_other_cores"].as_f64().is_some_and(|c| c > BUSY_HOST_CORES) {
-        let busy = format!("{} cores busy on average: ratios unreliable", fmt(&k["host_other_cores"], 2));
-        row("hot path: WARNING, other host processes", busy, "quiet host", kernel);
+    if k["host_other_cores"]
+        .as_f64()
+        .is_some_and(|c| c > BUSY_HOST_CORES)
+    {
+        let busy = format!(
+            "{} cores busy on average: ratios unreliable",
+            fmt(&k["host_other_cores"], 2)
+        );
+        row(
+            "hot path: WARNING, other host processes",
+            busy,
+            "quiet host",
+            kernel,
+        );
     }
-    let entries = format!("{} (probed functions, kprobe recording)", fmt(&k["churn_entries_per_round"], 0));
+    let entries = format!(
+        "{} (probed functions, kprobe recording)",
+        fmt(&k["churn_entries_per_round"], 0)
+    );
     row("hot path: entries per churn round", entries, "", kernel);
     let insns = &k["instructions"];
     if let Some(Value::String(e)) = insns.get("error") {
-        row("hot path: instruction counts", format!("n/a: {e}"), "", kernel);
+        row(
+            "hot path: instruction counts",
+            format!("n/a: {e}"),
+            "",
+            kernel,
+        );
     } else {
         let base = format!(
             "{} per churn round, {} per zap round (all vCPUs: {}, {})",
@@ -735,14 +998,44 @@ fn hot_rows(row: &mut impl FnMut(&str, String, &str, &Value), k: &Value, first: 
             fmt(&insns["all_vcpus"]["untraced_churn_round"], 0),
             fmt(&insns["all_vcpus"]["untraced_zap_round"], 0)
         );
-        row("hot path: untraced instructions on the workload's vCPU (median)", base, "", kernel);
+        row(
+            "hot path: untraced instructions on the workload's vCPU (median)",
+            base,
+            "",
+            kernel,
+        );
     }
     let variants = [
-        ("again", "untraced_again_ratio", "untraced again: what this run cannot resolve", "1×"),
-        ("kprobe", "kprobe_ratio", "refwatch kprobe", "≤ 1.02×, < bpftrace"),
-        ("fentry", "fentry_ratio", "refwatch fentry", "≤ 1.02×, < bpftrace"),
-        ("bpftrace", "bpftrace_ratio", "bpftrace, same probes + filter", ""),
-        ("wide", "kprobe_with_unmaps_ratio", "refwatch kprobe with the per-PTE unmap probes (--with; off by default)", ""),
+        (
+            "again",
+            "untraced_again_ratio",
+            "untraced again: what this run cannot resolve",
+            "1×",
+        ),
+        (
+            "kprobe",
+            "kprobe_ratio",
+            "refwatch kprobe",
+            "≤ 1.02×, < bpftrace",
+        ),
+        (
+            "fentry",
+            "fentry_ratio",
+            "refwatch fentry",
+            "≤ 1.02×, < bpftrace",
+        ),
+        (
+            "bpftrace",
+            "bpftrace_ratio",
+            "bpftrace, same probes + filter",
+            "",
+        ),
+        (
+            "wide",
+            "kprobe_with_unmaps_ratio",
+            "refwatch kprobe with the per-PTE unmap probes (--with; off by default)",
+            "",
+        ),
     ];
     for (v, key, what, target) in variants {
         // bpftrace's row stays where it was meant to run and did not, to say why.
@@ -764,7 +1057,9 @@ fn hot_rows(row: &mut impl FnMut(&str, String, &str, &Value), k: &Value, first: 
             match (k.get("bpftrace_reason"), k.get("bpftrace_failed")) {
                 (Some(Value::String(r)), _) => cell = format!("n/a: {r}"),
                 (_, Some(Value::String(f))) => {
-                    let reps = k["runs_s"]["bpftrace"]["churn"].as_array().map_or(0, Vec::len);
+                    let reps = k["runs_s"]["bpftrace"]["churn"]
+                        .as_array()
+                        .map_or(0, Vec::len);
                     cell = format!("{cell}, over {reps} repetitions, then it did not start: {f}");
                 }
                 _ => {}
@@ -781,27 +1076,84 @@ fn table(out: &Value) -> String {
     let a = &out["analysis"];
     let t = &out["trace"];
     let mut row = |what: &str, value: String, target: &str, kernel: &Value| {
-        let _ = writeln!(s, "| {what} | {value} | {target} | {} |", kernel.as_str().unwrap_or("-"));
+        let _ = writeln!(
+            s,
+            "| {what} | {value} | {target} | {} |",
+            kernel.as_str().unwrap_or("-")
+        );
     };
     row("figure", "value".into(), "target", &json!("measured on"));
     row("---", "---".into(), "---", &json!("---"));
-    for (i, k) in std::iter::once(h).chain(out["hot_path_other_kernels"].as_array().into_iter().flatten()).enumerate() {
+    for (i, k) in std::iter::once(h)
+        .chain(
+            out["hot_path_other_kernels"]
+                .as_array()
+                .into_iter()
+                .flatten(),
+        )
+        .enumerate()
+    {
         hot_rows(&mut row, k, i == 0);
     }
-    row("device: events/s delivered (kprobe, 4 MiB ring)", fmt(&d["events_per_s"], 0), "", &d["kernel"]);
-    row("device: dropped (4 MiB ring)", fmt(&d["dropped"], 0), "0", &d["kernel"]);
-    row("device: smallest ring without drops (KiB)", fmt(&d["smallest_ring_kib_without_drops"], 0), "", &d["kernel"]);
+    row(
+        "device: events/s delivered (kprobe, 4 MiB ring)",
+        fmt(&d["events_per_s"], 0),
+        "",
+        &d["kernel"],
+    );
+    row(
+        "device: dropped (4 MiB ring)",
+        fmt(&d["dropped"], 0),
+        "0",
+        &d["kernel"],
+    );
+    row(
+        "device: smallest ring without drops (KiB)",
+        fmt(&d["smallest_ring_kib_without_drops"], 0),
+        "",
+        &d["kernel"],
+    );
     let first = &d["first_drops"];
     let limit = if first.is_null() {
         "no drops down to 4 KiB".to_owned()
     } else {
-        format!("{} KiB: {} of {} dropped at {} events/s offered", fmt(&first["ring_kib"], 0), fmt(&first["dropped"], 0), first["events"].as_u64().unwrap_or(0) + first["dropped"].as_u64().unwrap_or(0), fmt(&first["offered_per_s"], 0))
+        format!(
+            "{} KiB: {} of {} dropped at {} events/s offered",
+            fmt(&first["ring_kib"], 0),
+            fmt(&first["dropped"], 0),
+            first["events"].as_u64().unwrap_or(0) + first["dropped"].as_u64().unwrap_or(0),
+            fmt(&first["offered_per_s"], 0)
+        )
     };
     row("device: first drops", limit, "", &d["kernel"]);
-    row("analysis: events/s (refwatch report --json)", fmt(&a["events_per_s"], 0), "≥ 20 M", &json!("host"));
-    row("analysis: events per CPU-second (decoder thread included)", fmt(&a["events_per_cpu_s"], 0), "", &json!("host"));
-    let rss = format!("{} ({} at a quarter of the events)", fmt(&a["peak_rss_mib"], 1), fmt(&a["quarter_peak_rss_mib"], 1));
-    row("analysis: peak RSS (MiB)", rss, "bounded by live pages", &json!("host"));
-    row("trace: bytes/event", fmt(&t["bytes_per_event"], 2), "≤ 12", &t["kernel"]);
+    row(
+        "analysis: events/s (refwatch report --json)",
+        fmt(&a["events_per_s"], 0),
+        "≥ 20 M",
+        &json!("host"),
+    );
+    row(
+        "analysis: events per CPU-second (decoder thread included)",
+        fmt(&a["events_per_cpu_s"], 0),
+        "",
+        &json!("host"),
+    );
+    let rss = format!(
+        "{} ({} at a quarter of the events)",
+        fmt(&a["peak_rss_mib"], 1),
+        fmt(&a["quarter_peak_rss_mib"], 1)
+    );
+    row(
+        "analysis: peak RSS (MiB)",
+        rss,
+        "bounded by live pages",
+        &json!("host"),
+    );
+    row(
+        "trace: bytes/event",
+        fmt(&t["bytes_per_event"], 2),
+        "≤ 12",
+        &t["kernel"],
+    );
     s
 }

@@ -19,7 +19,9 @@ pub fn describe(cmd: &Command) -> String {
 
 /// Runs with inherited stdio and fails unless the exit status is 0.
 pub fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("starting `{}`", describe(cmd)))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting `{}`", describe(cmd)))?;
     if !status.success() {
         bail!("`{}` failed: {status}", describe(cmd));
     }

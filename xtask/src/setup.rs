@@ -67,13 +67,21 @@ fn dpkg_installed(pkg: &str) -> bool {
 fn add_rust_src() -> Result<()> {
     let sysroot = cmd::output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]));
     if let Ok(sysroot) = sysroot
-        && Path::new(sysroot.trim()).join("lib/rustlib/src/rust/library").is_dir()
+        && Path::new(sysroot.trim())
+            .join("lib/rustlib/src/rust/library")
+            .is_dir()
     {
         note("setup: nightly rust-src already installed");
         return Ok(());
     }
     note("setup: adding rust-src to the nightly toolchain");
-    cmd::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    cmd::run(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        "nightly",
+    ]))
 }
 
 fn install_bpf_linker() -> Result<()> {
@@ -90,7 +98,13 @@ fn install_bpf_linker() -> Result<()> {
     ));
     cmd::run(
         Command::new("cargo")
-            .args(["install", "bpf-linker", "--no-default-features", "--features", "llvm-22"])
+            .args([
+                "install",
+                "bpf-linker",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
             .env("LLVM_PREFIX", &prefix),
     )
 }

@@ -34,7 +34,11 @@ pub fn main(args: SoakArgs) -> ExitCode {
 fn soak(args: &SoakArgs) -> Result<bool> {
     let kernel = Kernel::fetch(kernel_spec(&args.kernel)?, &Apt::new()?)?;
     let assets = Assets::build()?;
-    let case = matrix::ScriptCase { kernel: kernel.spec.name, name: "soak", script: || String::new() };
+    let case = matrix::ScriptCase {
+        kernel: kernel.spec.name,
+        name: "soak",
+        script: || String::new(),
+    };
     let script = matrix::soak_script(args.minutes * 60);
     // Boot and the final report take a few minutes under TCG.
     let timeout = Duration::from_secs(args.minutes * 60 + 300);

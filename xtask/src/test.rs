@@ -40,12 +40,16 @@ fn test(args: TestArgs) -> Result<bool> {
             .current_dir(&root),
     )
     .inspect_err(|e| println!("FAIL unit tests: {e:#}"))
-        .is_ok();
+    .is_ok();
 
     let assets = Assets::build()?;
     let (mut passed, mut failed) = (0, 0);
     // --verify loads every kprobe program into the host kernel's verifier without attaching.
-    for check in [&["probes"][..], &["probes", "--json"][..], &["probes", "--verify"][..]] {
+    for check in [
+        &["probes"][..],
+        &["probes", "--json"][..],
+        &["probes", "--verify"][..],
+    ] {
         match host_check(&assets, check) {
             Ok(()) => {
                 passed += 1;
@@ -62,7 +66,10 @@ fn test(args: TestArgs) -> Result<bool> {
         .into_iter()
         .filter(|c| args.filter.as_deref().is_none_or(|f| c.id().contains(f)))
         .collect();
-    note(format_args!("VM matrix: {} cases, two VMs at a time", cases.len()));
+    note(format_args!(
+        "VM matrix: {} cases, two VMs at a time",
+        cases.len()
+    ));
     let (vm_passed, vm_failed) = matrix::run_all(&cases, &assets, &Apt::new()?);
     passed += vm_passed;
     failed += vm_failed;

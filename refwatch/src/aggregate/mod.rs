@@ -10,19 +10,24 @@ mod tasks;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-use refwatch_common::{Arg, CATALOG, Event, EventKind, Probe, catalog::CATALOG_LEN, event::PGMAP_TYPE_UNKNOWN};
+use refwatch_common::{
+    Arg, CATALOG, Event, EventKind, Probe, catalog::CATALOG_LEN, event::PGMAP_TYPE_UNKNOWN,
+};
 use serde::Serialize;
 
-pub use rules::{Coverage, PgType, Rule, idle, idle_visible};
-pub use state::{Counters, PgmapState, Transition};
 use pages::Pages;
+pub use rules::{Coverage, PgType, Rule, idle, idle_visible};
 use rules::{Level, PageView};
+pub use state::{Counters, PgmapState, Transition};
 use state::{PageState, Step};
 use tasks::{Task, Tasks};
 
-use crate::{event::EventExt, plan::{Model, Plan}};
+use crate::{
+    event::EventExt,
+    plan::{Model, Plan},
+};
 
 /// Findings kept with their details; beyond this only the per-rule counts grow.
 pub const KEPT_FINDINGS: usize = 1000;
@@ -44,7 +49,11 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(model: Model, attached: impl IntoIterator<Item = u8>, pgmap_types: BTreeMap<u8, String>) -> Self {
+    pub fn new(
+        model: Model,
+        attached: impl IntoIterator<Item = u8>,
+        pgmap_types: BTreeMap<u8, String>,
+    ) -> Self {
         let mut mask = [false; CATALOG_LEN];
         for id in attached {
             if let Some(slot) = mask.get_mut(id as usize) {
@@ -52,30 +61,62 @@ impl Context {
             }
         }
         let mut types = [PgType::Unknown; 256];
-        for (&raw, name) in pgmap_types.iter().filter(|(raw, _)| **raw != PGMAP_TYPE_UNKNOWN) {
+        for (&raw, name) in pgmap_types
+            .iter()
+            .filter(|(raw, _)| **raw != PGMAP_TYPE_UNKNOWN)
+        {
             types[raw as usize] = PgType::from_name(name);
         }
         let mut unmap_levels = [false; 3];
-        for (p, _) in CATALOG.iter().zip(mask).filter(|(p, on)| *on && p.kind == EventKind::Unmap) {
-            unmap_levels[rules::level(p) as usize] = true;
+        for (p, _) in CATALOG
+            .iter()
+            .zip(mask)
+            .filter(|(p, on)| *on && p.kind == EventKind::Unmap)
+        {
+            match p.arg {
+                // A zap of a range takes its PMDs and PUDs with its PTEs.
+                Arg::Range { .. } => unmap_levels = [true; 3],
+                _ => unmap_levels[rules::level(p) as usize] = true,
+            }
         }
-        let tracked = CATALOG.map(|p| unmap_levels[rules::level(&p) as usize]);
         // A zap of ranges, not a move: with the per-PTE unmap probe in its place (`--with`),
         // inserts are counted, not keyed, though mremap is still probed.
-        let range_unmaps = CATALOG.iter().zip(mask).any(|(p, on)| on && matches!(p.arg, Arg::Range { .. }));
-        Self { model, attached: mask, pgmap_types, types, unmap_levels, tracked, range_unmaps }
+        let range_unmaps = CATALOG
+            .iter()
+            .zip(mask)
+            .any(|(p, on)| on && matches!(p.arg, Arg::Range { .. }));
+        // A range zap finds only the inserts that said where they map (not PUD ones).
+        let tracked = CATALOG
+            .map(|p| unmap_levels[rules::level(&p) as usize] && (!range_unmaps || p.at.is_some()));
+        Self {
+            model,
+            attached: mask,
+            pgmap_types,
+            types,
+            unmap_levels,
+            tracked,
+            range_unmaps,
+        }
     }
 
     pub fn from_plan(plan: &Plan) -> Self {
-        Self::new(plan.model, plan.attached().map(|p| p.id), plan.pgmap_types.clone())
+        Self::new(
+            plan.model,
+            plan.attached().map(|p| p.id),
+            plan.pgmap_types.clone(),
+        )
     }
 
     fn attached_probes(&self) -> impl Iterator<Item = &'static Probe> {
-        CATALOG.iter().zip(self.attached).filter(|(_, on)| *on).map(|(p, _)| p)
+        CATALOG
+            .iter()
+            .zip(self.attached)
+            .filter(|(_, on)| *on)
+            .map(|(p, _)| p)
     }
 
     pub fn sees(&self, kind: EventKind) -> bool {
-        self.attached_probes().any(|p| p.kind == kind)
+        self.attached_probes().any(|p| p.carries(kind))
     }
 
     fn unmap_seen(&self, level: Level) -> bool {
@@ -123,8 +164,13 @@ pub struct Finding {
     pub rule: Rule,
     pub detail: String,
     pub pfn: u64,
+    /// The `struct page *`, 0 where no event named it.
     #[serde(serialize_with = "hex")]
     pub page: u64,
+    /// Who still holds the page, as far as refwatch saw the mappings and references being
+    /// taken: "mapped at ADDR in mm MM by TASK", "reference from FUNCTION by TASK".
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub held_by: Vec<String>,
     pub pgmap: PgmapRef,
     pub pid: u32,
     pub tgid: u32,
@@ -150,6 +196,12 @@ pub struct Aggregator {
     /// Device PTEs by (mm, user address) → pfn, where unmaps come as zapped ranges
     /// ([`Context::keyed`]): bounded by the device pages mapped.
     mappings: BTreeMap<(u64, u64), u64>,
+    /// Pages the teardown scan found held, until their pgmap's event comes.
+    held: Vec<Held>,
+    /// The last reference seen taken on each page of a type whose return to idle no probe
+    /// sees (GENERIC, P2PDMA): such pages are not kept live, and this says who may still
+    /// hold one at a teardown. Bounded by [`MAX_GRABS`].
+    grabs: HashMap<u64, Grab>,
     events: u64,
     by_rule: BTreeMap<Rule, u64>,
     findings: Vec<Finding>,
@@ -158,9 +210,44 @@ pub struct Aggregator {
 /// Retired pgmaps kept for the summary.
 const RETIRED: usize = 64;
 
+/// Grabs remembered on pages whose idle is invisible; past it, new ones are not.
+const MAX_GRABS: usize = 1 << 16;
+
+/// Base pages of a PMD mapping (x86-64).
+const PMD_PAGES: u64 = 512;
+const PAGE_SIZE: u64 = 4096;
+/// `sizeof(struct page)` on every kernel refwatch supports (x86-64, 64-byte pages).
+const STRUCT_PAGE: u64 = 64;
+
+/// A page the teardown scan found held: the kernel's own counts.
+#[derive(Clone, Copy, Debug)]
+struct Held {
+    pfn: u64,
+    page: u64,
+    pgmap: u64,
+    refcount: i32,
+    mapcount: i32,
+}
+
+/// The last reference seen taken on a page not kept live.
+#[derive(Clone, Copy, Debug)]
+struct Grab {
+    pgmap: u64,
+    step: Step,
+}
+
+/// A page a teardown leaves busy, and why.
+struct Busy {
+    page: u64,
+    why: Vec<String>,
+}
+
 impl Aggregator {
     pub fn new(ctx: Context) -> Self {
-        Self { ctx: Some(ctx), ..Self::default() }
+        Self {
+            ctx: Some(ctx),
+            ..Self::default()
+        }
     }
 
     pub fn context(&self) -> &Context {
@@ -198,20 +285,28 @@ impl Aggregator {
     /// References count only for types whose return to idle is visible.
     pub fn load(&self, pgmap: u64) -> (i64, u64) {
         let model = self.context().model;
-        self.pages.iter().map(|(_, p)| p).filter(|p| p.pgmap == pgmap).fold((0, 0), |(refs, mapped), p| {
-            let above = match idle(model, p.ty) {
-                Some(i) if idle_visible(model, p.ty) => (p.refcount - i).max(0),
-                _ => 0,
-            };
-            (refs + above, mapped + u64::from(p.mapped > 0))
-        })
+        self.pages
+            .iter()
+            .map(|(_, p)| p)
+            .filter(|p| p.pgmap == pgmap)
+            .fold((0, 0), |(refs, mapped), p| {
+                let above = match idle(model, p.ty) {
+                    Some(i) if idle_visible(model, p.ty) => (p.refcount - i).max(0),
+                    _ => 0,
+                };
+                (refs + above, mapped + u64::from(p.mapped > 0))
+            })
     }
 
     /// Feeds one event; returns how many findings it raised.
     pub fn observe(&mut self, ev: &Event) -> usize {
         self.events += 1;
-        let Some(kind) = ev.event_kind() else { return 0 };
-        let Some(probe) = CATALOG.get(ev.probe as usize) else { return 0 };
+        let Some(kind) = ev.event_kind() else {
+            return 0;
+        };
+        let Some(probe) = CATALOG.get(ev.probe as usize) else {
+            return 0;
+        };
         match kind {
             EventKind::PgmapAdd => {
                 self.pgmap_add(ev);
@@ -224,6 +319,16 @@ impl Aggregator {
             }
             EventKind::Remap => {
                 self.range_move(ev);
+                0
+            }
+            EventKind::Held => {
+                self.held.push(Held {
+                    pfn: ev.pfn,
+                    page: ev.page,
+                    pgmap: ev.pgmap,
+                    refcount: ev.refcount,
+                    mapcount: ev.mapcount,
+                });
                 0
             }
             _ => self.page_event(ev, kind, probe),
@@ -252,33 +357,44 @@ impl Aggregator {
         // in the summary: learn it from the event, which carries its type and first range.
         if !self.pgmaps.contains_key(&ev.pgmap) {
             self.pgmap_add(ev);
-            self.pgmaps.get_mut(&ev.pgmap).expect("just added").discovered = true;
+            self.pgmaps
+                .get_mut(&ev.pgmap)
+                .expect("just added")
+                .discovered = true;
         }
-        let model = self.context().model;
-        let busy: Vec<(u64, String)> = self
+        let busy = self.busy_at_teardown(ev);
+        let raised = busy.len();
+        let maps = self.mappings_of(ev.pgmap);
+        for (pfn, busy) in busy {
+            let detail = format!("memunmap_pages with the page busy: {}", busy.why.join(", "));
+            let mut finding = self.finding(
+                Rule::TeardownBusy,
+                detail,
+                ev,
+                pfn,
+                ev.pgmap,
+                maps.get(&pfn),
+            );
+            finding.page = busy.page;
+            self.raise(finding);
+        }
+        let grabs = std::mem::take(&mut self.grabs);
+        self.grabs = grabs
+            .into_iter()
+            .filter(|(_, grab)| {
+                let gone = grab.pgmap == ev.pgmap;
+                if gone {
+                    self.tasks.release(grab.step.task);
+                }
+                !gone
+            })
+            .collect();
+        let gone: std::collections::HashSet<u64> = self
             .pages
             .iter()
             .filter(|(_, p)| p.pgmap == ev.pgmap)
-            .filter_map(|(pfn, p)| {
-                let above = match idle(model, p.ty) {
-                    Some(i) if idle_visible(model, p.ty) && p.refcount > i => {
-                        Some(format!("refcount {} above idle {i}", p.refcount))
-                    }
-                    _ => None,
-                };
-                let mapped = (p.mapped > 0).then(|| format!("{} mapping(s) left", p.mapped));
-                let why = [above, mapped].into_iter().flatten().collect::<Vec<_>>().join(", ");
-                (!why.is_empty()).then_some((pfn, why))
-            })
+            .map(|(pfn, _)| pfn)
             .collect();
-        let raised = busy.len();
-        for (pfn, why) in busy {
-            let page = self.pages.get(pfn).expect("collected above");
-            let finding = self.finding(Rule::TeardownBusy, format!("memunmap_pages with the page busy: {why}"), ev, pfn, page);
-            self.raise(finding);
-        }
-        let gone: std::collections::HashSet<u64> =
-            self.pages.iter().filter(|(_, p)| p.pgmap == ev.pgmap).map(|(pfn, _)| pfn).collect();
         self.mappings.retain(|_, pfn| !gone.contains(pfn));
         self.pages.retain(|p| p.pgmap != ev.pgmap, &mut self.tasks);
         if let Some(mut pg) = self.pgmaps.remove(&ev.pgmap) {
@@ -291,17 +407,167 @@ impl Aggregator {
         raised
     }
 
+    /// The pages memunmap_pages leaves busy: referenced above idle (the kernel's counts where
+    /// the teardown scan ran; refwatch's estimate in traces from before it; none where the
+    /// kernel waits for references itself, ≤5.17), or mapped (the kernel's mapcount, 6.15+;
+    /// the inserts not yet zapped before).
+    fn busy_at_teardown(&mut self, ev: &Event) -> BTreeMap<u64, Busy> {
+        let ctx = self.ctx.as_ref().expect("built with new()");
+        let model = ctx.model;
+        let scanned = CATALOG
+            .get(ev.probe as usize)
+            .is_some_and(|p| matches!(p.arg, Arg::PgmapScan(_)));
+        let ty = self
+            .pgmaps
+            .get(&ev.pgmap)
+            .map_or(PgType::Unknown, |pg| pg.ty);
+        let mut busy: BTreeMap<u64, Busy> = BTreeMap::new();
+        let mut add = |pfn: u64, page: u64, why: String| {
+            busy.entry(pfn)
+                .or_insert(Busy {
+                    page,
+                    why: Vec::new(),
+                })
+                .why
+                .push(why);
+        };
+        let (held, rest): (Vec<Held>, Vec<Held>) =
+            self.held.drain(..).partition(|h| h.pgmap == ev.pgmap);
+        self.held = rest;
+        for h in held.iter().filter(|_| scanned) {
+            let idle = idle(model, ty).unwrap_or(0);
+            if i64::from(h.refcount) > idle {
+                add(
+                    h.pfn,
+                    h.page,
+                    format!("refcount {} above idle {idle}", h.refcount),
+                );
+            }
+            if h.mapcount > 0 {
+                add(h.pfn, h.page, format!("mapcount {}", h.mapcount));
+            }
+        }
+        for (pfn, p) in self.pages.iter().filter(|(_, p)| p.pgmap == ev.pgmap) {
+            let estimated = !scanned && model != Model::AllOneBased;
+            if let Some(i) = idle(model, p.ty)
+                .filter(|&i| estimated && idle_visible(model, p.ty) && p.refcount > i)
+            {
+                add(
+                    pfn,
+                    p.page,
+                    format!("refcount {} above idle {i}", p.refcount),
+                );
+            }
+            if p.mapped > 0 && !(scanned && model == Model::ZeroBased) {
+                add(pfn, p.page, format!("{} mapping(s) left", p.mapped));
+            }
+        }
+        busy
+    }
+
+    /// The (mm, user address) pairs mapping each page of `pgmap`, from the inserts not zapped.
+    fn mappings_of(&self, pgmap: u64) -> BTreeMap<u64, Vec<(u64, u64)>> {
+        let mut maps: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
+        for (&at, &pfn) in &self.mappings {
+            if self.pages.get(pfn).is_some_and(|p| p.pgmap == pgmap) {
+                maps.entry(pfn).or_default().push(at);
+            }
+        }
+        maps
+    }
+
+    /// Who holds page `pfn`: the mappings not yet zapped (`maps`), and the references its
+    /// history (or, for a page not kept live, its last grab) saw being taken.
+    fn holders(&self, pfn: u64, maps: &[(u64, u64)]) -> Vec<String> {
+        let page = self.pages.get(pfn);
+        let last =
+            |kind: EventKind| page.and_then(|p| p.recent.iter().rev().find(|s| s.kind == kind));
+        let who = |s: &Step| {
+            let t = self.tasks.get(s.task);
+            format!("{}/{}", crate::event::comm_str(&t.comm), t.pid_tgid >> 32)
+        };
+        let mut out: Vec<String> = maps
+            .iter()
+            .map(|&(mm, address)| match last(EventKind::Insert) {
+                Some(s) => format!(
+                    "mapped at {address:#x} in mm {mm:#x} (inserted by {})",
+                    who(s)
+                ),
+                None => format!("mapped at {address:#x} in mm {mm:#x}"),
+            })
+            .collect();
+        // 6.15+ keeps no table of mappings: the kernel's mapcount says the page is mapped, and
+        // its history who mapped it last.
+        if maps.is_empty()
+            && self.context().model == Model::ZeroBased
+            && let Some(s) = last(EventKind::Insert)
+        {
+            let function = CATALOG.get(s.probe as usize).map_or("?", |p| p.function);
+            out.push(format!("mapped through {function} by {}", who(s)));
+        }
+        if let Some(s) = last(EventKind::Get).or_else(|| self.grabs.get(&pfn).map(|g| &g.step)) {
+            let function = CATALOG.get(s.probe as usize).map_or("?", |p| p.function);
+            out.push(format!("reference taken by {function} in {}", who(s)));
+        }
+        out
+    }
+
+    /// Remembers (or forgets) the last grab of a page whose return to idle no probe sees.
+    fn track_grab(&mut self, ev: &Event, kind: EventKind, ty: PgType) {
+        let model = self.context().model;
+        if idle_visible(model, ty) {
+            return;
+        }
+        let idle = idle(model, ty).unwrap_or(0);
+        let held =
+            kind == EventKind::Get && !(CATALOG[ev.probe as usize].speculative && ev.refcount <= 0);
+        if held && (self.grabs.len() < MAX_GRABS || self.grabs.contains_key(&ev.pfn)) {
+            let task = self.tasks.hold(Task {
+                pid_tgid: ev.pid_tgid,
+                comm: ev.comm,
+            });
+            let step = Step {
+                ts_ns: ev.ts_ns,
+                refs: ev.extra,
+                refcount: ev.refcount,
+                mapcount: ev.mapcount,
+                task,
+                probe: ev.probe,
+                kind,
+            };
+            if let Some(old) = self.grabs.insert(
+                ev.pfn,
+                Grab {
+                    pgmap: ev.pgmap,
+                    step,
+                },
+            ) {
+                self.tasks.release(old.step.task);
+            }
+        } else if !held
+            && i64::from(ev.refcount) <= idle
+            && let Some(old) = self.grabs.remove(&ev.pfn)
+        {
+            self.tasks.release(old.step.task);
+        }
+    }
+
     /// The device PTEs a zap of `[extra, extra2)` in mm `page` clears: those inserted there.
     fn range_unmap(&mut self, ev: &Event) {
         for (_, pfn) in self.take_range(ev.page, ev.extra, ev.extra2) {
-            let Some(page) = self.pages.get_mut(pfn) else { continue };
+            let Some(page) = self.pages.get_mut(pfn) else {
+                continue;
+            };
             page.mapped = (page.mapped - 1).max(0);
             let step = Step {
                 ts_ns: ev.ts_ns,
                 refs: 1,
                 refcount: page.refcount as i32,
                 mapcount: 0,
-                task: self.tasks.hold(Task { pid_tgid: ev.pid_tgid, comm: ev.comm }),
+                task: self.tasks.hold(Task {
+                    pid_tgid: ev.pid_tgid,
+                    comm: ev.comm,
+                }),
                 probe: ev.probe,
                 kind: EventKind::Unmap,
             };
@@ -330,15 +596,23 @@ impl Aggregator {
         if start >= end {
             return Vec::new();
         }
-        let keys: Vec<(u64, u64)> = self.mappings.range((mm, start)..(mm, end)).map(|(k, _)| *k).collect();
-        keys.into_iter().filter_map(|k| Some((k, self.mappings.remove(&k)?))).collect()
+        let keys: Vec<(u64, u64)> = self
+            .mappings
+            .range((mm, start)..(mm, end))
+            .map(|(k, _)| *k)
+            .collect();
+        keys.into_iter()
+            .filter_map(|k| Some((k, self.mappings.remove(&k)?)))
+            .collect()
     }
 
     /// Drops a page whose state says nothing any more: idle (where that is visible) and
     /// unmapped, or its pgmap is being torn down.
     fn forget_if_idle(&mut self, pfn: u64, teardown: bool) {
         let model = self.context().model;
-        let Some(page) = self.pages.get(pfn) else { return };
+        let Some(page) = self.pages.get(pfn) else {
+            return;
+        };
         let idle_now = match idle(model, page.ty) {
             Some(i) if idle_visible(model, page.ty) => page.refcount <= i,
             _ => true,
@@ -367,13 +641,28 @@ impl Aggregator {
 
     fn page_event(&mut self, ev: &Event, kind: EventKind, probe: &'static Probe) -> usize {
         let keyed = kind == EventKind::Insert && self.context().keyed(probe);
-        let new_mapping = !keyed || self.map_at((ev.extra2, ev.extra), ev.pfn);
+        let pmd = keyed && rules::level(probe) == Level::Pmd;
+        // A PMD maps its 512 pages from the aligned address down.
+        let address = if pmd {
+            ev.extra & !(PMD_PAGES * PAGE_SIZE - 1)
+        } else {
+            ev.extra
+        };
+        let new_mapping = !keyed || self.map_at((ev.extra2, address), ev.pfn);
+        if pmd {
+            self.pmd_tails(ev, address);
+        }
         let ctx = self.ctx.as_ref().expect("built with new()");
         let ty = ctx.pg_type(ev.pgmap_type);
-        let teardown = self.retired.iter().any(|p| p.address == ev.pgmap) && !self.pgmaps.contains_key(&ev.pgmap);
+        let teardown = self.retired.iter().any(|p| p.address == ev.pgmap)
+            && !self.pgmaps.contains_key(&ev.pgmap);
         let pg = match self.pgmaps.get_mut(&ev.pgmap) {
             Some(pg) => Some(pg),
-            None if teardown => self.retired.iter_mut().rev().find(|p| p.address == ev.pgmap),
+            None if teardown => self
+                .retired
+                .iter_mut()
+                .rev()
+                .find(|p| p.address == ev.pgmap),
             None => Some(self.pgmaps.entry(ev.pgmap).or_insert_with(|| PgmapState {
                 address: ev.pgmap,
                 raw_type: ev.pgmap_type,
@@ -384,7 +673,9 @@ impl Aggregator {
                 counters: Counters::default(),
             })),
         };
-        let (page, fresh) = self.pages.get_or_start(ev.pfn, ev.pgmap, ty, i64::from(ev.refcount));
+        let (page, fresh) = self
+            .pages
+            .get_or_start(ev.pfn, ev.pgmap, ty, i64::from(ev.refcount));
         // gup_put_folio hands the same references on to __put_devmap_managed_*_refs (≤6.12):
         // one drop seen at two nested probes, counted once.
         let nested = kind == EventKind::Put
@@ -400,47 +691,134 @@ impl Aggregator {
         }
         page.pgmap = ev.pgmap;
         page.ty = ty;
+        page.page = ev.page;
         let step = Step {
             ts_ns: ev.ts_ns,
             // An insert's extra is its address where its probe knows it; it maps the page once.
-            refs: if kind == EventKind::Insert && probe.at.is_some() { 1 } else { ev.extra },
+            refs: if kind == EventKind::Insert && probe.at.is_some() {
+                1
+            } else {
+                ev.extra
+            },
             refcount: ev.refcount,
             mapcount: ev.mapcount,
-            task: self.tasks.hold(Task { pid_tgid: ev.pid_tgid, comm: ev.comm }),
+            task: self.tasks.hold(Task {
+                pid_tgid: ev.pid_tgid,
+                comm: ev.comm,
+            }),
             probe: ev.probe,
             kind,
         };
         if let Some(old) = page.recent.push(step) {
             self.tasks.release(old.task);
         }
-        let view = PageView { ty, mapped: page.mapped, pgmap_in_teardown: teardown };
+        let view = PageView {
+            ty,
+            mapped: page.mapped,
+            pgmap_in_teardown: teardown,
+        };
         let verdict = rules::judge(ctx, probe, ev, &view);
         advance(ctx, probe, kind, ev, page, new_mapping);
-        let key = verdict.as_ref().map(|(rule, _)| (*rule, ev.pid_tgid, ev.refcount));
+        let key = verdict
+            .as_ref()
+            .map(|(rule, _)| (*rule, ev.pid_tgid, ev.refcount));
         let repeat = key.is_some() && key == page.last_finding;
         page.last_finding = key;
         let mut raised = 0;
         if let Some((rule, detail)) = verdict.filter(|_| !repeat) {
-            let page = self.pages.get(ev.pfn).expect("just updated");
-            let finding = self.finding(rule, detail, ev, ev.pfn, page);
+            let maps = if rule == Rule::TruncateBusy {
+                self.mappings_of(ev.pgmap).remove(&ev.pfn)
+            } else {
+                None
+            };
+            let finding = self.finding(rule, detail, ev, ev.pfn, ev.pgmap, maps.as_ref());
             self.raise(finding);
             raised = 1;
         }
+        self.track_grab(ev, kind, ty);
         self.forget_if_idle(ev.pfn, teardown);
         raised
     }
 
-    fn finding(&self, rule: Rule, detail: String, ev: &Event, pfn: u64, page: &PageState) -> Finding {
-        let pg = self.pgmaps().find(|p| p.address == page.pgmap);
+    /// The pages after the first of a PMD inserted at `address`: each is mapped at its own
+    /// address, so that zaps and moves of part of the range find it.
+    fn pmd_tails(&mut self, ev: &Event, address: u64) {
+        let ty = self.context().pg_type(ev.pgmap_type);
+        for i in 1..PMD_PAGES {
+            let pfn = ev.pfn + i;
+            let new = self.map_at((ev.extra2, address + i * PAGE_SIZE), pfn);
+            let task = self.tasks.hold(Task {
+                pid_tgid: ev.pid_tgid,
+                comm: ev.comm,
+            });
+            let (page, _) = self
+                .pages
+                .get_or_start(pfn, ev.pgmap, ty, i64::from(ev.refcount));
+            page.page = ev.page + i * STRUCT_PAGE;
+            page.mapped += i64::from(new);
+            let step = Step {
+                ts_ns: ev.ts_ns,
+                refs: 1,
+                refcount: ev.refcount,
+                mapcount: 0,
+                task,
+                probe: ev.probe,
+                kind: EventKind::Insert,
+            };
+            if let Some(old) = page.recent.push(step) {
+                self.tasks.release(old.task);
+            }
+        }
+    }
+
+    /// A finding about page `pfn` of `pgmap`, raised at event `ev`; `maps` are the page's
+    /// mappings where the rule is about who still holds it.
+    fn finding(
+        &self,
+        rule: Rule,
+        detail: String,
+        ev: &Event,
+        pfn: u64,
+        pgmap: u64,
+        maps: Option<&Vec<(u64, u64)>>,
+    ) -> Finding {
+        let pg = self.pgmaps().find(|p| p.address == pgmap);
         let range = pg.and_then(|p| p.range_of(pfn));
+        let page = self.pages.get(pfn);
+        let recent: Vec<Transition> = match page {
+            Some(p) => p
+                .recent
+                .iter()
+                .map(|s| s.transition(self.tasks.get(s.task)))
+                .collect(),
+            None => self
+                .grabs
+                .get(&pfn)
+                .map(|g| g.step.transition(self.tasks.get(g.step.task)))
+                .into_iter()
+                .collect(),
+        };
+        let holds = matches!(rule, Rule::TeardownBusy | Rule::TruncateBusy);
         Finding {
             rule,
             detail,
             pfn,
-            page: if ev.pfn == pfn { ev.page } else { 0 },
+            page: if ev.pfn == pfn {
+                ev.page
+            } else {
+                page.map_or(0, |p| p.page)
+            },
+            held_by: if holds {
+                self.holders(pfn, maps.map_or(&[][..], Vec::as_slice))
+            } else {
+                Vec::new()
+            },
             pgmap: PgmapRef {
-                address: page.pgmap,
-                type_name: self.context().type_name(pg.map_or(PGMAP_TYPE_UNKNOWN, |p| p.raw_type)).to_owned(),
+                address: pgmap,
+                type_name: self
+                    .context()
+                    .type_name(pg.map_or(PGMAP_TYPE_UNKNOWN, |p| p.raw_type))
+                    .to_owned(),
                 start: range.map(|r| r.0),
                 end: range.map(|r| r.1),
             },
@@ -449,7 +827,7 @@ impl Aggregator {
             comm: ev.comm_str().to_owned(),
             ts_ns: ev.ts_ns,
             stack_id: ev.stack_id,
-            recent: page.recent.iter().map(|s| s.transition(self.tasks.get(s.task))).collect(),
+            recent,
         }
     }
 
@@ -463,12 +841,23 @@ impl Aggregator {
 
 /// Moves a page's refcount and mapping estimate past the probed function; `new_mapping` is
 /// false for an insert at an address that already mapped the page.
-fn advance(ctx: &Context, probe: &Probe, kind: EventKind, ev: &Event, page: &mut PageState, new_mapping: bool) {
+fn advance(
+    ctx: &Context,
+    probe: &Probe,
+    kind: EventKind,
+    ev: &Event,
+    page: &mut PageState,
+    new_mapping: bool,
+) {
     let r = i64::from(ev.refcount);
     let m = i64::from(ev.mapcount);
     let refs = ev.extra.max(1) as i64;
     let zero_based = ctx.model == Model::ZeroBased;
-    let tracked = ctx.tracked.get(ev.probe as usize).copied().unwrap_or_else(|| ctx.unmap_seen(rules::level(probe)));
+    let tracked = ctx
+        .tracked
+        .get(ev.probe as usize)
+        .copied()
+        .unwrap_or_else(|| ctx.unmap_seen(rules::level(probe)));
     if rules::passthrough(ctx.model, probe, page.ty) {
         return;
     }
@@ -499,8 +888,13 @@ fn advance(ctx: &Context, probe: &Probe, kind: EventKind, ev: &Event, page: &mut
         }
         EventKind::Unmap => {
             page.refcount = r;
-            page.mapped = if zero_based { m - refs } else { (page.mapped - refs).max(0) };
+            page.mapped = if zero_based {
+                m - refs
+            } else {
+                (page.mapped - refs).max(0)
+            };
         }
-        EventKind::PgmapAdd | EventKind::PgmapRemove | EventKind::Remap => {}
+        EventKind::Truncate => page.refcount = r,
+        EventKind::PgmapAdd | EventKind::PgmapRemove | EventKind::Remap | EventKind::Held => {}
     }
 }

@@ -40,20 +40,32 @@ impl Pages {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (u64, &PageState)> {
-        self.slots.iter().map(|(&pfn, &slot)| (pfn, &self.states[slot as usize]))
+        self.slots
+            .iter()
+            .map(|(&pfn, &slot)| (pfn, &self.states[slot as usize]))
     }
 
     pub fn get(&self, pfn: u64) -> Option<&PageState> {
-        self.slots.get(&pfn).map(|&slot| &self.states[slot as usize])
+        self.slots
+            .get(&pfn)
+            .map(|&slot| &self.states[slot as usize])
     }
 
     pub fn get_mut(&mut self, pfn: u64) -> Option<&mut PageState> {
-        self.slots.get(&pfn).map(|&slot| &mut self.states[slot as usize])
+        self.slots
+            .get(&pfn)
+            .map(|&slot| &mut self.states[slot as usize])
     }
 
     /// The state of `pfn`; a page not live starts with `pgmap`, `ty` and `refcount` (then
     /// also true).
-    pub fn get_or_start(&mut self, pfn: u64, pgmap: u64, ty: PgType, refcount: i64) -> (&mut PageState, bool) {
+    pub fn get_or_start(
+        &mut self,
+        pfn: u64,
+        pgmap: u64,
+        ty: PgType,
+        refcount: i64,
+    ) -> (&mut PageState, bool) {
         let mut fresh = false;
         let slot = *self.slots.entry(pfn).or_insert_with(|| {
             fresh = true;

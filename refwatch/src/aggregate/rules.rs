@@ -16,15 +16,17 @@ pub enum Rule {
     GetFromZero,
     PutUnderflow,
     TeardownBusy,
+    TruncateBusy,
 }
 
 impl Rule {
-    pub const ALL: [Rule; 5] = [
+    pub const ALL: [Rule; 6] = [
         Rule::InsertZeroRef,
         Rule::FreeWhileMapped,
         Rule::GetFromZero,
         Rule::PutUnderflow,
         Rule::TeardownBusy,
+        Rule::TruncateBusy,
     ];
 
     /// The stable id used on the command line and in JSON.
@@ -35,6 +37,7 @@ impl Rule {
             Rule::GetFromZero => "get-from-zero",
             Rule::PutUnderflow => "put-underflow",
             Rule::TeardownBusy => "teardown-busy",
+            Rule::TruncateBusy => "truncate-busy",
         }
     }
 
@@ -128,7 +131,9 @@ pub fn level(probe: &Probe) -> Level {
 /// count unless the page is FS_DAX: the put then goes on through folio_put (inline, or the
 /// probed free at 0). Such a hit moves nothing and must not be judged as a put.
 pub fn passthrough(model: Model, probe: &Probe, ty: PgType) -> bool {
-    model == Model::FsdaxOneBased && probe.site == "devmap-put" && !matches!(ty, PgType::FsDax | PgType::Unknown)
+    model == Model::FsdaxOneBased
+        && probe.site == "devmap-put"
+        && !matches!(ty, PgType::FsDax | PgType::Unknown)
 }
 
 /// A non-speculative grab whose entry refcount must be above zero.
@@ -155,6 +160,15 @@ pub fn coverage(rule: Rule, ctx: &Context) -> Coverage {
         }
         Rule::PutUnderflow => need(EventKind::Put).or_else(|_| need(EventKind::Free)),
         Rule::TeardownBusy => need(EventKind::PgmapRemove),
+        Rule::TruncateBusy => match ctx.model {
+            Model::ZeroBased => Err(
+                "from 6.15 the filesystem waits for a DAX page to be idle before \
+                it takes the block back (dax_break_layout), and no function hands over the page \
+                at that point"
+                    .into(),
+            ),
+            _ => need(EventKind::Truncate),
+        },
         Rule::FreeWhileMapped => match ctx.model {
             Model::AllOneBased => Err("this kernel frees at the idle refcount 1, which is normal \
                 while mapped, and its final put to 0 (__put_page) is not probed"
@@ -166,9 +180,11 @@ pub fn coverage(rule: Rule, ctx: &Context) -> Coverage {
                     if ctx.unmap_seen(Level::Pte) {
                         Ok(())
                     } else {
-                        Err("the mapped state comes from inserts minus unmaps, and no pte unmap \
+                        Err(
+                            "the mapped state comes from inserts minus unmaps, and no pte unmap \
                              probe is attached"
-                            .into())
+                                .into(),
+                        )
                     }
                 }),
         },
@@ -188,7 +204,12 @@ pub struct PageView {
 }
 
 /// The rule an event breaks, with a one-line explanation. At most one rule per event.
-pub fn judge(ctx: &Context, probe: &Probe, ev: &refwatch_common::Event, page: &PageView) -> Option<(Rule, String)> {
+pub fn judge(
+    ctx: &Context,
+    probe: &Probe,
+    ev: &refwatch_common::Event,
+    page: &PageView,
+) -> Option<(Rule, String)> {
     let r = i64::from(ev.refcount);
     let refs = ev.extra.max(1) as i64;
     let idle = idle(ctx.model, page.ty);
@@ -197,10 +218,17 @@ pub fn judge(ctx: &Context, probe: &Probe, ev: &refwatch_common::Event, page: &P
         return None;
     }
     match probe.kind {
-        EventKind::Insert if r <= 0 => Some((Rule::InsertZeroRef, format!(
-            "{} inserted the page into a page table at refcount {r}", probe.function))),
-        EventKind::Get if strict_get(probe) && r <= 0 => Some((Rule::GetFromZero, format!(
-            "{} took a reference at refcount {r}", probe.function))),
+        EventKind::Insert if r <= 0 => Some((
+            Rule::InsertZeroRef,
+            format!(
+                "{} inserted the page into a page table at refcount {r}",
+                probe.function
+            ),
+        )),
+        EventKind::Get if strict_get(probe) && r <= 0 => Some((
+            Rule::GetFromZero,
+            format!("{} took a reference at refcount {r}", probe.function),
+        )),
         EventKind::Put => {
             // 5.10's memunmap_pages drops each idle page 1 -> 0 itself.
             let base = if ctx.model == Model::AllOneBased && page.pgmap_in_teardown {
@@ -208,32 +236,75 @@ pub fn judge(ctx: &Context, probe: &Probe, ev: &refwatch_common::Event, page: &P
             } else {
                 idle.unwrap_or(0)
             };
-            (r < refs + base).then(|| (Rule::PutUnderflow, format!(
-                "{} drops {refs} at refcount {r}; at least {} expected", probe.function, refs + base)))
+            (r < refs + base).then(|| {
+                (
+                    Rule::PutUnderflow,
+                    format!(
+                        "{} drops {refs} at refcount {r}; at least {} expected",
+                        probe.function,
+                        refs + base
+                    ),
+                )
+            })
         }
         EventKind::Free => judge_free(ctx, probe, r, ev.mapcount, page),
+        // The block goes back to the filesystem, which may hand it to another file while
+        // whoever holds these references still reads or writes the page.
+        EventKind::Truncate => {
+            let idle = idle.unwrap_or(1);
+            (r > idle).then(|| {
+                (
+                    Rule::TruncateBusy,
+                    format!(
+                        "{} gave the page's block back to the filesystem (truncate, hole punch or \
+                 eviction) at refcount {r}: {} reference(s) above idle still held",
+                        probe.function,
+                        r - idle
+                    ),
+                )
+            })
+        }
         EventKind::Insert | EventKind::Get => None,
         _ if r < 0 => underflow(format!("refcount {r} at {}", probe.function)),
         _ => None,
     }
 }
 
-fn judge_free(ctx: &Context, probe: &Probe, r: i64, mapcount: i32, page: &PageView) -> Option<(Rule, String)> {
+fn judge_free(
+    ctx: &Context,
+    probe: &Probe,
+    r: i64,
+    mapcount: i32,
+    page: &PageView,
+) -> Option<(Rule, String)> {
     let f = probe.function;
     match ctx.model {
-        Model::AllOneBased => (r < 1).then(|| (Rule::PutUnderflow, format!(
-            "{f} runs at refcount 1 on this kernel, saw {r}"))),
+        Model::AllOneBased => (r < 1).then(|| {
+            (
+                Rule::PutUnderflow,
+                format!("{f} runs at refcount 1 on this kernel, saw {r}"),
+            )
+        }),
         Model::FsdaxOneBased if matches!(page.ty, PgType::FsDax | PgType::Generic) => {
             if page.mapped > 0 && ctx.unmap_seen(Level::Pte) {
-                Some((Rule::FreeWhileMapped, format!(
-                    "{f} on a 1-based page with {} mapping(s) not yet unmapped", page.mapped)))
+                Some((
+                    Rule::FreeWhileMapped,
+                    format!(
+                        "{f} on a 1-based page with {} mapping(s) not yet unmapped",
+                        page.mapped
+                    ),
+                ))
             } else {
-                Some((Rule::PutUnderflow, format!(
-                    "{f}: a 1-based page reached refcount {r}")))
+                Some((
+                    Rule::PutUnderflow,
+                    format!("{f}: a 1-based page reached refcount {r}"),
+                ))
             }
         }
-        Model::ZeroBased if mapcount != 0 => Some((Rule::FreeWhileMapped, format!(
-            "{f} with mapcount {mapcount}"))),
+        Model::ZeroBased if mapcount != 0 => Some((
+            Rule::FreeWhileMapped,
+            format!("{f} with mapcount {mapcount}"),
+        )),
         _ => (r < 0).then(|| (Rule::PutUnderflow, format!("{f} at refcount {r}"))),
     }
 }

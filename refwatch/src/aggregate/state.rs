@@ -71,11 +71,22 @@ pub struct Ring {
 }
 
 impl Ring {
-    const EMPTY: Step =
-        Step { ts_ns: 0, refs: 0, refcount: 0, mapcount: 0, task: 0, probe: 0, kind: EventKind::Insert };
+    const EMPTY: Step = Step {
+        ts_ns: 0,
+        refs: 0,
+        refcount: 0,
+        mapcount: 0,
+        task: 0,
+        probe: 0,
+        kind: EventKind::Insert,
+    };
 
     pub fn new() -> Self {
-        Self { steps: [Self::EMPTY; RING], next: 0, len: 0 }
+        Self {
+            steps: [Self::EMPTY; RING],
+            next: 0,
+            len: 0,
+        }
     }
 
     /// Adds a step; returns the oldest one when it falls out.
@@ -97,7 +108,7 @@ impl Ring {
     }
 
     /// Oldest first.
-    pub fn iter(&self) -> impl Iterator<Item = &Step> {
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &Step> {
         let first = usize::from(self.next) + RING - usize::from(self.len);
         (first..first + usize::from(self.len)).map(|i| &self.steps[i % RING])
     }
@@ -106,6 +117,8 @@ impl Ring {
 #[derive(Clone, Debug)]
 pub struct PageState {
     pub pgmap: u64,
+    /// The `struct page *` events named it by.
+    pub page: u64,
     pub ty: PgType,
     /// Refcount after the last event: its entry value plus what the function does.
     pub refcount: i64,
@@ -121,13 +134,27 @@ pub struct PageState {
 impl PageState {
     /// A slot for [`Self::start`].
     pub fn new() -> Self {
-        Self { pgmap: 0, ty: PgType::Unknown, refcount: 0, mapped: 0, last_finding: None, recent: Ring::new() }
+        Self {
+            pgmap: 0,
+            page: 0,
+            ty: PgType::Unknown,
+            refcount: 0,
+            mapped: 0,
+            last_finding: None,
+            recent: Ring::new(),
+        }
     }
 
     /// A page going live, in a new slot or in that of a page that went idle: the old steps
     /// are left in place as dead bytes (rewriting 512 bytes per page showed in profiles).
     pub fn start(&mut self, pgmap: u64, ty: PgType, refcount: i64) {
-        (self.pgmap, self.ty, self.refcount, self.mapped, self.last_finding) = (pgmap, ty, refcount, 0, None);
+        (
+            self.pgmap,
+            self.ty,
+            self.refcount,
+            self.mapped,
+            self.last_finding,
+        ) = (pgmap, ty, refcount, 0, None);
         self.recent.clear();
     }
 }
@@ -151,7 +178,11 @@ impl Counters {
             EventKind::Put => self.puts += 1,
             EventKind::Free => self.frees += 1,
             EventKind::Unmap => self.unmaps += 1,
-            EventKind::PgmapAdd | EventKind::PgmapRemove | EventKind::Remap => {}
+            EventKind::PgmapAdd
+            | EventKind::PgmapRemove
+            | EventKind::Remap
+            | EventKind::Truncate
+            | EventKind::Held => {}
         }
     }
 }
@@ -173,10 +204,14 @@ pub struct PgmapState {
 impl PgmapState {
     /// The range holding `pfn`, or the hull of all ranges.
     pub fn range_of(&self, pfn: u64) -> Option<(u64, u64)> {
-        self.ranges.iter().copied().find(|&(s, e)| (s..e).contains(&pfn)).or_else(|| {
-            let start = self.ranges.iter().map(|r| r.0).min()?;
-            let end = self.ranges.iter().map(|r| r.1).max()?;
-            Some((start, end))
-        })
+        self.ranges
+            .iter()
+            .copied()
+            .find(|&(s, e)| (s..e).contains(&pfn))
+            .or_else(|| {
+                let start = self.ranges.iter().map(|r| r.0).min()?;
+                let end = self.ranges.iter().map(|r| r.1).max()?;
+                Some((start, end))
+            })
     }
 }

@@ -35,6 +35,8 @@ pub struct Probes {
     pub devmap_put: Option<u8>,
     pub gup_put: Option<u8>,
     pub free: u8,
+    /// The filesystem taking a DAX block back (≤6.14).
+    pub truncate: Option<u8>,
     pub add: u8,
     pub remove: u8,
     pub fsdax: u8,
@@ -49,16 +51,40 @@ impl Probes {
             Model::ZeroBased => "7.2",
         };
         let (insert, unmap, get, spec, devmap_put, gup_put, free) = match model {
-            Model::AllOneBased => ("__vm_insert_mixed", "unmap_page_range", "try_grab_page",
-                "try_grab_compound_head", Some("put_devmap_managed_page"), None, "free_devmap_managed_page"),
-            Model::FsdaxOneBased => ("__vm_insert_mixed", "unmap_page_range", "try_grab_folio",
-                "try_grab_folio_fast", Some("__put_devmap_managed_folio_refs"), Some("gup_put_folio"),
-                "free_zone_device_folio"),
-            Model::ZeroBased => ("vmf_insert_page_mkwrite", "folio_remove_rmap_ptes", "try_grab_folio",
-                "try_grab_folio_fast", None, Some("gup_put_folio"), "free_zone_device_folio"),
+            Model::AllOneBased => (
+                "__vm_insert_mixed",
+                "unmap_page_range",
+                "try_grab_page",
+                "try_grab_compound_head",
+                Some("put_devmap_managed_page"),
+                None,
+                "free_devmap_managed_page",
+            ),
+            Model::FsdaxOneBased => (
+                "__vm_insert_mixed",
+                "unmap_page_range",
+                "try_grab_folio",
+                "try_grab_folio_fast",
+                Some("__put_devmap_managed_folio_refs"),
+                Some("gup_put_folio"),
+                "free_zone_device_folio",
+            ),
+            Model::ZeroBased => (
+                "vmf_insert_page_mkwrite",
+                "folio_remove_rmap_ptes",
+                "try_grab_folio",
+                "try_grab_folio_fast",
+                None,
+                Some("gup_put_folio"),
+                "free_zone_device_folio",
+            ),
         };
         // enum memory_type: FS_DAX=2 GENERIC=3 on 5.10, FS_DAX=3 GENERIC=4 from 6.1.
-        let (fsdax, generic) = if model == Model::AllOneBased { (2, 3) } else { (3, 4) };
+        let (fsdax, generic) = if model == Model::AllOneBased {
+            (2, 3)
+        } else {
+            (3, 4)
+        };
         Self {
             model,
             insert: probe_id(insert, k),
@@ -68,6 +94,7 @@ impl Probes {
             devmap_put: devmap_put.map(|f| probe_id(f, k)),
             gup_put: gup_put.map(|f| probe_id(f, k)),
             free: probe_id(free, k),
+            truncate: (model != Model::ZeroBased).then(|| probe_id("dax_disassociate_entry", k)),
             add: probe_id("memremap_pages", k),
             remove: probe_id("memunmap_pages", k),
             fsdax,
@@ -76,15 +103,34 @@ impl Probes {
     }
 
     pub fn context(&self) -> Context {
-        let ids = [self.insert, self.unmap, self.get, self.spec_get, self.free, self.add, self.remove]
-            .into_iter()
-            .chain(self.devmap_put)
-            .chain(self.gup_put);
+        let ids = [
+            self.insert,
+            self.unmap,
+            self.get,
+            self.spec_get,
+            self.free,
+            self.add,
+            self.remove,
+        ]
+        .into_iter()
+        .chain(self.devmap_put)
+        .chain(self.gup_put)
+        .chain(self.truncate);
         let types = if self.model == Model::AllOneBased {
-            BTreeMap::from([(1, "private".into()), (2, "fsdax".into()), (3, "generic".into()), (4, "p2pdma".into())])
+            BTreeMap::from([
+                (1, "private".into()),
+                (2, "fsdax".into()),
+                (3, "generic".into()),
+                (4, "p2pdma".into()),
+            ])
         } else {
-            BTreeMap::from([(1, "private".into()), (2, "coherent".into()), (3, "fsdax".into()),
-                (4, "generic".into()), (5, "p2pdma".into())])
+            BTreeMap::from([
+                (1, "private".into()),
+                (2, "coherent".into()),
+                (3, "fsdax".into()),
+                (4, "generic".into()),
+                (5, "p2pdma".into()),
+            ])
         };
         Context::new(self.model, ids, types)
     }
@@ -120,11 +166,21 @@ pub struct Sim<'a> {
 
 impl<'a> Sim<'a> {
     pub fn new(p: &'a Probes, generic: bool, pages: usize) -> Self {
-        let idle = if generic || p.model != Model::ZeroBased { 1 } else { 0 };
+        let idle = if generic || p.model != Model::ZeroBased {
+            1
+        } else {
+            0
+        };
         let mut sim = Self {
             p,
             generic,
-            pages: vec![Page { refs: idle, ..Page::default() }; pages],
+            pages: vec![
+                Page {
+                    refs: idle,
+                    ..Page::default()
+                };
+                pages
+            ],
             out: Vec::new(),
             ts: 1_000_000,
             addrs: vec![Vec::new(); pages],
@@ -140,7 +196,11 @@ impl<'a> Sim<'a> {
     }
 
     fn ty(&self) -> u8 {
-        if self.generic { self.p.generic } else { self.p.fsdax }
+        if self.generic {
+            self.p.generic
+        } else {
+            self.p.fsdax
+        }
     }
 
     pub fn event(&mut self, probe: u8, page: usize, kind: EventKind) -> Event {
@@ -158,7 +218,11 @@ impl<'a> Sim<'a> {
             extra: 1,
             extra2: 0,
             refcount: st.refs,
-            mapcount: if self.p.model == Model::ZeroBased { st.maps } else { 0 },
+            mapcount: if self.p.model == Model::ZeroBased {
+                st.maps
+            } else {
+                0
+            },
             stack_id: (probe as i32 % 5) + page as i32 % 3,
             cpu: (page % 2) as u16,
             probe,
@@ -212,8 +276,15 @@ impl<'a> Sim<'a> {
                 let mut unmap = self.event(self.p.unmap, i, EventKind::Unmap);
                 if CATALOG[self.p.unmap as usize].is_range() {
                     let at = self.addrs[i].pop().expect("a mapped page has an address");
-                    (unmap.pfn, unmap.page, unmap.pgmap, unmap.extra, unmap.extra2) = (0, MM, 0, at, at + 4096);
-                    (unmap.refcount, unmap.pgmap_type) = (0, refwatch_common::event::PGMAP_TYPE_UNKNOWN);
+                    (
+                        unmap.pfn,
+                        unmap.page,
+                        unmap.pgmap,
+                        unmap.extra,
+                        unmap.extra2,
+                    ) = (0, MM, 0, at, at + 4096);
+                    (unmap.refcount, unmap.pgmap_type) =
+                        (0, refwatch_common::event::PGMAP_TYPE_UNKNOWN);
                 }
                 self.out.push(unmap);
                 self.pages[i].maps -= 1;
@@ -226,7 +297,11 @@ impl<'a> Sim<'a> {
                 if self.pages[i].maps == 0 {
                     return;
                 }
-                self.emit(if spec { self.p.spec_get } else { self.p.get }, i, EventKind::Get);
+                self.emit(
+                    if spec { self.p.spec_get } else { self.p.get },
+                    i,
+                    EventKind::Get,
+                );
                 self.pages[i].refs += 1;
                 self.pages[i].pins += 1;
             }
@@ -266,7 +341,8 @@ impl<'a> Sim<'a> {
         }
     }
 
-    /// Releases everything, then memunmap_pages (and 5.10's own 1 -> 0 puts).
+    /// Releases everything, truncates the file (fsdax, ≤6.14), then memunmap_pages (and
+    /// 5.10's own 1 -> 0 puts).
     pub fn teardown(&mut self) {
         for i in 0..self.pages.len() {
             while self.pages[i].maps > 0 {
@@ -274,6 +350,11 @@ impl<'a> Sim<'a> {
             }
             while self.pages[i].pins > 0 {
                 self.apply(Op::Release(i));
+            }
+            if let Some(truncate) = self.p.truncate.filter(|_| !self.generic) {
+                let mut ev = self.event(truncate, i, EventKind::Truncate);
+                ev.extra = 1;
+                self.out.push(ev);
             }
         }
         self.remove();
@@ -296,9 +377,16 @@ impl<'a> Sim<'a> {
 /// A healthy stream: every kind of transition at least once, then `ops`, then the teardown.
 pub fn healthy(p: &Probes, generic: bool, pages: usize, ops: &[Op]) -> Vec<Event> {
     let mut sim = Sim::new(p, generic, pages);
-    for op in [Op::Map(0), Op::Grab(0, false), Op::Grab(0, true), Op::Release(0), Op::Release(0), Op::Unmap(0)]
-        .iter()
-        .chain(ops)
+    for op in [
+        Op::Map(0),
+        Op::Grab(0, false),
+        Op::Grab(0, true),
+        Op::Release(0),
+        Op::Release(0),
+        Op::Unmap(0),
+    ]
+    .iter()
+    .chain(ops)
     {
         sim.apply(*op);
     }
@@ -321,7 +409,11 @@ impl Probes {
                     function: probe.function.into(),
                     kind: probe.kind.name().into(),
                     site: probe.site.into(),
-                    resolution: if on { Resolution::Use } else { Resolution::Missing },
+                    resolution: if on {
+                        Resolution::Use
+                    } else {
+                        Resolution::Missing
+                    },
                     modes: vec![AttachMode::Kprobe],
                     attached: on.then_some(Ok(AttachMode::Kprobe)),
                 }
@@ -358,8 +450,16 @@ impl Probes {
         };
         let mut w = TraceWriter::new(Vec::new(), &header).unwrap();
         for ev in events {
-            w.event(ev, |id| vec![format!("frame_{id}+0x10"), "caller+0x20".into()]).unwrap();
+            w.event(ev, |id| {
+                vec![format!("frame_{id}+0x10"), "caller+0x20".into()]
+            })
+            .unwrap();
         }
-        w.finish(Footer { dropped, end: "synthetic".into(), ..Footer::default() }).unwrap()
+        w.finish(Footer {
+            dropped,
+            end: "synthetic".into(),
+            ..Footer::default()
+        })
+        .unwrap()
     }
 }

@@ -13,7 +13,11 @@ use super::{
 use crate::plan::Model;
 
 fn model() -> impl Strategy<Value = Model> {
-    prop_oneof![Just(Model::AllOneBased), Just(Model::FsdaxOneBased), Just(Model::ZeroBased)]
+    prop_oneof![
+        Just(Model::AllOneBased),
+        Just(Model::FsdaxOneBased),
+        Just(Model::ZeroBased)
+    ]
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -39,8 +43,22 @@ fn kind(ev: &Event) -> EventKind {
 
 /// Plants one breach of `rule` in a healthy stream; returns the pfn it concerns, or None when
 /// the stream has no place for it (or the rule is unchecked on this era).
-fn inject(p: &Probes, events: &mut Vec<Event>, rule: Rule, at: &dyn Fn(usize) -> usize, generic: bool) -> Option<u64> {
-    let idle = super::idle(p.model, if generic { super::PgType::Generic } else { super::PgType::FsDax }).unwrap() as i32;
+fn inject(
+    p: &Probes,
+    events: &mut Vec<Event>,
+    rule: Rule,
+    at: &dyn Fn(usize) -> usize,
+    generic: bool,
+) -> Option<u64> {
+    let idle = super::idle(
+        p.model,
+        if generic {
+            super::PgType::Generic
+        } else {
+            super::PgType::FsDax
+        },
+    )
+    .unwrap() as i32;
     let pick = |events: &[Event], f: &dyn Fn(&Event) -> bool| {
         let c: Vec<usize> = (0..events.len()).filter(|&i| f(&events[i])).collect();
         (!c.is_empty()).then(|| c[at(c.len())])
@@ -52,16 +70,28 @@ fn inject(p: &Probes, events: &mut Vec<Event>, rule: Rule, at: &dyn Fn(usize) ->
             Some(events[i].pfn)
         }
         Rule::GetFromZero => {
-            let i = pick(events, &|e| kind(e) == EventKind::Get && !CATALOG[e.probe as usize].speculative)?;
+            let i = pick(events, &|e| {
+                kind(e) == EventKind::Get && !CATALOG[e.probe as usize].speculative
+            })?;
             events[i].refcount = 0;
             Some(events[i].pfn)
         }
         Rule::PutUnderflow => {
-            let removed = events.iter().position(|e| kind(e) == EventKind::PgmapRemove).unwrap();
-            let ty = if generic { super::PgType::Generic } else { super::PgType::FsDax };
+            let removed = events
+                .iter()
+                .position(|e| kind(e) == EventKind::PgmapRemove)
+                .unwrap();
+            let ty = if generic {
+                super::PgType::Generic
+            } else {
+                super::PgType::FsDax
+            };
             // Not a devmap put that a non-FS_DAX page only passes through: it moves nothing.
-            let moves = |e: &Event| !super::rules::passthrough(p.model, &CATALOG[e.probe as usize], ty);
-            let i = pick(&events[..removed], &|e| kind(e) == EventKind::Put && moves(e))?;
+            let moves =
+                |e: &Event| !super::rules::passthrough(p.model, &CATALOG[e.probe as usize], ty);
+            let i = pick(&events[..removed], &|e| {
+                kind(e) == EventKind::Put && moves(e)
+            })?;
             events[i].refcount = idle;
             Some(events[i].pfn)
         }
@@ -84,13 +114,30 @@ fn inject(p: &Probes, events: &mut Vec<Event>, rule: Rule, at: &dyn Fn(usize) ->
             }
         },
         Rule::TeardownBusy => {
-            let removed = events.iter().position(|e| kind(e) == EventKind::PgmapRemove).unwrap();
+            let removed = events
+                .iter()
+                .position(|e| kind(e) == EventKind::PgmapRemove)
+                .unwrap();
             let mut leak = *events.iter().find(|e| kind(e) == EventKind::Insert)?;
-            leak.refcount = idle.max(1);
-            leak.mapcount = 0;
             leak.ts_ns = events[removed].ts_ns - 1;
+            if matches!(
+                CATALOG[p.remove as usize].arg,
+                refwatch_common::Arg::PgmapScan(_)
+            ) {
+                // What the kernel's scan reports of a page a pipe still holds.
+                (leak.kind, leak.refcount, leak.mapcount) = (EventKind::Held as u8, idle + 1, 0);
+                leak.probe = p.remove;
+            } else {
+                // A mapping left behind (≤5.17 waits for references, not for mappings).
+                (leak.refcount, leak.mapcount) = (idle.max(1), 0);
+            }
             events.insert(removed, leak);
             Some(leak.pfn)
+        }
+        Rule::TruncateBusy => {
+            let i = pick(events, &|e| kind(e) == EventKind::Truncate)?;
+            events[i].refcount = idle + 1;
+            Some(events[i].pfn)
         }
     }
 }
@@ -133,29 +180,50 @@ proptest! {
 fn rules_without_their_probes_are_unchecked() {
     let p = Probes::for_model(Model::FsdaxOneBased);
     let all = p.context();
-    assert!(Rule::ALL.iter().all(|&r| all.coverage(r) == Coverage::Checked));
+    assert!(
+        Rule::ALL
+            .iter()
+            .all(|&r| all.coverage(r) == Coverage::Checked)
+    );
     let no_unmap = super::Context::new(
         Model::FsdaxOneBased,
         [p.insert, p.get, p.free, p.remove],
         Default::default(),
     );
-    assert!(matches!(no_unmap.coverage(Rule::FreeWhileMapped), Coverage::Unchecked(r) if r.contains("unmap")));
-    assert!(matches!(no_unmap.coverage(Rule::PutUnderflow), Coverage::Checked));
+    assert!(
+        matches!(no_unmap.coverage(Rule::FreeWhileMapped), Coverage::Unchecked(r) if r.contains("unmap"))
+    );
+    assert!(matches!(
+        no_unmap.coverage(Rule::PutUnderflow),
+        Coverage::Checked
+    ));
     let old = Probes::for_model(Model::AllOneBased).context();
-    assert!(matches!(old.coverage(Rule::FreeWhileMapped), Coverage::Unchecked(_)));
+    assert!(matches!(
+        old.coverage(Rule::FreeWhileMapped),
+        Coverage::Unchecked(_)
+    ));
 }
 
 #[test]
 fn findings_carry_the_page_history() {
     let p = Probes::for_model(Model::ZeroBased);
     let mut events = healthy(&p, false, 1, &[]);
-    let free = events.iter().position(|e| kind(e) == EventKind::Free).unwrap();
+    let free = events
+        .iter()
+        .position(|e| kind(e) == EventKind::Free)
+        .unwrap();
     events[free].mapcount = 2;
     let agg = run(&p, &events);
     let f = &agg.findings()[0];
     assert_eq!(f.rule, Rule::FreeWhileMapped);
     assert_eq!(f.pgmap.type_name, "fsdax");
-    assert_eq!((f.pgmap.start, f.pgmap.end), (Some(super::synth::BASE_PFN), Some(super::synth::BASE_PFN + 1)));
+    assert_eq!(
+        (f.pgmap.start, f.pgmap.end),
+        (
+            Some(super::synth::BASE_PFN),
+            Some(super::synth::BASE_PFN + 1)
+        )
+    );
     assert_eq!(f.recent.last().unwrap().function, "free_zone_device_folio");
     assert_eq!(f.comm, "fio");
 }
@@ -165,12 +233,22 @@ fn every_checked_rule_has_a_breach_to_find() {
     for model in [Model::AllOneBased, Model::FsdaxOneBased, Model::ZeroBased] {
         let p = Probes::for_model(model);
         for rule in Rule::ALL {
-            let mut events = healthy(&p, false, 2, &[Op::Map(1), Op::Grab(1, false), Op::Release(1), Op::Unmap(1)]);
+            let mut events = healthy(
+                &p,
+                false,
+                2,
+                &[Op::Map(1), Op::Grab(1, false), Op::Release(1), Op::Unmap(1)],
+            );
             let pfn = inject(&p, &mut events, rule, &|_| 0, false);
             let checked = p.context().coverage(rule) == Coverage::Checked;
             assert_eq!(pfn.is_some(), checked, "{model:?} {rule:?}");
             let agg = run(&p, &events);
-            assert_eq!(agg.count(rule), u64::from(checked), "{model:?} {rule:?}: {:#?}", agg.findings());
+            assert_eq!(
+                agg.count(rule),
+                u64::from(checked),
+                "{model:?} {rule:?}: {:#?}",
+                agg.findings()
+            );
         }
     }
 }
@@ -195,7 +273,11 @@ fn range_zaps_unmap_the_inserts_inside_them() {
     };
     let add = sim.out[0];
     agg.observe(&add);
-    for ev in [insert(&mut sim, 0, 0x1000), insert(&mut sim, 0, 0x1000), insert(&mut sim, 1, 0x2000)] {
+    for ev in [
+        insert(&mut sim, 0, 0x1000),
+        insert(&mut sim, 0, 0x1000),
+        insert(&mut sim, 1, 0x2000),
+    ] {
         agg.observe(&ev);
     }
     assert_eq!(agg.load(super::synth::PGMAP), (0, 2));
@@ -204,7 +286,11 @@ fn range_zaps_unmap_the_inserts_inside_them() {
     agg.observe(&zap(&mut sim, mm, 0x3000, 0x10000));
     assert_eq!(agg.load(super::synth::PGMAP), (0, 2));
     // mremap moves page 0's mapping to 0x9000: zapping its old place leaves it mapped.
-    let mut remap = sim.event(super::synth::probe_id("move_page_tables", "6.12"), 0, EventKind::Remap);
+    let mut remap = sim.event(
+        super::synth::probe_id("move_page_tables", "6.12"),
+        0,
+        EventKind::Remap,
+    );
     (remap.pfn, remap.page, remap.extra, remap.extra2) = (0x9000, mm, 0x1000, 0x2000);
     agg.observe(&remap);
     agg.observe(&zap(&mut sim, mm, 0x1000, 0x2000));
@@ -225,9 +311,16 @@ fn range_zaps_unmap_the_inserts_inside_them() {
 fn per_pte_unmaps_with_mremap_probed_count_refaults() {
     use super::synth::probe_id;
     let p = Probes::for_model(Model::FsdaxOneBased);
-    let (unmap, remap) = (probe_id("vm_normal_page", "6.12"), probe_id("move_page_tables", "6.12"));
+    let (unmap, remap) = (
+        probe_id("vm_normal_page", "6.12"),
+        probe_id("move_page_tables", "6.12"),
+    );
     let types = BTreeMap::from([(3, "fsdax".to_owned())]);
-    let mut agg = Aggregator::new(super::Context::new(p.model, [p.insert, unmap, remap, p.free, p.add], types));
+    let mut agg = Aggregator::new(super::Context::new(
+        p.model,
+        [p.insert, unmap, remap, p.free, p.add],
+        types,
+    ));
     let mut sim = super::synth::Sim::new(&p, false, 1);
     let mut insert = sim.event(p.insert, 0, EventKind::Insert);
     (insert.extra, insert.extra2) = (0x1000, 0xffff_8881_0000_4000);

@@ -4,7 +4,9 @@
 use anyhow::Result;
 use refwatch::{
     aggregate::{Aggregator, Context},
+    announce::Announcer,
     capture::Sink,
+    plan::Plan,
     session::{Kernel, Session, SessionOptions},
     summary::Summary,
 };
@@ -16,36 +18,68 @@ use super::RunArgs;
 pub fn open(args: &RunArgs) -> Result<(Session, Option<Layout>)> {
     let kernel = Kernel::inspect()?;
     let layout = kernel.facts.layout.clone().ok();
-    let session = Session::open(kernel, &SessionOptions {
-        attach: args.attach,
-        skip: args.skip.clone(),
-        with: args.with.clone(),
-        ring_bytes: args.ring_kib * 1024,
-    })?;
+    let session = Session::open(
+        kernel,
+        &SessionOptions {
+            attach: args.attach,
+            skip: args.skip.clone(),
+            with: args.with.clone(),
+            ring_bytes: args.ring_kib * 1024,
+        },
+    )?;
     Ok((session, layout))
 }
 
-/// Feeds every event to the aggregator.
+/// Feeds every event to the aggregator, and puts each finding in the kernel log as soon as
+/// its batch is read.
 pub struct Aggregate {
     pub agg: Aggregator,
+    /// None when replaying a trace: its findings belong to another kernel, or an older boot.
+    announcer: Option<Announcer>,
 }
 
 impl Aggregate {
     pub fn new(session: &Session) -> Self {
-        Self { agg: Aggregator::new(Context::from_plan(&session.plan)) }
+        Self {
+            agg: Aggregator::new(Context::from_plan(&session.plan)),
+            announcer: Some(Announcer::new()),
+        }
+    }
+
+    pub fn replay(plan: &Plan) -> Self {
+        Self {
+            agg: Aggregator::new(Context::from_plan(plan)),
+            announcer: None,
+        }
+    }
+
+    /// Feeds a batch; returns how many findings it raised (already in the kernel log).
+    pub fn feed(&mut self, events: &[Event]) -> u64 {
+        let before = self.agg.total_findings();
+        for ev in events {
+            self.agg.observe(ev);
+        }
+        match &mut self.announcer {
+            Some(a) => a.announce(&self.agg),
+            None => self.agg.total_findings() - before,
+        }
     }
 
     pub fn summary(&self, session: &mut Session) -> Summary {
         let (dropped, calls) = (session.dropped(), session.calls());
-        Summary::build(&self.agg, &session.plan.clone(), Some(dropped), calls, |id| session.stack(id).to_vec())
+        Summary::build(
+            &self.agg,
+            &session.plan.clone(),
+            Some(dropped),
+            calls,
+            |id| session.stack(id).to_vec(),
+        )
     }
 }
 
 impl Sink for Aggregate {
     fn events(&mut self, _session: &mut Session, events: &[Event]) -> Result<bool> {
-        for ev in events {
-            self.agg.observe(ev);
-        }
+        self.feed(events);
         Ok(true)
     }
 }

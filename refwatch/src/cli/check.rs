@@ -33,7 +33,9 @@ pub struct CheckArgs {
 }
 
 fn live(args: &CheckArgs) -> Result<Summary> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let (mut session, _) = attach::open(&args.run)?;
         let mut sink = attach::Aggregate::new(&session);

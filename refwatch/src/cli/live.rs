@@ -62,7 +62,10 @@ impl Sink for Live {
         self.samples.push_back(now);
         if self.tty {
             // Home and clear: redraw in place.
-            print!("\x1b[H\x1b[2J{rates}   (q quits)\n{}", s.render(LATEST).replace('\n', "\r\n"));
+            print!(
+                "\x1b[H\x1b[2J{rates}   (q quits)\n{}",
+                s.render(LATEST).replace('\n', "\r\n")
+            );
         } else {
             println!("{rates}\n{}", s.render(LATEST));
         }
@@ -111,7 +114,9 @@ impl Drop for RawStdin {
 }
 
 pub fn run(args: LiveArgs) -> Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let (mut session, _) = attach::open(&args.run)?;
         // SAFETY: isatty only inspects the fd.

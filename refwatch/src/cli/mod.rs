@@ -16,7 +16,11 @@ use refwatch::{capture::StopWhen, plan::AttachMode};
 use refwatch_common::globals::DEFAULT_RING_BYTES;
 
 #[derive(Parser)]
-#[command(name = "refwatch", version, about = "Watch ZONE_DEVICE page reference counts with eBPF")]
+#[command(
+    name = "refwatch",
+    version,
+    about = "Watch ZONE_DEVICE page reference counts with eBPF"
+)]
 struct Cli {
     /// Without a subcommand: `live`.
     #[command(subcommand)]
@@ -87,7 +91,9 @@ pub const EXIT_ERROR: u8 = 2;
 
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
-    let command = cli.command.or_else(|| Cli::parse_from(["refwatch", "live"]).command);
+    let command = cli
+        .command
+        .or_else(|| Cli::parse_from(["refwatch", "live"]).command);
     let result = match command.expect("live parses") {
         Command::Probes(args) => probes::run(args),
         Command::Stream(args) => stream::run(args),

@@ -9,7 +9,7 @@ use refwatch::{
     privileges,
     session::{self, Kernel},
 };
-use refwatch_common::EventKind;
+use refwatch_common::{CATALOG, EventKind};
 use serde_json::json;
 
 #[derive(Args)]
@@ -46,7 +46,9 @@ pub fn run(args: ProbesArgs) -> Result<ExitCode> {
         let fentry_targets: Vec<(u8, &str)> = match fentry {
             Ok(()) => plan
                 .used()
-                .filter(|p| plan::fentry_capable(&refwatch_common::CATALOG[p.id as usize], plan.version))
+                .filter(|p| {
+                    plan::fentry_capable(&refwatch_common::CATALOG[p.id as usize], plan.version)
+                })
                 .map(|p| (p.id, p.function.as_str()))
                 .collect(),
             Err(_) => Vec::new(),
@@ -75,7 +77,10 @@ pub fn run(args: ProbesArgs) -> Result<ExitCode> {
         print_text(&kernel, &plan, &fentry);
         if let Some(verified) = &verified {
             let ok = verified.iter().filter(|(_, r)| r.is_ok()).count();
-            println!("\nverifier: {ok}/{} programs load on this kernel", verified.len());
+            println!(
+                "\nverifier: {ok}/{} programs load on this kernel",
+                verified.len()
+            );
             for (name, r) in verified {
                 if let Err(e) = r {
                     println!("  {name}: {e}");
@@ -83,7 +88,11 @@ pub fn run(args: ProbesArgs) -> Result<ExitCode> {
             }
         }
     }
-    Ok(if verify_failed { ExitCode::from(super::EXIT_ERROR) } else { ExitCode::SUCCESS })
+    Ok(if verify_failed {
+        ExitCode::from(super::EXIT_ERROR)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn print_text(kernel: &Kernel, plan: &Plan, fentry: &Result<(), String>) {
@@ -96,8 +105,10 @@ fn print_text(kernel: &Kernel, plan: &Plan, fentry: &Result<(), String>) {
     if f.kprobes {
         println!("kprobes:  yes");
     } else {
-        println!("kprobes:  no: {} is absent (CONFIG_KPROBES off?): kprobe mode cannot attach",
-            refwatch::facts::KPROBE_PMU);
+        println!(
+            "kprobes:  no: {} is absent (CONFIG_KPROBES off?): kprobe mode cannot attach",
+            refwatch::facts::KPROBE_PMU
+        );
     }
     match fentry {
         Ok(()) => println!("fentry:   allowed"),
@@ -106,21 +117,39 @@ fn print_text(kernel: &Kernel, plan: &Plan, fentry: &Result<(), String>) {
     println!("attach:   {:?} requested", plan.requested);
     for kind in EventKind::ALL {
         println!("\n{}:", kind.name());
-        for p in plan.probes.iter().filter(|p| p.kind == kind.name()) {
-            let modes: Vec<String> = p.modes.iter().map(|m| format!("{m:?}").to_lowercase()).collect();
+        let carries = |p: &&refwatch::plan::ProbeEntry| CATALOG[usize::from(p.id)].carries(kind);
+        for p in plan.probes.iter().filter(carries) {
+            let modes: Vec<String> = p
+                .modes
+                .iter()
+                .map(|m| format!("{m:?}").to_lowercase())
+                .collect();
             let what = match &p.resolution {
                 Resolution::Use => format!("will attach ({})", modes.join(", then ")),
                 Resolution::Missing => "not in kallsyms (inlined or absent)".to_owned(),
-                Resolution::NoPrototype => "in kallsyms but not in BTF: argument layout unverifiable, skipped".to_owned(),
+                Resolution::NoPrototype => {
+                    "in kallsyms but not in BTF: argument layout unverifiable, skipped".to_owned()
+                }
                 Resolution::OtherPrototype { found } => {
-                    format!("other prototype here ({}), not this entry", found.join(", "))
+                    format!(
+                        "other prototype here ({}), not this entry",
+                        found.join(", ")
+                    )
                 }
                 Resolution::Superseded { by } => format!("covered by {by}"),
-                Resolution::NotThisKernel { since, until: None } => format!("applies from {since} on"),
-                Resolution::NotThisKernel { since, until: Some(until) } if since == "0.0" => {
+                Resolution::NotThisKernel { since, until: None } => {
+                    format!("applies from {since} on")
+                }
+                Resolution::NotThisKernel {
+                    since,
+                    until: Some(until),
+                } if since == "0.0" => {
                     format!("applies up to {until}")
                 }
-                Resolution::NotThisKernel { since, until: Some(until) } => format!("applies to {since}–{until}"),
+                Resolution::NotThisKernel {
+                    since,
+                    until: Some(until),
+                } => format!("applies to {since}–{until}"),
                 Resolution::CallerMissing { caller } => format!("caller {caller} not in kallsyms"),
                 Resolution::Skipped => "left out (--skip)".to_owned(),
                 Resolution::Hot => format!(
@@ -129,22 +158,41 @@ fn print_text(kernel: &Kernel, plan: &Plan, fentry: &Result<(), String>) {
                     p.function
                 ),
             };
-            let mark = if p.resolution == Resolution::Use { "+" } else { "-" };
+            let mark = if p.resolution == Resolution::Use {
+                "+"
+            } else {
+                "-"
+            };
             println!("  {mark} {:<34} {what}", p.function);
         }
-        let hot = plan.probes.iter().any(|p| p.kind == kind.name() && p.resolution == Resolution::Hot);
-        if plan.used().all(|p| p.kind != kind.name()) && !hot {
+        let hot = plan
+            .probes
+            .iter()
+            .filter(carries)
+            .any(|p| p.resolution == Resolution::Hot);
+        if !plan.used().any(|p| carries(&p)) && !hot {
             println!("  ! nothing on this kernel carries {} events", kind.name());
         }
     }
     println!();
     for i in &plan.inlines {
         if i.out_of_line {
-            println!("{}: an out-of-line symbol on this kernel (not probed directly)", i.name);
+            println!(
+                "{}: an out-of-line symbol on this kernel (not probed directly)",
+                i.name
+            );
         } else if i.covered_by.is_empty() {
-            println!("{}: inline in this kernel, not covered by any probe here; {}", i.name, i.note);
+            println!(
+                "{}: inline in this kernel, not covered by any probe here; {}",
+                i.name, i.note
+            );
         } else {
-            println!("{}: inline in this kernel, covered by {}; {}", i.name, i.covered_by.join(", "), i.note);
+            println!(
+                "{}: inline in this kernel, covered by {}; {}",
+                i.name,
+                i.covered_by.join(", "),
+                i.note
+            );
         }
     }
     for note in &plan.notes {

@@ -22,21 +22,34 @@ pub struct RecordArgs {
     run: RunArgs,
 }
 
-struct Recorder(TraceWriter<BufWriter<File>>);
+struct Recorder {
+    trace: TraceWriter<BufWriter<File>>,
+    /// The findings, for the kernel log and to know when the trace must reach the disk.
+    watch: attach::Aggregate,
+}
 
 impl Sink for Recorder {
     fn events(&mut self, session: &mut Session, events: &[Event]) -> Result<bool> {
         for ev in events {
-            self.0.event(ev, |id| session.stack(id).to_vec()).context("writing the trace")?;
+            self.trace
+                .event(ev, |id| session.stack(id).to_vec())
+                .context("writing the trace")?;
         }
-        // One write per ring-buffer batch: a SIGKILL or crash loses at most this batch.
-        self.0.flush().context("writing the trace")?;
+        // One write per ring-buffer batch: a SIGKILL loses at most this batch.
+        self.trace.flush().context("writing the trace")?;
+        // A finding may predict a crash of this kernel: the trace up to it goes to the disk
+        // now, not when the page cache would have written it.
+        if self.watch.feed(events) > 0 {
+            self.trace.sync().context("syncing the trace")?;
+        }
         Ok(true)
     }
 }
 
 pub fn run(args: RecordArgs) -> Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let (mut session, layout) = attach::open(&args.run)?;
         // Before the trace file exists: a Ctrl-C from then on ends with a footer.
@@ -50,7 +63,10 @@ pub fn run(args: RecordArgs) -> Result<ExitCode> {
         };
         let writer = TraceWriter::create(&args.output, &header)
             .with_context(|| format!("creating {}", args.output.display()))?;
-        let mut rec = Recorder(writer);
+        let mut rec = Recorder {
+            trace: writer,
+            watch: attach::Aggregate::new(&session),
+        };
         let stop = args.run.stop_when();
         // A write error ends the capture; the footer is still attempted so the trace stays readable.
         let end = capture::capture(&mut session, &stop, &mut rec).await;
@@ -60,9 +76,14 @@ pub fn run(args: RecordArgs) -> Result<ExitCode> {
             Ok(e) => format!("{e:?}").to_lowercase(),
             Err(e) => format!("error: {e:#}"),
         };
-        let (events, bytes) = (rec.0.events(), rec.0.bytes());
-        rec.0
-            .finish(Footer { dropped, end: end_name, calls, ..Footer::default() })
+        let (events, bytes) = (rec.trace.events(), rec.trace.bytes());
+        rec.trace
+            .finish(Footer {
+                dropped,
+                end: end_name,
+                calls,
+                ..Footer::default()
+            })
             .with_context(|| format!("finishing {}", args.output.display()))?;
         end?;
         eprintln!(

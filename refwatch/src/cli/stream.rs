@@ -38,9 +38,40 @@ struct Printer {
     out: BufWriter<std::io::Stdout>,
     by_kind: BTreeMap<&'static str, u64>,
     events: u64,
+    /// The rules, checked as the transitions go by; its findings are printed among them.
+    watch: Option<attach::Aggregate>,
+    /// Findings printed so far.
+    shown: usize,
 }
 
 impl Printer {
+    /// Feeds `events` to the rules and prints the findings they raised: a JSON line of kind
+    /// "finding" (the fields of `check --json`'s findings), or the kernel-log line.
+    fn check(&mut self, events: &[Event], mut stack: impl FnMut(i32) -> Vec<String>) -> Result<()> {
+        let Some(watch) = &mut self.watch else {
+            return Ok(());
+        };
+        if watch.feed(events) == 0 {
+            return Ok(());
+        }
+        let new = &watch.agg.findings()[self.shown..];
+        self.shown += new.len();
+        if self.json {
+            for f in new {
+                let mut line = serde_json::to_value(f)?;
+                line["kind"] = json!("finding");
+                line["stack"] = json!(stack(f.stack_id));
+                serde_json::to_writer(&mut self.out, &line)?;
+                writeln!(self.out)?;
+            }
+        } else {
+            for line in refwatch::announce::lines(new) {
+                writeln!(self.out, "FINDING {line}")?;
+            }
+        }
+        Ok(())
+    }
+
     fn print(&mut self, ev: &Event, plan: &Plan, stack: &[String]) -> Result<()> {
         self.events += 1;
         let kind = ev.event_kind().map_or("unknown", EventKind::name);
@@ -91,18 +122,30 @@ impl Printer {
             eprintln!("{}", json!({ "summary": summary }));
         } else {
             let dropped = dropped.map_or("unknown".to_owned(), |d| d.to_string());
-            let kinds: Vec<String> = self.by_kind.iter().map(|(k, v)| format!("{k} {v}")).collect();
-            eprintln!("\n{} events, {dropped} dropped ({})", self.events, kinds.join(", "));
+            let kinds: Vec<String> = self
+                .by_kind
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            eprintln!(
+                "\n{} events, {dropped} dropped ({})",
+                self.events,
+                kinds.join(", ")
+            );
         }
     }
 }
 
 impl Sink for Printer {
     fn events(&mut self, session: &mut Session, events: &[Event]) -> Result<bool> {
+        if self.watch.is_none() {
+            self.watch = Some(attach::Aggregate::new(session));
+        }
         for ev in events {
             let stack = session.stack(ev.stack_id).to_vec();
             self.print(ev, &session.plan, &stack)?;
         }
+        self.check(events, |id| session.stack(id).to_vec())?;
         self.out.flush()?;
         Ok(true)
     }
@@ -114,6 +157,8 @@ pub fn run(args: StreamArgs) -> Result<ExitCode> {
         out: BufWriter::new(std::io::stdout()),
         by_kind: BTreeMap::new(),
         events: 0,
+        watch: None,
+        shown: 0,
     };
     match &args.trace {
         Some(path) => replay(path, &mut printer),
@@ -125,20 +170,28 @@ fn replay(path: &Path, printer: &mut Printer) -> Result<ExitCode> {
     let what = || path.display().to_string();
     let mut reader = TraceReader::open(path).with_context(what)?;
     let plan = reader.header().plan.clone();
+    printer.watch = Some(attach::Aggregate::replay(&plan));
     while let Some(&ev) = reader.next_event().with_context(what)? {
         printer.print(&ev, &plan, reader.stack(ev.stack_id))?;
+        printer.check(&[ev], |id| reader.stack(id).to_vec())?;
     }
     printer.out.flush()?;
     if let Some(warning) = reader.warning() {
         eprintln!("refwatch: {}: {warning}", what());
     }
     let footer = reader.footer();
-    printer.summary(&plan.kernel, footer.map(|f| f.dropped), json!({"end": footer.map(|f| &f.end)}));
+    printer.summary(
+        &plan.kernel,
+        footer.map(|f| f.dropped),
+        json!({"end": footer.map(|f| &f.end)}),
+    );
     Ok(ExitCode::SUCCESS)
 }
 
 fn live(args: &StreamArgs, printer: &mut Printer) -> Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let (mut session, _) = attach::open(&args.run)?;
         let end = capture::capture(&mut session, &args.run.stop_when(), printer).await?;
@@ -149,7 +202,13 @@ fn live(args: &StreamArgs, printer: &mut Printer) -> Result<ExitCode> {
         let attached: Vec<String> = session
             .plan
             .attached()
-            .filter_map(|p| Some(format!("{}:{:?}", p.function, p.attached.as_ref()?.as_ref().ok()?)))
+            .filter_map(|p| {
+                Some(format!(
+                    "{}:{:?}",
+                    p.function,
+                    p.attached.as_ref()?.as_ref().ok()?
+                ))
+            })
             .map(|s| s.to_lowercase())
             .collect();
         printer.summary(

@@ -34,7 +34,11 @@ const PROBE_TAGS: usize = 0x80;
 
 /// Which of [`Context::wheres`] a probe's events use.
 fn where_slot(probe: u8) -> usize {
-    usize::from(CATALOG.get(usize::from(probe)).is_some_and(|p| p.is_range()))
+    usize::from(
+        CATALOG
+            .get(usize::from(probe))
+            .is_some_and(|p| p.is_range()),
+    )
 }
 
 /// What an event is coded against. Writer and reader keep identical copies.
@@ -75,7 +79,11 @@ impl Context {
     /// What `stack_id` is coded against: consecutive events mostly share it (the same path),
     /// which makes it one byte from version 2.
     fn stack_base(&self) -> i32 {
-        if self.version >= 2 { self.prev.stack_id } else { 0 }
+        if self.version >= 2 {
+            self.prev.stack_id
+        } else {
+            0
+        }
     }
 
     /// What probe `probe`'s `extra` and `extra2` are coded against, and whether as a delta.
@@ -89,7 +97,11 @@ impl Context {
 
     /// What an event of `probe` codes its pfn and page against.
     fn where_base(&self, probe: u8) -> (u64, u64) {
-        if self.version >= 3 { self.wheres[where_slot(probe)] } else { (self.prev.pfn, self.prev.page) }
+        if self.version >= 3 {
+            self.wheres[where_slot(probe)]
+        } else {
+            (self.prev.pfn, self.prev.page)
+        }
     }
 
     /// Remembers what the event just coded leaves for the next ones.
@@ -100,7 +112,11 @@ impl Context {
 }
 
 fn put_extra(out: &mut Vec<u8>, v: u64, base: u64, delta: bool) {
-    if delta { put_ivar(out, v.wrapping_sub(base) as i64) } else { put_uvar(out, v) }
+    if delta {
+        put_ivar(out, v.wrapping_sub(base) as i64)
+    } else {
+        put_uvar(out, v)
+    }
 }
 
 const TASK: u8 = 1 << 0;
@@ -118,7 +134,9 @@ fn predicted_page((pfn0, page0): (u64, u64), pfn: u64) -> u64 {
 }
 
 fn catalog_kind(probe: u8) -> u8 {
-    CATALOG.get(probe as usize).map_or(u8::MAX, |p| p.kind as u8)
+    CATALOG
+        .get(probe as usize)
+        .map_or(u8::MAX, |p| p.kind as u8)
 }
 
 impl Context {
@@ -131,13 +149,21 @@ impl Context {
         present |= if task != self.task { TASK } else { 0 };
         present |= if page_delta != 0 { PAGE } else { 0 };
         present |= if ev.pgmap != p.pgmap { PGMAP } else { 0 };
-        present |= if (ev.pgmap_type, ev.flags) != (p.pgmap_type, p.flags) { TYPE } else { 0 };
+        present |= if (ev.pgmap_type, ev.flags) != (p.pgmap_type, p.flags) {
+            TYPE
+        } else {
+            0
+        };
         present |= if ev.cpu != p.cpu { CPU } else { 0 };
         let stack_base = self.stack_base();
         let ((extra_base, extra2_base), delta) = self.extras_base(ev.probe);
         present |= if ev.extra != extra_base { EXTRA } else { 0 };
         present |= if ev.extra2 != extra2_base { EXTRA2 } else { 0 };
-        present |= if ev.mapcount != 0 || ev.kind != catalog_kind(ev.probe) { MAP_KIND } else { 0 };
+        present |= if ev.mapcount != 0 || ev.kind != catalog_kind(ev.probe) {
+            MAP_KIND
+        } else {
+            0
+        };
         out.push(ev.probe);
         out.push(present);
         put_ivar(out, ev.ts_ns.wrapping_sub(p.ts_ns) as i64);
@@ -188,7 +214,11 @@ impl Context {
         let at = self.where_base(probe);
         let ((extra_base, extra2_base), delta) = self.extras_base(probe);
         let extra = |src: &mut Input, base: u64| -> Result<u64, Cut> {
-            if delta { Ok(base.wrapping_add(src.ivar()? as u64)) } else { src.uvar() }
+            if delta {
+                Ok(base.wrapping_add(src.ivar()? as u64))
+            } else {
+                src.uvar()
+            }
         };
         let present = src.byte()?;
         let ev = &mut self.prev;
@@ -202,8 +232,8 @@ impl Context {
             if present & TASK != 0 {
                 self.task = src.uvar()?;
             }
-            (ev.pid_tgid, ev.comm) =
-                task(self.task).ok_or_else(|| Cut::Corrupt(format!("unknown task {}", self.task)))?;
+            (ev.pid_tgid, ev.comm) = task(self.task)
+                .ok_or_else(|| Cut::Corrupt(format!("unknown task {}", self.task)))?;
             self.task_known = true;
         }
         if present & PAGE != 0 {
@@ -219,8 +249,16 @@ impl Context {
         if present & CPU != 0 {
             ev.cpu = src.uvar()? as u16;
         }
-        ev.extra = if present & EXTRA != 0 { extra(src, extra_base)? } else { extra_base };
-        ev.extra2 = if present & EXTRA2 != 0 { extra(src, extra2_base)? } else { extra2_base };
+        ev.extra = if present & EXTRA != 0 {
+            extra(src, extra_base)?
+        } else {
+            extra_base
+        };
+        ev.extra2 = if present & EXTRA2 != 0 {
+            extra(src, extra2_base)?
+        } else {
+            extra2_base
+        };
         (ev.mapcount, ev.kind) = if present & MAP_KIND != 0 {
             (src.ivar()? as i32, src.byte()?)
         } else {
@@ -268,7 +306,9 @@ impl<'a> Input<'a> {
     #[inline]
     pub fn byte(&mut self) -> Result<u8, Cut> {
         // Not `ok_or(Cut::Eof)?`: that built and dropped a `Cut` on every byte.
-        let Some(&b) = self.bytes.get(self.pos) else { return Err(Cut::Eof) };
+        let Some(&b) = self.bytes.get(self.pos) else {
+            return Err(Cut::Eof);
+        };
         self.pos += 1;
         Ok(b)
     }
@@ -314,7 +354,9 @@ impl<'a> Input<'a> {
         if n > limit {
             return Err(Cut::Corrupt(format!("length {n} over {limit}")));
         }
-        let Some(b) = self.bytes.get(self.pos..self.pos + n) else { return Err(Cut::Eof) };
+        let Some(b) = self.bytes.get(self.pos..self.pos + n) else {
+            return Err(Cut::Eof);
+        };
         self.pos += n;
         Ok(b)
     }

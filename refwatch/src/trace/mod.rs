@@ -48,9 +48,9 @@
 
 mod codec;
 mod reader;
-mod writer;
 #[cfg(test)]
 mod tests;
+mod writer;
 
 use std::collections::BTreeMap;
 
@@ -100,7 +100,9 @@ pub enum TraceError {
     Empty,
     #[error("not a refwatch trace (bad magic)")]
     BadMagic,
-    #[error("trace format version {found} is not supported (this refwatch reads versions 1 to {VERSION})")]
+    #[error(
+        "trace format version {found} is not supported (this refwatch reads versions 1 to {VERSION})"
+    )]
     Version { found: u16 },
     #[error("trace header is cut off")]
     ShortHeader,

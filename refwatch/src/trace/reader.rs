@@ -39,7 +39,14 @@ struct Bytes<R> {
 
 impl<R: Read> Bytes<R> {
     fn new(r: R, offset: u64) -> Self {
-        Self { r, buf: vec![0; BUFFER].into_boxed_slice(), pos: 0, end: 0, base: offset, eof: false }
+        Self {
+            r,
+            buf: vec![0; BUFFER].into_boxed_slice(),
+            pos: 0,
+            end: 0,
+            base: offset,
+            eof: false,
+        }
     }
 
     fn offset(&self) -> u64 {
@@ -135,7 +142,10 @@ impl<R: Read> TraceReader<R> {
         }
         let len = u32::from_le_bytes(fixed[10..14].try_into().expect("4 bytes")) as usize;
         if len > MAX_HEADER {
-            return Err(TraceError::Corrupt { offset: 10, what: format!("header length {len}") });
+            return Err(TraceError::Corrupt {
+                offset: 10,
+                what: format!("header length {len}"),
+            });
         }
         let mut json = vec![0; len];
         if read_exact(&mut r, &mut json)? < len {
@@ -199,7 +209,12 @@ impl<R: Read> TraceReader<R> {
                     }
                 }
                 Err(Cut::Io(e)) => return Err(e.into()),
-                Err(Cut::Corrupt(what)) => return Err(TraceError::Corrupt { offset: start, what }),
+                Err(Cut::Corrupt(what)) => {
+                    return Err(TraceError::Corrupt {
+                        offset: start,
+                        what,
+                    });
+                }
             }
         }
         Ok(None)
@@ -220,7 +235,9 @@ impl<R: Read> TraceReader<R> {
         thread::scope(|s| {
             let decoder = s.spawn(move || {
                 loop {
-                    let mut batch = empty_rx.try_recv().unwrap_or_else(|_| Vec::with_capacity(BATCH));
+                    let mut batch = empty_rx
+                        .try_recv()
+                        .unwrap_or_else(|_| Vec::with_capacity(BATCH));
                     batch.clear();
                     let end = loop {
                         match self.next_event() {
@@ -245,7 +262,9 @@ impl<R: Read> TraceReader<R> {
                 batch.iter().for_each(&mut f);
                 let _ = empty_tx.send(batch);
             }
-            decoder.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            decoder
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         })
     }
 
@@ -283,8 +302,8 @@ impl<R: Read> TraceReader<R> {
                 let read = input.consumed();
                 self.src.consume(read);
                 let json = self.long_bytes()?;
-                let footer: Footer =
-                    serde_json::from_slice(&json).map_err(|e| Cut::Corrupt(format!("footer: {e}")))?;
+                let footer: Footer = serde_json::from_slice(&json)
+                    .map_err(|e| Cut::Corrupt(format!("footer: {e}")))?;
                 if footer.events != self.events {
                     self.warning = Some(format!(
                         "the footer counts {} events but the trace holds {}",
@@ -296,7 +315,8 @@ impl<R: Read> TraceReader<R> {
             }
             probe if (probe as usize) < 0x80 => {
                 let tasks = &self.tasks;
-                self.ctx.decode(probe, &mut input, |i| tasks.get(i as usize).copied())?;
+                self.ctx
+                    .decode(probe, &mut input, |i| tasks.get(i as usize).copied())?;
                 true
             }
             other => return Err(Cut::Corrupt(format!("unknown frame tag {other:#x}"))),

@@ -45,7 +45,10 @@ fn round_trip() {
         back.push(ev);
     }
     assert_eq!(back, events);
-    assert_eq!(r.footer().map(|f| (f.events, f.dropped)), Some((events.len() as u64, 7)));
+    assert_eq!(
+        r.footer().map(|f| (f.events, f.dropped)),
+        Some((events.len() as u64, 7))
+    );
     assert_eq!(r.warning(), None);
     assert_eq!(r.stack(events[1].stack_id)[1], "caller+0x20");
 }
@@ -70,7 +73,9 @@ fn round_trip_of_odd_values() {
 fn fsdax_events_stay_small() {
     let (p, events) = fsdax_stream(20_000);
     let bytes = p.trace(&events, 0);
-    let header = TraceReader::new(&bytes[..]).map(|r| serde_json::to_vec(r.header()).unwrap().len()).unwrap();
+    let header = TraceReader::new(&bytes[..])
+        .map(|r| serde_json::to_vec(r.header()).unwrap().len())
+        .unwrap();
     let per_event = (bytes.len() - header) as f64 / events.len() as f64;
     eprintln!("{} events, {:.2} bytes/event", events.len(), per_event);
     assert!(per_event <= 12.0, "{per_event:.2} bytes/event");
@@ -80,7 +85,10 @@ fn fsdax_events_stay_small() {
 fn every_truncation_reads_a_prefix() {
     let (p, events) = fsdax_stream(12);
     let bytes = p.trace(&events, 0);
-    let header_end = 14 + serde_json::to_vec(TraceReader::new(&bytes[..]).unwrap().header()).unwrap().len();
+    let header_end = 14
+        + serde_json::to_vec(TraceReader::new(&bytes[..]).unwrap().header())
+            .unwrap()
+            .len();
     for cut in 0..bytes.len() {
         match read_all(&bytes[..cut]) {
             Ok((got, warning)) => {
@@ -100,23 +108,37 @@ fn bad_files_are_errors() {
     let (p, events) = fsdax_stream(2);
     let good = p.trace(&events, 0);
     assert!(matches!(TraceReader::new(&b""[..]), Err(TraceError::Empty)));
-    assert!(matches!(TraceReader::new(&b"PK\x03\x04 not a trace"[..]), Err(TraceError::BadMagic)));
+    assert!(matches!(
+        TraceReader::new(&b"PK\x03\x04 not a trace"[..]),
+        Err(TraceError::BadMagic)
+    ));
     let mut newer = good.clone();
     newer[8] = VERSION as u8 + 1;
-    assert!(matches!(TraceReader::new(&newer[..]), Err(TraceError::Version { found }) if found == VERSION + 1));
+    assert!(
+        matches!(TraceReader::new(&newer[..]), Err(TraceError::Version { found }) if found == VERSION + 1)
+    );
     let mut v0 = good.clone();
     v0[8] = 0;
-    assert!(matches!(TraceReader::new(&v0[..]), Err(TraceError::Version { found: 0 })));
+    assert!(matches!(
+        TraceReader::new(&v0[..]),
+        Err(TraceError::Version { found: 0 })
+    ));
     let mut bad_header = good.clone();
     bad_header[14] = b'!';
-    assert!(matches!(TraceReader::new(&bad_header[..]), Err(TraceError::Header(_))));
+    assert!(matches!(
+        TraceReader::new(&bad_header[..]),
+        Err(TraceError::Header(_))
+    ));
     let mut junk = good.clone();
     let at = junk.len() - 40;
     junk[at..].fill(0xee);
     assert!(matches!(read_all(&junk), Err(TraceError::Corrupt { .. })));
     let mut trailing = good;
     trailing.push(0);
-    assert!(matches!(read_all(&trailing), Err(TraceError::Corrupt { .. })));
+    assert!(matches!(
+        read_all(&trailing),
+        Err(TraceError::Corrupt { .. })
+    ));
 }
 
 #[test]
@@ -142,7 +164,10 @@ fn events_handed_over_by_the_decoder_thread_are_the_same() {
         };
         let mut r = TraceReader::new(&bytes[..]).unwrap();
         let mut handed = Vec::new();
-        let end = r.for_each_event(|ev| handed.push(*ev)).err().map(|e| e.to_string());
+        let end = r
+            .for_each_event(|ev| handed.push(*ev))
+            .err()
+            .map(|e| e.to_string());
         assert_eq!(end, serial_end);
         assert_eq!(end.is_some(), damaged);
         assert!(handed.len() > 5000, "{} events", handed.len());

@@ -23,7 +23,17 @@ pub struct TraceWriter<W: Write> {
 
 impl TraceWriter<BufWriter<File>> {
     pub fn create(path: &Path, header: &Header) -> io::Result<Self> {
-        Self::new(BufWriter::with_capacity(1 << 20, File::create(path)?), header)
+        Self::new(
+            BufWriter::with_capacity(1 << 20, File::create(path)?),
+            header,
+        )
+    }
+
+    /// Writes what is buffered and waits until the file's data is on its device, so that a
+    /// crash of the kernel loses none of it.
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.out.flush()?;
+        self.out.get_ref().sync_data()
     }
 }
 
@@ -61,7 +71,11 @@ impl<W: Write> TraceWriter<W> {
         let task = *self.tasks.entry((ev.pid_tgid, ev.comm)).or_insert_with(|| {
             self.buf.push(TAG_TASK);
             codec::put_uvar(&mut self.buf, ev.pid_tgid);
-            let len = ev.comm.iter().position(|&b| b == 0).unwrap_or(ev.comm.len());
+            let len = ev
+                .comm
+                .iter()
+                .position(|&b| b == 0)
+                .unwrap_or(ev.comm.len());
             codec::put_bytes(&mut self.buf, &ev.comm[..len]);
             next
         });

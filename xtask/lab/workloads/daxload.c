@@ -4,15 +4,22 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/fiemap.h>
+#include <linux/fs.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define PAGE 4096UL
@@ -20,6 +27,12 @@
 #define PMD_SIZE (2UL << 20)
 #define DAX_DIR "/mnt/dax"
 #define NAMESPACE "namespace0.0"
+#define DAX_DEVICE "dax0.0"
+/* The bug-* scenarios: what the spliced page holds, and what a later file writes. */
+#define OLD_BYTE 'o'
+#define NEW_BYTE 'N'
+/* How long bug-truncate-pipe's holder keeps the pipe before draining it. */
+#define HOLD_MS 2000L
 
 static void die(const char *fmt, ...)
 {
@@ -31,6 +44,87 @@ static void die(const char *fmt, ...)
 	va_end(ap);
 	fprintf(stderr, ": %s\n", strerror(err));
 	exit(1);
+}
+
+static double now(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+static double started;
+
+/* Progress of the bug-* scenarios, stamped with the pid and the seconds since start. */
+static void say(const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "daxload[%d] +%.3fs: %s\n", (int)getpid(), now() - started, msg);
+}
+
+static void sleep_ms(long ms)
+{
+	struct timespec t = { ms / 1000, (ms % 1000) * 1000000L };
+	while (nanosleep(&t, &t) && errno == EINTR)
+		;
+}
+
+static long env_ms(const char *name, long fallback)
+{
+	const char *value = getenv(name);
+	if (!value || !*value)
+		return fallback;
+	char *end;
+	long ms = strtol(value, &end, 10);
+	if (*end || ms < 0) {
+		errno = EINVAL;
+		die("%s=%s", name, value);
+	}
+	return ms;
+}
+
+/* Writes one value to a sysfs attribute (driver bind/unbind) and reports how long the kernel
+ * took; returns 0 or the errno, which is printed, not fatal. */
+static int sysfs_write(const char *path, const char *value)
+{
+	int err = 0;
+	say("writing \"%s\" to %s", value, path);
+	double start = now();
+	int fd = open(path, O_WRONLY);
+	if (fd < 0) {
+		err = errno;
+	} else {
+		ssize_t n = write(fd, value, strlen(value));
+		if (n < 0)
+			err = errno;
+		else if ((size_t)n != strlen(value))
+			err = EIO;
+		if (close(fd) && !err)
+			err = errno;
+	}
+	say("write to %s %s after %.3f s%s%s", path, err ? "FAILED" : "returned", now() - start,
+	    err ? ": " : "", err ? strerror(err) : "");
+	return err;
+}
+
+/* Prints a small /proc file (state, wchan, stack of a stuck process) line by line. */
+static void show_file(const char *path)
+{
+	char line[256];
+	FILE *f = fopen(path, "r");
+	if (!f) {
+		say("%s: %s", path, strerror(errno));
+		return;
+	}
+	while (fgets(line, sizeof(line), f)) {
+		line[strcspn(line, "\n")] = 0;
+		say("%s: %s", path, line);
+	}
+	fclose(f);
 }
 
 /* Runs a shell command for the namespace plumbing (ndctl, umount); fails loudly. */
@@ -133,19 +227,28 @@ static int fsdax(int gup, int truncate, int moved)
 	return 0;
 }
 
+/* Maps the file at a 2 MiB-aligned address so the kernel may fault PMDs in. The caller
+ * munmaps *area (FILE_SIZE + PMD_SIZE) after the mapping itself. */
+static char *map_pmd_aligned(int fd, char **area)
+{
+	/* Reserve PMD_SIZE extra so the mapping can start on a 2 MiB boundary; the file offset
+	 * is 0 and ext4 allocates the fallocated extent 2 MiB-aligned on an empty fs. */
+	*area = mmap(NULL, FILE_SIZE + PMD_SIZE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (*area == MAP_FAILED)
+		die("reserve");
+	char *aligned = (char *)(((uintptr_t)*area + PMD_SIZE - 1) & ~(PMD_SIZE - 1));
+	char *p = mmap(aligned, FILE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0);
+	if (p == MAP_FAILED)
+		die("mmap fixed");
+	return p;
+}
+
 static int fsdax_pmd(void)
 {
 	const char *path = DAX_DIR "/daxload-pmd";
 	int fd = create_file(path, FILE_SIZE);
-	/* Reserve PMD_SIZE extra so the mapping can start on a 2 MiB boundary; the file offset
-	 * is 0 and ext4 allocates the fallocated extent 2 MiB-aligned on an empty fs. */
-	char *area = mmap(NULL, FILE_SIZE + PMD_SIZE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (area == MAP_FAILED)
-		die("reserve");
-	char *aligned = (char *)(((uintptr_t)area + PMD_SIZE - 1) & ~(PMD_SIZE - 1));
-	char *p = mmap(aligned, FILE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0);
-	if (p == MAP_FAILED)
-		die("mmap fixed");
+	char *area;
+	char *p = map_pmd_aligned(fd, &area);
 	touch(p, FILE_SIZE);
 	unmap(p, FILE_SIZE);
 	munmap(area, FILE_SIZE + PMD_SIZE);
@@ -168,14 +271,20 @@ static int dax_mounted(void)
 	return found;
 }
 
-static int devdax(void)
+/* Turns the namespace into device-dax (4 KiB pages) unless /dev/dax0.0 already exists. */
+static void devdax_namespace(const char *dev)
 {
-	const char *dev = "/dev/dax0.0";
 	if (access(dev, F_OK)) {
 		if (dax_mounted())
 			sh("umount " DAX_DIR);
 		sh("ndctl create-namespace --force --reconfig=" NAMESPACE " --mode=devdax --align=4K");
 	}
+}
+
+static int devdax(void)
+{
+	const char *dev = "/dev/" DAX_DEVICE;
+	devdax_namespace(dev);
 	int fd = open(dev, O_RDWR);
 	if (fd < 0)
 		die("open %s", dev);
@@ -198,10 +307,366 @@ static int teardown(void)
 	return 0;
 }
 
+/* ---- Real ZONE_DEVICE refcount bugs of Debian's kernels (not run by the matrix) ----
+ * Each pins a page through a pipe (vmsplice takes a plain GUP reference, no SPLICE_F_GIFT),
+ * drops the mapping, then takes the memory away underneath that reference. The pipe is held
+ * and drained by a child, so that a kernel which correctly waits for the page to go idle
+ * does not wait forever on the process that is waiting. */
+
+/* Disk byte of a file offset (FIEMAP), or -1. */
+static long long disk_byte(int fd, off_t off)
+{
+	struct fiemap *fm = calloc(1, sizeof(*fm) + sizeof(struct fiemap_extent));
+	if (!fm)
+		die("calloc");
+	fm->fm_start = off;
+	fm->fm_length = PAGE;
+	fm->fm_flags = FIEMAP_FLAG_SYNC;
+	fm->fm_extent_count = 1;
+	long long at = -1;
+	if (!ioctl(fd, FS_IOC_FIEMAP, fm) && fm->fm_mapped_extents == 1)
+		at = (long long)(fm->fm_extents[0].fe_physical + (off - fm->fm_extents[0].fe_logical));
+	free(fm);
+	return at;
+}
+
+/* File offset whose block is at disk byte `at`, or -1. */
+static long long offset_of_disk_byte(int fd, size_t size, long long at)
+{
+	enum { EXTENTS = 256 };
+	struct fiemap *fm = calloc(1, sizeof(*fm) + EXTENTS * sizeof(struct fiemap_extent));
+	if (!fm)
+		die("calloc");
+	fm->fm_length = size;
+	fm->fm_flags = FIEMAP_FLAG_SYNC;
+	fm->fm_extent_count = EXTENTS;
+	long long off = -1;
+	if (!ioctl(fd, FS_IOC_FIEMAP, fm)) {
+		for (unsigned i = 0; i < fm->fm_mapped_extents; i++) {
+			struct fiemap_extent *e = &fm->fm_extents[i];
+			if (at >= (long long)e->fe_physical && at < (long long)(e->fe_physical + e->fe_length))
+				off = (long long)(e->fe_logical + (at - e->fe_physical));
+		}
+	}
+	free(fm);
+	return off;
+}
+
+/* Vmsplices the page at p into a new pipe (a GUP reference the pipe owns). */
+static void splice_page(char *p, int pfd[2])
+{
+	if (pipe(pfd))
+		die("pipe");
+	struct iovec iov = { p, PAGE };
+	ssize_t n = vmsplice(pfd[1], &iov, 1, 0);
+	if (n != (ssize_t)PAGE)
+		die("vmsplice (%zd bytes)", n);
+	say("vmspliced the page at %p into the pipe", (void *)p);
+}
+
+static const char *classify(const char *buf, ssize_t n)
+{
+	static char what[128];
+	ssize_t old = 0, new = 0, zero = 0;
+	for (ssize_t i = 0; i < n; i++) {
+		old += buf[i] == OLD_BYTE;
+		new += buf[i] == NEW_BYTE;
+		zero += buf[i] == 0;
+	}
+	if (n > 0 && old == n)
+		return "all 'o': the spliced page's own data";
+	if (n > 0 && new == n)
+		return "all 'N': ANOTHER FILE'S DATA (the freed block was reused under the pipe)";
+	if (n > 0 && zero == n)
+		return "all zeros";
+	snprintf(what, sizeof(what), "mixed ('o' %zd, 'N' %zd, zero %zd; first byte %#x)", old, new, zero,
+		 n > 0 ? (unsigned char)buf[0] : 0);
+	return what;
+}
+
+/* Forks the pipe's holder: it keeps the spliced page referenced for hold_ms, then reads the
+ * pipe (the page is released there), closes it and exits. */
+static pid_t pipe_holder(int pfd[2], long hold_ms)
+{
+	pid_t pid = fork();
+	if (pid < 0)
+		die("fork");
+	if (pid)
+		return pid;
+	/* Only the pipe: an inherited fd of the file would keep its inode from being evicted. */
+	for (int fd = 3; fd < 1024; fd++)
+		if (fd != pfd[0])
+			close(fd);
+	say("holder: holding the pipe for %ld ms", hold_ms);
+	sleep_ms(hold_ms);
+	char buf[PAGE];
+	say("holder: reading the pipe");
+	ssize_t n = read(pfd[0], buf, sizeof(buf));
+	int read_err = n < 0 ? errno : 0;
+	if (n < 0)
+		say("holder: read FAILED: %s", strerror(errno));
+	else
+		say("holder: read %zd bytes: %s", n, classify(buf, n));
+	/* An explicit close, so that a crash releasing the page is seen here, not at exit. */
+	say("holder: closing the pipe");
+	if (close(pfd[0]))
+		say("holder: close FAILED: %s", strerror(errno));
+	say("holder: pipe closed, exiting");
+	_exit(read_err ? 1 : 0);
+}
+
+/* Waits up to timeout_ms for a child (the pipe's holder, the mapper) and says how it ended:
+ * exit, signal, or stuck (then its state, wchan and kernel stack). Returns 0 only when it
+ * exited with status 0. */
+static int reap(pid_t pid, const char *who, long timeout_ms)
+{
+	double start = now();
+	for (;;) {
+		int status;
+		pid_t r = waitpid(pid, &status, WNOHANG);
+		if (r < 0 && errno == ECHILD) {
+			/* An oops while the task was already exiting leaves it EXIT_DEAD: never reaped. */
+			say("%s %d can no longer be waited for (ECHILD): it died inside the kernel%s", who, (int)pid,
+			    kill(pid, 0) ? "" : " and its task still exists");
+			return -1;
+		}
+		if (r < 0)
+			die("waitpid");
+		if (r == pid) {
+			if (WIFEXITED(status))
+				say("%s %d exited with status %d", who, (int)pid, WEXITSTATUS(status));
+			else if (WIFSIGNALED(status))
+				say("%s %d KILLED by signal %d (%s)", who, (int)pid, WTERMSIG(status),
+				    strsignal(WTERMSIG(status)));
+			return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -1;
+		}
+		if ((now() - start) * 1000 > (double)timeout_ms)
+			break;
+		sleep_ms(50);
+	}
+	say("%s %d STUCK: not reaped %ld ms after we started waiting", who, (int)pid, timeout_ms);
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	show_file(path);
+	snprintf(path, sizeof(path), "/proc/%d/wchan", (int)pid);
+	show_file(path);
+	snprintf(path, sizeof(path), "/proc/%d/stack", (int)pid);
+	show_file(path);
+	return -1;
+}
+
+/* Has a new file take the block at disk byte `at` (freed by the truncate, if it was) and writes
+ * NEW_BYTE into it, so the pipe shows whether it still points at that block. */
+static void reuse_block(const char *path, long long at)
+{
+	/* ext4 lets freed data blocks be allocated again only once the journal committed. */
+	int dir = open(DAX_DIR, O_RDONLY | O_DIRECTORY);
+	if (dir < 0 || syncfs(dir))
+		die("syncfs " DAX_DIR);
+	struct statvfs vfs;
+	if (fstatvfs(dir, &vfs))
+		die("statvfs " DAX_DIR);
+	close(dir);
+	/* The allocator need not pick that block for a small file: take (nearly) all free space. */
+	long long size = (long long)(vfs.f_bavail * vfs.f_frsize) & ~(long long)(PMD_SIZE - 1);
+	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+	if (fd < 0)
+		die("open %s", path);
+	while (size > 0 && fallocate(fd, 0, 0, size))
+		size -= PMD_SIZE;
+	long long off = size > 0 ? offset_of_disk_byte(fd, (size_t)size, at) : -1;
+	if (off < 0) {
+		say("%s: %lld MiB allocated, none of it page 0's old block", path, size >> 20);
+	} else {
+		static char page[PAGE];
+		memset(page, NEW_BYTE, sizeof(page));
+		if (pwrite(fd, page, sizeof(page), (off_t)off) != (ssize_t)sizeof(page))
+			die("write %s", path);
+		say("%s: %lld MiB allocated; its offset %#llx is page 0's old block, written with 'N'", path,
+		    size >> 20, off);
+	}
+	close(fd);
+}
+
+/* Bugs E/F: truncate, punch hole or eviction frees an fsdax block a pipe still references.
+ * <=6.12: dax_disassociate_entry() WARNs (once per boot) and the block is freed at once, so a
+ * new file can reuse it and the pipe then reads that file's data. >=6.15: the fs waits for the
+ * page to go idle (truncate/punch interruptibly, eviction uninterruptibly): ~HOLD_MS here. */
+static int bug_truncate_pipe(const char *how)
+{
+	int truncate = !strcmp(how, "truncate"), punch = !strcmp(how, "punch"), evict = !strcmp(how, "evict");
+	if (!truncate && !punch && !evict) {
+		fprintf(stderr, "usage: daxload bug-truncate-pipe [truncate|punch|evict]\n");
+		return 2;
+	}
+	const char *path = DAX_DIR "/daxload-pipe";
+	const char *reuse = DAX_DIR "/daxload-pipe-reuse";
+	int fd = create_file(path, FILE_SIZE);
+	char *p = map(fd, FILE_SIZE, 1);
+	touch(p, FILE_SIZE);
+	memset(p, OLD_BYTE, PAGE);
+	long long at = disk_byte(fd, 0);
+	say("%s: %lu pages written; page 0 is at disk byte %#llx", path, FILE_SIZE / PAGE, at);
+	int pfd[2];
+	splice_page(p, pfd);
+	unmap(p, FILE_SIZE);
+	say("munmapped");
+	pid_t holder = pipe_holder(pfd, HOLD_MS);
+	close(pfd[0]);
+	close(pfd[1]);
+
+	say("%s (the pipe still holds page 0)", truncate ? "ftruncate(fd, 0)" : punch ? "punching a hole over the file" : "close + unlink (eviction)");
+	double start = now();
+	if (truncate && ftruncate(fd, 0))
+		die("ftruncate");
+	if (punch && fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, FILE_SIZE))
+		die("punch hole");
+	if (evict) {
+		close(fd);
+		fd = -1;
+		if (unlink(path))
+			die("unlink %s", path);
+	}
+	say("%s returned after %.3f s", how, now() - start);
+
+	reuse_block(reuse, at);
+	int rc = reap(holder, "holder", HOLD_MS + 60000);
+	if (fd >= 0) {
+		close(fd);
+		if (unlink(path))
+			die("unlink %s", path);
+	}
+	if (unlink(reuse))
+		die("unlink %s", reuse);
+	say("done");
+	return rc ? 1 : 0;
+}
+
+/* Prints the smaps lines that tell how the VMA at p is mapped. */
+static void show_smaps(const char *p)
+{
+	char line[256], head[32];
+	int in = 0;
+	snprintf(head, sizeof(head), "%lx-", (unsigned long)p);
+	FILE *f = fopen("/proc/self/smaps", "r");
+	if (!f)
+		die("open /proc/self/smaps");
+	while (fgets(line, sizeof(line), f)) {
+		/* VMA headers are the only lines that start with a (lowercase hex) address. */
+		if (line[0] && strchr("0123456789abcdef", line[0]))
+			in = !strncmp(line, head, strlen(head));
+		if (in && (!strncmp(line, "Size:", 5) || !strncmp(line, "Rss:", 4) || !strncmp(line, "FilePmdMapped:", 14) ||
+			   !strncmp(line, "AnonHugePages:", 14) || !strncmp(line, "THPeligible:", 12) || !strncmp(line, "VmFlags:", 8))) {
+			line[strcspn(line, "\n")] = 0;
+			say("smaps: %s", line);
+		}
+	}
+	fclose(f);
+}
+
+static long faults(void)
+{
+	struct rusage ru;
+	if (getrusage(RUSAGE_SELF, &ru))
+		die("getrusage");
+	return ru.ru_minflt + ru.ru_majflt;
+}
+
+/* Bug G / §2 #2: the pmem namespace is unbound under a live ext4-DAX mapping. Nothing makes
+ * ext4 drop its DAX mappings first: <=6.12 leaves special PTEs/PMDs to freed device memory,
+ * >=6.15 leaves refcounted mappings of a freed memmap that munmap/exit then puts. */
+static int pmem_unbind_mapper(int pmd, const char *mode, long grace)
+{
+	const char *path = DAX_DIR "/daxload-unbind";
+	int fd = create_file(path, FILE_SIZE);
+	char *area = NULL;
+	char *p = pmd ? map_pmd_aligned(fd, &area) : map(fd, FILE_SIZE, 1);
+	faults(); /* its own first call may fault (copy-on-write of the stack after fork) */
+	long before = faults();
+	double start = now();
+	touch(p, FILE_SIZE);
+	long n = faults() - before;
+	say("mapper: %s mapping at %p: wrote %lu pages in %.3f s with %ld faults (%lu = one per PTE, %lu = one per PMD) -> %s",
+	    mode, (void *)p, FILE_SIZE / PAGE, now() - start, n, FILE_SIZE / PAGE, FILE_SIZE / PMD_SIZE,
+	    n <= (long)(FILE_SIZE / PMD_SIZE) ? "PMD-mapped" : n >= (long)(FILE_SIZE / PAGE) ? "PTE-mapped" : "mixed");
+	say("mapper: page 0 is at disk byte %#llx", disk_byte(fd, 0));
+	show_smaps(p);
+
+	sysfs_write("/sys/bus/nd/drivers/nd_pmem/unbind", NAMESPACE);
+	say("mapper: grace: %ld ms with the mapping still live", grace);
+	sleep_ms(grace);
+	say("mapper: munmap");
+	start = now();
+	if (munmap(p, FILE_SIZE))
+		die("munmap");
+	if (area)
+		munmap(area, FILE_SIZE + PMD_SIZE);
+	say("mapper: munmap returned after %.3f s", now() - start);
+	if (close(fd))
+		say("mapper: close: %s", strerror(errno));
+	say("mapper: exiting");
+	return 0;
+}
+
+/* The mapping lives in a child, the mapper: on 7.2 the oops in munmap leaves it holding its
+ * own mmap lock, and its exit then waits for that lock forever. This process reports that
+ * and returns, so that a command waiting for daxload (refwatch record, the lab) ends. */
+static int bug_pmem_unbind(const char *mode)
+{
+	int pmd = !strcmp(mode, "pmd");
+	if (!pmd && strcmp(mode, "pte")) {
+		fprintf(stderr, "usage: daxload bug-pmem-unbind [pte|pmd]\n");
+		return 2;
+	}
+	long grace = env_ms("DAXLOAD_GRACE_MS", 3000);
+	pid_t mapper = fork();
+	if (mapper < 0)
+		die("fork");
+	if (!mapper)
+		_exit(pmem_unbind_mapper(pmd, mode, grace));
+	int rc = reap(mapper, "mapper", grace + 60000);
+	say("done");
+	return rc ? 1 : 0;
+}
+
+/* §2 #1: device-dax unbound while a pipe holds one of its pages. 5.10 waits in
+ * memunmap_pages() until the pipe is drained; from 5.18 on the unbind returns at once and the
+ * holder's read/release touches the removed memmap. */
+static int bug_devdax_unbind_pipe(void)
+{
+	const char *dev = "/dev/" DAX_DEVICE;
+	long grace = env_ms("DAXLOAD_GRACE_MS", 3000);
+	devdax_namespace(dev);
+	int fd = open(dev, O_RDWR);
+	if (fd < 0)
+		die("open %s", dev);
+	char *p = mmap(NULL, PMD_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (p == MAP_FAILED)
+		die("mmap %s", dev);
+	memset(p, OLD_BYTE, PAGE);
+	say("%s mapped at %p, page 0 written", dev, (void *)p);
+	int pfd[2];
+	splice_page(p, pfd);
+	if (munmap(p, PMD_SIZE))
+		die("munmap");
+	close(fd);
+	say("munmapped and closed %s", dev);
+	pid_t holder = pipe_holder(pfd, grace);
+	close(pfd[0]);
+	close(pfd[1]);
+
+	sysfs_write("/sys/bus/dax/drivers/device_dax/unbind", DAX_DEVICE);
+	int rc = reap(holder, "holder", grace + 60000);
+	say("done");
+	return rc ? 1 : 0;
+}
+
 int main(int argc, char **argv)
 {
 	const char *cmd = argc > 1 ? argv[1] : "";
+	const char *arg = argc > 2 ? argv[2] : NULL;
 	setvbuf(stderr, NULL, _IONBF, 0);
+	started = now();
 	if (!strcmp(cmd, "fsdax-mmap"))
 		return fsdax(0, 0, 0);
 	if (!strcmp(cmd, "fsdax-gup"))
@@ -216,6 +681,16 @@ int main(int argc, char **argv)
 		return devdax();
 	if (!strcmp(cmd, "teardown"))
 		return teardown();
-	fprintf(stderr, "usage: daxload fsdax-mmap|fsdax-gup|fsdax-truncate|fsdax-mremap|fsdax-pmd|devdax|teardown\n");
+	if (!strcmp(cmd, "bug-truncate-pipe"))
+		return bug_truncate_pipe(arg ? arg : "truncate");
+	if (!strcmp(cmd, "bug-pmem-unbind"))
+		return bug_pmem_unbind(arg ? arg : "pte");
+	if (!strcmp(cmd, "bug-devdax-unbind-pipe"))
+		return bug_devdax_unbind_pipe();
+	fprintf(stderr, "usage: daxload fsdax-mmap|fsdax-gup|fsdax-truncate|fsdax-mremap|fsdax-pmd|devdax|teardown\n"
+			"       daxload bug-truncate-pipe [truncate|punch|evict]\n"
+			"       daxload bug-pmem-unbind [pte|pmd]\n"
+			"       daxload bug-devdax-unbind-pipe\n"
+			"       (bug-pmem-unbind, bug-devdax-unbind-pipe: DAXLOAD_GRACE_MS, default 3000)\n");
 	return 2;
 }

@@ -35,10 +35,18 @@ pub struct Apt {
 impl Apt {
     pub fn new() -> Result<Self> {
         let dir = paths::lab_cache()?.join("apt");
-        for sub in ["lists/partial", "cache/archives/partial", "empty", "debs", "sources"] {
+        for sub in [
+            "lists/partial",
+            "cache/archives/partial",
+            "empty",
+            "debs",
+            "sources",
+        ] {
             paths::create_dir(&dir.join(sub))?;
         }
-        let line = |kind: &str, (uri, suite): &(&str, &str)| format!("{kind} [signed-by={KEYRING}] {uri} {suite} main\n");
+        let line = |kind: &str, (uri, suite): &(&str, &str)| {
+            format!("{kind} [signed-by={KEYRING}] {uri} {suite} main\n")
+        };
         let sources: String = SOURCES
             .iter()
             .map(|s| line("deb", s))
@@ -46,9 +54,13 @@ impl Apt {
             .collect();
         let list = dir.join("sources.list");
         if std::fs::read_to_string(&list).ok().as_deref() != Some(sources.as_str()) {
-            std::fs::write(&list, sources).with_context(|| format!("writing {}", list.display()))?;
+            std::fs::write(&list, sources)
+                .with_context(|| format!("writing {}", list.display()))?;
         }
-        Ok(Self { dir, updated: Once::new() })
+        Ok(Self {
+            dir,
+            updated: Once::new(),
+        })
     }
 
     fn apt(&self, program: &str) -> Command {
@@ -104,9 +116,13 @@ impl Apt {
             return pinned;
         }
         let Some(other) = self.same_upstream(name, version)? else {
-            return pinned.with_context(|| format!("{name}: no revision of {version}'s upstream release is served"));
+            return pinned.with_context(|| {
+                format!("{name}: no revision of {version}'s upstream release is served")
+            });
         };
-        note(format_args!("apt: {name}={version} is no longer served; using {other}, the same upstream release"));
+        note(format_args!(
+            "apt: {name}={version} is no longer served; using {other}, the same upstream release"
+        ));
         match find_deb(&debs, name, &other)? {
             Some(found) => Ok(found),
             None => self.fetch(name, &other, &debs),
@@ -115,18 +131,35 @@ impl Apt {
 
     fn fetch(&self, name: &str, version: &str, debs: &Path) -> Result<PathBuf> {
         note(format_args!("apt: downloading {name}={version}"));
-        cmd::run(self.apt("apt-get").args(["download", "-q"]).arg(format!("{name}={version}")).current_dir(debs))
-            .with_context(|| format!("downloading {name}={version}"))?;
-        find_deb(debs, name, version)?
-            .with_context(|| format!("apt-get download left no .deb for {name}={version} in {}", debs.display()))
+        cmd::run(
+            self.apt("apt-get")
+                .args(["download", "-q"])
+                .arg(format!("{name}={version}"))
+                .current_dir(debs),
+        )
+        .with_context(|| format!("downloading {name}={version}"))?;
+        find_deb(debs, name, version)?.with_context(|| {
+            format!(
+                "apt-get download left no .deb for {name}={version} in {}",
+                debs.display()
+            )
+        })
     }
 
     /// The newest served version of `name` whose upstream part (before the Debian revision)
     /// is `version`'s.
     fn same_upstream(&self, name: &str, version: &str) -> Result<Option<String>> {
-        let upstream = |v: &str| v.rsplit_once('-').map_or(v.to_owned(), |(u, _)| u.to_owned());
+        let upstream = |v: &str| {
+            v.rsplit_once('-')
+                .map_or(v.to_owned(), |(u, _)| u.to_owned())
+        };
         // Captured: apt() sends stdout to stderr.
-        let listing = cmd::output(self.apt("apt-cache").stdout(std::process::Stdio::piped()).arg("madison").arg(name))?;
+        let listing = cmd::output(
+            self.apt("apt-cache")
+                .stdout(std::process::Stdio::piped())
+                .arg("madison")
+                .arg(name),
+        )?;
         // madison lists the newest first: "NAME | VERSION | URL SUITE/main amd64 Packages".
         Ok(listing
             .lines()
@@ -145,14 +178,29 @@ impl Apt {
         }
         paths::create_dir(&dir)?;
         self.update()?;
-        note(format_args!("apt: downloading the {package} source package"));
-        cmd::run(self.apt("apt-get").args(["source", "--download-only", "-q", package]).current_dir(&dir))
-            .with_context(|| format!("downloading the {package} source package"))?;
+        note(format_args!(
+            "apt: downloading the {package} source package"
+        ));
+        cmd::run(
+            self.apt("apt-get")
+                .args(["source", "--download-only", "-q", package])
+                .current_dir(&dir),
+        )
+        .with_context(|| format!("downloading the {package} source package"))?;
         let orig = std::fs::read_dir(&dir)?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains(".orig.tar.")))
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.contains(".orig.tar."))
+            })
             .with_context(|| format!("no upstream tarball of {package} in {}", dir.display()))?;
-        let text = cmd::output(Command::new("tar").arg("-xOf").arg(&orig).args(["--wildcards", &format!("*/{member}")]))?;
+        let text = cmd::output(
+            Command::new("tar")
+                .arg("-xOf")
+                .arg(&orig)
+                .args(["--wildcards", &format!("*/{member}")]),
+        )?;
         paths::create_dir(file.parent().context("member path")?)?;
         std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
         Ok(file)
@@ -164,7 +212,10 @@ fn find_deb(dir: &Path, name: &str, version: &str) -> Result<Option<PathBuf>> {
     let prefix = format!("{name}_{}_", version.replace(':', "%3a"));
     for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry?.path();
-        let file = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let file = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         if file.starts_with(&prefix) && file.ends_with(".deb") {
             return Ok(Some(path));
         }

@@ -39,7 +39,8 @@ const MODULES: &[&str] = &[
 /// in a guest that has no entropy source under TCG.
 const FS_UUID: &str = "5eb3d6e0-6d8a-4d0a-9d7e-6c6f6b7e1a01";
 
-pub const GUEST_PATH: &str = "/include:/usr/lib/refwatch-lab:/usr/local/bin:/usr/bin:/usr/sbin:/bin:/sbin";
+pub const GUEST_PATH: &str =
+    "/include:/usr/lib/refwatch-lab:/usr/local/bin:/usr/bin:/usr/sbin:/bin:/sbin";
 
 /// Host programs copied into the guest with their shared libraries.
 const HOST_TOOLS: &[(&str, &str)] = &[
@@ -96,10 +97,27 @@ fn quote(word: &str) -> String {
     format!("'{}'", word.replace('\'', r"'\''"))
 }
 
-pub fn build_initramfs(kernel: &Kernel, assets: &Assets, job: &GuestJob, staging: PathBuf, out: &Path) -> Result<()> {
+pub fn build_initramfs(
+    kernel: &Kernel,
+    assets: &Assets,
+    job: &GuestJob,
+    staging: PathBuf,
+    out: &Path,
+) -> Result<()> {
     let mut initramfs = Initramfs::new(staging)?;
     add_busybox(&mut initramfs)?;
-    for dir in ["/proc", "/sys", "/dev", "/tmp", "/run", "/root", "/mnt/dax", "/out", "/include", "/lab/result"] {
+    for dir in [
+        "/proc",
+        "/sys",
+        "/dev",
+        "/tmp",
+        "/run",
+        "/root",
+        "/mnt/dax",
+        "/out",
+        "/include",
+        "/lab/result",
+    ] {
         initramfs.add_dir(dir)?;
     }
     for (host, guest) in HOST_TOOLS {
@@ -113,13 +131,18 @@ pub fn build_initramfs(kernel: &Kernel, assets: &Assets, job: &GuestJob, staging
 
     let mut module_names = Vec::new();
     for ko in kernel.module_load_order(MODULES)? {
-        let name = ko.file_name().and_then(|n| n.to_str()).context("module without a name")?;
+        let name = ko
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("module without a name")?;
         let guest = format!("/lib/modules/{}/{name}", kernel.spec.release);
         initramfs.add_file(&ko, &guest)?;
         module_names.push(guest);
     }
     for include in &job.includes {
-        let name = include.file_name().with_context(|| format!("{} has no file name", include.display()))?;
+        let name = include
+            .file_name()
+            .with_context(|| format!("{} has no file name", include.display()))?;
         let guest = format!("/include/{}", name.to_string_lossy());
         if include.is_dir() {
             initramfs.add_tree(include, &guest)?;
@@ -138,7 +161,10 @@ pub fn build_initramfs(kernel: &Kernel, assets: &Assets, job: &GuestJob, staging
 fn add_busybox(initramfs: &mut Initramfs) -> Result<()> {
     initramfs.add_file(Path::new("/bin/busybox"), "/bin/busybox")?;
     let applets = cmd::output(Command::new("/bin/busybox").arg("--list-full"))?;
-    for applet in applets.lines().filter(|a| !a.is_empty() && *a != "bin/busybox") {
+    for applet in applets
+        .lines()
+        .filter(|a| !a.is_empty() && *a != "bin/busybox")
+    {
         initramfs.add_symlink("/bin/busybox", applet)?;
     }
     Ok(())
@@ -147,9 +173,20 @@ fn add_busybox(initramfs: &mut Initramfs) -> Result<()> {
 fn init_script(modules: &[String], job: &GuestJob) -> String {
     // Not fatal: some modules refuse the emulated CPU (crc32c-intel needs SSE4.2, which
     // qemu64 lacks) and a generic fallback is loaded too; the device checks below decide.
-    let insmods: String = modules.iter().map(|m| format!("insmod {m} || echo \"insmod {m} failed\"\n")).collect();
-    let env: String = job.env.iter().map(|(k, v)| format!("export {k}={}\n", quote(v))).collect();
-    let setup: String = job.setup.iter().map(|line| format!("{line} || fail {}\n", quote(line))).collect();
+    let insmods: String = modules
+        .iter()
+        .map(|m| format!("insmod {m} || echo \"insmod {m} failed\"\n"))
+        .collect();
+    let env: String = job
+        .env
+        .iter()
+        .map(|(k, v)| format!("export {k}={}\n", quote(v)))
+        .collect();
+    let setup: String = job
+        .setup
+        .iter()
+        .map(|line| format!("{line} || fail {}\n", quote(line)))
+        .collect();
     let run = if job.interactive {
         "setsid cttyhack sh -l\necho $? > /lab/result/status\n".to_owned()
     } else {

@@ -18,7 +18,8 @@ impl Initramfs {
     /// Starts from an empty staging directory (anything left there is removed).
     pub fn new(staging: PathBuf) -> Result<Self> {
         if staging.exists() {
-            fs::remove_dir_all(&staging).with_context(|| format!("clearing {}", staging.display()))?;
+            fs::remove_dir_all(&staging)
+                .with_context(|| format!("clearing {}", staging.display()))?;
         }
         paths::create_dir(&staging)?;
         Ok(Self { root: staging })
@@ -39,7 +40,8 @@ impl Initramfs {
     /// Copies a host file's contents (following symlinks) and mode.
     pub fn add_file(&mut self, host: &Path, guest: &str) -> Result<()> {
         let dest = self.host_path(guest)?;
-        fs::copy(host, &dest).with_context(|| format!("copying {} into the initramfs", host.display()))?;
+        fs::copy(host, &dest)
+            .with_context(|| format!("copying {} into the initramfs", host.display()))?;
         Ok(())
     }
 
@@ -52,7 +54,8 @@ impl Initramfs {
 
     pub fn add_symlink(&mut self, target: &str, guest: &str) -> Result<()> {
         let dest = self.host_path(guest)?;
-        std::os::unix::fs::symlink(target, &dest).with_context(|| format!("linking {}", dest.display()))
+        std::os::unix::fs::symlink(target, &dest)
+            .with_context(|| format!("linking {}", dest.display()))
     }
 
     /// Copies a host directory recursively, keeping symlinks as they are.
@@ -76,7 +79,8 @@ impl Initramfs {
 
     /// Packs the staging directory; the kernel only accepts the newc format.
     pub fn write(&self, out: &Path) -> Result<()> {
-        let archive = fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+        let archive =
+            fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
         let mut find = Command::new("find")
             .args([".", "-print0"])
             .current_dir(&self.root)
@@ -84,7 +88,13 @@ impl Initramfs {
             .spawn()
             .context("starting find")?;
         let mut cpio = Command::new("cpio")
-            .args(["--null", "--create", "--format=newc", "--quiet", "--owner=0:0"])
+            .args([
+                "--null",
+                "--create",
+                "--format=newc",
+                "--quiet",
+                "--owner=0:0",
+            ])
             .current_dir(&self.root)
             .stdin(find.stdout.take().expect("piped"))
             .stdout(Stdio::piped())
@@ -98,7 +108,10 @@ impl Initramfs {
             .context("running gzip")?;
         let (find, cpio) = (find.wait()?, cpio.wait()?);
         if !(find.success() && cpio.success() && gzip.success()) {
-            bail!("packing {} failed: find {find}, cpio {cpio}, gzip {gzip}", self.root.display());
+            bail!(
+                "packing {} failed: find {find}, cpio {cpio}, gzip {gzip}",
+                self.root.display()
+            );
         }
         Ok(())
     }

@@ -21,8 +21,14 @@ use crate::cmd::{self, note};
 use crate::paths;
 
 /// `inject`'s scenarios: `healthy` and one per refwatch rule id.
-pub const SCENARIOS: &[&str] =
-    &["healthy", "insert-zero-ref", "free-while-mapped", "get-from-zero", "put-underflow", "teardown-busy"];
+pub const SCENARIOS: &[&str] = &[
+    "healthy",
+    "insert-zero-ref",
+    "free-while-mapped",
+    "get-from-zero",
+    "put-underflow",
+    "teardown-busy",
+];
 
 /// e820-reserved (not RAM, not pmem) 128 MiB at 1.5 GiB: one whole memory section that the
 /// module hands to memremap_pages().
@@ -51,32 +57,48 @@ pub struct Built {
 /// static user program.
 pub fn build(spec: &'static KernelSpec, apt: &Apt) -> Result<Built> {
     let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    Ok(Built { module: build_module(spec, apt)?, program: build_program()? })
+    Ok(Built {
+        module: build_module(spec, apt)?,
+        program: build_program()?,
+    })
 }
 
 /// Debian's headers for `spec`, unpacked into the cache and made relocatable.
 fn headers(spec: &'static KernelSpec, apt: &Apt) -> Result<PathBuf> {
     if spec.headers.is_empty() {
-        bail!("kernel {}: no header packages in the kernel table, so no test module", spec.name);
+        bail!(
+            "kernel {}: no header packages in the kernel table, so no test module",
+            spec.name
+        );
     }
     let tree = paths::lab_cache()?.join("headers").join(spec.release);
-    let build = tree.join("usr/src").join(format!("linux-headers-{}", spec.release));
+    let build = tree
+        .join("usr/src")
+        .join(format!("linux-headers-{}", spec.release));
     let marker = tree.join(".refwatch-complete");
     if marker.exists() {
         return Ok(build);
     }
     note(format_args!("kernel {}: fetching headers", spec.name));
     if tree.exists() {
-        std::fs::remove_dir_all(&tree).with_context(|| format!("removing partial {}", tree.display()))?;
+        std::fs::remove_dir_all(&tree)
+            .with_context(|| format!("removing partial {}", tree.display()))?;
     }
     kernel::extract_packages(apt, spec.headers, &tree)?;
     // The arch Makefile is one `include /usr/src/linux-headers-…-common/Makefile`, an absolute
     // path; the scripts/tools symlinks are relative and already resolve inside the tree.
     let makefile = build.join("Makefile");
-    let text = std::fs::read_to_string(&makefile).with_context(|| format!("reading {}", makefile.display()))?;
-    let fixed = text.replace("include /usr/src/", &format!("include {}/usr/src/", tree.display()));
+    let text = std::fs::read_to_string(&makefile)
+        .with_context(|| format!("reading {}", makefile.display()))?;
+    let fixed = text.replace(
+        "include /usr/src/",
+        &format!("include {}/usr/src/", tree.display()),
+    );
     if fixed == text {
-        bail!("{}: no `include /usr/src/…` to relocate", makefile.display());
+        bail!(
+            "{}: no `include /usr/src/…` to relocate",
+            makefile.display()
+        );
     }
     std::fs::write(&makefile, fixed)?;
     std::fs::write(&marker, "")?;
@@ -107,7 +129,10 @@ fn build_module(spec: &'static KernelSpec, apt: &Apt) -> Result<PathBuf> {
     for f in MODULE_SOURCES {
         std::fs::copy(src.join(f), scratch.join(f)).with_context(|| format!("copying {f}"))?;
     }
-    note(format_args!("kernel {}: building refwatch_inject.ko", spec.name));
+    note(format_args!(
+        "kernel {}: building refwatch_inject.ko",
+        spec.name
+    ));
     // The headers' Makefile names the compiler it was built with: the host's Debian 12 gcc-12
     // (`gcc-12` on 6.1, `x86_64-linux-gnu-gcc-12` on 6.12). 6.12 ships vmlinux, so modfinal
     // would run pahole for module BTF; refwatch names module frames from kallsyms and needs no
@@ -148,11 +173,20 @@ fn build_program() -> Result<PathBuf> {
 /// The guest job: load the module, then `refwatch check --json` over one `inject SCENARIO`.
 /// stdout is refwatch's JSON alone; inject's own output goes to /out/inject.log.
 pub fn job(built: &Built, scenario: &str, attach: Attach, timeout: Duration) -> GuestJob {
-    let argv = ["refwatch", "check", "--json", "--attach", attach.as_str(), "--", "sh", "-c"]
-        .into_iter()
-        .map(String::from)
-        .chain([format!("exec inject {scenario} >/out/inject.log 2>&1")])
-        .collect();
+    let argv = [
+        "refwatch",
+        "check",
+        "--json",
+        "--attach",
+        attach.as_str(),
+        "--",
+        "sh",
+        "-c",
+    ]
+    .into_iter()
+    .map(String::from)
+    .chain([format!("exec inject {scenario} >/out/inject.log 2>&1")])
+    .collect();
     GuestJob {
         argv,
         files: vec![
@@ -185,7 +219,11 @@ pub enum Expect {
     Clean,
     /// Exactly `count` findings, all of `rule`, on device pages of the module's pgmap, with
     /// `frame` (a function of the module) on each finding's stack; exit 1.
-    Finding { rule: &'static str, count: u64, frame: &'static str },
+    Finding {
+        rule: &'static str,
+        count: u64,
+        frame: &'static str,
+    },
 }
 
 /// Every scenario on every kernel with headers, in both attach modes (24 cases).
@@ -196,7 +234,11 @@ fn cases() -> Vec<Case> {
     for kernel in CASE_KERNELS {
         for attach in [Attach::Kprobe, Attach::Fentry] {
             for scenario in SCENARIOS {
-                cases.push(Case { kernel, scenario, attach });
+                cases.push(Case {
+                    kernel,
+                    scenario,
+                    attach,
+                });
             }
         }
     }
@@ -206,7 +248,11 @@ fn cases() -> Vec<Case> {
 impl Case {
     /// The module function that does each scenario's wrong step (xtask/lab/inject/README.md).
     pub fn expect(&self) -> Expect {
-        let finding = |rule, frame| Expect::Finding { rule, count: 1, frame };
+        let finding = |rule, frame| Expect::Finding {
+            rule,
+            count: 1,
+            frame,
+        };
         match self.scenario {
             "healthy" => Expect::Clean,
             // The user's touch faults the page in at refcount 0 (armed at setup).
@@ -216,18 +262,28 @@ impl Case {
             "put-underflow" => finding("put-underflow", "inj_put_underflow"),
             // inject maps and touches pages 0-3 and keeps them mapped (page 0 also pinned)
             // across memunmap_pages: four busy pages, one finding each.
-            "teardown-busy" => Expect::Finding { rule: "teardown-busy", count: 4, frame: "inj_teardown_busy" },
+            "teardown-busy" => Expect::Finding {
+                rule: "teardown-busy",
+                count: 4,
+                frame: "inj_teardown_busy",
+            },
             other => unreachable!("scenario {other} has no expectation"),
         }
     }
 
     pub fn run(&self, kernel: &Kernel, assets: &Assets) -> Result<(), Vec<String>> {
-        let built = Apt::new().and_then(|apt| build(kernel.spec, &apt)).map_err(|e| vec![format!("{e:#}")])?;
+        let built = Apt::new()
+            .and_then(|apt| build(kernel.spec, &apt))
+            .map_err(|e| vec![format!("{e:#}")])?;
         let job = job(&built, self.scenario, self.attach, Duration::from_secs(180));
         let label = format!("matrix-{}", self.id().replace('/', "-"));
         let result = run_in_vm(kernel, assets, &job, &label).map_err(|e| vec![format!("{e:#}")])?;
         let failures = self.assess(&result);
-        if failures.is_empty() { Ok(()) } else { Err(failures) }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(failures)
+        }
     }
 
     fn assess(&self, result: &VmResult) -> Vec<String> {
@@ -236,8 +292,12 @@ impl Case {
         let log = std::fs::read_to_string(result.out_dir.join("inject.log")).unwrap_or_default();
         // inject checks every step the module takes; an UNEXPECTED means the scenario itself
         // did not happen as designed, whatever refwatch says.
-        if log.contains("UNEXPECTED") || !log.contains(&format!("inject: {}: done", self.scenario)) {
-            failures.push(format!("inject did not run the scenario as designed: {}", last_lines(&log, 4)));
+        if log.contains("UNEXPECTED") || !log.contains(&format!("inject: {}: done", self.scenario))
+        {
+            failures.push(format!(
+                "inject did not run the scenario as designed: {}",
+                last_lines(&log, 4)
+            ));
         }
         let check: CheckJson = match serde_json::from_slice(&result.stdout) {
             Ok(c) => c,
@@ -253,28 +313,58 @@ impl Case {
         };
         let want_exit = if expect == Expect::Clean { 0 } else { 1 };
         if result.exit_code != want_exit {
-            failures.push(format!("exit status {}, expected {want_exit}", result.exit_code));
+            failures.push(format!(
+                "exit status {}, expected {want_exit}",
+                result.exit_code
+            ));
         }
         // In fentry mode the caller-filtered unmap probe (vm_normal_page) stays on kprobe, so
         // "fentry+kprobe" is what fentry looks like on these kernels.
-        if !check.attach.split('+').any(|mode| mode == self.attach.as_str()) {
-            failures.push(format!("attached with {}, asked for {}", check.attach, self.attach.as_str()));
+        if !check
+            .attach
+            .split('+')
+            .any(|mode| mode == self.attach.as_str())
+        {
+            failures.push(format!(
+                "attached with {}, asked for {}",
+                check.attach,
+                self.attach.as_str()
+            ));
         }
         if check.dropped > 0 {
-            failures.push(format!("{} of {} events dropped", check.dropped, check.events));
+            failures.push(format!(
+                "{} of {} events dropped",
+                check.dropped, check.events
+            ));
         }
         let (want_rule, want_count) = match expect {
             Expect::Clean => (None, 0),
             Expect::Finding { rule, count, .. } => (Some(rule), count),
         };
-        let counts: BTreeMap<&str, u64> = check.rules.iter().map(|r| (r.id.as_str(), r.count)).collect();
+        let counts: BTreeMap<&str, u64> = check
+            .rules
+            .iter()
+            .map(|r| (r.id.as_str(), r.count))
+            .collect();
         for rule in &check.rules {
-            let want = if Some(rule.id.as_str()) == want_rule { want_count } else { 0 };
+            let want = if Some(rule.id.as_str()) == want_rule {
+                want_count
+            } else {
+                0
+            };
             if rule.count != want {
-                failures.push(format!("rule {}: {} finding(s), expected {want}", rule.id, rule.count));
+                failures.push(format!(
+                    "rule {}: {} finding(s), expected {want}",
+                    rule.id, rule.count
+                ));
             }
             if Some(rule.id.as_str()) == want_rule && rule.state != "checked" {
-                failures.push(format!("rule {} is {} here: {}", rule.id, rule.state, rule.reason.as_deref().unwrap_or("")));
+                failures.push(format!(
+                    "rule {} is {} here: {}",
+                    rule.id,
+                    rule.state,
+                    rule.reason.as_deref().unwrap_or("")
+                ));
             }
         }
         if let Some(rule) = want_rule
@@ -283,7 +373,10 @@ impl Case {
             failures.push(format!("rule {rule} missing from the report"));
         }
         if check.findings_total != want_count {
-            failures.push(format!("findings_total {}, expected {want_count}", check.findings_total));
+            failures.push(format!(
+                "findings_total {}, expected {want_count}",
+                check.findings_total
+            ));
         }
         if let Expect::Finding { rule, frame, .. } = expect {
             for f in &check.findings {
@@ -295,16 +388,23 @@ impl Case {
                     failures.push(format!("{what}: outside the module's range {PFNS:#x?}"));
                 }
                 match (f.pgmap.start, f.pgmap.end) {
-                    (Some(s), Some(e)) if PFNS.start <= s && s <= f.pfn && f.pfn < e && e <= PFNS.end => {}
-                    (s, e) => failures.push(format!("{what}: pgmap range {s:#x?}..{e:#x?} is not the module's")),
+                    (Some(s), Some(e))
+                        if PFNS.start <= s && s <= f.pfn && f.pfn < e && e <= PFNS.end => {}
+                    (s, e) => failures.push(format!(
+                        "{what}: pgmap range {s:#x?}..{e:#x?} is not the module's"
+                    )),
                 }
                 // gcc may split the function: `inj_put_underflow.cold+0x38/0x5d [refwatch_inject]`.
                 let in_frame = |s: &str| {
-                    s.strip_prefix(frame).is_some_and(|rest| rest.starts_with('+') || rest.starts_with(".cold+"))
+                    s.strip_prefix(frame)
+                        .is_some_and(|rest| rest.starts_with('+') || rest.starts_with(".cold+"))
                         && s.ends_with("[refwatch_inject]")
                 };
                 if !f.stack.iter().any(|s| in_frame(s)) {
-                    failures.push(format!("{what}: no {frame} [refwatch_inject] frame in {:?}", f.stack));
+                    failures.push(format!(
+                        "{what}: no {frame} [refwatch_inject] frame in {:?}",
+                        f.stack
+                    ));
                 }
             }
         }

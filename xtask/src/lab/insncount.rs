@@ -17,7 +17,9 @@ pub fn build(apt: &Apt) -> Result<PathBuf> {
     paths::create_dir(out.parent().context("plugin path")?)?;
     cmd::run(
         Command::new("gcc")
-            .args(["-O2", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror", "-I"])
+            .args([
+                "-O2", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror", "-I",
+            ])
             .arg(header.parent().context("header path")?)
             .arg("-o")
             .arg(&out)
@@ -38,9 +40,16 @@ pub struct Mark {
 pub fn marks(text: &str) -> Vec<Mark> {
     text.lines()
         .filter_map(|l| {
-            let mut w = l.strip_prefix("mark ")?.split_whitespace().map(str::parse::<u64>);
+            let mut w = l
+                .strip_prefix("mark ")?
+                .split_whitespace()
+                .map(str::parse::<u64>);
             let (vcpu, total, own) = (w.next()?.ok()?, w.next()?.ok()?, w.next()?.ok()?);
-            Some(Mark { vcpu: u32::try_from(vcpu).ok()?, total, own })
+            Some(Mark {
+                vcpu: u32::try_from(vcpu).ok()?,
+                total,
+                own,
+            })
         })
         .collect()
 }
@@ -52,10 +61,25 @@ mod tests {
     #[test]
     fn marks_read_every_complete_line() {
         let text = "mark 1 100 60\nmark 1 250 150\nmark 0 7\nnoise\nmark 2 300 10\n";
-        assert_eq!(marks(text), vec![
-            Mark { vcpu: 1, total: 100, own: 60 },
-            Mark { vcpu: 1, total: 250, own: 150 },
-            Mark { vcpu: 2, total: 300, own: 10 },
-        ]);
+        assert_eq!(
+            marks(text),
+            vec![
+                Mark {
+                    vcpu: 1,
+                    total: 100,
+                    own: 60
+                },
+                Mark {
+                    vcpu: 1,
+                    total: 250,
+                    own: 150
+                },
+                Mark {
+                    vcpu: 2,
+                    total: 300,
+                    own: 10
+                },
+            ]
+        );
     }
 }

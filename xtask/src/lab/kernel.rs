@@ -48,7 +48,10 @@ pub const KERNELS: &[KernelSpec] = &[
     KernelSpec {
         name: "6.12",
         release: "6.12.95+deb12-amd64",
-        packages: &[("linux-image-6.12.95+deb12-amd64-unsigned", "6.12.95-1~bpo12+1")],
+        packages: &[(
+            "linux-image-6.12.95+deb12-amd64-unsigned",
+            "6.12.95-1~bpo12+1",
+        )],
         headers: &[
             ("linux-headers-6.12.95+deb12-amd64", "6.12.95-1~bpo12+1"),
             ("linux-headers-6.12.95+deb12-common", "6.12.95-1~bpo12+1"),
@@ -103,7 +106,10 @@ impl Kernel {
         if kernel.tree.join(COMPLETE_MARKER).exists() {
             return Ok(kernel);
         }
-        note(format_args!("kernel {}: fetching {}", spec.name, spec.release));
+        note(format_args!(
+            "kernel {}: fetching {}",
+            spec.name, spec.release
+        ));
         if kernel.tree.exists() {
             std::fs::remove_dir_all(&kernel.tree)
                 .with_context(|| format!("removing partial {}", kernel.tree.display()))?;
@@ -120,13 +126,21 @@ impl Kernel {
 
     pub fn vmlinuz(&self) -> Result<PathBuf> {
         let candidates = [
-            self.tree.join("boot").join(format!("vmlinuz-{}", self.spec.release)),
+            self.tree
+                .join("boot")
+                .join(format!("vmlinuz-{}", self.spec.release)),
             self.modules_dir().join("vmlinuz"),
         ];
         candidates
             .into_iter()
             .find(|p| p.is_file())
-            .with_context(|| format!("no vmlinuz for {} in {}", self.spec.release, self.tree.display()))
+            .with_context(|| {
+                format!(
+                    "no vmlinuz for {} in {}",
+                    self.spec.release,
+                    self.tree.display()
+                )
+            })
     }
 
     /// Packages ship no modules.dep; 7.x also installs under usr/lib only (merged /usr), while
@@ -136,7 +150,12 @@ impl Kernel {
         if !lib.exists() && self.tree.join("usr/lib/modules").is_dir() {
             std::os::unix::fs::symlink("usr/lib", &lib).context("linking lib to usr/lib")?;
         }
-        cmd::run(Command::new("depmod").arg("-b").arg(&self.tree).arg(self.spec.release))
+        cmd::run(
+            Command::new("depmod")
+                .arg("-b")
+                .arg(&self.tree)
+                .arg(self.spec.release),
+        )
     }
 
     /// The uncompressed .ko files to insmod, dependencies first, for each requested module
@@ -158,7 +177,9 @@ impl Kernel {
             )
             .with_context(|| format!("resolving module {module} for {}", self.spec.release))?;
             for line in listing.lines() {
-                let Some(path) = line.strip_prefix("insmod ").and_then(|rest| rest.split_whitespace().next())
+                let Some(path) = line
+                    .strip_prefix("insmod ")
+                    .and_then(|rest| rest.split_whitespace().next())
                 else {
                     continue;
                 };
@@ -172,7 +193,10 @@ impl Kernel {
     }
 
     fn decompressed(&self, module: &Path) -> Result<PathBuf> {
-        let file = module.file_name().and_then(|n| n.to_str()).context("module path without a name")?;
+        let file = module
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("module path without a name")?;
         let (stem, tool) = if let Some(stem) = file.strip_suffix(".ko.xz") {
             (stem, Some("xz"))
         } else if let Some(stem) = file.strip_suffix(".ko.zst") {
@@ -202,7 +226,10 @@ pub fn extract_packages(apt: &Apt, packages: &[(&str, &str)], dest: &Path) -> Re
     paths::create_dir(dest)?;
     for (name, version) in packages {
         let deb = apt.download(name, version)?;
-        note(format_args!("unpacking {}", deb.file_name().unwrap_or_default().to_string_lossy()));
+        note(format_args!(
+            "unpacking {}",
+            deb.file_name().unwrap_or_default().to_string_lossy()
+        ));
         cmd::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(dest))?;
     }
     Ok(())

@@ -48,46 +48,97 @@ use Expect::{Counted, DistinctPmemPfns, Events, NoneMapped};
 /// freed at munmap, which zaps the whole range (one unmap_page_range event) and with it the
 /// 4096 PTEs inserted there, which refwatch counts as unmaps of their pages.
 const MMAP_6: &[Expect] = &[
-    DistinctPmemPfns { kind: "insert", at_least: PAGES },
-    Events { kind: "unmap", at_least: 1 },
-    Counted { kind: "unmaps", at_least: PAGES },
+    DistinctPmemPfns {
+        kind: "insert",
+        at_least: PAGES,
+    },
+    Events {
+        kind: "unmap",
+        at_least: 1,
+    },
+    Counted {
+        kind: "unmaps",
+        at_least: PAGES,
+    },
     NoneMapped,
 ];
 /// mremap moves the 4096 PTEs (move_page_tables: one remap event); the munmap at the new
 /// address then zaps them all, and nothing is left mapped at the old one.
 const MREMAP_6: &[Expect] = &[
-    DistinctPmemPfns { kind: "insert", at_least: PAGES },
-    Events { kind: "remap", at_least: 1 },
-    Counted { kind: "unmaps", at_least: PAGES },
+    DistinctPmemPfns {
+        kind: "insert",
+        at_least: PAGES,
+    },
+    Events {
+        kind: "remap",
+        at_least: 1,
+    },
+    Counted {
+        kind: "unmaps",
+        at_least: PAGES,
+    },
     NoneMapped,
 ];
 /// The same with the per-PTE unmap probe asked for where unmap_page_range is left out:
 /// vm_normal_page from unmap_page_range, whose caller filter reads the return address (at
 /// the stack pointer for kprobes, above the arguments in an fentry trampoline).
 const MMAP_6_PTE_UNMAPS: &[Expect] = &[
-    DistinctPmemPfns { kind: "insert", at_least: PAGES },
-    DistinctPmemPfns { kind: "unmap", at_least: PAGES },
-    Counted { kind: "unmaps", at_least: PAGES },
+    DistinctPmemPfns {
+        kind: "insert",
+        at_least: PAGES,
+    },
+    DistinctPmemPfns {
+        kind: "unmap",
+        at_least: PAGES,
+    },
+    Counted {
+        kind: "unmaps",
+        at_least: PAGES,
+    },
     NoneMapped,
 ];
 /// 7.x takes a folio reference per PTE (vmf_insert_page_mkwrite) and frees each page at
 /// munmap (free_zone_device_folio: 4096 hits).
 const MMAP_7: &[Expect] = &[
-    DistinctPmemPfns { kind: "insert", at_least: PAGES },
-    DistinctPmemPfns { kind: "free", at_least: PAGES },
+    DistinctPmemPfns {
+        kind: "insert",
+        at_least: PAGES,
+    },
+    DistinctPmemPfns {
+        kind: "free",
+        at_least: PAGES,
+    },
 ];
 /// 6.1 pins through try_grab_page (4099 hits: 3 outside the file) and unpins through
 /// __put_devmap_managed_page_refs (4096, refs=GUP_PIN_COUNTING_BIAS).
 const GUP_6: &[Expect] = &[
-    DistinctPmemPfns { kind: "insert", at_least: PAGES },
-    DistinctPmemPfns { kind: "get", at_least: PAGES },
-    DistinctPmemPfns { kind: "put", at_least: PAGES },
+    DistinctPmemPfns {
+        kind: "insert",
+        at_least: PAGES,
+    },
+    DistinctPmemPfns {
+        kind: "get",
+        at_least: PAGES,
+    },
+    DistinctPmemPfns {
+        kind: "put",
+        at_least: PAGES,
+    },
 ];
 /// 7.x pins through try_grab_folio (4099 hits).
 const GUP_7: &[Expect] = &[
-    DistinctPmemPfns { kind: "insert", at_least: PAGES },
-    DistinctPmemPfns { kind: "get", at_least: PAGES },
-    DistinctPmemPfns { kind: "free", at_least: PAGES },
+    DistinctPmemPfns {
+        kind: "insert",
+        at_least: PAGES,
+    },
+    DistinctPmemPfns {
+        kind: "get",
+        at_least: PAGES,
+    },
+    DistinctPmemPfns {
+        kind: "free",
+        at_least: PAGES,
+    },
 ];
 /// The hole punch unmaps every page before freeing its blocks; the two passes after it fault
 /// pages in again (insert_pfn / vmf_insert_page_mkwrite 12288 in all, free 12288 on 7.2),
@@ -101,27 +152,62 @@ const PMD_6: &[Expect] = &[];
 /// 7.x takes a folio reference per PMD: 16 MiB aligned is vmf_insert_folio_pmd 8 and
 /// free_zone_device_folio 8 (tracefs counts in the lab).
 const PMD_7: &[Expect] = &[
-    Events { kind: "insert", at_least: 8 },
-    Events { kind: "free", at_least: 8 },
+    Events {
+        kind: "insert",
+        at_least: 8,
+    },
+    Events {
+        kind: "free",
+        at_least: 8,
+    },
 ];
 /// Reconfiguring to device-dax maps a new pgmap (memremap_pages); 4 KiB alignment gives one
 /// PTE fault per page.
 const DEVDAX: &[Expect] = &[
-    Events { kind: "pgmap_add", at_least: 1 },
-    DistinctPmemPfns { kind: "insert", at_least: PAGES },
+    Events {
+        kind: "pgmap_add",
+        at_least: 1,
+    },
+    DistinctPmemPfns {
+        kind: "insert",
+        at_least: PAGES,
+    },
 ];
 /// Disabling the namespace unmaps its pgmap (memunmap_pages).
-const TEARDOWN: &[Expect] = &[Events { kind: "pgmap_remove", at_least: 1 }];
+const TEARDOWN: &[Expect] = &[Events {
+    kind: "pgmap_remove",
+    at_least: 1,
+}];
 /// 7.x with its unmap probe asked for (off by default: a mapping holds a reference and a
 /// mapcount, so no rule needs it): munmap zaps every PTE through folio_remove_rmap_ptes.
 const MMAP_7_UNMAPS: &[Expect] = &[
-    DistinctPmemPfns { kind: "insert", at_least: PAGES },
-    DistinctPmemPfns { kind: "unmap", at_least: PAGES },
-    DistinctPmemPfns { kind: "free", at_least: PAGES },
+    DistinctPmemPfns {
+        kind: "insert",
+        at_least: PAGES,
+    },
+    DistinctPmemPfns {
+        kind: "unmap",
+        at_least: PAGES,
+    },
+    DistinctPmemPfns {
+        kind: "free",
+        at_least: PAGES,
+    },
 ];
 
-const fn case(kernel: &'static str, scenario: &'static str, attach: Attach, expect: &'static [Expect]) -> Case {
-    Case { kernel, scenario, attach, with: &[], expect }
+const fn case(
+    kernel: &'static str,
+    scenario: &'static str,
+    attach: Attach,
+    expect: &'static [Expect],
+) -> Case {
+    Case {
+        kernel,
+        scenario,
+        attach,
+        with: &[],
+        expect,
+    }
 }
 
 const fn with(mut case: Case, functions: &'static [&'static str]) -> Case {
@@ -146,8 +232,14 @@ pub const CASES: &[Case] = &[
     case("7.2", "devdax", Kprobe, DEVDAX),
     case("7.2", "teardown", Kprobe, TEARDOWN),
     case("7.2", "fsdax-mmap", Fentry, MMAP_7),
-    with(case("7.2", "fsdax-mmap", Fentry, MMAP_7_UNMAPS), &["folio_remove_rmap_ptes"]),
-    with(case("6.1", "fsdax-mmap", Fentry, MMAP_6_PTE_UNMAPS), &["vm_normal_page"]),
+    with(
+        case("7.2", "fsdax-mmap", Fentry, MMAP_7_UNMAPS),
+        &["folio_remove_rmap_ptes"],
+    ),
+    with(
+        case("6.1", "fsdax-mmap", Fentry, MMAP_6_PTE_UNMAPS),
+        &["vm_normal_page"],
+    ),
     case("6.1", "fsdax-mremap", Kprobe, MREMAP_6),
     case("6.12", "fsdax-mremap", Fentry, MREMAP_6),
     case("7.2", "fsdax-mremap", Kprobe, MMAP_7),
@@ -173,7 +265,10 @@ fn job(case: &Case) -> GuestJob {
          refwatch stream --json --trace /out/trace.rwt > /out/events.jsonl 2> /out/stream.err || exit $?; \
          refwatch check --json --trace /out/trace.rwt > /out/check.json 2> /out/check.err",
         case.attach.as_str(),
-        case.with.iter().map(|f| format!(" --with {f}")).collect::<String>(),
+        case.with
+            .iter()
+            .map(|f| format!(" --with {f}"))
+            .collect::<String>(),
         case.scenario
     );
     GuestJob {
@@ -205,9 +300,14 @@ struct Summary {
 /// Runs one case; Err carries every reason it failed.
 pub fn run(case: &Case, kernel: &Kernel, assets: &Assets) -> Result<(), Vec<String>> {
     let label = format!("matrix-{}", case.id().replace('/', "-"));
-    let result = run_in_vm(kernel, assets, &job(case), &label).map_err(|e| vec![format!("{e:#}")])?;
+    let result =
+        run_in_vm(kernel, assets, &job(case), &label).map_err(|e| vec![format!("{e:#}")])?;
     let failures = assess(case, &result);
-    if failures.is_empty() { Ok(()) } else { Err(failures) }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures)
+    }
 }
 
 fn assess(case: &Case, result: &VmResult) -> Vec<String> {
@@ -223,14 +323,20 @@ fn assess(case: &Case, result: &VmResult) -> Vec<String> {
         ));
     }
     match summary(&stream_err) {
-        Some(s) if s.dropped > 0 => failures.push(format!("{} of {} events dropped", s.dropped, s.events)),
+        Some(s) if s.dropped > 0 => {
+            failures.push(format!("{} of {} events dropped", s.dropped, s.events))
+        }
         Some(_) => {}
         None => failures.push("no {\"summary\":…} line on stderr".into()),
     }
     failures.extend(healthy(&out.join("check.json")));
     let counted = counted(&out.join("check.json"));
     match load_events(&out.join("events.jsonl")) {
-        Ok(events) => failures.extend(case.expect.iter().filter_map(|e| check(e, &events, &counted))),
+        Ok(events) => failures.extend(
+            case.expect
+                .iter()
+                .filter_map(|e| check(e, &events, &counted)),
+        ),
         Err(e) => failures.push(format!("{e:#}")),
     }
     failures
@@ -244,7 +350,10 @@ fn counted(check_json: &Path) -> BTreeMap<String, u64> {
     }
     let text = std::fs::read_to_string(check_json).unwrap_or_default();
     let mut sums = BTreeMap::new();
-    for pgmap in serde_json::from_str::<Check>(&text).map(|c| c.pgmaps).unwrap_or_default() {
+    for pgmap in serde_json::from_str::<Check>(&text)
+        .map(|c| c.pgmaps)
+        .unwrap_or_default()
+    {
         for (name, value) in pgmap {
             if let Some(n) = value.as_u64() {
                 *sums.entry(name).or_default() += n;
@@ -270,15 +379,20 @@ fn healthy(check_json: &Path) -> Option<String> {
     match serde_json::from_str::<Check>(&text) {
         // Every event comes from an entry of a probed function, but for the one event per
         // pgmap that a page's first event may bring along.
-        Ok(c) if c.calls.values().sum::<u64>() + (c.pgmaps.len() as u64) < c.events => Some(format!(
-            "refwatch check counted {} events but only these entries of the probed functions: {:?}",
-            c.events, c.calls
-        )),
+        Ok(c) if c.calls.values().sum::<u64>() + (c.pgmaps.len() as u64) < c.events => {
+            Some(format!(
+                "refwatch check counted {} events but only these entries of the probed functions: {:?}",
+                c.events, c.calls
+            ))
+        }
         Ok(c) if c.findings_total == 0 => None,
         Ok(c) => Some(format!(
             "refwatch check found {} violation(s) on a healthy kernel, first: {}",
             c.findings_total,
-            c.findings.first().map(|f| f.to_string()).unwrap_or_default()
+            c.findings
+                .first()
+                .map(|f| f.to_string())
+                .unwrap_or_default()
         )),
         Err(e) => Some(format!("check.json: {e} ({})", last_lines(&text, 3))),
     }
@@ -295,17 +409,29 @@ fn check(expect: &Expect, events: &[Event], counted: &BTreeMap<String, u64>) -> 
                 .collect();
             (kind, at_least, pfns.len(), "distinct pmem pfns")
         }
-        Events { kind, at_least } => (kind, at_least, events.iter().filter(|e| e.kind == kind).count(), "events"),
-        Counted { kind, at_least } => {
-            (kind, at_least, counted.get(kind).copied().unwrap_or(0) as usize, "counted by refwatch check")
-        }
+        Events { kind, at_least } => (
+            kind,
+            at_least,
+            events.iter().filter(|e| e.kind == kind).count(),
+            "events",
+        ),
+        Counted { kind, at_least } => (
+            kind,
+            at_least,
+            counted.get(kind).copied().unwrap_or(0) as usize,
+            "counted by refwatch check",
+        ),
         NoneMapped => {
             let mapped = counted.get("mapped_pages").copied().unwrap_or(0);
-            return (mapped > 0).then(|| format!("{mapped} page(s) left mapped by refwatch check's reckoning"));
+            return (mapped > 0)
+                .then(|| format!("{mapped} page(s) left mapped by refwatch check's reckoning"));
         }
     };
     (seen < at_least).then(|| {
-        format!("{kind}: {seen} {what}, expected ≥ {at_least} (all kinds: {:?})", kinds(events))
+        format!(
+            "{kind}: {seen} {what}, expected ≥ {at_least} (all kinds: {:?})",
+            kinds(events)
+        )
     })
 }
 
@@ -318,15 +444,23 @@ fn kinds(events: &[Event]) -> BTreeMap<&str, usize> {
 }
 
 fn summary(stderr: &str) -> Option<Summary> {
-    stderr.lines().rev().find_map(|line| serde_json::from_str::<SummaryLine>(line).ok()).map(|l| l.summary)
+    stderr
+        .lines()
+        .rev()
+        .find_map(|line| serde_json::from_str::<SummaryLine>(line).ok())
+        .map(|l| l.summary)
 }
 
 fn load_events(path: &Path) -> Result<Vec<Event>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     text.lines()
         .enumerate()
         .filter(|(_, line)| !line.trim().is_empty())
-        .map(|(n, line)| serde_json::from_str(line).with_context(|| format!("events.jsonl line {}: {line}", n + 1)))
+        .map(|(n, line)| {
+            serde_json::from_str(line)
+                .with_context(|| format!("events.jsonl line {}: {line}", n + 1))
+        })
         .collect()
 }
 
@@ -346,7 +480,12 @@ pub trait VmCase: Sync {
 impl VmCase for Case {
     fn id(&self) -> String {
         let with: String = self.with.iter().map(|f| format!("+{f}")).collect();
-        format!("{}/{}/{}{with}", self.kernel, self.scenario, self.attach.as_str())
+        format!(
+            "{}/{}/{}{with}",
+            self.kernel,
+            self.scenario,
+            self.attach.as_str()
+        )
     }
     fn kernel(&self) -> &'static str {
         self.kernel
@@ -358,7 +497,12 @@ impl VmCase for Case {
 
 impl VmCase for super::inject::Case {
     fn id(&self) -> String {
-        format!("{}/inject-{}/{}", self.kernel, self.scenario, self.attach.as_str())
+        format!(
+            "{}/inject-{}/{}",
+            self.kernel,
+            self.scenario,
+            self.attach.as_str()
+        )
     }
     fn kernel(&self) -> &'static str {
         self.kernel
@@ -393,7 +537,9 @@ pub fn run_all(cases: &[&dyn VmCase], assets: &Assets, apt: &Apt) -> (usize, usi
     std::thread::scope(|scope| {
         for _ in 0..2 {
             scope.spawn(|| {
-                while let Some(case) = cases.get(next.fetch_add(1, std::sync::atomic::Ordering::SeqCst)) {
+                while let Some(case) =
+                    cases.get(next.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
+                {
                     let started = Instant::now();
                     let outcome = match &kernels[case.kernel()] {
                         Ok(kernel) => case.run(kernel, assets),
@@ -615,18 +761,66 @@ fn soak_short() -> String {
 }
 
 pub const SCRIPT_CASES: &[ScriptCase] = &[
-    ScriptCase { kernel: "5.10", name: "verifier", script: verifier },
-    ScriptCase { kernel: "6.1", name: "verifier", script: verifier },
-    ScriptCase { kernel: "6.12", name: "verifier", script: verifier },
-    ScriptCase { kernel: "7.2", name: "verifier", script: verifier },
-    ScriptCase { kernel: "7.3", name: "verifier", script: verifier },
-    ScriptCase { kernel: "6.1", name: "drops-inconclusive", script: drops_inconclusive },
-    ScriptCase { kernel: "6.1", name: "env-no-btf", script: no_btf },
-    ScriptCase { kernel: "6.1", name: "env-no-tracefs", script: no_tracefs },
-    ScriptCase { kernel: "6.1", name: "env-two-instances", script: two_instances },
-    ScriptCase { kernel: "6.1", name: "env-unknown-release", script: unknown_release },
-    ScriptCase { kernel: "6.1", name: "signals", script: signals },
-    ScriptCase { kernel: "7.3", name: "soak-1min", script: soak_short },
+    ScriptCase {
+        kernel: "5.10",
+        name: "verifier",
+        script: verifier,
+    },
+    ScriptCase {
+        kernel: "6.1",
+        name: "verifier",
+        script: verifier,
+    },
+    ScriptCase {
+        kernel: "6.12",
+        name: "verifier",
+        script: verifier,
+    },
+    ScriptCase {
+        kernel: "7.2",
+        name: "verifier",
+        script: verifier,
+    },
+    ScriptCase {
+        kernel: "7.3",
+        name: "verifier",
+        script: verifier,
+    },
+    ScriptCase {
+        kernel: "6.1",
+        name: "drops-inconclusive",
+        script: drops_inconclusive,
+    },
+    ScriptCase {
+        kernel: "6.1",
+        name: "env-no-btf",
+        script: no_btf,
+    },
+    ScriptCase {
+        kernel: "6.1",
+        name: "env-no-tracefs",
+        script: no_tracefs,
+    },
+    ScriptCase {
+        kernel: "6.1",
+        name: "env-two-instances",
+        script: two_instances,
+    },
+    ScriptCase {
+        kernel: "6.1",
+        name: "env-unknown-release",
+        script: unknown_release,
+    },
+    ScriptCase {
+        kernel: "6.1",
+        name: "signals",
+        script: signals,
+    },
+    ScriptCase {
+        kernel: "7.3",
+        name: "soak-1min",
+        script: soak_short,
+    },
 ];
 
 /// Runs one script case in a VM with `timeout`: the guest's stdout, or the reasons it failed.
@@ -648,7 +842,11 @@ pub fn run_script(
     if result.exit_code == 0 {
         return Ok(stdout.into_owned());
     }
-    let mut reasons: Vec<String> = stdout.lines().filter(|l| l.starts_with("FAIL")).map(str::to_owned).collect();
+    let mut reasons: Vec<String> = stdout
+        .lines()
+        .filter(|l| l.starts_with("FAIL"))
+        .map(str::to_owned)
+        .collect();
     reasons.push(format!(
         "exit status {} (stderr: {}; out: {}; console: {})",
         result.exit_code,
@@ -668,6 +866,13 @@ impl VmCase for ScriptCase {
     }
     fn run(&self, kernel: &Kernel, assets: &Assets) -> Result<(), Vec<String>> {
         // Each script is well under a minute of guest time (the soak: 60 s) plus the boot.
-        run_script(self, &(self.script)(), std::time::Duration::from_secs(240), kernel, assets).map(drop)
+        run_script(
+            self,
+            &(self.script)(),
+            std::time::Duration::from_secs(240),
+            kernel,
+            assets,
+        )
+        .map(drop)
     }
 }

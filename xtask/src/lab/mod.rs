@@ -2,8 +2,8 @@
 
 mod apt;
 mod guest;
-pub mod inject;
 mod initramfs;
+pub mod inject;
 pub mod insncount;
 mod kernel;
 pub mod matrix;
@@ -94,7 +94,12 @@ fn lab(args: LabArgs) -> Result<ExitCode> {
     let assets = Assets::build()?;
     if let Some(scenario) = &args.inject {
         let built = inject::build(spec, &Apt::new()?)?;
-        let job = inject::job(&built, scenario, args.attach, Duration::from_secs(args.timeout));
+        let job = inject::job(
+            &built,
+            scenario,
+            args.attach,
+            Duration::from_secs(args.timeout),
+        );
         let label = format!("lab-{}-inject-{}", spec.name, std::process::id());
         let result = run_in_vm(&kernel, &assets, &job, &label)?;
         std::io::stdout().write_all(&result.stdout)?;
@@ -102,12 +107,22 @@ fn lab(args: LabArgs) -> Result<ExitCode> {
         if let Ok(log) = std::fs::read(result.out_dir.join("inject.log")) {
             std::io::stderr().write_all(&log)?;
         }
-        return Ok(ExitCode::from(u8::try_from(result.exit_code).unwrap_or(u8::MAX)));
+        return Ok(ExitCode::from(
+            u8::try_from(result.exit_code).unwrap_or(u8::MAX),
+        ));
     }
     let argv = if args.command.is_empty() {
-        ["refwatch", "live", "--attach", args.attach.as_str(), "--", "daxload", "fsdax-mmap"]
-            .map(String::from)
-            .to_vec()
+        [
+            "refwatch",
+            "live",
+            "--attach",
+            args.attach.as_str(),
+            "--",
+            "daxload",
+            "fsdax-mmap",
+        ]
+        .map(String::from)
+        .to_vec()
     } else {
         args.command
     };
@@ -127,10 +142,18 @@ fn lab(args: LabArgs) -> Result<ExitCode> {
     if let Some(dir) = args.output {
         crate::paths::create_dir(&dir)?;
         if result.out_dir.is_dir() {
-            cmd::run(Command::new("cp").arg("-a").arg("-T").arg(&result.out_dir).arg(&dir))
-                .with_context(|| format!("copying the guest's /out to {}", dir.display()))?;
+            cmd::run(
+                Command::new("cp")
+                    .arg("-a")
+                    .arg("-T")
+                    .arg(&result.out_dir)
+                    .arg(&dir),
+            )
+            .with_context(|| format!("copying the guest's /out to {}", dir.display()))?;
         }
     }
     // Exit statuses above 255 cannot come from a shell; clamp rather than wrap.
-    Ok(ExitCode::from(u8::try_from(result.exit_code).unwrap_or(u8::MAX)))
+    Ok(ExitCode::from(
+        u8::try_from(result.exit_code).unwrap_or(u8::MAX),
+    ))
 }

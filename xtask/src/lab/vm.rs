@@ -42,7 +42,12 @@ enum Boot {
 
 /// Runs `job` in a fresh VM. Files of the run (initramfs, console log, results) are kept in
 /// the lab cache under runs/`label`. An Err is a failure of the lab, never of the command.
-pub fn run_in_vm(kernel: &Kernel, assets: &Assets, job: &GuestJob, label: &str) -> Result<VmResult> {
+pub fn run_in_vm(
+    kernel: &Kernel,
+    assets: &Assets,
+    job: &GuestJob,
+    label: &str,
+) -> Result<VmResult> {
     let run_dir = paths::lab_cache()?.join("runs").join(label);
     if run_dir.exists() {
         fs::remove_dir_all(&run_dir).with_context(|| format!("clearing {}", run_dir.display()))?;
@@ -62,7 +67,10 @@ pub fn run_in_vm(kernel: &Kernel, assets: &Assets, job: &GuestJob, label: &str) 
                 return collect(&run_dir, &results, console_log);
             }
             Boot::Failed(why) => {
-                note(format_args!("{}: boot attempt {attempt} failed: {why}", kernel.spec.name));
+                note(format_args!(
+                    "{}: boot attempt {attempt} failed: {why}",
+                    kernel.spec.name
+                ));
                 failure = why;
             }
         }
@@ -95,7 +103,14 @@ fn die_with_parent(qemu: &mut Command) {
     }
 }
 
-fn boot(kernel: &Kernel, job: &GuestJob, initrd: &Path, run_dir: &Path, console_log: &Path, attempt: u32) -> Result<Boot> {
+fn boot(
+    kernel: &Kernel,
+    job: &GuestJob,
+    initrd: &Path,
+    run_dir: &Path,
+    console_log: &Path,
+    attempt: u32,
+) -> Result<Boot> {
     let disk = run_dir.join("results.img");
     let file = fs::File::create(&disk)?;
     file.set_len(RESULTS_DISK_BYTES)?;
@@ -103,18 +118,33 @@ fn boot(kernel: &Kernel, job: &GuestJob, initrd: &Path, run_dir: &Path, console_
 
     let mut qemu = Command::new("qemu-system-x86_64");
     // thread=single: multi-threaded TCG oopsed with a stray int3 in about 1 of 35 boots of 7.2.
-    qemu.args(["-accel", "tcg,thread=single", "-cpu", "qemu64", "-smp", "2", "-m", "2G", "-no-reboot"])
-        // No NIC: nothing uses one, and its option ROM costs boot time.
-        .args(["-nic", "none"])
-        .args(&job.qemu_args)
-        .arg("-kernel")
-        .arg(kernel.vmlinuz()?)
-        .arg("-initrd")
-        .arg(initrd)
-        .arg("-append")
-        .arg(std::iter::once(CMDLINE).chain(job.cmdline.iter().map(String::as_str)).collect::<Vec<_>>().join(" "))
-        .arg("-drive")
-        .arg(format!("file={},format=raw,if=virtio", disk.display()));
+    qemu.args([
+        "-accel",
+        "tcg,thread=single",
+        "-cpu",
+        "qemu64",
+        "-smp",
+        "2",
+        "-m",
+        "2G",
+        "-no-reboot",
+    ])
+    // No NIC: nothing uses one, and its option ROM costs boot time.
+    .args(["-nic", "none"])
+    .args(&job.qemu_args)
+    .arg("-kernel")
+    .arg(kernel.vmlinuz()?)
+    .arg("-initrd")
+    .arg(initrd)
+    .arg("-append")
+    .arg(
+        std::iter::once(CMDLINE)
+            .chain(job.cmdline.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
+    .arg("-drive")
+    .arg(format!("file={},format=raw,if=virtio", disk.display()));
     if job.interactive {
         qemu.arg("-nographic");
     } else {
@@ -126,15 +156,24 @@ fn boot(kernel: &Kernel, job: &GuestJob, initrd: &Path, run_dir: &Path, console_
         "{}: booting {} (attempt {attempt}; console: {})",
         kernel.spec.name,
         kernel.spec.release,
-        if job.interactive { "this terminal".into() } else { console_log.display().to_string() }
+        if job.interactive {
+            "this terminal".into()
+        } else {
+            console_log.display().to_string()
+        }
     ));
     let started = Instant::now();
     // A stale log would be echoed as this boot's progress before qemu truncates it.
     if console_log.exists() {
-        fs::rename(console_log, console_log.with_extension(format!("attempt{}.log", attempt - 1)))?;
+        fs::rename(
+            console_log,
+            console_log.with_extension(format!("attempt{}.log", attempt - 1)),
+        )?;
     }
     die_with_parent(&mut qemu);
-    let mut child = qemu.spawn().with_context(|| format!("starting `{}`", cmd::describe(&qemu)))?;
+    let mut child = qemu
+        .spawn()
+        .with_context(|| format!("starting `{}`", cmd::describe(&qemu)))?;
     let mut progress = ProgressTail::default();
     let status = loop {
         if let Some(status) = child.try_wait()? {
@@ -149,14 +188,22 @@ fn boot(kernel: &Kernel, job: &GuestJob, initrd: &Path, run_dir: &Path, console_
             let why = format!("timed out after {:.0?}", started.elapsed());
             // A command that hangs would hang again: only a boot that never got to it is retried.
             if progress.command_started {
-                bail!("the guest command {why}; console log {}:\n{}", console_log.display(), tail(console_log, 40));
+                bail!(
+                    "the guest command {why}; console log {}:\n{}",
+                    console_log.display(),
+                    tail(console_log, 40)
+                );
             }
             return Ok(Boot::Failed(why));
         }
         std::thread::sleep(Duration::from_millis(200));
     };
     progress.show(console_log, kernel.spec.name, started);
-    note(format_args!("{}: VM exited after {:.1?}", kernel.spec.name, started.elapsed()));
+    note(format_args!(
+        "{}: VM exited after {:.1?}",
+        kernel.spec.name,
+        started.elapsed()
+    ));
     if !status.success() {
         return Ok(Boot::Failed(format!("qemu exited with {status}")));
     }
@@ -167,7 +214,13 @@ fn boot(kernel: &Kernel, job: &GuestJob, initrd: &Path, run_dir: &Path, console_
     }
     paths::create_dir(&results)?;
     // A disk the guest never wrote is all zeros, which tar reads as an empty archive.
-    let extracted = cmd::succeeds(Command::new("tar").arg("-xf").arg(&disk).arg("-C").arg(&results));
+    let extracted = cmd::succeeds(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(&disk)
+            .arg("-C")
+            .arg(&results),
+    );
     let meta = results.join(RESULT_META);
     if !(extracted && (meta.join("status").exists() || meta.join("infra-error").exists())) {
         return Ok(Boot::Failed("the guest wrote no results".into()));
@@ -179,13 +232,21 @@ fn boot(kernel: &Kernel, job: &GuestJob, initrd: &Path, run_dir: &Path, console_
 fn collect(run_dir: &Path, results: &Path, console_log: PathBuf) -> Result<VmResult> {
     let meta = results.join(RESULT_META);
     if let Ok(why) = fs::read_to_string(meta.join("infra-error")) {
-        bail!("the lab's /init failed: {}; console log {}:\n{}", why.trim(), console_log.display(), tail(&console_log, 40));
+        bail!(
+            "the lab's /init failed: {}; console log {}:\n{}",
+            why.trim(),
+            console_log.display(),
+            tail(&console_log, 40)
+        );
     }
     let read = |name: &str| fs::read(meta.join(name)).unwrap_or_default();
     let status = String::from_utf8_lossy(&read("status")).trim().to_owned();
-    let exit_code = status
-        .parse()
-        .with_context(|| format!("bad exit status {status:?} from the guest (run dir {})", run_dir.display()))?;
+    let exit_code = status.parse().with_context(|| {
+        format!(
+            "bad exit status {status:?} from the guest (run dir {})",
+            run_dir.display()
+        )
+    })?;
     Ok(VmResult {
         stdout: read("stdout"),
         stderr: read("stderr"),
@@ -205,18 +266,25 @@ struct ProgressTail {
 
 impl ProgressTail {
     fn show(&mut self, log: &Path, name: &str, started: Instant) {
-        let Ok(mut file) = fs::File::open(log) else { return };
+        let Ok(mut file) = fs::File::open(log) else {
+            return;
+        };
         let mut new = Vec::new();
         if file.seek(SeekFrom::Start(self.offset)).is_err() || file.read_to_end(&mut new).is_err() {
             return;
         }
         self.offset += new.len() as u64;
         self.partial.push_str(&String::from_utf8_lossy(&new));
-        let Some(end) = self.partial.rfind('\n') else { return };
+        let Some(end) = self.partial.rfind('\n') else {
+            return;
+        };
         for line in self.partial[..end].lines() {
             if let Some(msg) = line.trim_end_matches('\r').strip_prefix("lab: ") {
                 self.command_started |= msg == COMMAND_STARTED;
-                note(format_args!("{name} +{:.1}s: {msg}", started.elapsed().as_secs_f64()));
+                note(format_args!(
+                    "{name} +{:.1}s: {msg}",
+                    started.elapsed().as_secs_f64()
+                ));
             }
         }
         self.partial.drain(..=end);
@@ -224,7 +292,9 @@ impl ProgressTail {
 }
 
 fn tail(path: &Path, lines: usize) -> String {
-    let text = fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let text = fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }

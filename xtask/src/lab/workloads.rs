@@ -32,7 +32,8 @@ pub fn build() -> Result<Vec<(&'static str, PathBuf)>> {
                     .arg(&tmp)
                     .arg(&source),
             )?;
-            std::fs::rename(&tmp, &binary).with_context(|| format!("installing {}", binary.display()))?;
+            std::fs::rename(&tmp, &binary)
+                .with_context(|| format!("installing {}", binary.display()))?;
             Ok((*name, binary))
         })
         .collect()
