@@ -5,6 +5,11 @@
 //! - `replicate IN OUT EVENTS`: a trace of about EVENTS events made of copies of IN's events,
 //!   each copy shifted in time after the previous one, its pages moved to a different window
 //!   of the same pgmap (so copies do not overlap) and its tasks given other pids.
+//! - `rerecord TRACE OUT`: writes TRACE's events again as `refwatch record` does, in batches
+//!   of 1024, side by side in one run: the trace alone, then the trace and the rules (what
+//!   record adds to put findings in the kernel log, syncing the file at each), 5 rounds each,
+//!   interleaved; then one write and sync of the file alone (what a finding adds). JSON
+//!   {events, write_ns_per_event, rules_ns_per_event, ratio, findings, sync_ms}.
 //! - `bpftrace TRACE`: a bpftrace script hooking the functions the trace's recording attached,
 //!   with the same in-kernel filter as refwatch (the page's zone bits == ZONE_DEVICE), that
 //!   counts device hits per probe. Prints "ready" once attached.
@@ -25,8 +30,9 @@ fn main() -> ExitCode {
             .context("EVENTS")
             .and_then(|n| replicate(Path::new(input), Path::new(output), n)),
         ["bpftrace", trace] => bpftrace(Path::new(trace)),
+        ["rerecord", trace, output] => rerecord(Path::new(trace), Path::new(output)),
         _ => Err(anyhow::anyhow!(
-            "usage: bench_tool stats TRACE | replicate IN OUT EVENTS | bpftrace TRACE"
+            "usage: bench_tool stats TRACE | replicate IN OUT EVENTS | rerecord TRACE OUT | bpftrace TRACE"
         )),
     };
     match result {
@@ -72,6 +78,84 @@ fn is_page_event(ev: &Event) -> bool {
         EventKind::from_u8(ev.kind),
         Some(EventKind::PgmapAdd | EventKind::PgmapRemove) | None
     )
+}
+
+/// See the module doc. Median CPU time of each variant's rounds (the process is single-threaded).
+fn rerecord(input: &Path, output: &Path) -> Result<()> {
+    use refwatch::aggregate::{Aggregator, Context};
+    let mut reader = open(input)?;
+    let mut events = Vec::new();
+    while let Some(&ev) = reader.next_event()? {
+        events.push(ev);
+    }
+    let header = reader.header().clone();
+    let stacks: std::collections::HashMap<i32, Vec<String>> = events
+        .iter()
+        .map(|e| (e.stack_id, reader.stack(e.stack_id).to_vec()))
+        .collect();
+    let round = |rules: bool| -> Result<(f64, u64)> {
+        let mut w = TraceWriter::create(output, &header)?;
+        let mut agg = rules.then(|| Aggregator::new(Context::from_plan(&header.plan)));
+        let mut findings = 0;
+        let started = cpu_seconds();
+        for batch in events.chunks(1024) {
+            for ev in batch {
+                w.event(ev, |id| stacks.get(&id).cloned().unwrap_or_default())?;
+            }
+            w.flush()?;
+            if let Some(agg) = &mut agg {
+                let before = agg.total_findings();
+                for ev in batch {
+                    agg.observe(ev);
+                }
+                if agg.total_findings() > before {
+                    findings += agg.total_findings() - before;
+                    w.sync()?;
+                }
+            }
+        }
+        let secs = cpu_seconds() - started;
+        w.finish(Footer::default())?;
+        Ok((secs, findings))
+    };
+    let (mut write, mut rules, mut findings) = (Vec::new(), Vec::new(), 0);
+    for _ in 0..5 {
+        write.push(round(false)?.0);
+        let (secs, n) = round(true)?;
+        rules.push(secs);
+        findings = n;
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (write, rules) = (median(&mut write), median(&mut rules));
+    let mut w = TraceWriter::create(output, &header)?;
+    let sync = std::time::Instant::now();
+    w.sync()?;
+    let sync_ms = sync.elapsed().as_secs_f64() * 1e3;
+    let per = |secs: f64| secs * 1e9 / events.len().max(1) as f64;
+    println!(
+        "{}",
+        serde_json::json!({
+            "events": events.len(),
+            "write_ns_per_event": per(write),
+            "rules_ns_per_event": per(rules),
+            "ratio": rules / write,
+            "findings": findings,
+            "sync_ms": sync_ms,
+        })
+    );
+    Ok(())
+}
+
+/// This process's user plus system CPU time.
+fn cpu_seconds() -> f64 {
+    // SAFETY: a zeroed rusage is a valid out-parameter.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 fn replicate(input: &Path, output: &Path, target: u64) -> Result<()> {

@@ -354,7 +354,7 @@ fn pfn_ranges(pfns: &[u64]) -> String {
 
 fn transition_line(t: &Transition) -> String {
     format!(
-        "    {:>14.6} {:<6} {:<32} ref={} map={} n={} {}/{}\n",
+        "    {:>14.6} {:<8} {:<32} ref={} map={} n={} {}/{}\n",
         t.ts_ns as f64 / 1e9,
         t.kind.name(),
         t.function,

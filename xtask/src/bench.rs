@@ -879,7 +879,15 @@ fn analysis(tool: &Path, refwatch: &Path, work: &Path, target: u64) -> Result<Va
         target / 4,
     )?;
     let big = report_on_copies(tool, refwatch, &source, &work.join("big.rwt"), target)?;
+    // What checking the rules while recording costs `record` (the quarter trace, rewritten).
+    let rerecord: Value = serde_json::from_str(&cmd::output(
+        Command::new(tool)
+            .arg("rerecord")
+            .arg(work.join("quarter.rwt"))
+            .arg(work.join("rerecord.rwt")),
+    )?)?;
     Ok(json!({
+        "record_rules": rerecord,
         "kernel": big.stats["kernel"],
         "host": "this machine (release build)",
         "source": source.file_name().map(|n| n.to_string_lossy().into_owned()),
@@ -1147,6 +1155,24 @@ fn table(out: &Value) -> String {
         "analysis: peak RSS (MiB)",
         rss,
         "bounded by live pages",
+        &json!("host"),
+    );
+    let r = &a["record_rules"];
+    row(
+        "record: CPU ns/event writing the trace; with the rules checked too (ratio)",
+        format!(
+            "{}; {} ({}×)",
+            fmt(&r["write_ns_per_event"], 0),
+            fmt(&r["rules_ns_per_event"], 0),
+            fmt(&r["ratio"], 2)
+        ),
+        "",
+        &json!("host"),
+    );
+    row(
+        "record: one sync of the trace at a finding (ms)",
+        fmt(&r["sync_ms"], 2),
+        "",
         &json!("host"),
     );
     row(

@@ -336,6 +336,15 @@ impl Aggregator {
     }
 
     fn pgmap_add(&mut self, ev: &Event) {
+        // The programs forget a pgmap at memunmap_pages and learn it again from the next page
+        // they see of it: on 5.10 the teardown's own puts. It is the same pgmap, going away.
+        let discovered = ev.flags & refwatch_common::event::flags::DISCOVERED != 0;
+        if discovered
+            && !self.pgmaps.contains_key(&ev.pgmap)
+            && self.retired.iter().any(|p| p.address == ev.pgmap)
+        {
+            return;
+        }
         let ty = self.context().pg_type(ev.pgmap_type);
         let pg = self.pgmaps.entry(ev.pgmap).or_insert_with(|| PgmapState {
             address: ev.pgmap,

@@ -329,3 +329,128 @@ fn per_pte_unmaps_with_mremap_probed_count_refaults() {
     }
     assert_eq!(agg.load(super::synth::PGMAP), (0, 1));
 }
+
+/// ≤6.14: a PMD insert maps its 512 pages from the aligned address down; a zap of half of it
+/// unmaps half; a teardown under the rest names each page, where it is mapped and who mapped it.
+#[test]
+fn pmd_inserts_map_512_pages_and_a_teardown_names_them() {
+    use super::synth::probe_id;
+    let p = Probes::for_model(Model::FsdaxOneBased);
+    let pmd = probe_id("vmf_insert_pfn_pmd", "6.12");
+    let types = BTreeMap::from([(3, "fsdax".to_owned())]);
+    let mut agg = Aggregator::new(super::Context::new(
+        p.model,
+        [pmd, p.unmap, p.add, p.remove],
+        types,
+    ));
+    let mut sim = super::synth::Sim::new(&p, false, 512);
+    let mm = 0xffff_8881_0000_4000;
+    agg.observe(&sim.out[0]);
+    let mut insert = sim.event(pmd, 0, EventKind::Insert);
+    (insert.extra, insert.extra2) = (0x7f00_0020_1234, mm);
+    agg.observe(&insert);
+    assert_eq!(agg.load(super::synth::PGMAP), (0, 512));
+    let mut zap = sim.event(p.unmap, 0, EventKind::Unmap);
+    (zap.pfn, zap.page, zap.extra, zap.extra2) = (0, mm, 0x7f00_0020_0000, 0x7f00_0030_0000);
+    agg.observe(&zap);
+    assert_eq!(agg.load(super::synth::PGMAP), (0, 256));
+    let mut remove = sim.event(p.remove, 0, EventKind::PgmapRemove);
+    (remove.pfn, remove.page) = (0, 0);
+    agg.observe(&remove);
+    assert_eq!(agg.count(Rule::TeardownBusy), 256);
+    let f = &agg.findings()[0];
+    assert_eq!(f.pfn, super::synth::BASE_PFN + 256);
+    assert_eq!(f.page, insert.page + 256 * 64);
+    assert_eq!(
+        f.held_by,
+        ["mapped at 0x7f0000300000 in mm 0xffff888100004000 (inserted by fio/4242)"]
+    );
+}
+
+/// What a teardown counts: on 5.10 a reference is not a finding (memunmap_pages waits for
+/// it) but a mapping is; from 5.18 the scan's counts decide, and a GENERIC page's last grab
+/// says who holds it.
+#[test]
+fn teardowns_count_what_the_kernel_does_not_wait_for() {
+    let old = Probes::for_model(Model::AllOneBased);
+    let mut events = healthy(&old, true, 1, &[]);
+    let removed = events
+        .iter()
+        .position(|e| kind(e) == EventKind::PgmapRemove)
+        .unwrap();
+    let mut grab = events
+        .iter()
+        .copied()
+        .find(|e| kind(e) == EventKind::Get)
+        .unwrap();
+    grab.refcount = 1;
+    events.insert(removed, grab);
+    assert_eq!(
+        run(&old, &events).total_findings(),
+        0,
+        "5.10 waits for the reference"
+    );
+
+    let p = Probes::for_model(Model::FsdaxOneBased);
+    let mut sim = super::synth::Sim::new(&p, true, 2);
+    sim.apply(Op::Map(1));
+    sim.apply(Op::Grab(1, false));
+    sim.apply(Op::Unmap(1));
+    let mut held = sim.event(p.remove, 1, EventKind::Held);
+    held.refcount = 2;
+    sim.out.push(held);
+    sim.remove();
+    let agg = run(&p, &sim.out);
+    assert_eq!(agg.count(Rule::TeardownBusy), 1, "{:#?}", agg.findings());
+    let f = &agg.findings()[0];
+    assert_eq!((f.pfn, f.page), (held.pfn, held.page));
+    assert_eq!(
+        f.detail,
+        "memunmap_pages with the page busy: refcount 2 above idle 1"
+    );
+    assert_eq!(f.pgmap.type_name, "generic");
+    assert_eq!(f.held_by, ["reference taken by try_grab_folio in fio/4242"]);
+}
+
+/// ≤6.14: the filesystem taking back the block of a page a pipe still holds.
+#[test]
+fn truncate_of_a_held_page_is_found() {
+    let p = Probes::for_model(Model::FsdaxOneBased);
+    let mut sim = super::synth::Sim::new(&p, false, 1);
+    sim.apply(Op::Map(0));
+    sim.apply(Op::Grab(0, false));
+    sim.apply(Op::Unmap(0));
+    let mut truncate = sim.event(p.truncate.unwrap(), 0, EventKind::Truncate);
+    truncate.refcount = 2;
+    sim.out.push(truncate);
+    let agg = run(&p, &sim.out);
+    assert_eq!(agg.count(Rule::TruncateBusy), 1);
+    let f = &agg.findings()[0];
+    assert!(
+        f.detail
+            .contains("at refcount 2: 1 reference(s) above idle still held"),
+        "{}",
+        f.detail
+    );
+    assert_eq!(f.held_by, ["reference taken by try_grab_folio in fio/4242"]);
+    assert_eq!(f.recent.last().unwrap().function, "dax_disassociate_entry");
+}
+
+/// 5.10's memunmap_pages drops every idle page 1 -> 0 after its event, and the programs
+/// rediscover the pgmap from the first of those puts: it stays torn down, the puts are fine.
+#[test]
+fn a_pgmap_rediscovered_in_its_teardown_stays_torn_down() {
+    let p = Probes::for_model(Model::AllOneBased);
+    let mut events = healthy(&p, false, 2, &[]);
+    let removed = events
+        .iter()
+        .position(|e| kind(e) == EventKind::PgmapRemove)
+        .unwrap();
+    let mut again = events[0];
+    again.flags = refwatch_common::event::flags::DISCOVERED;
+    again.probe = p.devmap_put.unwrap();
+    events.insert(removed + 1, again);
+    let agg = run(&p, &events);
+    assert_eq!(agg.total_findings(), 0, "{:#?}", agg.findings());
+    assert!(agg.pgmaps().all(|pg| pg.teardown));
+}

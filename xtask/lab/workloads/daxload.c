@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <linux/fiemap.h>
 #include <linux/fs.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -352,13 +353,11 @@ static long long offset_of_disk_byte(int fd, size_t size, long long at)
 	return off;
 }
 
-/* Vmsplices the page at p into a new pipe (a GUP reference the pipe owns). */
-static void splice_page(char *p, int pfd[2])
+/* Vmsplices the page at p into the pipe (a GUP reference the pipe owns). */
+static void splice_page(char *p, int pipe_in)
 {
-	if (pipe(pfd))
-		die("pipe");
 	struct iovec iov = { p, PAGE };
-	ssize_t n = vmsplice(pfd[1], &iov, 1, 0);
+	ssize_t n = vmsplice(pipe_in, &iov, 1, 0);
 	if (n != (ssize_t)PAGE)
 		die("vmsplice (%zd bytes)", n);
 	say("vmspliced the page at %p into the pipe", (void *)p);
@@ -384,20 +383,29 @@ static const char *classify(const char *buf, ssize_t n)
 	return what;
 }
 
-/* Forks the pipe's holder: it keeps the spliced page referenced for hold_ms, then reads the
- * pipe (the page is released there), closes it and exits. */
-static pid_t pipe_holder(int pfd[2], long hold_ms)
+/* Creates the pipe and forks its holder, before any file or device is opened: the holder must
+ * not keep the file's inode alive (eviction would then happen in it, at its close). Once the
+ * page is in the pipe, the holder keeps it referenced for hold_ms, then reads the pipe (the page
+ * is released there), closes it and exits. The caller keeps only the write end. */
+static pid_t pipe_holder(int *pipe_in, long hold_ms)
 {
+	int pfd[2];
+	if (pipe(pfd))
+		die("pipe");
 	pid_t pid = fork();
 	if (pid < 0)
 		die("fork");
-	if (pid)
+	if (pid) {
+		close(pfd[0]);
+		*pipe_in = pfd[1];
 		return pid;
-	/* Only the pipe: an inherited fd of the file would keep its inode from being evicted. */
-	for (int fd = 3; fd < 1024; fd++)
-		if (fd != pfd[0])
-			close(fd);
-	say("holder: holding the pipe for %ld ms", hold_ms);
+	}
+	close(pfd[1]);
+	struct pollfd wait_page = { .fd = pfd[0], .events = POLLIN };
+	while (poll(&wait_page, 1, -1) < 0)
+		if (errno != EINTR)
+			die("holder: poll");
+	say("holder: the page is in the pipe; holding it for %ld ms", hold_ms);
 	sleep_ms(hold_ms);
 	char buf[PAGE];
 	say("holder: reading the pipe");
@@ -501,19 +509,18 @@ static int bug_truncate_pipe(const char *how)
 	}
 	const char *path = DAX_DIR "/daxload-pipe";
 	const char *reuse = DAX_DIR "/daxload-pipe-reuse";
+	int pipe_in;
+	pid_t holder = pipe_holder(&pipe_in, HOLD_MS);
 	int fd = create_file(path, FILE_SIZE);
 	char *p = map(fd, FILE_SIZE, 1);
 	touch(p, FILE_SIZE);
 	memset(p, OLD_BYTE, PAGE);
 	long long at = disk_byte(fd, 0);
 	say("%s: %lu pages written; page 0 is at disk byte %#llx", path, FILE_SIZE / PAGE, at);
-	int pfd[2];
-	splice_page(p, pfd);
+	splice_page(p, pipe_in);
+	close(pipe_in);
 	unmap(p, FILE_SIZE);
 	say("munmapped");
-	pid_t holder = pipe_holder(pfd, HOLD_MS);
-	close(pfd[0]);
-	close(pfd[1]);
 
 	say("%s (the pipe still holds page 0)", truncate ? "ftruncate(fd, 0)" : punch ? "punching a hole over the file" : "close + unlink (eviction)");
 	double start = now();
@@ -637,6 +644,8 @@ static int bug_devdax_unbind_pipe(void)
 	const char *dev = "/dev/" DAX_DEVICE;
 	long grace = env_ms("DAXLOAD_GRACE_MS", 3000);
 	devdax_namespace(dev);
+	int pipe_in;
+	pid_t holder = pipe_holder(&pipe_in, grace);
 	int fd = open(dev, O_RDWR);
 	if (fd < 0)
 		die("open %s", dev);
@@ -645,15 +654,12 @@ static int bug_devdax_unbind_pipe(void)
 		die("mmap %s", dev);
 	memset(p, OLD_BYTE, PAGE);
 	say("%s mapped at %p, page 0 written", dev, (void *)p);
-	int pfd[2];
-	splice_page(p, pfd);
+	splice_page(p, pipe_in);
+	close(pipe_in);
 	if (munmap(p, PMD_SIZE))
 		die("munmap");
 	close(fd);
 	say("munmapped and closed %s", dev);
-	pid_t holder = pipe_holder(pfd, grace);
-	close(pfd[0]);
-	close(pfd[1]);
 
 	sysfs_write("/sys/bus/dax/drivers/device_dax/unbind", DAX_DEVICE);
 	int rc = reap(holder, "holder", grace + 60000);

@@ -90,6 +90,9 @@ pub struct GuestJob {
     pub timeout: Option<Duration>,
     /// Extra QEMU options (e.g. a TCG plugin).
     pub qemu_args: Vec<String>,
+    /// The command may crash the guest kernel (a real bug's reproducer): a guest that hangs
+    /// or dies after the command started is a result (its console log), not a lab failure.
+    pub may_crash: bool,
 }
 
 /// Single-quotes a word for the guest's shell.

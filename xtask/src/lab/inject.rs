@@ -16,7 +16,7 @@ use serde::Deserialize;
 use super::apt::Apt;
 use super::kernel::{self, Kernel, KernelSpec};
 use super::matrix::VmCase;
-use super::{Assets, Attach, GuestJob, VmResult, run_in_vm};
+use super::{Assets, Attach, GuestJob, VmResult};
 use crate::cmd::{self, note};
 use crate::paths;
 
@@ -276,14 +276,9 @@ impl Case {
             .and_then(|apt| build(kernel.spec, &apt))
             .map_err(|e| vec![format!("{e:#}")])?;
         let job = job(&built, self.scenario, self.attach, Duration::from_secs(180));
-        let label = format!("matrix-{}", self.id().replace('/', "-"));
-        let result = run_in_vm(kernel, assets, &job, &label).map_err(|e| vec![format!("{e:#}")])?;
-        let failures = self.assess(&result);
-        if failures.is_empty() {
-            Ok(())
-        } else {
-            Err(failures)
-        }
+        super::matrix::run_job(&self.id(), kernel, assets, &job, |result| {
+            self.assess(result)
+        })
     }
 
     fn assess(&self, result: &VmResult) -> Vec<String> {

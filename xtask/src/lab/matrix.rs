@@ -299,10 +299,23 @@ struct Summary {
 
 /// Runs one case; Err carries every reason it failed.
 pub fn run(case: &Case, kernel: &Kernel, assets: &Assets) -> Result<(), Vec<String>> {
-    let label = format!("matrix-{}", case.id().replace('/', "-"));
-    let result =
-        run_in_vm(kernel, assets, &job(case), &label).map_err(|e| vec![format!("{e:#}")])?;
-    let failures = assess(case, &result);
+    run_job(&case.id(), kernel, assets, &job(case), |result| {
+        assess(case, result)
+    })
+}
+
+/// Runs the job of case `id` in a fresh VM (its files under runs/matrix-ID) and judges the
+/// result with `assess`; Err carries every reason the case failed.
+pub(super) fn run_job(
+    id: &str,
+    kernel: &Kernel,
+    assets: &Assets,
+    job: &GuestJob,
+    assess: impl FnOnce(&VmResult) -> Vec<String>,
+) -> Result<(), Vec<String>> {
+    let label = format!("matrix-{}", id.replace('/', "-"));
+    let result = run_in_vm(kernel, assets, job, &label).map_err(|e| vec![format!("{e:#}")])?;
+    let failures = assess(&result);
     if failures.is_empty() {
         Ok(())
     } else {
@@ -464,7 +477,7 @@ fn load_events(path: &Path) -> Result<Vec<Event>> {
         .collect()
 }
 
-fn last_lines(text: &str, n: usize) -> String {
+pub(super) fn last_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join(" | ")
 }
@@ -512,11 +525,13 @@ impl VmCase for super::inject::Case {
     }
 }
 
-/// The whole matrix: the daxload cases, the refwatch_inject cases, then the script cases.
+/// The whole matrix: the daxload cases, the refwatch_inject cases, the real bugs (bugs.rs),
+/// then the script cases.
 pub fn all_cases() -> Vec<&'static dyn VmCase> {
     let daxload = CASES.iter().map(|c| c as &dyn VmCase);
     daxload
         .chain(super::inject::CASES.iter().map(|c| c as &dyn VmCase))
+        .chain(super::bugs::CASES.iter().map(|c| c as &dyn VmCase))
         .chain(SCRIPT_CASES.iter().map(|c| c as &dyn VmCase))
         .collect()
 }

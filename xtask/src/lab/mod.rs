@@ -1,6 +1,7 @@
 //! The VM lab: Debian kernels under QEMU with emulated pmem, running refwatch and workloads.
 
 mod apt;
+pub mod bugs;
 mod guest;
 mod initramfs;
 pub mod inject;

@@ -27,7 +27,11 @@ const RESULT_META: &str = "lab/result";
 pub struct VmResult {
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
+    /// The command's exit status; 125 when the guest never finished it (see `unfinished`).
     pub exit_code: i32,
+    /// Why the guest never got past the command (it hung or died after a kernel crash): only
+    /// for jobs that allow it ([`GuestJob::may_crash`]); the console log is what remains.
+    pub unfinished: Option<String>,
     /// What the guest left under /out.
     pub out_dir: PathBuf,
     pub console_log: PathBuf,
@@ -38,6 +42,8 @@ enum Boot {
     Finished,
     /// No result: the kernel or /init never got there. Worth one retry.
     Failed(String),
+    /// The command started and the guest never finished it, in a job that allows a crash.
+    Crashed(String),
 }
 
 /// Runs `job` in a fresh VM. Files of the run (initramfs, console log, results) are kept in
@@ -72,6 +78,21 @@ pub fn run_in_vm(
                     kernel.spec.name
                 ));
                 failure = why;
+            }
+            Boot::Crashed(why) => {
+                note(format_args!(
+                    "{}: the guest did not finish the command ({why}): keeping its console log",
+                    kernel.spec.name
+                ));
+                let _ = fs::remove_file(&initrd);
+                return Ok(VmResult {
+                    stdout: Vec::new(),
+                    stderr: Vec::new(),
+                    exit_code: 125,
+                    unfinished: Some(why),
+                    out_dir: results.join("out"),
+                    console_log,
+                });
             }
         }
     }
@@ -186,6 +207,9 @@ fn boot(
             let _ = child.kill();
             let _ = child.wait();
             let why = format!("timed out after {:.0?}", started.elapsed());
+            if progress.command_started && job.may_crash {
+                return Ok(Boot::Crashed(why));
+            }
             // A command that hangs would hang again: only a boot that never got to it is retried.
             if progress.command_started {
                 bail!(
@@ -205,6 +229,9 @@ fn boot(
         started.elapsed()
     ));
     if !status.success() {
+        if progress.command_started && job.may_crash {
+            return Ok(Boot::Crashed(format!("qemu exited with {status}")));
+        }
         return Ok(Boot::Failed(format!("qemu exited with {status}")));
     }
 
@@ -223,6 +250,11 @@ fn boot(
     );
     let meta = results.join(RESULT_META);
     if !(extracted && (meta.join("status").exists() || meta.join("infra-error").exists())) {
+        if progress.command_started && job.may_crash {
+            return Ok(Boot::Crashed(
+                "the guest stopped without writing results".into(),
+            ));
+        }
         return Ok(Boot::Failed("the guest wrote no results".into()));
     }
     fs::remove_file(&disk)?;
@@ -251,6 +283,7 @@ fn collect(run_dir: &Path, results: &Path, console_log: PathBuf) -> Result<VmRes
         stdout: read("stdout"),
         stderr: read("stderr"),
         exit_code,
+        unfinished: None,
         out_dir: results.join("out"),
         console_log,
     })
