@@ -27,6 +27,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "gcc-12",
     "make",
     "ndctl",
+    // mkfs.xfs for the guest: the real bugs' XFS cases.
+    "xfsprogs",
     "debian-archive-keyring",
 ];
 

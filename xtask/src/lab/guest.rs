@@ -23,7 +23,8 @@ use crate::cmd;
 use crate::paths;
 
 /// Modules (names or aliases) the guest needs: legacy pmem + the pmem block driver, device-dax
-/// for the devdax scenarios, ext4 and its checksum, and virtio-blk for the results disk.
+/// for the devdax scenarios, ext4 and its checksum, XFS (the real bugs' XFS cases), and
+/// virtio-blk for the results disk.
 const MODULES: &[&str] = &[
     "nd_e820",
     "nd_pmem",
@@ -31,6 +32,7 @@ const MODULES: &[&str] = &[
     "device_dax",
     "crc32c",
     "ext4",
+    "xfs",
     "virtio_pci",
     "virtio_blk",
 ];
@@ -46,6 +48,7 @@ pub const GUEST_PATH: &str =
 const HOST_TOOLS: &[(&str, &str)] = &[
     ("/usr/sbin/mkfs.ext4", "/usr/sbin/mkfs.ext4"),
     ("/usr/bin/ndctl", "/usr/bin/ndctl"),
+    ("/usr/sbin/mkfs.xfs", "/usr/sbin/mkfs.xfs"),
 ];
 
 /// Programs built in this workspace that every guest gets.
