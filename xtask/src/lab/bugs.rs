@@ -87,6 +87,7 @@ const fn on_xfs(mut case: Case) -> Case {
 
 const WARN_ONCE: &str = "WARNING in dax_disassociate_entry, once per boot";
 const WAITS: &str = "nothing: the truncate waits until the pipe lets go of the page";
+const OOPS_EXIT: &str = "an oops when the mapping process unmaps or exits";
 const OOPS_PIPE: &str = "an oops in page_cache_pipe_buf_release when the pipe is drained";
 
 pub const CASES: &[Case] = &[
@@ -107,12 +108,8 @@ pub const CASES: &[Case] = &[
     case("5.10", UNBIND_PTE, Flagged("teardown-busy"), "nothing"),
     case("6.1", UNBIND_PTE, Flagged("teardown-busy"), "nothing"),
     case("6.12", UNBIND_PMD, Flagged("teardown-busy"), "nothing"),
-    case(
-        "7.2",
-        UNBIND_PMD,
-        Flagged("teardown-busy"),
-        "an oops in the mapping process's exit",
-    ),
+    case("7.2", UNBIND_PMD, Flagged("teardown-busy"), OOPS_EXIT),
+    case("7.3", UNBIND_PMD, Flagged("teardown-busy"), OOPS_EXIT),
     // 3. device-dax unbound while a pipe holds one of its pages (5.18+ does not wait).
     case(
         "5.10",
@@ -123,6 +120,7 @@ pub const CASES: &[Case] = &[
     case("6.1", DEVDAX, Flagged("teardown-busy"), OOPS_PIPE),
     case("6.12", DEVDAX, Flagged("teardown-busy"), OOPS_PIPE),
     case("7.2", DEVDAX, Flagged("teardown-busy"), OOPS_PIPE),
+    case("7.3", DEVDAX, Flagged("teardown-busy"), OOPS_PIPE),
 ];
 
 /// The guest script: the reproducer under `refwatch check`, a `refwatch record` beside it,
