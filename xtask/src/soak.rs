@@ -32,6 +32,7 @@ pub fn main(args: SoakArgs) -> ExitCode {
 }
 
 fn soak(args: &SoakArgs) -> Result<bool> {
+    crate::setup::run()?;
     let kernel = Kernel::fetch(kernel_spec(&args.kernel)?, &Apt::new()?)?;
     let assets = Assets::build()?;
     let case = matrix::ScriptCase {

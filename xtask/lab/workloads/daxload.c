@@ -130,6 +130,32 @@ static void show_file(const char *path)
 	fclose(f);
 }
 
+/* Scheduler state and wait channel of a process, e.g. "D in dax_break_layout", for the report
+ * of who is blocked where. */
+static const char *proc_state(pid_t pid)
+{
+	static char what[160];
+	char path[64], stat[512] = "", wchan[128] = "?";
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	FILE *f = fopen(path, "r");
+	if (f) {
+		if (!fgets(stat, sizeof(stat), f))
+			stat[0] = 0;
+		fclose(f);
+	}
+	snprintf(path, sizeof(path), "/proc/%d/wchan", (int)pid);
+	f = fopen(path, "r");
+	if (f) {
+		if (!fgets(wchan, sizeof(wchan), f))
+			strcpy(wchan, "?");
+		fclose(f);
+	}
+	/* The state follows the command name, which is in parentheses. */
+	const char *paren = strrchr(stat, ')');
+	snprintf(what, sizeof(what), "%c in %s", paren && paren[1] && paren[2] ? paren[2] : '?', wchan[0] ? wchan : "-");
+	return what;
+}
+
 /* Runs a shell command for the namespace plumbing (ndctl, umount); fails loudly. */
 static void sh(const char *cmd)
 {
@@ -410,6 +436,7 @@ static pid_t pipe_holder(int *pipe_in, long hold_ms)
 	say("holder: the page is in the pipe; holding it for %ld ms", hold_ms);
 	sleep_ms(hold_ms);
 	char buf[PAGE];
+	say("holder: the parent is %s", proc_state(getppid()));
 	say("holder: reading the pipe");
 	ssize_t n = read(pfd[0], buf, sizeof(buf));
 	int read_err = n < 0 ? errno : 0;

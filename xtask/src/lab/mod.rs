@@ -90,6 +90,8 @@ pub fn main(args: LabArgs) -> ExitCode {
 }
 
 fn lab(args: LabArgs) -> Result<ExitCode> {
+    // The README's main command: on a fresh machine it installs what it needs, as `test` does.
+    crate::setup::run()?;
     let spec = kernel::spec(&args.kernel)?;
     let kernel = Kernel::fetch(spec, &Apt::new()?)?;
     let assets = Assets::build()?;
