@@ -17,7 +17,7 @@
 use std::{fmt::Write as _, path::Path, process::ExitCode};
 
 use anyhow::{Context, Result, bail};
-use refwatch::trace::{Footer, TraceReader, TraceWriter};
+use refwatch::trace::{Existing, Footer, TraceReader, TraceWriter};
 use refwatch_common::{Arg, At, CATALOG, Event, EventKind};
 
 fn main() -> ExitCode {
@@ -94,7 +94,7 @@ fn rerecord(input: &Path, output: &Path) -> Result<()> {
         .map(|e| (e.stack_id, reader.stack(e.stack_id).to_vec()))
         .collect();
     let round = |rules: bool| -> Result<(f64, u64)> {
-        let mut w = TraceWriter::create(output, &header)?;
+        let mut w = TraceWriter::create(output, &header, Existing::Replace)?;
         let mut agg = rules.then(|| Aggregator::new(Context::from_plan(&header.plan)));
         let mut findings = 0;
         let started = cpu_seconds();
@@ -130,7 +130,7 @@ fn rerecord(input: &Path, output: &Path) -> Result<()> {
         v[v.len() / 2]
     };
     let (write, rules) = (median(&mut write), median(&mut rules));
-    let mut w = TraceWriter::create(output, &header)?;
+    let mut w = TraceWriter::create(output, &header, Existing::Replace)?;
     let sync = std::time::Instant::now();
     w.sync()?;
     let sync_ms = sync.elapsed().as_secs_f64() * 1e3;
@@ -186,7 +186,7 @@ fn replicate(input: &Path, output: &Path, target: u64) -> Result<()> {
     let copies = target.div_ceil(events.len() as u64);
     header.synthetic = true;
     header.command = vec![format!("replicated {copies}x from {}", input.display())];
-    let mut w = TraceWriter::create(output, &header)?;
+    let mut w = TraceWriter::create(output, &header, Existing::Replace)?;
     for k in 0..copies {
         let window = k % windows;
         for ev in &events {

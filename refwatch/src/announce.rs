@@ -3,7 +3,10 @@
 
 use std::{fs::File, io::Write};
 
-use crate::aggregate::{Aggregator, Finding};
+use crate::{
+    aggregate::{Aggregator, Finding},
+    escape::printable,
+};
 
 /// Where the lines go.
 pub const KMSG: &str = "/dev/kmsg";
@@ -42,23 +45,16 @@ pub fn lines(findings: &[Finding]) -> Vec<String> {
                 f.pfn,
                 f.page,
                 f.pgmap.address,
-                f.pgmap.type_name,
-                sanitize(&f.comm),
+                printable(&f.pgmap.type_name),
+                printable(&f.comm),
                 f.tgid,
-                f.detail
+                printable(&f.detail)
             );
             if let Some(held) = f.held_by.first() {
-                line.push_str(&format!("; {held}"));
+                line.push_str(&format!("; {}", printable(held)));
             }
             truncate(line)
         })
-        .collect()
-}
-
-/// A process name is whatever the process chose: no control bytes into the kernel log.
-fn sanitize(comm: &str) -> String {
-    comm.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
         .collect()
 }
 
@@ -191,7 +187,7 @@ mod tests {
             l[0]
         );
         assert!(
-            l[1].contains("task evil?<0>x/8") && !l[1].contains('\n'),
+            l[1].contains("task evil\\x0a<0>x/8") && !l[1].contains('\n'),
             "{}",
             l[1]
         );

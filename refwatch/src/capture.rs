@@ -29,6 +29,27 @@ pub enum End {
     Requested,
 }
 
+impl End {
+    /// The stable word a trace's footer keeps: `command-exited`, `duration`, `signal`,
+    /// `requested`.
+    pub const fn word(self) -> &'static str {
+        match self {
+            End::CommandExited(_) => "command-exited",
+            End::Duration => "duration",
+            End::Signal => "signal",
+            End::Requested => "requested",
+        }
+    }
+
+    /// The command's exit status where it exited (None when a signal ended it).
+    pub fn command_status(self) -> Option<i32> {
+        match self {
+            End::CommandExited(status) => status.code(),
+            _ => None,
+        }
+    }
+}
+
 /// What a capture feeds.
 pub trait Sink {
     /// A batch of events, in ring-buffer order. Returning `Ok(false)` stops the capture.

@@ -11,7 +11,7 @@ pub trait EventExt {
     fn user_range(&self) -> Option<UserRange>;
     fn tgid(&self) -> u32;
     fn pid(&self) -> u32;
-    fn comm_str(&self) -> &str;
+    fn comm_str(&self) -> std::borrow::Cow<'_, str>;
 }
 
 impl EventExt for Event {
@@ -40,7 +40,7 @@ impl EventExt for Event {
         self.pid_tgid as u32
     }
 
-    fn comm_str(&self) -> &str {
+    fn comm_str(&self) -> std::borrow::Cow<'_, str> {
         comm_str(&self.comm)
     }
 }
@@ -54,9 +54,11 @@ pub struct UserRange {
 }
 
 /// A task's comm up to its NUL, or "?" when it is not UTF-8.
-pub fn comm_str(comm: &[u8; 16]) -> &str {
+/// The process name up to its NUL; bytes that are not UTF-8 become U+FFFD. Untrusted: print it
+/// through [`crate::escape::printable`].
+pub fn comm_str(comm: &[u8; 16]) -> std::borrow::Cow<'_, str> {
     let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    std::str::from_utf8(&comm[..end]).unwrap_or("?")
+    String::from_utf8_lossy(&comm[..end])
 }
 
 /// One event as a JSON object; `stack` is the symbolized kernel stack, innermost first. A

@@ -5,6 +5,7 @@ pub mod aggregate;
 pub mod announce;
 pub mod btf;
 pub mod capture;
+pub mod escape;
 pub mod event;
 pub mod facts;
 pub mod kallsyms;

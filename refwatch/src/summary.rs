@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde::Serialize;
 
-use crate::aggregate::{Aggregator, Coverage, Finding, Rule, Transition};
+use crate::{
+    aggregate::{Aggregator, Coverage, Finding, Rule, Transition},
+    escape::printable,
+};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct RuleSummary {
@@ -195,7 +198,7 @@ impl Summary {
             let c = &p.counters;
             t.add_row([
                 format!("{}{state}", p.address),
-                p.type_name.clone(),
+                printable(&p.type_name).into_owned(),
                 range,
                 c.pages_seen.to_string(),
                 c.inserts.to_string(),
@@ -222,10 +225,17 @@ impl Summary {
         let dropped = self.dropped.map_or("unknown".into(), |d| d.to_string());
         out.push_str(&format!(
             "kernel {}, attach {}, {} events, {dropped} dropped, {} findings\n",
-            self.kernel, self.attach, self.events, self.findings_total
+            printable(&self.kernel),
+            self.attach,
+            self.events,
+            self.findings_total
         ));
         if !self.calls.is_empty() {
-            let calls: Vec<String> = self.calls.iter().map(|(f, n)| format!("{f} {n}")).collect();
+            let calls: Vec<String> = self
+                .calls
+                .iter()
+                .map(|(f, n)| format!("{} {n}", printable(f)))
+                .collect();
             out.push_str(&format!(
                 "probed functions entered (any page): {}\n",
                 calls.join(", ")
@@ -282,9 +292,9 @@ fn render_group(group: &[&FindingOut]) -> String {
     let mut s = format!(
         "\n[{}] {pages} ({} pgmap {:#x}{range}) {}/{} {} at {:.6}s\n",
         f.rule.id(),
-        f.pgmap.type_name,
+        printable(&f.pgmap.type_name),
         f.pgmap.address,
-        f.comm,
+        printable(&f.comm),
         f.tgid,
         f.pid,
         f.ts_ns as f64 / 1e9
@@ -293,10 +303,10 @@ fn render_group(group: &[&FindingOut]) -> String {
         .iter()
         .all(|g| g.finding.detail == f.detail && g.finding.held_by == f.held_by);
     if same_detail {
-        s.push_str(&format!("  {}\n", f.detail));
+        s.push_str(&format!("  {}\n", printable(&f.detail)));
     }
     for frame in &group[0].stack {
-        s.push_str(&format!("    {frame}\n"));
+        s.push_str(&format!("    {}\n", printable(frame)));
     }
     if group.len() > 1 || !f.held_by.is_empty() {
         s.push_str("  pages:\n");
@@ -305,12 +315,12 @@ fn render_group(group: &[&FindingOut]) -> String {
             let why = if same_detail {
                 String::new()
             } else {
-                format!(": {}", g.detail)
+                format!(": {}", printable(&g.detail))
             };
             let held = if g.held_by.is_empty() {
                 String::new()
             } else {
-                format!("; held: {}", g.held_by.join("; "))
+                format!("; held: {}", printable(&g.held_by.join("; ")))
             };
             s.push_str(&format!(
                 "    pfn {:#x} page {:#x}{why}{held}\n",
@@ -361,7 +371,7 @@ fn transition_line(t: &Transition) -> String {
         t.refcount,
         t.mapcount,
         t.refs,
-        t.comm,
+        printable(&t.comm),
         t.pid
     )
 }

@@ -197,3 +197,40 @@ fn no_kprobes_is_a_clear_environment_error() {
         o.stdout
     );
 }
+
+/// refwatch writes its trace as root: never through a symbolic link another user planted in a
+/// shared directory (not even with --force), and never over an existing file unless told.
+#[test]
+fn record_writes_no_trace_through_a_link_or_over_a_file() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("environment-shared");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let (victim, link, file) = (
+        dir.join("victim"),
+        dir.join("trace.rwt"),
+        dir.join("kept.rwt"),
+    );
+    for p in [&victim, &link, &file] {
+        let _ = std::fs::remove_file(p);
+    }
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    for force in [false, true] {
+        let mut args = vec!["record", "-o", link.to_str().unwrap(), "-d", "1"];
+        if force {
+            args.push("--force");
+        }
+        let o = refwatch(&args);
+        assert_eq!(o.code, 2, "{args:?}: {}", o.stderr);
+        assert!(o.stderr.contains("is a symbolic link"), "{}", o.stderr);
+        assert!(!victim.exists(), "wrote through the link");
+    }
+    std::fs::write(&file, "keep").unwrap();
+    let o = refwatch(&["record", "-o", file.to_str().unwrap(), "-d", "1"]);
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(
+        o.stderr.contains("exists: --force overwrites it"),
+        "{}",
+        o.stderr
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep");
+}

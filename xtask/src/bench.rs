@@ -464,8 +464,8 @@ stop_bpftrace() {
 run_variant() { # variant rep
 	case $1 in
 	base|again) measure $1 $2 ;;
-	kprobe|fentry) measure $1 $2 refwatch record -o /tmp/h.rwt --attach $1 -- ;;
-	wide) measure $1 $2 refwatch record -o /tmp/h.rwt --attach kprobe HOT_OPTIONS -- ;;
+	kprobe|fentry) measure $1 $2 refwatch record --force -o /tmp/h.rwt --attach $1 -- ;;
+	wide) measure $1 $2 refwatch record --force -o /tmp/h.rwt --attach kprobe HOT_OPTIONS -- ;;
 	bpftrace)
 		[ $BT_OK = 1 ] || return 0
 		bpftrace /bench/refwatch.bt > /tmp/bt.out 2>&1 &

@@ -833,7 +833,7 @@ impl Aggregator {
             },
             pid: ev.pid(),
             tgid: ev.tgid(),
-            comm: ev.comm_str().to_owned(),
+            comm: ev.comm_str().into_owned(),
             ts_ns: ev.ts_ns,
             stack_id: ev.stack_id,
             recent,

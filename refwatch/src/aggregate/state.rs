@@ -56,7 +56,7 @@ impl Step {
             mapcount: self.mapcount,
             refs: self.refs,
             pid: task.pid_tgid as u32,
-            comm: comm_str(&task.comm).to_owned(),
+            comm: comm_str(&task.comm).into_owned(),
         }
     }
 }

@@ -2,12 +2,12 @@
 
 use std::{fs::File, io::BufWriter, path::PathBuf, process::ExitCode};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use refwatch::{
     capture::{self, Sink},
     session::Session,
-    trace::{Footer, Header, TraceWriter},
+    trace::{Existing, Footer, Header, TraceWriter},
 };
 use refwatch_common::Event;
 
@@ -15,9 +15,12 @@ use super::{RunArgs, attach};
 
 #[derive(Args)]
 pub struct RecordArgs {
-    /// Trace file to write.
+    /// Trace file to write (never through a symbolic link).
     #[arg(short, long)]
     output: PathBuf,
+    /// Overwrite the trace file if it exists.
+    #[arg(long)]
+    force: bool,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -50,6 +53,23 @@ pub fn run(args: RecordArgs) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let existing = if args.force {
+        Existing::Replace
+    } else {
+        Existing::Refuse
+    };
+    // Before attaching: a path refwatch will not write to is the user's to fix first.
+    if let Ok(meta) = std::fs::symlink_metadata(&args.output) {
+        if meta.file_type().is_symlink() {
+            bail!(
+                "{} is a symbolic link: refwatch does not write a trace through one",
+                args.output.display()
+            );
+        }
+        if existing == Existing::Refuse {
+            bail!("{} exists: --force overwrites it", args.output.display());
+        }
+    }
     rt.block_on(async {
         let (mut session, layout) = attach::open(&args.run)?;
         // Before the trace file exists: a Ctrl-C from then on ends with a footer.
@@ -61,7 +81,7 @@ pub fn run(args: RecordArgs) -> Result<ExitCode> {
             command: args.run.command.clone(),
             synthetic: false,
         };
-        let writer = TraceWriter::create(&args.output, &header)
+        let writer = TraceWriter::create(&args.output, &header, existing)
             .with_context(|| format!("creating {}", args.output.display()))?;
         let mut rec = Recorder {
             trace: writer,
@@ -72,15 +92,16 @@ pub fn run(args: RecordArgs) -> Result<ExitCode> {
         let end = capture::capture(&mut session, &stop, &mut rec).await;
         let dropped = session.dropped();
         let calls = session.calls();
-        let end_name = match &end {
-            Ok(e) => format!("{e:?}").to_lowercase(),
-            Err(e) => format!("error: {e:#}"),
+        let (end_name, command_status) = match &end {
+            Ok(e) => (e.word().to_owned(), e.command_status()),
+            Err(e) => (format!("error: {e:#}"), None),
         };
         let (events, bytes) = (rec.trace.events(), rec.trace.bytes());
         rec.trace
             .finish(Footer {
                 dropped,
                 end: end_name,
+                command_status,
                 calls,
                 ..Footer::default()
             })

@@ -11,6 +11,7 @@ use anyhow::{Context as _, Result};
 use clap::Args;
 use refwatch::{
     capture::{self, End, Sink},
+    escape::printable,
     event::{EventExt, to_json},
     plan::Plan,
     session::Session,
@@ -90,7 +91,7 @@ impl Printer {
                     ev.pfn,
                     ev.refcount,
                     ev.mapcount,
-                    plan.pgmap_type_name(ev.pgmap_type)
+                    printable(plan.pgmap_type_name(ev.pgmap_type))
                 ),
             };
             writeln!(
@@ -98,10 +99,10 @@ impl Printer {
                 "{:>14.6} {:<12} {:<30} {what} {}/{} {}",
                 ev.ts_ns as f64 / 1e9,
                 kind,
-                plan.function(ev.probe),
-                ev.comm_str(),
+                printable(plan.function(ev.probe)),
+                printable(&ev.comm_str()),
                 ev.tgid(),
-                stack.first().map_or("", String::as_str),
+                printable(stack.first().map_or("", String::as_str)),
             )?;
         }
         Ok(())

@@ -61,7 +61,7 @@ use refwatch_common::globals::Layout;
 use crate::plan::Plan;
 
 pub use reader::TraceReader;
-pub use writer::TraceWriter;
+pub use writer::{Existing, TraceWriter};
 
 pub const MAGIC: &[u8; 8] = b"RFWTRACE";
 /// Written by this refwatch; versions 1 to this one are read.
@@ -84,8 +84,12 @@ pub struct Footer {
     pub events: u64,
     /// Events the kernel side could not queue (ring buffer full).
     pub dropped: u64,
-    /// Why recording stopped.
+    /// Why recording stopped: `command-exited`, `duration`, `signal`, `requested`, or
+    /// `error: …` (traces from before these words have other text here).
     pub end: String,
+    /// The exit status of the command recorded, where it exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_status: Option<i32>,
     /// Entries of each attached function while recording, device pages or not (what the probes
     /// cost the workload); empty in traces from before it was counted.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

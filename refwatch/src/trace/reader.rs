@@ -147,8 +147,9 @@ impl<R: Read> TraceReader<R> {
                 what: format!("header length {len}"),
             });
         }
-        let mut json = vec![0; len];
-        if read_exact(&mut r, &mut json)? < len {
+        // Grown as the bytes arrive: a short file claiming a long header costs what it holds.
+        let mut json = Vec::new();
+        if (&mut r).take(len as u64).read_to_end(&mut json)? < len {
             return Err(TraceError::ShortHeader);
         }
         let header = serde_json::from_slice(&json)?;

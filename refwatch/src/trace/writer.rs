@@ -21,10 +21,26 @@ pub struct TraceWriter<W: Write> {
     bytes: u64,
 }
 
+/// What [`TraceWriter::create`] does with a file already at its path. A symbolic link there is
+/// never followed: refwatch writes as root, and a link planted in a shared directory would
+/// point that write anywhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Existing {
+    Refuse,
+    Replace,
+}
+
 impl TraceWriter<BufWriter<File>> {
-    pub fn create(path: &Path, header: &Header) -> io::Result<Self> {
+    pub fn create(path: &Path, header: &Header, existing: Existing) -> io::Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).custom_flags(libc::O_NOFOLLOW);
+        match existing {
+            Existing::Refuse => options.create_new(true),
+            Existing::Replace => options.create(true).truncate(true),
+        };
         Self::new(
-            BufWriter::with_capacity(1 << 20, File::create(path)?),
+            BufWriter::with_capacity(1 << 20, options.open(path)?),
             header,
         )
     }

@@ -150,6 +150,20 @@ static const char *proc_state(pid_t pid)
 			strcpy(wchan, "?");
 		fclose(f);
 	}
+	/* Some kernels (5.10) say "0": take the first frame of the stack that is not the scheduler. */
+	snprintf(path, sizeof(path), "/proc/%d/stack", (int)pid);
+	if (!strcmp(wchan, "0") && (f = fopen(path, "r"))) {
+		char frame[160];
+		while (fgets(frame, sizeof(frame), f)) {
+			char *name = strchr(frame, ' ');
+			if (!name || strstr(name, "schedule") || strstr(name, "wait_for_common"))
+				continue;
+			name[strcspn(name, "+\n")] = 0;
+			snprintf(wchan, sizeof(wchan), "%s (stack)", name + 1);
+			break;
+		}
+		fclose(f);
+	}
 	/* The state follows the command name, which is in parentheses. */
 	const char *paren = strrchr(stat, ')');
 	snprintf(what, sizeof(what), "%c in %s", paren && paren[1] && paren[2] ? paren[2] : '?', wchan[0] ? wchan : "-");
@@ -337,10 +351,14 @@ static int teardown(void)
 }
 
 /* ---- Real ZONE_DEVICE refcount bugs of Debian's kernels (not run by the matrix) ----
- * Each pins a page through a pipe (vmsplice takes a plain GUP reference, no SPLICE_F_GIFT),
- * drops the mapping, then takes the memory away underneath that reference. The pipe is held
- * and drained by a child, so that a kernel which correctly waits for the page to go idle
- * does not wait forever on the process that is waiting. */
+ * bug-truncate-pipe and bug-devdax-unbind-pipe pin a page through a pipe (vmsplice takes a
+ * plain GUP reference, no SPLICE_F_GIFT), drop the mapping, then take the memory away under
+ * that reference. The pipe is held and drained by a child, so that a kernel which correctly
+ * waits for the page to go idle does not wait forever on the process that is waiting.
+ * bug-pmem-unbind takes the device away under a live mapping. Each reports its steps with
+ * timings on stderr, and exits 3 when a child was killed (oops) or is stuck in the kernel. */
+
+#define CHILD_CRASHED 3
 
 /* Disk byte of a file offset (FIEMAP), or -1. */
 static long long disk_byte(int fd, off_t off)
@@ -575,7 +593,7 @@ static int bug_truncate_pipe(const char *how)
 	if (unlink(reuse))
 		die("unlink %s", reuse);
 	say("done");
-	return rc ? 1 : 0;
+	return rc ? CHILD_CRASHED : 0;
 }
 
 /* Prints the smaps lines that tell how the VMA at p is mapped. */
@@ -644,7 +662,7 @@ static int pmem_unbind_mapper(int pmd, const char *mode, long grace)
 	return 0;
 }
 
-/* The mapping lives in a child, the mapper: on 7.2 the oops in munmap leaves it holding its
+/* The mapping lives in a child, the mapper: on 7.x the oops in munmap leaves it holding its
  * own mmap lock, and its exit then waits for that lock forever. This process reports that
  * and returns, so that a command waiting for daxload (refwatch record, the lab) ends. */
 static int bug_pmem_unbind(const char *mode)
@@ -662,7 +680,7 @@ static int bug_pmem_unbind(const char *mode)
 		_exit(pmem_unbind_mapper(pmd, mode, grace));
 	int rc = reap(mapper, "mapper", grace + REAP_MARGIN_MS);
 	say("done");
-	return rc ? 1 : 0;
+	return rc ? CHILD_CRASHED : 0;
 }
 
 /* §2 #1: device-dax unbound while a pipe holds one of its pages. 5.10 waits in
@@ -693,7 +711,7 @@ static int bug_devdax_unbind_pipe(void)
 	sysfs_write("/sys/bus/dax/drivers/device_dax/unbind", DAX_DEVICE);
 	int rc = reap(holder, "holder", grace + REAP_MARGIN_MS);
 	say("done");
-	return rc ? 1 : 0;
+	return rc ? CHILD_CRASHED : 0;
 }
 
 int main(int argc, char **argv)
@@ -726,6 +744,7 @@ int main(int argc, char **argv)
 			"       daxload bug-truncate-pipe [truncate|punch|evict]\n"
 			"       daxload bug-pmem-unbind [pte|pmd]\n"
 			"       daxload bug-devdax-unbind-pipe\n"
-			"       (bug-pmem-unbind, bug-devdax-unbind-pipe: DAXLOAD_GRACE_MS, default 3000)\n");
+			"       (bug-pmem-unbind, bug-devdax-unbind-pipe: DAXLOAD_GRACE_MS, default 3000;\n"
+			"        bug-*: exit 3 when a child was killed or is stuck in the kernel)\n");
 	return 2;
 }

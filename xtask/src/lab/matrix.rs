@@ -717,7 +717,7 @@ for sig in INT TERM KILL INT TERM KILL; do
 	t=/out/$sig-$RANDOM.rft
 	# A duration far past the kill, and the workload repeated until refwatch is gone: the
 	# signal always lands on a running recording, however fast one workload pass is.
-	refwatch record -o $t -d 120 2> $t.err & p=$!
+	refwatch record --force -o $t -d 120 2> $t.err & p=$!
 	wait_for $t
 	( while kill -0 $p 2>/dev/null; do daxload fsdax-gup > /dev/null; done ) & w=$!
 	# Up to 3 s in: from before the first event to well into the workload (≈20k events a pass).
