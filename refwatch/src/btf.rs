@@ -76,6 +76,10 @@ enum Type {
     Other,
 }
 
+/// Typedef/modifier chains and anonymous-member nesting followed at most this far: real kernels
+/// stay within a handful, a corrupt BTF may loop.
+const MAX_CHAIN: usize = 64;
+
 pub struct Btf {
     strings: Vec<u8>,
     /// Index 0 is `void`.
@@ -256,7 +260,7 @@ impl Btf {
 
     /// `sizeof(struct name)`.
     pub fn struct_size(&self, name: &str) -> Option<u64> {
-        match &self.types[self.composite(name)? as usize] {
+        match self.types.get(self.composite(name)? as usize)? {
             Type::Composite { size, .. } => Some(*size as u64),
             _ => None,
         }
@@ -264,24 +268,28 @@ impl Btf {
 
     /// Byte offset of `member` in `struct name`, looking through anonymous structs and unions.
     pub fn member_offset(&self, name: &str, member: &str) -> Option<u64> {
-        self.member(self.composite(name)?, member)
+        self.member(self.composite(name)?, member, 0)
             .map(|(bits, _)| bits / 8)
     }
 
     /// Number of elements of an array member.
     pub fn member_array_len(&self, name: &str, member: &str) -> Option<u64> {
-        let (_, ty) = self.member(self.composite(name)?, member)?;
-        match &self.types[self.resolve(ty) as usize] {
+        let (_, ty) = self.member(self.composite(name)?, member, 0)?;
+        match self.types.get(self.resolve(ty) as usize)? {
             Type::Array { nelems, .. } => Some(*nelems as u64),
             _ => None,
         }
     }
 
-    /// (bit offset, type) of a member, searched depth-first through anonymous members.
-    fn member(&self, id: u32, wanted: &str) -> Option<(u64, u32)> {
-        let Type::Composite { members, .. } = &self.types[id as usize] else {
+    /// (bit offset, type) of a member, searched depth-first through anonymous members, at
+    /// most [`MAX_CHAIN`] deep (a corrupt BTF may nest a struct in itself).
+    fn member(&self, id: u32, wanted: &str, depth: usize) -> Option<(u64, u32)> {
+        let Some(Type::Composite { members, .. }) = self.types.get(id as usize) else {
             return None;
         };
+        if depth > MAX_CHAIN {
+            return None;
+        }
         for m in members {
             let name = self.str_at(m.name);
             if name == wanted {
@@ -289,7 +297,7 @@ impl Btf {
             }
             if name.is_empty() {
                 let inner = self.resolve(m.ty);
-                if let Some((off, ty)) = self.member(inner, wanted) {
+                if let Some((off, ty)) = self.member(inner, wanted, depth + 1) {
                     return Some((m.offset as u64 + off, ty));
                 }
             }
@@ -297,20 +305,21 @@ impl Btf {
         None
     }
 
-    /// Skips typedefs and modifiers.
+    /// Skips typedefs and modifiers, at most [`MAX_CHAIN`] (a corrupt BTF may loop them).
     fn resolve(&self, mut id: u32) -> u32 {
-        loop {
+        for _ in 0..MAX_CHAIN {
             match self.types.get(id as usize) {
                 Some(Type::Typedef { ty, .. }) | Some(Type::Modifier(ty)) => id = *ty,
                 _ => return id,
             }
         }
+        id
     }
 
     /// Values of `enum name`, by enumerator name.
     pub fn enum_values(&self, name: &str) -> Option<Vec<(String, i64)>> {
         let id = self.find(name, |t| matches!(t, Type::Enum { .. }))?;
-        let Type::Enum { values, .. } = &self.types[id as usize] else {
+        let Some(Type::Enum { values, .. }) = self.types.get(id as usize) else {
             return None;
         };
         Some(
@@ -335,10 +344,10 @@ impl Btf {
     /// The parameters of function `name` as patterns: `page*`, `pfn_t`, `unsigned int`, ….
     pub fn function_params(&self, name: &str) -> Option<Vec<String>> {
         let id = self.find(name, |t| matches!(t, Type::Func { .. }))?;
-        let Type::Func { proto, .. } = &self.types[id as usize] else {
+        let Some(Type::Func { proto, .. }) = self.types.get(id as usize) else {
             return None;
         };
-        let Type::FuncProto { params } = &self.types[*proto as usize] else {
+        let Some(Type::FuncProto { params }) = self.types.get(*proto as usize) else {
             return None;
         };
         Some(params.iter().map(|&ty| self.pattern(ty)).collect())
@@ -347,8 +356,8 @@ impl Btf {
     /// A short spelling of a type: typedef names are kept (`pfn_t`, `pte_t`), pointers to
     /// structs become `name*`.
     fn pattern(&self, id: u32) -> String {
+        let id = self.resolve_modifiers(id);
         match self.types.get(id as usize) {
-            Some(Type::Modifier(ty)) => self.pattern(*ty),
             Some(Type::Ptr(to)) => {
                 let to = self.resolve_modifiers(*to);
                 format!("{}*", self.name_of(to).unwrap_or("void"))
@@ -358,9 +367,13 @@ impl Btf {
         }
     }
 
+    /// Skips modifiers, at most [`MAX_CHAIN`].
     fn resolve_modifiers(&self, mut id: u32) -> u32 {
-        while let Some(Type::Modifier(ty)) = self.types.get(id as usize) {
-            id = *ty;
+        for _ in 0..MAX_CHAIN {
+            match self.types.get(id as usize) {
+                Some(Type::Modifier(ty)) => id = *ty,
+                _ => return id,
+            }
         }
         id
     }
@@ -373,6 +386,12 @@ mod tests {
     /// Builds a tiny BTF blob: int, struct page { flags; union { pgmap; compound_head }; int
     /// _refcount; }, a pointer to it and `void f(struct page *, unsigned long)`.
     fn sample() -> Vec<u8> {
+        blob(false)
+    }
+
+    /// The sample, or with `cyclic` a corrupt one: the union's first member an anonymous
+    /// `struct page` (the struct nests itself) and type 4 a `const` of itself.
+    fn blob(cyclic: bool) -> Vec<u8> {
         let mut strings =
             b"\0int\0page\0flags\0pgmap\0compound_head\0_refcount\0f\0p\0n\0".to_vec();
         let s = |name: &str, strings: &[u8]| -> u32 {
@@ -388,14 +407,12 @@ mod tests {
         t.extend([s("int", &strings), KIND_INT << 24, 8, 64]);
         // 2: anonymous union { pgmap: int (8); compound_head: int (8) }
         t.extend([0, KIND_UNION << 24 | 2, 8]);
-        t.extend([
-            s("pgmap", &strings),
-            1,
-            0,
-            s("compound_head", &strings),
-            1,
-            0,
-        ]);
+        let (first, first_ty) = if cyclic {
+            (0, 3)
+        } else {
+            (s("pgmap", &strings), 1)
+        };
+        t.extend([first, first_ty, 0, s("compound_head", &strings), 1, 0]);
         // 3: struct page { flags @0; union @64 bits; _refcount @128 bits }
         t.extend([s("page", &strings), KIND_STRUCT << 24 | 3, 24]);
         t.extend([
@@ -410,7 +427,11 @@ mod tests {
             128,
         ]);
         // 4: struct page *
-        t.extend([0, KIND_PTR << 24, 3]);
+        t.extend(if cyclic {
+            [0, KIND_CONST << 24, 4]
+        } else {
+            [0, KIND_PTR << 24, 3]
+        });
         // 5: proto (struct page *p, int n)
         t.extend([0, KIND_FUNC_PROTO << 24 | 2, 0]);
         t.extend([s("p", &strings), 4, s("n", &strings), 1]);
@@ -450,6 +471,16 @@ mod tests {
         let btf = Btf::parse(&sample()).unwrap();
         assert_eq!(btf.function_params("f").unwrap(), vec!["page*", "int"]);
         assert!(btf.function_params("g").is_none());
+    }
+
+    /// A corrupt BTF that loops its chains gets an answer, not a hang or a stack overflow.
+    #[test]
+    fn cycles_end() {
+        let btf = Btf::parse(&blob(true)).unwrap();
+        assert_eq!(btf.member_offset("page", "missing"), None);
+        // Found past the self-nesting branch: where is meaningless in a corrupt BTF.
+        assert!(btf.member_offset("page", "_refcount").is_some());
+        assert_eq!(btf.function_params("f").unwrap(), vec!["?", "int"]);
     }
 
     #[test]
