@@ -76,9 +76,12 @@ enum Type {
     Other,
 }
 
-/// Typedef/modifier chains and anonymous-member nesting followed at most this far: real kernels
-/// stay within a handful, a corrupt BTF may loop.
+/// Typedef/modifier chains followed at most this far: real kernels stay within a handful, a
+/// corrupt BTF may loop.
 const MAX_CHAIN: usize = 64;
+/// Structs and unions looked into for one member: `struct page` nests a few dozen anonymous
+/// ones, a corrupt BTF may nest one in itself again and again.
+const MAX_VISITS: usize = 4096;
 
 pub struct Btf {
     strings: Vec<u8>,
@@ -268,28 +271,28 @@ impl Btf {
 
     /// Byte offset of `member` in `struct name`, looking through anonymous structs and unions.
     pub fn member_offset(&self, name: &str, member: &str) -> Option<u64> {
-        self.member(self.composite(name)?, member, 0)
+        let mut budget = MAX_VISITS;
+        self.member(self.composite(name)?, member, &mut budget)
             .map(|(bits, _)| bits / 8)
     }
 
     /// Number of elements of an array member.
     pub fn member_array_len(&self, name: &str, member: &str) -> Option<u64> {
-        let (_, ty) = self.member(self.composite(name)?, member, 0)?;
+        let mut budget = MAX_VISITS;
+        let (_, ty) = self.member(self.composite(name)?, member, &mut budget)?;
         match self.types.get(self.resolve(ty) as usize)? {
             Type::Array { nelems, .. } => Some(*nelems as u64),
             _ => None,
         }
     }
 
-    /// (bit offset, type) of a member, searched depth-first through anonymous members, at
-    /// most [`MAX_CHAIN`] deep (a corrupt BTF may nest a struct in itself).
-    fn member(&self, id: u32, wanted: &str, depth: usize) -> Option<(u64, u32)> {
+    /// (bit offset, type) of a member, searched depth-first through anonymous members, looking
+    /// at most `budget` structs (a corrupt BTF may nest a struct in itself, several times).
+    fn member(&self, id: u32, wanted: &str, budget: &mut usize) -> Option<(u64, u32)> {
         let Some(Type::Composite { members, .. }) = self.types.get(id as usize) else {
             return None;
         };
-        if depth > MAX_CHAIN {
-            return None;
-        }
+        *budget = budget.checked_sub(1)?;
         for m in members {
             let name = self.str_at(m.name);
             if name == wanted {
@@ -297,7 +300,7 @@ impl Btf {
             }
             if name.is_empty() {
                 let inner = self.resolve(m.ty);
-                if let Some((off, ty)) = self.member(inner, wanted, depth + 1) {
+                if let Some((off, ty)) = self.member(inner, wanted, budget) {
                     return Some((m.offset as u64 + off, ty));
                 }
             }
@@ -389,8 +392,9 @@ mod tests {
         blob(false)
     }
 
-    /// The sample, or with `cyclic` a corrupt one: the union's first member an anonymous
-    /// `struct page` (the struct nests itself) and type 4 a `const` of itself.
+    /// The sample, or with `cyclic` a corrupt one: both members of the union an anonymous
+    /// `struct page` (the struct nests itself twice at every level: a search of it doubles
+    /// with each) and type 4 a `const` of itself.
     fn blob(cyclic: bool) -> Vec<u8> {
         let mut strings =
             b"\0int\0page\0flags\0pgmap\0compound_head\0_refcount\0f\0p\0n\0".to_vec();
@@ -407,12 +411,19 @@ mod tests {
         t.extend([s("int", &strings), KIND_INT << 24, 8, 64]);
         // 2: anonymous union { pgmap: int (8); compound_head: int (8) }
         t.extend([0, KIND_UNION << 24 | 2, 8]);
-        let (first, first_ty) = if cyclic {
-            (0, 3)
+        let members = if cyclic {
+            [0, 3, 0, 0, 3, 0]
         } else {
-            (s("pgmap", &strings), 1)
+            [
+                s("pgmap", &strings),
+                1,
+                0,
+                s("compound_head", &strings),
+                1,
+                0,
+            ]
         };
-        t.extend([first, first_ty, 0, s("compound_head", &strings), 1, 0]);
+        t.extend(members);
         // 3: struct page { flags @0; union @64 bits; _refcount @128 bits }
         t.extend([s("page", &strings), KIND_STRUCT << 24 | 3, 24]);
         t.extend([
