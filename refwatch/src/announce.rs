@@ -6,6 +6,7 @@ use std::{fs::File, io::Write};
 use crate::{
     aggregate::{Aggregator, Finding},
     escape::printable,
+    summary::group_by,
 };
 
 /// Where the lines go.
@@ -19,15 +20,7 @@ const MAX_LINE: usize = 900;
 /// `refwatch: RULE pfn PFN page PAGE pgmap PGMAP (TYPE) task COMM/TGID: DETAIL`, with the
 /// count and pfn range when one line stands for several pages.
 pub fn lines(findings: &[Finding]) -> Vec<String> {
-    let mut groups: Vec<Vec<&Finding>> = Vec::new();
-    for f in findings {
-        let key = |g: &Finding| (g.rule, g.pgmap.address, g.tgid);
-        match groups.iter_mut().find(|g| key(g[0]) == key(f)) {
-            Some(group) => group.push(f),
-            None => groups.push(vec![f]),
-        }
-    }
-    groups
+    group_by(findings, |f| (f.rule, f.pgmap.address, f.tgid))
         .into_iter()
         .map(|group| {
             let f = group[0];

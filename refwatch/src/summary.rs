@@ -255,22 +255,27 @@ impl Summary {
 /// Findings of one rule with one kernel stack and one task: a teardown under many pages is
 /// one block, not one per page.
 fn groups(findings: &[FindingOut]) -> Vec<Vec<&FindingOut>> {
-    let mut groups: Vec<Vec<&FindingOut>> = Vec::new();
-    let key = |f: &FindingOut| {
+    group_by(findings, |f| {
         (
             f.finding.rule,
-            f.stack.clone(),
+            &f.stack,
             f.finding.tgid,
             f.finding.pgmap.address,
         )
-    };
-    for f in findings {
-        match groups.iter_mut().find(|g| key(g[0]) == key(f)) {
-            Some(g) => g.push(f),
-            None => groups.push(vec![f]),
+    })
+}
+
+/// `items` in groups of equal `key`, each group and the groups in order of first appearance.
+pub fn group_by<'a, T, K: PartialEq>(items: &'a [T], key: impl Fn(&'a T) -> K) -> Vec<Vec<&'a T>> {
+    let mut groups: Vec<(K, Vec<&'a T>)> = Vec::new();
+    for item in items {
+        let k = key(item);
+        match groups.iter_mut().find(|(g, _)| *g == k) {
+            Some((_, group)) => group.push(item),
+            None => groups.push((k, vec![item])),
         }
     }
-    groups
+    groups.into_iter().map(|(_, group)| group).collect()
 }
 
 /// Pages listed in a block; the count says how many more there are.

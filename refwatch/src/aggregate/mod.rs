@@ -373,7 +373,7 @@ impl Aggregator {
         }
         let busy = self.busy_at_teardown(ev);
         let raised = busy.len();
-        let maps = self.mappings_of(ev.pgmap);
+        let maps = self.mappings_of(|pfn| self.pages.get(pfn).is_some_and(|p| p.pgmap == ev.pgmap));
         for (pfn, busy) in busy {
             let detail = format!("memunmap_pages with the page busy: {}", busy.why.join(", "));
             let mut finding = self.finding(
@@ -474,13 +474,12 @@ impl Aggregator {
         busy
     }
 
-    /// The (mm, user address) pairs mapping each page of `pgmap`, from the inserts not zapped.
-    fn mappings_of(&self, pgmap: u64) -> BTreeMap<u64, Vec<(u64, u64)>> {
+    /// The (mm, user address) pairs mapping each page `wanted` picks (by pfn), from the inserts
+    /// not zapped.
+    fn mappings_of(&self, wanted: impl Fn(u64) -> bool) -> BTreeMap<u64, Vec<(u64, u64)>> {
         let mut maps: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
-        for (&at, &pfn) in &self.mappings {
-            if self.pages.get(pfn).is_some_and(|p| p.pgmap == pgmap) {
-                maps.entry(pfn).or_default().push(at);
-            }
+        for (&at, &pfn) in self.mappings.iter().filter(|(_, pfn)| wanted(**pfn)) {
+            maps.entry(pfn).or_default().push(at);
         }
         maps
     }
@@ -736,7 +735,7 @@ impl Aggregator {
         let mut raised = 0;
         if let Some((rule, detail)) = verdict.filter(|_| !repeat) {
             let maps = if rule == Rule::TruncateBusy {
-                self.mappings_of(ev.pgmap).remove(&ev.pfn)
+                self.mappings_of(|pfn| pfn == ev.pfn).remove(&ev.pfn)
             } else {
                 None
             };
