@@ -324,20 +324,27 @@ static void devdax_namespace(const char *dev)
 	}
 }
 
+/* The first `size` bytes of a device-dax device, shared; the mapping holds the file. */
+static char *map_device(const char *dev, size_t size)
+{
+	int fd = open(dev, O_RDWR);
+	if (fd < 0)
+		die("open %s", dev);
+	char *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (p == MAP_FAILED)
+		die("mmap %s", dev);
+	close(fd);
+	return p;
+}
+
 static int devdax(void)
 {
 	const char *dev = "/dev/" DAX_DEVICE;
 	devdax_namespace(dev);
-	int fd = open(dev, O_RDWR);
-	if (fd < 0)
-		die("open %s", dev);
-	char *p = mmap(NULL, FILE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-	if (p == MAP_FAILED)
-		die("mmap %s", dev);
+	char *p = map_device(dev, FILE_SIZE);
 	touch(p, FILE_SIZE);
 	if (munmap(p, FILE_SIZE))
 		die("munmap");
-	close(fd);
 	return 0;
 }
 
@@ -693,20 +700,14 @@ static int bug_devdax_unbind_pipe(void)
 	devdax_namespace(dev);
 	int pipe_in;
 	pid_t holder = pipe_holder(&pipe_in, grace);
-	int fd = open(dev, O_RDWR);
-	if (fd < 0)
-		die("open %s", dev);
-	char *p = mmap(NULL, PMD_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-	if (p == MAP_FAILED)
-		die("mmap %s", dev);
+	char *p = map_device(dev, PMD_SIZE);
 	memset(p, OLD_BYTE, PAGE);
 	say("%s mapped at %p, page 0 written", dev, (void *)p);
 	splice_page(p, pipe_in);
 	close(pipe_in);
 	if (munmap(p, PMD_SIZE))
 		die("munmap");
-	close(fd);
-	say("munmapped and closed %s", dev);
+	say("munmapped %s", dev);
 
 	sysfs_write("/sys/bus/dax/drivers/device_dax/unbind", DAX_DEVICE);
 	int rc = reap(holder, "holder", grace + REAP_MARGIN_MS);
