@@ -15,7 +15,6 @@ use crate::{
     CALLS, DEVICE_MMS, DROPS, EVENTS, PGMAPS_SEEN, STACKS, args::Args, layout, page, scan,
 };
 
-const PAGE_SHIFT: u64 = 12;
 /// Bits of a DAX xarray entry (`xa_mk_value(flags | pfn << DAX_SHIFT)`, fs/dax.c): the value
 /// marker is bit 0, so `DAX_PMD` is bit 2, the zero-page and empty markers bits 3 and 4.
 const DAX_ENTRY_PMD: u64 = 1 << 2;
@@ -302,11 +301,7 @@ pub fn pgmap_type_u8(pgmap: u64) -> u8 {
 #[inline(always)]
 fn pgmap_event<C: Args + StackIdContext>(ctx: &C, id: u8, kind: EventKind, pgmap: u64, f: u8) {
     let nr = page::read::<i32>(pgmap + layout!(off_pgmap_nr_range)).unwrap_or(0);
-    let at = pgmap + layout!(off_pgmap_ranges);
-    let start = page::read::<u64>(at).unwrap_or(0);
-    let end = page::read::<u64>(at + 8).unwrap_or(0);
-    // range.end is inclusive, in bytes.
-    let (first, end) = (start >> PAGE_SHIFT, (end + 1) >> PAGE_SHIFT);
+    let (first, end) = page::pgmap_first_range(pgmap).unwrap_or((0, 0));
     let o = Other {
         pfn: first,
         page: 0,

@@ -121,6 +121,16 @@ pub fn state(head: u64) -> PageState {
     }
 }
 
+const PAGE_SHIFT: u64 = 12;
+
+/// The pfns `[first, end)` of the pgmap's first range (`range.end` is inclusive, in bytes).
+#[inline(always)]
+pub fn pgmap_first_range(pgmap: u64) -> Option<(u64, u64)> {
+    let at = pgmap + layout!(off_pgmap_ranges);
+    let (start, end) = (read::<u64>(at)?, read::<u64>(at + 8)?);
+    Some((start >> PAGE_SHIFT, (end + 1) >> PAGE_SHIFT))
+}
+
 #[inline(always)]
 pub fn pgmap_type(pgmap: u64) -> Option<u32> {
     read::<u32>(pgmap + layout!(off_pgmap_type))

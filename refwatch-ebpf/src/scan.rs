@@ -15,7 +15,6 @@ use crate::{
 
 /// `bpf_loop`'s limit (BPF_MAX_LOOPS): 32 GiB of 4 KiB pages; past it the scan is cut.
 const MAX_PAGES: u64 = 1 << 23;
-const PAGE_SHIFT: u64 = 12;
 
 /// What the loop body reads; on the program's stack.
 #[repr(C)]
@@ -34,12 +33,9 @@ struct Scan {
 /// above its type's idle value or that is mapped; returns flags for the pgmap event.
 #[inline(always)]
 pub fn held_pages<C: Args + StackIdContext>(ctx: &C, id: u8, pgmap: u64) -> u8 {
-    let at = pgmap + layout!(off_pgmap_ranges);
-    let (Some(start), Some(end)) = (page::read::<u64>(at), page::read::<u64>(at + 8)) else {
+    let Some((first, end)) = page::pgmap_first_range(pgmap) else {
         return flags::PGMAP_UNREADABLE;
     };
-    // range.end is inclusive, in bytes.
-    let (first, end) = (start >> PAGE_SHIFT, (end + 1) >> PAGE_SHIFT);
     let ty = page::pgmap_type(pgmap).unwrap_or(u32::MAX);
     let idle = if ty < 64 && (layout!(idle_one_types) >> ty) & 1 != 0 {
         1

@@ -139,9 +139,6 @@ impl Printer {
 
 impl Sink for Printer {
     fn events(&mut self, session: &mut Session, events: &[Event]) -> Result<bool> {
-        if self.watch.is_none() {
-            self.watch = Some(attach::Aggregate::new(session));
-        }
         for ev in events {
             let stack = session.stack(ev.stack_id).to_vec();
             self.print(ev, &session.plan, &stack)?;
@@ -195,6 +192,7 @@ fn live(args: &StreamArgs, printer: &mut Printer) -> Result<ExitCode> {
         .build()?;
     rt.block_on(async {
         let (mut session, _) = attach::open(&args.run)?;
+        printer.watch = Some(attach::Aggregate::new(&session));
         let end = capture::capture(&mut session, &args.run.stop_when(), printer).await?;
         let status = match end {
             End::CommandExited(s) => json!(s.code()),
