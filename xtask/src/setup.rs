@@ -29,6 +29,14 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "ndctl",
     // mkfs.xfs for the guest: the real bugs' XFS cases.
     "xfsprogs",
+    // The lab kernels built from Debian's source (lab/build.rs): kbuild's host tools, objtool
+    // (libelf) and pahole for BTF.
+    "flex",
+    "bison",
+    "bc",
+    "libelf-dev",
+    "libssl-dev",
+    "dwarves",
     "debian-archive-keyring",
 ];
 

@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
 use super::apt::Apt;
-use super::kernel::{self, Kernel, KernelSpec};
+use super::kernel::{self, Kernel, KernelSpec, Origin};
 use super::matrix::VmCase;
 use super::{Assets, Attach, GuestJob, VmResult};
 use crate::cmd::{self, note};
@@ -63,9 +63,16 @@ pub fn build(spec: &'static KernelSpec, apt: &Apt) -> Result<Built> {
     })
 }
 
-/// Debian's headers for `spec`, unpacked into the cache and made relocatable.
+/// The kbuild directory to build the module against: the lab's own build of a kernel built
+/// from source, or Debian's headers, unpacked into the cache and made relocatable.
 fn headers(spec: &'static KernelSpec, apt: &Apt) -> Result<PathBuf> {
-    if spec.headers.is_empty() {
+    let headers = match &spec.origin {
+        Origin::Debian { headers, .. } => headers,
+        Origin::Built(recipe) => {
+            return Ok(super::build::ensure(spec.name, spec.release, recipe, apt)?.build);
+        }
+    };
+    if headers.is_empty() {
         bail!(
             "kernel {}: no header packages in the kernel table, so no test module",
             spec.name
@@ -84,7 +91,7 @@ fn headers(spec: &'static KernelSpec, apt: &Apt) -> Result<PathBuf> {
         std::fs::remove_dir_all(&tree)
             .with_context(|| format!("removing partial {}", tree.display()))?;
     }
-    kernel::extract_packages(apt, spec.headers, &tree)?;
+    kernel::extract_packages(apt, headers, &tree)?;
     // The arch Makefile is one `include /usr/src/linux-headers-…-common/Makefile`, an absolute
     // path; the scripts/tools symlinks are relative and already resolve inside the tree.
     let makefile = build.join("Makefile");

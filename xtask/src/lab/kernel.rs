@@ -7,6 +7,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 use super::apt::Apt;
+use super::build::{self, Built, Recipe};
 use crate::cmd::{self, note};
 use crate::paths;
 
@@ -15,11 +16,21 @@ pub struct KernelSpec {
     pub name: &'static str,
     /// `uname -r` in the guest, and the directory under lib/modules.
     pub release: &'static str,
-    /// Debian packages (name, exact version) whose contents make up the tree.
-    pub packages: &'static [(&'static str, &'static str)],
-    /// Header packages (same versions) for building the test module (lab/inject.rs); empty
-    /// where no module is built for that kernel.
-    pub headers: &'static [(&'static str, &'static str)],
+    pub origin: Origin,
+}
+
+/// Where a lab kernel comes from.
+pub enum Origin {
+    /// Debian's binary packages.
+    Debian {
+        /// Packages (name, exact version) whose contents make up the tree.
+        packages: &'static [(&'static str, &'static str)],
+        /// Header packages (same versions) for building the test module (lab/inject.rs);
+        /// empty where no module is built for that kernel.
+        headers: &'static [(&'static str, &'static str)],
+    },
+    /// Built by the lab from Debian's source package (lab/build.rs): not a Debian binary.
+    Built(&'static Recipe),
 }
 
 /// Versions as the archive served them when pinned (suite in the comment). Sid drops old
@@ -29,56 +40,86 @@ pub const KERNELS: &[KernelSpec] = &[
     KernelSpec {
         name: "5.10",
         release: "5.10.0-32-amd64",
-        packages: &[("linux-image-5.10.0-32-amd64-unsigned", "5.10.223-1")],
-        headers: &[],
+        origin: Origin::Debian {
+            packages: &[("linux-image-5.10.0-32-amd64-unsigned", "5.10.223-1")],
+            headers: &[],
+        },
     },
     // bookworm-security
     KernelSpec {
         name: "6.1",
         release: "6.1.0-56-amd64",
-        packages: &[("linux-image-6.1.0-56-amd64-unsigned", "6.1.192-2")],
-        // The headers' Makefile calls the host's gcc-12 (Debian 12), installed by `xtask setup`.
-        headers: &[
-            ("linux-headers-6.1.0-56-amd64", "6.1.192-2"),
-            ("linux-headers-6.1.0-56-common", "6.1.192-2"),
-            ("linux-kbuild-6.1", "6.1.192-3"),
-        ],
+        origin: Origin::Debian {
+            packages: &[("linux-image-6.1.0-56-amd64-unsigned", "6.1.192-2")],
+            // The headers' Makefile calls the host's gcc-12 (Debian 12), installed by `xtask setup`.
+            headers: &[
+                ("linux-headers-6.1.0-56-amd64", "6.1.192-2"),
+                ("linux-headers-6.1.0-56-common", "6.1.192-2"),
+                ("linux-kbuild-6.1", "6.1.192-3"),
+            ],
+        },
     },
     // bookworm-backports
     KernelSpec {
         name: "6.12",
         release: "6.12.95+deb12-amd64",
-        packages: &[(
-            "linux-image-6.12.95+deb12-amd64-unsigned",
-            "6.12.95-1~bpo12+1",
-        )],
-        headers: &[
-            ("linux-headers-6.12.95+deb12-amd64", "6.12.95-1~bpo12+1"),
-            ("linux-headers-6.12.95+deb12-common", "6.12.95-1~bpo12+1"),
-            ("linux-kbuild-6.12.95+deb12", "6.12.95-1~bpo12+1"),
-        ],
+        origin: Origin::Debian {
+            packages: &[(
+                "linux-image-6.12.95+deb12-amd64-unsigned",
+                "6.12.95-1~bpo12+1",
+            )],
+            headers: &[
+                ("linux-headers-6.12.95+deb12-amd64", "6.12.95-1~bpo12+1"),
+                ("linux-headers-6.12.95+deb12-common", "6.12.95-1~bpo12+1"),
+                ("linux-kbuild-6.12.95+deb12", "6.12.95-1~bpo12+1"),
+            ],
+        },
     },
     // sid: from 7.x on the image package is a metapackage over binary + modules (+ base).
     KernelSpec {
         name: "7.2",
         release: "7.2.13+deb14-amd64",
-        packages: &[
-            ("linux-binary-7.2.13+deb14-amd64", "7.2.13-1"),
-            ("linux-modules-7.2.13+deb14-amd64", "7.2.13-1"),
-            ("linux-base-7.2.13+deb14-amd64", "7.2.13-1"),
-        ],
-        headers: &[],
+        origin: Origin::Debian {
+            packages: &[
+                ("linux-binary-7.2.13+deb14-amd64", "7.2.13-1"),
+                ("linux-modules-7.2.13+deb14-amd64", "7.2.13-1"),
+                ("linux-base-7.2.13+deb14-amd64", "7.2.13-1"),
+            ],
+            headers: &[],
+        },
     },
     // trixie-backports
     KernelSpec {
         name: "7.3",
         release: "7.3.4+deb13-amd64",
-        packages: &[
-            ("linux-binary-7.3.4+deb13-amd64", "7.3.4-1~bpo13+1"),
-            ("linux-modules-7.3.4+deb13-amd64", "7.3.4-1~bpo13+1"),
-            ("linux-base-7.3.4+deb13-amd64", "7.3.4-1~bpo13+1"),
-        ],
-        headers: &[],
+        origin: Origin::Debian {
+            packages: &[
+                ("linux-binary-7.3.4+deb13-amd64", "7.3.4-1~bpo13+1"),
+                ("linux-modules-7.3.4+deb13-amd64", "7.3.4-1~bpo13+1"),
+                ("linux-base-7.3.4+deb13-amd64", "7.3.4-1~bpo13+1"),
+            ],
+            headers: &[],
+        },
+    },
+    // Built by the lab from the same Debian sources (bookworm-backports, trixie-backports),
+    // with device-private pages, P2PDMA and the HMM test driver.
+    KernelSpec {
+        name: "6.12-src",
+        release: "6.12.95-refwatch-src",
+        origin: Origin::Built(&Recipe {
+            source: ("linux-source-6.12", "6.12.95-1~bpo12+1"),
+            fragments: &[&build::GUEST],
+            localversion: "-refwatch-src",
+        }),
+    },
+    KernelSpec {
+        name: "7.3-src",
+        release: "7.3.4-refwatch-src",
+        origin: Origin::Built(&Recipe {
+            source: ("linux-source-7.3", "7.3.4-1~bpo13+1"),
+            fragments: &[&build::GUEST],
+            localversion: "-refwatch-src",
+        }),
     },
 ];
 
@@ -93,6 +134,8 @@ pub fn spec(name: &str) -> Result<&'static KernelSpec> {
 pub struct Kernel {
     pub spec: &'static KernelSpec,
     tree: PathBuf,
+    /// The lab's build, for a kernel built from source.
+    built: Option<Built>,
 }
 
 const COMPLETE_MARKER: &str = ".refwatch-complete";
@@ -101,8 +144,23 @@ impl Kernel {
     /// Returns the cached tree, fetching and unpacking it first if needed. A tree without the
     /// completion marker is a leftover of an interrupted fetch and is rebuilt.
     pub fn fetch(spec: &'static KernelSpec, apt: &Apt) -> Result<Self> {
+        let packages = match &spec.origin {
+            Origin::Debian { packages, .. } => packages,
+            Origin::Built(recipe) => {
+                let built = build::ensure(spec.name, spec.release, recipe, apt)?;
+                return Ok(Self {
+                    spec,
+                    tree: built.tree.clone(),
+                    built: Some(built),
+                });
+            }
+        };
         let tree = paths::lab_cache()?.join("kernels").join(spec.release);
-        let kernel = Self { spec, tree };
+        let kernel = Self {
+            spec,
+            tree,
+            built: None,
+        };
         if kernel.tree.join(COMPLETE_MARKER).exists() {
             return Ok(kernel);
         }
@@ -114,10 +172,15 @@ impl Kernel {
             std::fs::remove_dir_all(&kernel.tree)
                 .with_context(|| format!("removing partial {}", kernel.tree.display()))?;
         }
-        extract_packages(apt, spec.packages, &kernel.tree)?;
+        extract_packages(apt, packages, &kernel.tree)?;
         kernel.index_modules()?;
         std::fs::write(kernel.tree.join(COMPLETE_MARKER), "")?;
         Ok(kernel)
+    }
+
+    /// The lab's build of a kernel built from source; None for Debian's binaries.
+    pub fn built(&self) -> Option<&Built> {
+        self.built.as_ref()
     }
 
     pub fn modules_dir(&self) -> PathBuf {
