@@ -9,6 +9,7 @@ pub mod escape;
 pub mod event;
 pub mod facts;
 pub mod kallsyms;
+pub mod mechanisms;
 pub mod plan;
 pub mod privileges;
 pub mod session;

@@ -175,7 +175,7 @@ impl Session {
                         entry.attached = Some(Ok(mode));
                         break;
                     }
-                    Err(e) => last_err = format!("{mode:?}: {e}"),
+                    Err(e) => last_err = format!("{mode}: {e}"),
                 }
             }
             if entry.attached.is_none() {
@@ -415,12 +415,16 @@ where
 
 /// An error with its sources, on one line (aya's errors keep the useful part in `source`).
 /// A verifier log is cut to its verdict: the line before the statistics line.
+/// A source whose text is already in the message (aya repeats the errno) is left out.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(inner) = cur {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
+        let text = inner.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
         cur = inner.source();
     }
     match s.split_once("Verifier output:") {
@@ -435,7 +439,12 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
                 .rposition(|l| l.starts_with("processed "))
                 .and_then(|i| i.checked_sub(1))
                 .map_or_else(|| lines.last().copied().unwrap_or(""), |i| lines[i]);
-            format!("{head}verifier: {verdict}")
+            // No log at all: the kernel refused the program before the verifier ran.
+            if verdict.is_empty() {
+                head.trim_end().trim_end_matches('.').to_owned()
+            } else {
+                format!("{head}verifier: {verdict}")
+            }
         }
         None => s,
     }

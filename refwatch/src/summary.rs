@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::{
     aggregate::{Aggregator, Coverage, Finding, Rule, Transition},
     escape::printable,
+    plan::AttachMode,
 };
 
 #[derive(Clone, Debug, Serialize)]
@@ -65,7 +66,7 @@ pub fn attach_mode(plan: &crate::plan::Plan) -> String {
     let mut modes: Vec<String> = plan
         .attached()
         .filter_map(|p| p.attached.as_ref()?.as_ref().ok())
-        .map(|m| format!("{m:?}").to_lowercase())
+        .map(AttachMode::to_string)
         .collect();
     modes.sort();
     modes.dedup();

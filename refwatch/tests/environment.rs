@@ -176,7 +176,7 @@ fn no_kprobes_is_a_clear_environment_error() {
         assert!(
             o.stderr
                 .starts_with("refwatch: no probe could be attached on ")
-                && o.stderr.contains("Fentry: ")
+                && o.stderr.contains("fentry: ")
                 && o.stderr
                     .contains(&format!("{no_kprobes}: CONFIG_KPROBES off?): fentry only")),
             "refwatch {args:?}: {}",

@@ -203,12 +203,11 @@ fn live(args: &StreamArgs, printer: &mut Printer) -> Result<ExitCode> {
             .attached()
             .filter_map(|p| {
                 Some(format!(
-                    "{}:{:?}",
+                    "{}:{}",
                     p.function,
                     p.attached.as_ref()?.as_ref().ok()?
                 ))
             })
-            .map(|s| s.to_lowercase())
             .collect();
         printer.summary(
             &session.plan.kernel,
