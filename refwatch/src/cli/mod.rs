@@ -1,9 +1,10 @@
-//! Subcommands. Each lives in its own module; exit codes follow `refwatch check`'s convention:
-//! 0 ok, 1 findings over the limit, 2 usage or environment error, 3 inconclusive.
+//! Subcommands. Each lives in its own module; exit codes follow `refwatch check`'s convention
+//! (kselftest's): 0 ok, 1 fail, 2 usage or environment error, 4 inconclusive.
 
 mod attach;
 mod check;
 mod live;
+mod output;
 mod probes;
 mod record;
 mod report;
@@ -39,7 +40,9 @@ enum Command {
     Record(record::RecordArgs),
     /// Summarize a trace: per-pgmap counts and findings with stacks (no root needed).
     Report(report::ReportArgs),
-    /// Exit 0/1/3 on the findings of a capture or a trace (pass/fail/inconclusive).
+    /// Exit 0/1/4 on the findings of a capture or a trace, and on the command run after `--`
+    /// (pass/fail/inconclusive).
+    #[command(after_help = check::EXIT_CODES)]
     Check(check::CheckArgs),
 }
 
