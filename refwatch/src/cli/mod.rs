@@ -16,10 +16,24 @@ use clap::{Args, Parser, Subcommand};
 use refwatch::{capture::StopWhen, plan::AttachMode};
 use refwatch_common::globals::DEFAULT_RING_BYTES;
 
+/// `--version`: the version, the commit built from, and the newest kernel the probe catalog
+/// was checked on.
+fn version() -> &'static str {
+    static TEXT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let (major, minor) = refwatch_common::catalog::NEWEST_CHECKED;
+        format!(
+            "{} (commit {}; probe catalog checked on kernels up to {major}.{minor})",
+            env!("CARGO_PKG_VERSION"),
+            env!("REFWATCH_GIT_COMMIT"),
+        )
+    });
+    &TEXT
+}
+
 #[derive(Parser)]
 #[command(
     name = "refwatch",
-    version,
+    version = version(),
     about = "Watch ZONE_DEVICE page reference counts with eBPF"
 )]
 struct Cli {
@@ -111,5 +125,47 @@ pub fn run() -> ExitCode {
             eprintln!("refwatch: {e:#}");
             ExitCode::from(EXIT_ERROR)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    #[test]
+    fn version_names_the_commit_and_the_newest_kernel_checked() {
+        let v = Cli::command().render_version();
+        let (major, minor) = refwatch_common::catalog::NEWEST_CHECKED;
+        assert!(
+            v.starts_with(&format!("refwatch {} (commit ", env!("CARGO_PKG_VERSION"))),
+            "{v}"
+        );
+        assert!(v.contains(&format!("up to {major}.{minor})")), "{v}");
+    }
+
+    /// Every subcommand says what it does and every option and argument has a help line, so
+    /// that `--help`, the man page and the shell completions explain all of them.
+    #[test]
+    fn every_option_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            if cmd.get_about().is_none() {
+                missing.push(format!("{path}: no about"));
+            }
+            for arg in cmd.get_arguments() {
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "refwatch", &mut missing);
+        assert!(missing.is_empty(), "no help line: {missing:#?}");
     }
 }
