@@ -57,6 +57,8 @@ pub struct SessionOptions {
     pub with: Vec<String>,
     /// Ring buffer size in bytes (rounded up to a power of two pages by the caller).
     pub ring_bytes: u32,
+    /// Page events only from this process's threads (see the eBPF `wanted_task`).
+    pub pid: Option<u32>,
 }
 
 /// The running kernel as refwatch sees it, before anything is loaded.
@@ -160,7 +162,7 @@ impl Session {
                 callers.range[entry.id as usize] = [lo, hi];
             }
         }
-        let mut ebpf = load_object(&layout, &callers, opts.ring_bytes)?;
+        let mut ebpf = load_object(&layout, &callers, opts.pid, opts.ring_bytes)?;
         // Error -> functions that failed with it: one line for a refusal they all share.
         let mut errors: Vec<(String, Vec<String>)> = Vec::new();
         for entry in plan
@@ -302,12 +304,14 @@ fn idle_one_types(plan: &Plan) -> u64 {
 fn load_object(
     layout: &Layout,
     callers: &Callers,
+    pid: Option<u32>,
     ring_bytes: u32,
 ) -> Result<aya::Ebpf, aya::EbpfError> {
     raise_memlock();
     EbpfLoader::new()
         .override_global(globals::LAYOUT, layout, true)
         .override_global(globals::CALLERS, callers, true)
+        .override_global(globals::PID_FILTER, &pid.unwrap_or(0), true)
         .map_max_entries(globals::EVENTS, ring_bytes)
         .load(PROGRAMS)
 }
@@ -324,9 +328,12 @@ pub fn verify_programs(
     fentry: &[(u8, &str)],
 ) -> Result<Vec<VerifyOutcome>, SessionError> {
     let layout = kernel.facts.layout.clone().unwrap_or(Layout::PLACEHOLDER);
+    // A pid filter on: the verifier knows the frozen globals, and with 0 it would prune the
+    // filter's helper call instead of checking it.
     let mut ebpf = load_object(
         &layout.with_vmemmap_base(0),
         &Callers::default(),
+        Some(1),
         globals::DEFAULT_RING_BYTES,
     )?;
     let version = kernel.facts.version;
@@ -361,6 +368,7 @@ pub fn fentry_allowed(kernel: &Kernel, id: u8, function: &str) -> Result<(), Str
     let mut ebpf = load_object(
         &layout.with_vmemmap_base(0),
         &Callers::default(),
+        None,
         globals::DEFAULT_RING_BYTES,
     )
     .map_err(|e| error_chain(&e))?;

@@ -78,6 +78,11 @@ pub struct RunArgs {
     /// Ring buffer size in KiB (a power of two, at least 4).
     #[arg(long, default_value_t = DEFAULT_RING_BYTES / 1024, value_parser = ring_kib)]
     pub ring_kib: u32,
+    /// Only page events in the context of this process and its threads (filtered in the
+    /// kernel, by the PID of the initial PID namespace); pgmap creation and teardown, the
+    /// teardown scan's held pages and the zaps of the process's own mappings always pass.
+    #[arg(short, long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub pid: Option<u32>,
     /// Stop after this many seconds.
     #[arg(short, long)]
     pub duration: Option<f64>,
@@ -133,6 +138,15 @@ mod tests {
     use clap::CommandFactory;
 
     use super::Cli;
+
+    /// 0 is the eBPF side's "no filter": it cannot be asked for.
+    #[test]
+    fn pid_zero_is_refused() {
+        use clap::Parser;
+        assert!(Cli::try_parse_from(["refwatch", "stream", "-p", "0"]).is_err());
+        let cli = Cli::try_parse_from(["refwatch", "check", "--pid", "42", "--", "true"]).unwrap();
+        assert!(matches!(cli.command, Some(super::Command::Check(_))));
+    }
 
     #[test]
     fn version_names_the_commit_and_the_newest_kernel_checked() {
