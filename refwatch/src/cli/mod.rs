@@ -3,6 +3,7 @@
 
 mod attach;
 mod check;
+mod generate;
 mod live;
 mod output;
 mod probes;
@@ -58,6 +59,9 @@ enum Command {
     /// (pass/fail/inconclusive).
     #[command(after_help = check::EXIT_CODES)]
     Check(check::CheckArgs),
+    /// Write the man pages and shell completions into a directory (for packaging).
+    #[command(hide = true)]
+    Generate(generate::GenerateArgs),
 }
 
 /// Options shared by every command that attaches probes: how, and until when.
@@ -123,6 +127,7 @@ pub fn run() -> ExitCode {
         Command::Record(args) => record::run(args),
         Command::Report(args) => report::run(args),
         Command::Check(args) => check::run(args),
+        Command::Generate(args) => generate::run(args),
     };
     match result {
         Ok(code) => code,
