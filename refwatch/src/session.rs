@@ -228,7 +228,11 @@ impl Session {
         };
         // Parsing BTF and kallsyms peaks at tens of MiB that a long recording never needs
         // again: give it back to the kernel instead of keeping it as heap high-water mark.
-        unsafe { libc::malloc_trim(0) };
+        // (musl's allocator, in the static build, unmaps freed memory by itself.)
+        #[cfg(target_env = "gnu")]
+        unsafe {
+            libc::malloc_trim(0)
+        };
         Ok(session)
     }
 
