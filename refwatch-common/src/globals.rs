@@ -143,6 +143,8 @@ unsafe impl aya::Pod for Callers {}
 
 pub const LAYOUT: &str = "LAYOUT";
 pub const CALLERS: &str = "CALLERS";
+/// `u32`: the process (tgid) whose task context page events must come from; 0: any.
+pub const PID_FILTER: &str = "PID_FILTER";
 
 /// Map names.
 pub const EVENTS: &str = "EVENTS";

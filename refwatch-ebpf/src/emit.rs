@@ -74,7 +74,7 @@ pub fn handle<C: Args + StackIdContext>(ctx: &C, id: u8, probe: &Probe) {
         return;
     };
     // The filter every hit pays for: one read and a compare.
-    if page::zone_device_flags(page).is_none() {
+    if page::zone_device_flags(page).is_none() || !wanted_task() {
         return;
     }
     // After the page filter: reading the return address is a helper call, and the functions
@@ -106,6 +106,19 @@ pub fn handle<C: Args + StackIdContext>(ctx: &C, id: u8, probe: &Probe) {
         0
     };
     submit_page(&common(ctx), id, probe.kind, head, &state, extra, extra2, f);
+}
+
+/// `-p PID`: whether a page event of the current task is wanted (the task is a thread of
+/// process PID, or no PID was given). Only events that happen in a task's context on the
+/// process's behalf are filtered: pgmap creation and teardown, and the teardown scan's `held`
+/// pages, come from whoever binds or unbinds the device and always pass (the rules need the
+/// pgmap, and the teardown judges what the process still holds), and a range zap or move
+/// passes for the mms the process's own inserts put in [`DEVICE_MMS`] (an exit's zap may run
+/// in another task).
+#[inline(always)]
+fn wanted_task() -> bool {
+    let tgid = unsafe { core::ptr::read_volatile(&raw const crate::PID_FILTER) };
+    tgid == 0 || (bpf_get_current_pid_tgid() >> 32) as u32 == tgid
 }
 
 /// Reports a pgmap created before refwatch started, the first time one of its pages is seen.
@@ -152,7 +165,7 @@ fn dax_entry<C: Args + StackIdContext>(
     let Some(page) = page::pfn_to_page(first) else {
         return;
     };
-    if page::zone_device_flags(page).is_none() {
+    if page::zone_device_flags(page).is_none() || !wanted_task() {
         return;
     }
     let pages = if entry & DAX_ENTRY_PMD != 0 {

@@ -27,6 +27,10 @@ static CALLERS: Callers = Callers {
     range: [[0; 2]; refwatch_common::catalog::CATALOG_LEN],
 };
 
+/// `refwatch -p`: see [`emit::wanted_task`].
+#[unsafe(no_mangle)]
+static PID_FILTER: u32 = 0;
+
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 

@@ -17,7 +17,10 @@
 use std::{fmt::Write as _, path::Path, process::ExitCode};
 
 use anyhow::{Context, Result, bail};
-use refwatch::trace::{Existing, Footer, TraceReader, TraceWriter};
+use refwatch::{
+    output::Existing,
+    trace::{Footer, TraceReader, TraceWriter},
+};
 use refwatch_common::{Arg, At, CATALOG, Event, EventKind};
 
 fn main() -> ExitCode {

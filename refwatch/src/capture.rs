@@ -1,7 +1,9 @@
 //! The capture loop every attaching command shares: read events until Ctrl-C/SIGTERM, a
 //! duration, or the exit of a command refwatch started after its probes were attached.
 
-use std::{process::ExitStatus, time::Duration};
+use std::{os::unix::process::ExitStatusExt, process::ExitStatus, time::Duration};
+
+use serde::Serialize;
 
 use refwatch_common::Event;
 use tokio::{
@@ -30,11 +32,14 @@ pub enum End {
 }
 
 impl End {
+    /// [`End::word`] of a command's exit, which a footer's command status goes with.
+    pub const COMMAND_EXITED: &str = "command-exited";
+
     /// The stable word a trace's footer keeps: `command-exited`, `duration`, `signal`,
     /// `requested`.
     pub const fn word(self) -> &'static str {
         match self {
-            End::CommandExited(_) => "command-exited",
+            End::CommandExited(_) => Self::COMMAND_EXITED,
             End::Duration => "duration",
             End::Signal => "signal",
             End::Requested => "requested",
@@ -48,6 +53,75 @@ impl End {
             _ => None,
         }
     }
+
+    /// The signal that killed the command.
+    pub fn command_signal(self) -> Option<i32> {
+        match self {
+            End::CommandExited(status) => status.signal(),
+            _ => None,
+        }
+    }
+
+    /// What became of the command of a capture that ran one.
+    pub fn command_outcome(self) -> CommandOutcome {
+        match self {
+            End::CommandExited(status) => match status.code() {
+                Some(status) => CommandOutcome::Exited { status },
+                None => CommandOutcome::Killed {
+                    signal: status.signal(),
+                },
+            },
+            End::Duration | End::Signal | End::Requested => CommandOutcome::Stopped,
+        }
+    }
+}
+
+/// What became of the command run after `--`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum CommandOutcome {
+    Exited {
+        status: i32,
+    },
+    /// A signal killed it; its number is unknown in traces from before it was recorded.
+    Killed {
+        signal: Option<i32>,
+    },
+    /// Still running when refwatch stopped (duration, Ctrl-C), and stopped by refwatch.
+    Stopped,
+    /// A trace cut off before its footer does not say.
+    Unknown,
+}
+
+impl CommandOutcome {
+    /// A nonzero status or a death by signal; a command refwatch stopped did not fail.
+    pub fn failed(self) -> bool {
+        match self {
+            CommandOutcome::Exited { status } => status != 0,
+            CommandOutcome::Killed { .. } => true,
+            CommandOutcome::Stopped | CommandOutcome::Unknown => false,
+        }
+    }
+}
+
+impl std::fmt::Display for CommandOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CommandOutcome::Exited { status } => write!(f, "exited with status {status}"),
+            CommandOutcome::Killed { signal: Some(n) } => write!(f, "was killed by signal {n}"),
+            CommandOutcome::Killed { signal: None } => f.write_str("was killed by a signal"),
+            CommandOutcome::Stopped => f.write_str("was still running when refwatch stopped it"),
+            CommandOutcome::Unknown => f.write_str("has no recorded end (the trace is cut off)"),
+        }
+    }
+}
+
+/// A command refwatch ran after `--`, and what became of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CommandRun {
+    pub argv: Vec<String>,
+    #[serde(flatten)]
+    pub outcome: CommandOutcome,
 }
 
 /// What a capture feeds.

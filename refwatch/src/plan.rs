@@ -20,6 +20,16 @@ pub enum AttachMode {
     Auto,
 }
 
+impl std::fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AttachMode::Kprobe => "kprobe",
+            AttachMode::Fentry => "fentry",
+            AttachMode::Auto => "auto",
+        })
+    }
+}
+
 /// The outcome for one catalog entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]

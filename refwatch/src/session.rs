@@ -57,6 +57,8 @@ pub struct SessionOptions {
     pub with: Vec<String>,
     /// Ring buffer size in bytes (rounded up to a power of two pages by the caller).
     pub ring_bytes: u32,
+    /// Page events only from this process's threads (see the eBPF `wanted_task`).
+    pub pid: Option<u32>,
 }
 
 /// The running kernel as refwatch sees it, before anything is loaded.
@@ -160,7 +162,7 @@ impl Session {
                 callers.range[entry.id as usize] = [lo, hi];
             }
         }
-        let mut ebpf = load_object(&layout, &callers, opts.ring_bytes)?;
+        let mut ebpf = load_object(&layout, &callers, opts.pid, opts.ring_bytes)?;
         // Error -> functions that failed with it: one line for a refusal they all share.
         let mut errors: Vec<(String, Vec<String>)> = Vec::new();
         for entry in plan
@@ -175,7 +177,7 @@ impl Session {
                         entry.attached = Some(Ok(mode));
                         break;
                     }
-                    Err(e) => last_err = format!("{mode:?}: {e}"),
+                    Err(e) => last_err = format!("{mode}: {e}"),
                 }
             }
             if entry.attached.is_none() {
@@ -226,7 +228,11 @@ impl Session {
         };
         // Parsing BTF and kallsyms peaks at tens of MiB that a long recording never needs
         // again: give it back to the kernel instead of keeping it as heap high-water mark.
-        unsafe { libc::malloc_trim(0) };
+        // (musl's allocator, in the static build, unmaps freed memory by itself.)
+        #[cfg(target_env = "gnu")]
+        unsafe {
+            libc::malloc_trim(0)
+        };
         Ok(session)
     }
 
@@ -302,12 +308,14 @@ fn idle_one_types(plan: &Plan) -> u64 {
 fn load_object(
     layout: &Layout,
     callers: &Callers,
+    pid: Option<u32>,
     ring_bytes: u32,
 ) -> Result<aya::Ebpf, aya::EbpfError> {
     raise_memlock();
     EbpfLoader::new()
         .override_global(globals::LAYOUT, layout, true)
         .override_global(globals::CALLERS, callers, true)
+        .override_global(globals::PID_FILTER, &pid.unwrap_or(0), true)
         .map_max_entries(globals::EVENTS, ring_bytes)
         .load(PROGRAMS)
 }
@@ -324,9 +332,12 @@ pub fn verify_programs(
     fentry: &[(u8, &str)],
 ) -> Result<Vec<VerifyOutcome>, SessionError> {
     let layout = kernel.facts.layout.clone().unwrap_or(Layout::PLACEHOLDER);
+    // A pid filter on: the verifier knows the frozen globals, and with 0 it would prune the
+    // filter's helper call instead of checking it.
     let mut ebpf = load_object(
         &layout.with_vmemmap_base(0),
         &Callers::default(),
+        Some(1),
         globals::DEFAULT_RING_BYTES,
     )?;
     let version = kernel.facts.version;
@@ -361,6 +372,7 @@ pub fn fentry_allowed(kernel: &Kernel, id: u8, function: &str) -> Result<(), Str
     let mut ebpf = load_object(
         &layout.with_vmemmap_base(0),
         &Callers::default(),
+        None,
         globals::DEFAULT_RING_BYTES,
     )
     .map_err(|e| error_chain(&e))?;
@@ -415,12 +427,16 @@ where
 
 /// An error with its sources, on one line (aya's errors keep the useful part in `source`).
 /// A verifier log is cut to its verdict: the line before the statistics line.
+/// A source whose text is already in the message (aya repeats the errno) is left out.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(inner) = cur {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
+        let text = inner.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
         cur = inner.source();
     }
     match s.split_once("Verifier output:") {
@@ -435,7 +451,12 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
                 .rposition(|l| l.starts_with("processed "))
                 .and_then(|i| i.checked_sub(1))
                 .map_or_else(|| lines.last().copied().unwrap_or(""), |i| lines[i]);
-            format!("{head}verifier: {verdict}")
+            // No log at all: the kernel refused the program before the verifier ran.
+            if verdict.is_empty() {
+                head.trim_end().trim_end_matches('.').to_owned()
+            } else {
+                format!("{head}verifier: {verdict}")
+            }
         }
         None => s,
     }

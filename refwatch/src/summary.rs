@@ -1,5 +1,5 @@
 //! What live, report and check show: one summary built from the aggregator, rendered as JSON
-//! or as tables, and the check verdict.
+//! or as tables.
 
 use std::collections::BTreeMap;
 
@@ -8,12 +8,15 @@ use serde::Serialize;
 
 use crate::{
     aggregate::{Aggregator, Coverage, Finding, Rule, Transition},
+    capture::CommandRun,
     escape::printable,
+    plan::AttachMode,
 };
 
 #[derive(Clone, Debug, Serialize)]
 pub struct RuleSummary {
-    pub id: &'static str,
+    #[serde(rename = "id")]
+    pub rule: Rule,
     pub count: u64,
     #[serde(flatten)]
     pub coverage: Coverage,
@@ -52,6 +55,9 @@ pub struct Summary {
     pub pgmaps: Vec<PgmapSummary>,
     pub findings_total: u64,
     pub findings: Vec<FindingOut>,
+    /// The command run after `--`, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<CommandRun>,
     /// Entries of each attached function, device pages or not: the probes' cost to the
     /// workload is their trap or trampoline times these. Empty for older traces.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -65,7 +71,7 @@ pub fn attach_mode(plan: &crate::plan::Plan) -> String {
     let mut modes: Vec<String> = plan
         .attached()
         .filter_map(|p| p.attached.as_ref()?.as_ref().ok())
-        .map(|m| format!("{m:?}").to_lowercase())
+        .map(AttachMode::to_string)
         .collect();
     modes.sort();
     modes.dedup();
@@ -89,7 +95,7 @@ impl Summary {
             rules: Rule::ALL
                 .iter()
                 .map(|&r| RuleSummary {
-                    id: r.id(),
+                    rule: r,
                     count: agg.count(r),
                     coverage: ctx.coverage(r),
                 })
@@ -123,43 +129,9 @@ impl Summary {
                     stack: stack(f.stack_id),
                 })
                 .collect(),
+            command: None,
             calls,
             warnings: Vec::new(),
-        }
-    }
-
-    /// Findings of the selected rules (all rules when `rules` is empty).
-    fn counted(&self, rules: &[Rule]) -> u64 {
-        self.rules
-            .iter()
-            .filter(|r| rules.is_empty() || rules.iter().any(|s| s.id() == r.id))
-            .map(|r| r.count)
-            .sum()
-    }
-
-    pub fn verdict(&self, max_violations: u64, rules: &[Rule]) -> Verdict {
-        let count = self.counted(rules);
-        if count > max_violations {
-            return Verdict::Fail { count };
-        }
-        let mut reasons: Vec<String> = self
-            .rules
-            .iter()
-            .filter(|r| rules.iter().any(|s| s.id() == r.id))
-            .filter_map(|r| match &r.coverage {
-                Coverage::Unchecked(why) => Some(format!("{} is unchecked: {why}", r.id)),
-                Coverage::Checked => None,
-            })
-            .collect();
-        match self.dropped {
-            Some(0) => {}
-            Some(n) => reasons.push(format!("{n} events were dropped")),
-            None => reasons.push("the drop count is unknown".into()),
-        }
-        if reasons.is_empty() {
-            Verdict::Pass { count }
-        } else {
-            Verdict::Inconclusive { count, reasons }
         }
     }
 
@@ -219,7 +191,7 @@ impl Summary {
                 Coverage::Checked => "checked".to_owned(),
                 Coverage::Unchecked(why) => format!("unchecked: {why}"),
             };
-            t.add_row([r.id.to_owned(), r.count.to_string(), state]);
+            t.add_row([r.rule.id().to_owned(), r.count.to_string(), state]);
         }
         out.push_str(&format!("{t}\n"));
         let dropped = self.dropped.map_or("unknown".into(), |d| d.to_string());
@@ -230,6 +202,13 @@ impl Summary {
             self.events,
             self.findings_total
         ));
+        if let Some(c) = &self.command {
+            out.push_str(&format!(
+                "command {} {}\n",
+                printable(&c.argv.join(" ")),
+                c.outcome
+            ));
+        }
         if !self.calls.is_empty() {
             let calls: Vec<String> = self
                 .calls
@@ -241,15 +220,21 @@ impl Summary {
                 calls.join(", ")
             ));
         }
-        let groups = groups(&self.findings);
-        for group in &groups[groups.len().saturating_sub(findings)..] {
-            out.push_str(&render_group(group));
-        }
+        out.push_str(&render_findings(&self.findings, findings));
         for w in &self.warnings {
             out.push_str(&format!("warning: {w}\n"));
         }
         out
     }
+}
+
+/// The text blocks of the last `blocks` groups of `findings` (see [`groups`]).
+pub fn render_findings(findings: &[FindingOut], blocks: usize) -> String {
+    let groups = groups(findings);
+    groups[groups.len().saturating_sub(blocks)..]
+        .iter()
+        .map(|group| render_group(group))
+        .collect()
 }
 
 /// Findings of one rule with one kernel stack and one task: a teardown under many pages is
@@ -381,25 +366,6 @@ fn transition_line(t: &Transition) -> String {
     )
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "verdict", rename_all = "lowercase")]
-pub enum Verdict {
-    Pass { count: u64 },
-    Fail { count: u64 },
-    Inconclusive { count: u64, reasons: Vec<String> },
-}
-
-impl Verdict {
-    /// `refwatch check`'s exit code.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            Verdict::Pass { .. } => 0,
-            Verdict::Fail { .. } => 1,
-            Verdict::Inconclusive { .. } => 3,
-        }
-    }
-}
-
 /// Replays a trace through the aggregator (what `report` and `check --trace` show).
 pub fn from_trace<R: std::io::Read + Send>(
     mut reader: crate::trace::TraceReader<R>,
@@ -412,6 +378,7 @@ pub fn from_trace<R: std::io::Read + Send>(
     let dropped = reader.footer().map(|f| f.dropped);
     let calls = reader.footer().map(|f| f.calls.clone()).unwrap_or_default();
     let mut summary = Summary::build(&agg, &plan, dropped, calls, |id| reader.stack(id).to_vec());
+    summary.command = crate::trace::Footer::command(reader.footer(), reader.header());
     summary.warnings.extend(reader.warning().map(str::to_owned));
     if reader.header().synthetic {
         summary
@@ -422,7 +389,7 @@ pub fn from_trace<R: std::io::Read + Send>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{
         aggregate::synth::{Probes, healthy},
@@ -430,7 +397,9 @@ mod tests {
         trace::TraceReader,
     };
 
-    fn summary(model: Model, breach: bool, dropped: u64) -> Summary {
+    /// A synthetic trace's summary: healthy events of `model`, one insert at refcount 0 with
+    /// `breach`.
+    pub(crate) fn summary(model: Model, breach: bool, dropped: u64) -> Summary {
         let p = Probes::for_model(model);
         let mut events = healthy(&p, false, 2, &[]);
         if breach {
@@ -442,29 +411,6 @@ mod tests {
         }
         let bytes = p.trace(&events, dropped);
         from_trace(TraceReader::new(&bytes[..]).unwrap()).unwrap()
-    }
-
-    #[test]
-    fn verdicts() {
-        assert_eq!(
-            summary(Model::ZeroBased, false, 0)
-                .verdict(0, &[])
-                .exit_code(),
-            0
-        );
-        let bad = summary(Model::ZeroBased, true, 0);
-        assert_eq!(bad.verdict(0, &[]).exit_code(), 1);
-        assert_eq!(bad.verdict(1, &[]).exit_code(), 0);
-        assert_eq!(bad.verdict(0, &[Rule::TeardownBusy]).exit_code(), 0);
-        assert_eq!(
-            summary(Model::ZeroBased, false, 3)
-                .verdict(0, &[])
-                .exit_code(),
-            3
-        );
-        let old = summary(Model::AllOneBased, false, 0);
-        assert_eq!(old.verdict(0, &[]).exit_code(), 0);
-        assert_eq!(old.verdict(0, &[Rule::FreeWhileMapped]).exit_code(), 3);
     }
 
     #[test]

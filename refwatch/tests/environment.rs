@@ -176,7 +176,7 @@ fn no_kprobes_is_a_clear_environment_error() {
         assert!(
             o.stderr
                 .starts_with("refwatch: no probe could be attached on ")
-                && o.stderr.contains("Fentry: ")
+                && o.stderr.contains("fentry: ")
                 && o.stderr
                     .contains(&format!("{no_kprobes}: CONFIG_KPROBES off?): fentry only")),
             "refwatch {args:?}: {}",
@@ -233,4 +233,50 @@ fn record_writes_no_trace_through_a_link_or_over_a_file() {
         o.stderr
     );
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep");
+}
+
+/// `-o` and `--junit` write as `record -o` does: never through a link, never over a file
+/// unless `--force`; what goes to the file is no longer on stdout.
+#[test]
+fn output_files_are_written_as_traces_are() {
+    let trace = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/traces/6.1-fsdax-mmap.rwt");
+    let trace = trace.to_str().unwrap();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("environment-output");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (victim, link, file) = (dir.join("victim"), dir.join("link"), dir.join("out"));
+    for p in [&victim, &link, &file] {
+        let _ = std::fs::remove_file(p);
+    }
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    let link = link.to_str().unwrap();
+    for args in [
+        &["report", trace, "-o", link][..],
+        &["report", trace, "-o", link, "--force"],
+        &["stream", "--trace", trace, "-o", link],
+        &["check", "--trace", trace, "-o", link],
+        &["check", "--trace", trace, "--junit", link, "--force"],
+    ] {
+        let o = refwatch(args);
+        assert_eq!(o.code, 2, "{args:?}: {}", o.stderr);
+        assert!(o.stderr.contains("is a symbolic link"), "{}", o.stderr);
+        assert!(!victim.exists(), "{args:?} wrote through the link");
+    }
+    let out = file.to_str().unwrap();
+    let o = refwatch(&["check", "--trace", trace, "--json", "-o", out]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(o.stdout, "", "the verdict went to the file");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(json["verdict"]["verdict"], "pass");
+    assert_eq!(json["command"]["status"], 0);
+    let o = refwatch(&["report", trace, "-o", out]);
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(
+        o.stderr.contains("exists: --force overwrites it"),
+        "{}",
+        o.stderr
+    );
+    let o = refwatch(&["report", trace, "-o", out, "--force"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(std::fs::read_to_string(&file).unwrap().contains("fsdax"));
 }

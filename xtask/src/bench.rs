@@ -100,7 +100,7 @@ pub fn main(args: BenchArgs) -> ExitCode {
 fn bench(args: BenchArgs) -> Result<()> {
     crate::setup::run()?;
     // The guest's bpftrace (bookworm's .deb) runs on the host's copies of its libraries.
-    crate::setup::install_debian_packages(&["bpftrace"])?;
+    crate::setup::install_debian_packages(&[("bpftrace", "bpftrace")])?;
     let sizes = Sizes::new(args.quick);
     let root = paths::workspace_root();
     let work = root.join("target/bench");

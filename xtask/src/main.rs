@@ -1,7 +1,8 @@
-//! Developer tasks for refwatch: `cargo xtask setup | lab | test`.
+//! Developer tasks for refwatch: `cargo xtask setup | dist | lab | test`.
 
 mod bench;
 mod cmd;
+mod dist;
 mod lab;
 mod paths;
 mod setup;
@@ -23,6 +24,8 @@ struct Cli {
 enum Task {
     /// Install the build's and the lab's dependencies (idempotent).
     Setup,
+    /// A static refwatch for x86-64 with its man pages and shell completions, in target/dist.
+    Dist,
     /// Boot a Debian kernel in QEMU with emulated pmem and run a command there.
     Lab(lab::LabArgs),
     /// Unit tests, host checks and the VM matrix (what CI runs).
@@ -36,6 +39,7 @@ enum Task {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Task::Setup => report(setup::run()),
+        Task::Dist => report(dist::run()),
         Task::Lab(args) => lab::main(args),
         Task::Test(args) => test::main(args),
         Task::Soak(args) => soak::main(args),

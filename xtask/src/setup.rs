@@ -1,5 +1,6 @@
-//! `cargo xtask setup`: installs what the build and the VM lab need on a fresh Debian 12 machine.
-//! Every step checks first, so a second run changes nothing and needs no network.
+//! `cargo xtask setup`: installs what the build and the VM lab need on a fresh Debian 12 machine,
+//! and on any other says what to install. Every step checks first, so a second run changes
+//! nothing and needs no network.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -7,52 +8,86 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 use crate::cmd::{self, note};
+use crate::dist;
 use crate::paths;
 
-/// Debian packages the lab runs on the host: the VM, the guest's userland, the kernel
-/// package tooling and the compiler for the static workloads.
-const DEBIAN_PACKAGES: &[&str] = &[
-    "qemu-system-x86",
-    "busybox-static",
-    "e2fsprogs",
-    "cpio",
-    "kmod",
-    "xz-utils",
-    "zstd",
-    "gzip",
-    "tar",
-    "gcc",
-    "libc6-dev",
+/// A Debian package the lab runs on the host, and what it provides (for other systems).
+pub type Package = (&'static str, &'static str);
+
+/// The VM, the guest's userland, the kernel package tooling and the compiler for the static
+/// workloads.
+const LAB_PACKAGES: &[Package] = &[
+    ("qemu-system-x86", "qemu-system-x86_64"),
+    (
+        "busybox-static",
+        "a statically linked /bin/busybox (the guest's userland)",
+    ),
+    ("e2fsprogs", "mkfs.ext4"),
+    ("cpio", "cpio"),
+    ("kmod", "modinfo"),
+    ("xz-utils", "xz"),
+    ("zstd", "zstd"),
+    ("gzip", "gzip"),
+    ("tar", "tar"),
+    ("gcc", "gcc"),
+    (
+        "libc6-dev",
+        "the C library's headers and static libc (the lab workloads)",
+    ),
     // refwatch_inject.ko: the Debian 12 kernels' headers build with gcc-12 through make.
-    "gcc-12",
-    "make",
-    "ndctl",
+    ("gcc-12", "gcc-12"),
+    ("make", "make"),
+    ("ndctl", "ndctl"),
     // mkfs.xfs for the guest: the real bugs' XFS cases.
-    "xfsprogs",
+    ("xfsprogs", "mkfs.xfs"),
     // The lab kernels built from Debian's source (lab/build.rs): kbuild's host tools, objtool
     // (libelf) and pahole for BTF.
-    "flex",
-    "bison",
-    "bc",
-    "libelf-dev",
-    "libssl-dev",
-    "dwarves",
-    "debian-archive-keyring",
+    ("flex", "flex"),
+    ("bison", "bison"),
+    ("bc", "bc"),
+    ("libelf-dev", "libelf's headers (objtool)"),
+    ("libssl-dev", "OpenSSL's headers (kbuild's host tools)"),
+    ("dwarves", "pahole (the kernel's BTF)"),
+    (
+        "debian-archive-keyring",
+        "Debian's archive keys (the lab fetches Debian's kernels)",
+    ),
 ];
 
 pub fn run() -> Result<()> {
-    install_debian_packages(DEBIAN_PACKAGES)?;
-    add_rust_src()?;
-    install_bpf_linker()?;
+    install_debian_packages(LAB_PACKAGES)?;
+    toolchain()?;
     note("setup: done");
     Ok(())
 }
 
-/// Installs whichever of `packages` are missing (apt-get update first, only then).
-pub fn install_debian_packages(packages: &[&str]) -> Result<()> {
+/// What building refwatch needs besides stable Rust: the nightly's rust-src and bpf-linker
+/// for the eBPF programs, and the musl target for the static binary.
+pub fn toolchain() -> Result<()> {
+    add_rust_src()?;
+    install_bpf_linker()?;
+    add_musl_target()
+}
+
+/// Installs whichever of `packages` are missing (apt-get update first, only then). Without
+/// apt-get, says what they provide instead: building refwatch needs none of them.
+pub fn install_debian_packages(packages: &[Package]) -> Result<()> {
+    if !cmd::succeeds(Command::new("apt-get").arg("--version")) {
+        let needs: Vec<String> = packages
+            .iter()
+            .map(|(pkg, provides)| format!("  {provides} (Debian: {pkg})"))
+            .collect();
+        note(format_args!(
+            "setup: no apt-get here, so nothing is installed. Building refwatch needs only \
+             rustup and a C compiler (cc, as the linker); the VM lab needs these, and fetches Debian's kernels with apt-get \
+             (a Debian or Ubuntu host):\n{}",
+            needs.join("\n")
+        ));
+        return Ok(());
+    }
     let missing: Vec<&str> = packages
         .iter()
-        .copied()
+        .map(|(pkg, _)| *pkg)
         .filter(|pkg| !dpkg_installed(pkg))
         .collect();
     if missing.is_empty() {
@@ -92,6 +127,25 @@ fn add_rust_src() -> Result<()> {
         "--toolchain",
         "nightly",
     ]))
+}
+
+fn add_musl_target() -> Result<()> {
+    // In the workspace, so that rustup answers for the toolchain rust-toolchain.toml pins.
+    let installed = cmd::output(
+        Command::new("rustup")
+            .args(["target", "list", "--installed"])
+            .current_dir(paths::workspace_root()),
+    )?;
+    if installed.lines().any(|t| t.trim() == dist::TARGET) {
+        note(format_args!("setup: {} already installed", dist::TARGET));
+        return Ok(());
+    }
+    note(format_args!("setup: adding the {} target", dist::TARGET));
+    cmd::run(
+        Command::new("rustup")
+            .args(["target", "add", dist::TARGET])
+            .current_dir(paths::workspace_root()),
+    )
 }
 
 fn install_bpf_linker() -> Result<()> {

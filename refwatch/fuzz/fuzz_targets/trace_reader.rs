@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use refwatch::{summary, trace::TraceReader};
+use refwatch::{summary, trace::TraceReader, verdict};
 
 fuzz_target!(|data: &[u8]| {
     // What `refwatch report` (text and --json) and `check --trace` do: the summary reads every
@@ -12,6 +12,6 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(s) = summary::from_trace(reader) {
         let _ = s.render(usize::MAX);
         let _ = serde_json::to_string_pretty(&s).expect("a summary always serializes");
-        let _ = s.verdict(0, &[]);
+        let _ = verdict::decide(&s, &verdict::Policy::default());
     }
 });

@@ -1,7 +1,7 @@
 //! Opening a session for the commands that watch the running kernel, and a sink that feeds
 //! the aggregator.
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use refwatch::{
     aggregate::{Aggregator, Context},
     announce::Announcer,
@@ -16,6 +16,11 @@ use super::RunArgs;
 
 /// Loads and attaches (inside a tokio runtime); also returns the struct layout for traces.
 pub fn open(args: &RunArgs) -> Result<(Session, Option<Layout>)> {
+    if let Some(pid) = args.pid
+        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    {
+        bail!("--pid {pid}: no such process");
+    }
     let kernel = Kernel::inspect()?;
     let layout = kernel.facts.layout.clone().ok();
     let session = Session::open(
@@ -25,6 +30,7 @@ pub fn open(args: &RunArgs) -> Result<(Session, Option<Layout>)> {
             skip: args.skip.clone(),
             with: args.with.clone(),
             ring_bytes: args.ring_kib * 1024,
+            pid: args.pid,
         },
     )?;
     Ok((session, layout))

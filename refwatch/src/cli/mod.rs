@@ -1,9 +1,11 @@
-//! Subcommands. Each lives in its own module; exit codes follow `refwatch check`'s convention:
-//! 0 ok, 1 findings over the limit, 2 usage or environment error, 3 inconclusive.
+//! Subcommands. Each lives in its own module; exit codes follow `refwatch check`'s convention
+//! (kselftest's): 0 ok, 1 fail, 2 usage or environment error, 4 inconclusive.
 
 mod attach;
 mod check;
+mod generate;
 mod live;
+mod output;
 mod probes;
 mod record;
 mod report;
@@ -15,10 +17,24 @@ use clap::{Args, Parser, Subcommand};
 use refwatch::{capture::StopWhen, plan::AttachMode};
 use refwatch_common::globals::DEFAULT_RING_BYTES;
 
+/// `--version`: the version, the commit built from, and the newest kernel the probe catalog
+/// was checked on.
+fn version() -> &'static str {
+    static TEXT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let (major, minor) = refwatch_common::catalog::NEWEST_CHECKED;
+        format!(
+            "{} (commit {}; probe catalog checked on kernels up to {major}.{minor})",
+            env!("CARGO_PKG_VERSION"),
+            env!("REFWATCH_GIT_COMMIT"),
+        )
+    });
+    &TEXT
+}
+
 #[derive(Parser)]
 #[command(
     name = "refwatch",
-    version,
+    version = version(),
     about = "Watch ZONE_DEVICE page reference counts with eBPF"
 )]
 struct Cli {
@@ -39,8 +55,13 @@ enum Command {
     Record(record::RecordArgs),
     /// Summarize a trace: per-pgmap counts and findings with stacks (no root needed).
     Report(report::ReportArgs),
-    /// Exit 0/1/3 on the findings of a capture or a trace (pass/fail/inconclusive).
+    /// Exit 0/1/4 on the findings of a capture or a trace, and on the command run after `--`
+    /// (pass/fail/inconclusive).
+    #[command(after_help = check::EXIT_CODES)]
     Check(check::CheckArgs),
+    /// Write the man pages and shell completions into a directory (for packaging).
+    #[command(hide = true)]
+    Generate(generate::GenerateArgs),
 }
 
 /// Options shared by every command that attaches probes: how, and until when.
@@ -61,6 +82,11 @@ pub struct RunArgs {
     /// Ring buffer size in KiB (a power of two, at least 4).
     #[arg(long, default_value_t = DEFAULT_RING_BYTES / 1024, value_parser = ring_kib)]
     pub ring_kib: u32,
+    /// Only page events in the context of this process and its threads (filtered in the
+    /// kernel, by the PID of the initial PID namespace); pgmap creation and teardown, the
+    /// teardown scan's held pages and the zaps of the process's own mappings always pass.
+    #[arg(short, long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub pid: Option<u32>,
     /// Stop after this many seconds.
     #[arg(short, long)]
     pub duration: Option<f64>,
@@ -101,6 +127,7 @@ pub fn run() -> ExitCode {
         Command::Record(args) => record::run(args),
         Command::Report(args) => report::run(args),
         Command::Check(args) => check::run(args),
+        Command::Generate(args) => generate::run(args),
     };
     match result {
         Ok(code) => code,
@@ -108,5 +135,56 @@ pub fn run() -> ExitCode {
             eprintln!("refwatch: {e:#}");
             ExitCode::from(EXIT_ERROR)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// 0 is the eBPF side's "no filter": it cannot be asked for.
+    #[test]
+    fn pid_zero_is_refused() {
+        use clap::Parser;
+        assert!(Cli::try_parse_from(["refwatch", "stream", "-p", "0"]).is_err());
+        let cli = Cli::try_parse_from(["refwatch", "check", "--pid", "42", "--", "true"]).unwrap();
+        assert!(matches!(cli.command, Some(super::Command::Check(_))));
+    }
+
+    #[test]
+    fn version_names_the_commit_and_the_newest_kernel_checked() {
+        let v = Cli::command().render_version();
+        let (major, minor) = refwatch_common::catalog::NEWEST_CHECKED;
+        assert!(
+            v.starts_with(&format!("refwatch {} (commit ", env!("CARGO_PKG_VERSION"))),
+            "{v}"
+        );
+        assert!(v.contains(&format!("up to {major}.{minor})")), "{v}");
+    }
+
+    /// Every subcommand says what it does and every option and argument has a help line, so
+    /// that `--help`, the man page and the shell completions explain all of them.
+    #[test]
+    fn every_option_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            if cmd.get_about().is_none() {
+                missing.push(format!("{path}: no about"));
+            }
+            for arg in cmd.get_arguments() {
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "refwatch", &mut missing);
+        assert!(missing.is_empty(), "no help line: {missing:#?}");
     }
 }

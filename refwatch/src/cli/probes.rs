@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 use refwatch::{
+    mechanisms::{Fentry, Mechanisms},
     plan::{self, AttachMode, Plan, Resolution},
     privileges,
     session::{self, Kernel},
@@ -14,6 +15,7 @@ use serde_json::json;
 
 #[derive(Args)]
 pub struct ProbesArgs {
+    /// The plan as JSON on stdout.
     #[arg(long)]
     json: bool,
     /// Print the kernel facts the plan was resolved from (to save for tests and bug reports).
@@ -38,20 +40,28 @@ pub fn run(args: ProbesArgs) -> Result<ExitCode> {
     let root = privileges::missing().is_empty();
     // A real load tells whether fentry is allowed; it needs privileges and one resolved function.
     let fentry = match plan.used().next() {
-        _ if !root => Err("unknown: needs root to try".to_owned()),
-        None => Err("unknown: no function to try it on".to_owned()),
-        Some(p) => session::fentry_allowed(&kernel, p.id, &p.function),
+        _ if !root => Fentry::Unknown("needs root to try"),
+        None => Fentry::Unknown("no function to try it on"),
+        Some(p) => match session::fentry_allowed(&kernel, p.id, &p.function) {
+            Ok(()) => Fentry::Allowed,
+            Err(e) => Fentry::Refused(e),
+        },
     };
+    let mechanisms = Mechanisms {
+        kprobes: kernel.facts.kprobes,
+        fentry,
+    };
+    let nothing_attaches = mechanisms.nothing_attaches(plan.used());
     let verified = if args.verify {
-        let fentry_targets: Vec<(u8, &str)> = match fentry {
-            Ok(()) => plan
+        let fentry_targets: Vec<(u8, &str)> = match mechanisms.fentry {
+            Fentry::Allowed => plan
                 .used()
                 .filter(|p| {
                     plan::fentry_capable(&refwatch_common::CATALOG[p.id as usize], plan.version)
                 })
                 .map(|p| (p.id, p.function.as_str()))
                 .collect(),
-            Err(_) => Vec::new(),
+            Fentry::Refused(_) | Fentry::Unknown(_) => Vec::new(),
         };
         Some(session::verify_programs(&kernel, &fentry_targets)?)
     } else {
@@ -64,17 +74,23 @@ pub fn run(args: ProbesArgs) -> Result<ExitCode> {
                 .map(|(name, r)| json!({"program": name, "loaded": r.is_ok(), "error": r.err()}))
                 .collect::<Vec<_>>()
         });
+        let fentry = match &mechanisms.fentry {
+            Fentry::Allowed => json!({"allowed": true, "error": null}),
+            Fentry::Refused(e) => json!({"allowed": false, "error": e}),
+            Fentry::Unknown(why) => json!({"allowed": false, "error": format!("unknown: {why}")}),
+        };
         let out = json!({
             "kernel": plan.kernel,
             "btf": kernel.facts.btf,
             "kprobes": kernel.facts.kprobes,
-            "fentry": {"allowed": fentry.is_ok(), "error": fentry.err()},
+            "fentry": fentry,
+            "nothing_attaches": nothing_attaches,
             "plan": plan,
             "verified": verified,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        print_text(&kernel, &plan, &fentry);
+        print_text(&kernel, &plan, &mechanisms, nothing_attaches.as_deref());
         if let Some(verified) = &verified {
             let ok = verified.iter().filter(|(_, r)| r.is_ok()).count();
             println!(
@@ -95,7 +111,12 @@ pub fn run(args: ProbesArgs) -> Result<ExitCode> {
     })
 }
 
-fn print_text(kernel: &Kernel, plan: &Plan, fentry: &Result<(), String>) {
+fn print_text(
+    kernel: &Kernel,
+    plan: &Plan,
+    mechanisms: &Mechanisms,
+    nothing_attaches: Option<&[String]>,
+) {
     let f = &kernel.facts;
     println!("kernel:   {} (refcount era: {})", f.release, plan.era);
     match &f.layout {
@@ -110,21 +131,29 @@ fn print_text(kernel: &Kernel, plan: &Plan, fentry: &Result<(), String>) {
             refwatch::facts::KPROBE_PMU
         );
     }
-    match fentry {
-        Ok(()) => println!("fentry:   allowed"),
-        Err(e) => println!("fentry:   not usable: {e}"),
+    match &mechanisms.fentry {
+        Fentry::Allowed => println!("fentry:   allowed"),
+        Fentry::Refused(e) => println!("fentry:   not usable: {e}"),
+        Fentry::Unknown(why) => println!("fentry:   not usable: unknown: {why}"),
     }
-    println!("attach:   {:?} requested", plan.requested);
+    println!("attach:   {} requested", plan.requested);
+    if let Some(why) = nothing_attaches {
+        println!("\nnothing can attach on this kernel:");
+        for line in why {
+            println!("  {line}");
+        }
+    }
     for kind in EventKind::ALL {
         println!("\n{}:", kind.name());
         let carries = |p: &&refwatch::plan::ProbeEntry| CATALOG[usize::from(p.id)].carries(kind);
         for p in plan.probes.iter().filter(carries) {
-            let modes: Vec<String> = p
-                .modes
+            let modes: Vec<String> = mechanisms
+                .modes(p)
                 .iter()
-                .map(|m| format!("{m:?}").to_lowercase())
+                .map(AttachMode::to_string)
                 .collect();
             let what = match &p.resolution {
+                Resolution::Use if modes.is_empty() => "cannot attach on this kernel".to_owned(),
                 Resolution::Use => format!("will attach ({})", modes.join(", then ")),
                 Resolution::Missing => "not in kallsyms (inlined or absent)".to_owned(),
                 Resolution::NoPrototype => {
@@ -158,7 +187,7 @@ fn print_text(kernel: &Kernel, plan: &Plan, fentry: &Result<(), String>) {
                     p.function
                 ),
             };
-            let mark = if p.resolution == Resolution::Use {
+            let mark = if p.resolution == Resolution::Use && !modes.is_empty() {
                 "+"
             } else {
                 "-"

@@ -2,12 +2,13 @@
 
 use std::{fs::File, io::BufWriter, path::PathBuf, process::ExitCode};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use clap::Args;
 use refwatch::{
     capture::{self, Sink},
+    output::{self, Existing},
     session::Session,
-    trace::{Existing, Footer, Header, TraceWriter},
+    trace::{Footer, Header, TraceWriter},
 };
 use refwatch_common::Event;
 
@@ -53,23 +54,9 @@ pub fn run(args: RecordArgs) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let existing = if args.force {
-        Existing::Replace
-    } else {
-        Existing::Refuse
-    };
+    let existing = Existing::forced(args.force);
     // Before attaching: a path refwatch will not write to is the user's to fix first.
-    if let Ok(meta) = std::fs::symlink_metadata(&args.output) {
-        if meta.file_type().is_symlink() {
-            bail!(
-                "{} is a symbolic link: refwatch does not write a trace through one",
-                args.output.display()
-            );
-        }
-        if existing == Existing::Refuse {
-            bail!("{} exists: --force overwrites it", args.output.display());
-        }
-    }
+    output::check(&args.output, existing)?;
     rt.block_on(async {
         let (mut session, layout) = attach::open(&args.run)?;
         // Before the trace file exists: a Ctrl-C from then on ends with a footer.
@@ -81,8 +68,7 @@ pub fn run(args: RecordArgs) -> Result<ExitCode> {
             command: args.run.command.clone(),
             synthetic: false,
         };
-        let writer = TraceWriter::create(&args.output, &header, existing)
-            .with_context(|| format!("creating {}", args.output.display()))?;
+        let writer = TraceWriter::create(&args.output, &header, existing)?;
         let mut rec = Recorder {
             trace: writer,
             watch: attach::Aggregate::new(&session),
@@ -92,9 +78,9 @@ pub fn run(args: RecordArgs) -> Result<ExitCode> {
         let end = capture::capture(&mut session, &stop, &mut rec).await;
         let dropped = session.dropped();
         let calls = session.calls();
-        let (end_name, command_status) = match &end {
-            Ok(e) => (e.word().to_owned(), e.command_status()),
-            Err(e) => (format!("error: {e:#}"), None),
+        let (end_name, command_status, command_signal) = match &end {
+            Ok(e) => (e.word().to_owned(), e.command_status(), e.command_signal()),
+            Err(e) => (format!("error: {e:#}"), None, None),
         };
         let (events, bytes) = (rec.trace.events(), rec.trace.bytes());
         rec.trace
@@ -102,6 +88,7 @@ pub fn run(args: RecordArgs) -> Result<ExitCode> {
                 dropped,
                 end: end_name,
                 command_status,
+                command_signal,
                 calls,
                 ..Footer::default()
             })

@@ -20,23 +20,25 @@ use refwatch::{
 use refwatch_common::{Event, EventKind};
 use serde_json::{Value, json};
 
-use super::{RunArgs, attach};
+use super::{RunArgs, attach, output::OutputArgs};
 
 #[derive(Args)]
 pub struct StreamArgs {
-    /// JSON lines on stdout; the summary goes to stderr.
+    /// JSON lines instead of text; the closing summary goes to stderr either way.
     #[arg(long)]
     json: bool,
     /// Replay a trace written by `refwatch record` instead of attaching (no root needed).
     #[arg(long, conflicts_with_all = ["duration", "command"])]
     trace: Option<PathBuf>,
     #[command(flatten)]
+    out: OutputArgs,
+    #[command(flatten)]
     run: RunArgs,
 }
 
 struct Printer {
     json: bool,
-    out: BufWriter<std::io::Stdout>,
+    out: BufWriter<Box<dyn Write>>,
     by_kind: BTreeMap<&'static str, u64>,
     events: u64,
     /// The rules, checked as the transitions go by; its findings are printed among them.
@@ -46,6 +48,17 @@ struct Printer {
 }
 
 impl Printer {
+    fn new(json: bool, out: Box<dyn Write>) -> Self {
+        Self {
+            json,
+            out: BufWriter::new(out),
+            by_kind: BTreeMap::new(),
+            events: 0,
+            watch: None,
+            shown: 0,
+        }
+    }
+
     /// Feeds `events` to the rules and prints the findings they raised: a JSON line of kind
     /// "finding" (the fields of `check --json`'s findings), or the kernel-log line.
     fn check(&mut self, events: &[Event], mut stack: impl FnMut(i32) -> Vec<String>) -> Result<()> {
@@ -150,24 +163,18 @@ impl Sink for Printer {
 }
 
 pub fn run(args: StreamArgs) -> Result<ExitCode> {
-    let mut printer = Printer {
-        json: args.json,
-        out: BufWriter::new(std::io::stdout()),
-        by_kind: BTreeMap::new(),
-        events: 0,
-        watch: None,
-        shown: 0,
-    };
+    args.out.check(&[])?;
     match &args.trace {
-        Some(path) => replay(path, &mut printer),
-        None => live(&args, &mut printer),
+        Some(path) => replay(&args, path),
+        None => live(&args),
     }
 }
 
-fn replay(path: &Path, printer: &mut Printer) -> Result<ExitCode> {
+fn replay(args: &StreamArgs, path: &Path) -> Result<ExitCode> {
     let what = || path.display().to_string();
     let mut reader = TraceReader::open(path).with_context(what)?;
     let plan = reader.header().plan.clone();
+    let printer = &mut Printer::new(args.json, args.out.open()?);
     printer.watch = Some(attach::Aggregate::replay(&plan));
     while let Some(&ev) = reader.next_event().with_context(what)? {
         printer.print(&ev, &plan, reader.stack(ev.stack_id))?;
@@ -186,12 +193,13 @@ fn replay(path: &Path, printer: &mut Printer) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn live(args: &StreamArgs, printer: &mut Printer) -> Result<ExitCode> {
+fn live(args: &StreamArgs) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
         let (mut session, _) = attach::open(&args.run)?;
+        let printer = &mut Printer::new(args.json, args.out.open()?);
         printer.watch = Some(attach::Aggregate::new(&session));
         let end = capture::capture(&mut session, &args.run.stop_when(), printer).await?;
         let status = match end {
@@ -203,12 +211,11 @@ fn live(args: &StreamArgs, printer: &mut Printer) -> Result<ExitCode> {
             .attached()
             .filter_map(|p| {
                 Some(format!(
-                    "{}:{:?}",
+                    "{}:{}",
                     p.function,
                     p.attached.as_ref()?.as_ref().ok()?
                 ))
             })
-            .map(|s| s.to_lowercase())
             .collect();
         printer.summary(
             &session.plan.kernel,

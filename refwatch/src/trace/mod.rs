@@ -58,10 +58,13 @@ use serde::{Deserialize, Serialize};
 
 use refwatch_common::globals::Layout;
 
-use crate::plan::Plan;
+use crate::{
+    capture::{CommandOutcome, CommandRun, End},
+    plan::Plan,
+};
 
 pub use reader::TraceReader;
-pub use writer::{Existing, TraceWriter};
+pub use writer::TraceWriter;
 
 pub const MAGIC: &[u8; 8] = b"RFWTRACE";
 /// Written by this refwatch; versions 1 to this one are read.
@@ -90,10 +93,45 @@ pub struct Footer {
     /// The exit status of the command recorded, where it exited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command_status: Option<i32>,
+    /// The signal that killed the command recorded, where one did (absent in older traces).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_signal: Option<i32>,
     /// Entries of each attached function while recording, device pages or not (what the probes
     /// cost the workload); empty in traces from before it was counted.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub calls: BTreeMap<String, u64>,
+}
+
+impl Footer {
+    /// What became of the command recorded, if `header` names one.
+    pub fn command(footer: Option<&Footer>, header: &Header) -> Option<CommandRun> {
+        let outcome = match footer {
+            None => CommandOutcome::Unknown,
+            Some(f) if f.end == End::COMMAND_EXITED => match f.command_status {
+                Some(status) => CommandOutcome::Exited { status },
+                None => CommandOutcome::Killed {
+                    signal: f.command_signal,
+                },
+            },
+            Some(f) => legacy_exit(&f.end).map_or(CommandOutcome::Stopped, |status| {
+                End::CommandExited(status).command_outcome()
+            }),
+        };
+        (!header.command.is_empty()).then(|| CommandRun {
+            argv: header.command.clone(),
+            outcome,
+        })
+    }
+}
+
+/// Traces from before the stable words kept the exit's Debug text,
+/// `commandexited(exitstatus(unix_wait_status(N)))` with N the raw wait status.
+fn legacy_exit(end: &str) -> Option<std::process::ExitStatus> {
+    use std::os::unix::process::ExitStatusExt;
+    let raw = end
+        .strip_prefix("commandexited(exitstatus(unix_wait_status(")?
+        .strip_suffix(")))")?;
+    Some(std::process::ExitStatus::from_raw(raw.parse().ok()?))
 }
 
 #[derive(Debug, thiserror::Error)]

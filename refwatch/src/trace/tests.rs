@@ -174,3 +174,58 @@ fn events_handed_over_by_the_decoder_thread_are_the_same() {
         assert_eq!(handed, serial);
     }
 }
+
+/// `check --trace` judges the command recorded as `check -- CMD` judges it live.
+#[test]
+fn the_footer_says_what_became_of_the_command() {
+    use super::{Footer, Header};
+    use crate::capture::CommandOutcome::{self, *};
+    let p = Probes::for_model(Model::ZeroBased);
+    let header = |command: &[&str]| Header {
+        kernel: "7.2".into(),
+        plan: p.plan(),
+        layout: None,
+        command: command.iter().map(|s| (*s).to_owned()).collect(),
+        synthetic: true,
+    };
+    let footer = |end: &str, command_status, command_signal| Footer {
+        end: end.into(),
+        command_status,
+        command_signal,
+        ..Footer::default()
+    };
+    let outcome = |f: Option<&Footer>| -> Option<CommandOutcome> {
+        Footer::command(f, &header(&["daxload"])).map(|c| c.outcome)
+    };
+    assert_eq!(
+        outcome(Some(&footer("command-exited", Some(3), None))),
+        Some(Exited { status: 3 })
+    );
+    assert_eq!(
+        outcome(Some(&footer("command-exited", None, Some(9)))),
+        Some(Killed { signal: Some(9) })
+    );
+    assert_eq!(
+        outcome(Some(&footer("duration", None, None))),
+        Some(Stopped)
+    );
+    assert_eq!(outcome(None), Some(Unknown));
+    // Before the stable words: the exit's Debug text, with the raw wait status.
+    let legacy = |raw: &str| format!("commandexited(exitstatus(unix_wait_status({raw})))");
+    assert_eq!(
+        outcome(Some(&footer(&legacy("0"), None, None))),
+        Some(Exited { status: 0 })
+    );
+    assert_eq!(
+        outcome(Some(&footer(&legacy("256"), None, None))),
+        Some(Exited { status: 1 })
+    );
+    assert_eq!(
+        outcome(Some(&footer(&legacy("9"), None, None))),
+        Some(Killed { signal: Some(9) })
+    );
+    assert_eq!(
+        Footer::command(Some(&footer("duration", None, None)), &header(&[])),
+        None
+    );
+}

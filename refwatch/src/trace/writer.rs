@@ -9,6 +9,8 @@ use std::{
 
 use refwatch_common::Event;
 
+use crate::output::{self, Existing, OutputError};
+
 use super::{Footer, Header, MAGIC, TAG_FOOTER, TAG_STACK, TAG_TASK, VERSION, codec};
 
 pub struct TraceWriter<W: Write> {
@@ -21,28 +23,12 @@ pub struct TraceWriter<W: Write> {
     bytes: u64,
 }
 
-/// What [`TraceWriter::create`] does with a file already at its path. A symbolic link there is
-/// never followed: refwatch writes as root, and a link planted in a shared directory would
-/// point that write anywhere.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Existing {
-    Refuse,
-    Replace,
-}
-
 impl TraceWriter<BufWriter<File>> {
-    pub fn create(path: &Path, header: &Header, existing: Existing) -> io::Result<Self> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).custom_flags(libc::O_NOFOLLOW);
-        match existing {
-            Existing::Refuse => options.create_new(true),
-            Existing::Replace => options.create(true).truncate(true),
-        };
-        Self::new(
-            BufWriter::with_capacity(1 << 20, options.open(path)?),
-            header,
-        )
+    /// A trace at `path`, created as [`output::create`] creates files.
+    pub fn create(path: &Path, header: &Header, existing: Existing) -> Result<Self, OutputError> {
+        let file = output::create(path, existing)?;
+        Self::new(BufWriter::with_capacity(1 << 20, file), header)
+            .map_err(|e| OutputError::Io(path.into(), e))
     }
 
     /// Writes what is buffered and waits until the file's data is on its device, so that a

@@ -252,7 +252,11 @@ mod tests {
 
     #[test]
     fn every_fragment_line_is_a_config_line_or_a_comment() {
-        for line in [GUEST, DEBUG].iter().flat_map(|f| f.text.lines()).map(str::trim) {
+        for line in [GUEST, DEBUG]
+            .iter()
+            .flat_map(|f| f.text.lines())
+            .map(str::trim)
+        {
             assert!(
                 line.is_empty() || line.starts_with("CONFIG_") || line.starts_with('#'),
                 "{line}"

@@ -20,7 +20,6 @@ use super::kernel::Kernel;
 use super::vm::COMMAND_STARTED;
 use super::workloads;
 use crate::cmd;
-use crate::paths;
 
 /// Modules (names or aliases) the guest needs: legacy pmem + the pmem block driver, device-dax
 /// for the devdax scenarios, ext4 and its checksum, XFS (the real bugs' XFS cases), and
@@ -58,17 +57,11 @@ pub struct Assets {
 }
 
 impl Assets {
-    /// Builds refwatch (release) and the workloads; cheap when nothing changed.
+    /// Builds refwatch (the static release binary users install) and the workloads; cheap
+    /// when nothing changed.
     pub fn build() -> Result<Self> {
-        let root = paths::workspace_root();
-        cmd::note("building refwatch (release) and the lab workloads");
-        cmd::run(
-            Command::new("cargo")
-                .args(["build", "--release", "-p", "refwatch"])
-                .current_dir(&root),
-        )?;
         Ok(Self {
-            refwatch: root.join("target/release/refwatch"),
+            refwatch: crate::dist::build_static()?,
             workloads: workloads::build()?,
         })
     }
