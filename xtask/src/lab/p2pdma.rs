@@ -108,6 +108,7 @@ struct Pgmap {
     pages_seen: u64,
     inserts: u64,
     gets: u64,
+    puts: u64,
     frees: u64,
 }
 
@@ -119,18 +120,27 @@ impl Scenario {
         }
     }
 
-    /// What the p2pdma pgmaps' counters must reach: (pages seen, inserts, gets, frees).
-    /// Healthy: each page inserted once, pinned by the write and by the read, freed at munmap.
-    /// The double put: one page inserted and pinned by the module, freed by its extra put.
-    fn at_least(self) -> [(&'static str, u64); 4] {
+    /// What the p2pdma pgmaps' counters must reach: (pages seen, inserts, gets, puts, frees).
+    /// Healthy: each page inserted once (vm_insert_page), pinned by the write and by the read
+    /// (try_grab_folio_fast) and unpinned at their completion (unpin_user_folio), freed at
+    /// munmap. The double put: one page inserted, pinned and unpinned (unpin_user_page) by the
+    /// module, and freed by its extra put.
+    fn at_least(self) -> [(&'static str, u64); 5] {
         match self {
             Healthy => [
                 ("pages seen", PAGES),
                 ("inserts", PAGES),
                 ("gets", 2 * PAGES),
+                ("puts", 2 * PAGES),
                 ("frees", PAGES),
             ],
-            DoublePut => [("pages seen", 1), ("inserts", 1), ("gets", 1), ("frees", 1)],
+            DoublePut => [
+                ("pages seen", 1),
+                ("inserts", 1),
+                ("gets", 1),
+                ("puts", 1),
+                ("frees", 1),
+            ],
         }
     }
 }
@@ -229,6 +239,7 @@ impl Case {
             sum(|p| p.pages_seen),
             sum(|p| p.inserts),
             sum(|p| p.gets),
+            sum(|p| p.puts),
             sum(|p| p.frees),
         ];
         for ((what, want), got) in self.scenario.at_least().into_iter().zip(seen) {
