@@ -202,7 +202,7 @@ impl Case {
             }
             DoublePut => {
                 let frame = |s: &String| {
-                    s.starts_with("p2p_double_put+") && s.ends_with(&format!("[{MODULE}]"))
+                    s.starts_with("double_put_write+") && s.ends_with(&format!("[{MODULE}]"))
                 };
                 let right = |f: &Finding| {
                     f.rule == "free-while-mapped"
@@ -212,7 +212,7 @@ impl Case {
                 if check.findings_total != 1 || !check.findings.iter().all(right) {
                     failures.push(format!(
                         "expected one free-while-mapped finding on a p2pdma page with \
-                         p2p_double_put [{MODULE}] on its stack, got {}: {:?}",
+                         double_put_write [{MODULE}] on its stack, got {}: {:?}",
                         check.findings_total,
                         check
                             .findings
@@ -222,7 +222,7 @@ impl Case {
                                 f.rule,
                                 f.pfn,
                                 f.pgmap.type_name,
-                                f.stack.first().map_or("", String::as_str)
+                                f.stack.join(" < ")
                             ))
                             .collect::<Vec<_>>()
                     ));
