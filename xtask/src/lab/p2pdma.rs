@@ -7,7 +7,6 @@
 //! and from the controller's namespace pins the pages through gup-fast (FOLL_PCI_P2PDMA), and
 //! munmap frees them (free_zone_device_folio → p2pdma_folio_free).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
@@ -263,7 +262,7 @@ impl Case {
         let (files, setup) = match self.scenario {
             Healthy => (Vec::new(), Vec::new()),
             DoublePut => {
-                let src: PathBuf = paths::workspace_root().join("xtask/lab/p2pdma");
+                let src = paths::workspace_root().join("xtask/lab/p2pdma");
                 let ko =
                     inject::build_module(kernel.spec, &Apt::new()?, &src, MODULE, MODULE_SOURCES)?;
                 (
