@@ -180,7 +180,7 @@ const fn at_vmf(mut probe: Probe, vmf: u8) -> Probe {
 use Arg::*;
 use EventKind::*;
 
-pub const CATALOG_LEN: usize = 37;
+pub const CATALOG_LEN: usize = 38;
 
 pub const CATALOG: [Probe; CATALOG_LEN] = [
     // --- pgmap creation / teardown -----------------------------------------------------------
@@ -658,6 +658,24 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
         ),
         (5, 16),
     ),
+    // The block layer's O_DIRECT completion unpins through here (__bio_release_pages), with
+    // gup_put_folio inlined: 7.x's only out-of-line function on that path.
+    since(
+        refs(
+            p(
+                "unpin_user_folio",
+                Put,
+                Folio(0),
+                &["folio*", "_"],
+                "unpin-user-folio",
+                "7.3",
+                "unpin of npages pins of the folio (O_DIRECT to and from device pages)",
+            ),
+            Refs::Arg(1),
+            None,
+        ),
+        (7, 0),
+    ),
 ];
 
 /// The newest kernel the catalog was checked against (Debian's 7.3 in the VM lab).
@@ -729,6 +747,7 @@ pub const INLINES: [Inline; 4] = [
             "__put_devmap_managed_folio_refs",
             "gup_put_folio",
             "unpin_user_page",
+            "unpin_user_folio",
             "free_devmap_managed_page",
             "free_zone_device_page",
             "free_zone_device_folio",
@@ -750,6 +769,7 @@ pub const INLINES: [Inline; 4] = [
         covered_by: &[
             "__put_devmap_managed_folio_refs",
             "gup_put_folio",
+            "unpin_user_folio",
             "free_zone_device_folio",
         ],
         note: "only the final put (through the free path) is seen on 7.x",

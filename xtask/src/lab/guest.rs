@@ -86,9 +86,20 @@ pub struct GuestJob {
     pub timeout: Option<Duration>,
     /// Extra QEMU options (e.g. a TCG plugin).
     pub qemu_args: Vec<String>,
+    /// Extra block devices, each backed by a fresh sparse image in the run dir.
+    pub disks: Vec<Disk>,
     /// The command may crash the guest kernel (a real bug's reproducer): a guest that hangs
     /// or dies after the command started is a result (its console log), not a lab failure.
     pub may_crash: bool,
+}
+
+/// A block device the guest gets on top of the results disk, e.g. an NVMe controller.
+#[derive(Clone)]
+pub struct Disk {
+    /// The image's size; it is sparse, so only what the guest writes takes space.
+    pub bytes: u64,
+    /// The `-device` option without its `drive=`, e.g. `nvme,serial=lab,cmb_size_mb=16`.
+    pub device: String,
 }
 
 /// Single-quotes a word for the guest's shell.

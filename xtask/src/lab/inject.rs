@@ -41,8 +41,10 @@ const GUEST_PROGRAM: &str = "/usr/local/bin/inject";
 /// The module's sources, as kbuild needs them in M=.
 const MODULE_SOURCES: &[&str] = &["refwatch_inject.c", "refwatch_inject.h", "Kbuild"];
 
-/// Matrix cases of one kernel may build its module concurrently.
+/// Matrix cases of one kernel may build the program and its module concurrently.
 static BUILD_LOCK: Mutex<()> = Mutex::new(());
+/// Module builds share a cache: one at a time.
+static MODULE_LOCK: Mutex<()> = Mutex::new(());
 
 fn source_dir() -> PathBuf {
     paths::workspace_root().join("xtask/lab/inject")
@@ -58,7 +60,7 @@ pub struct Built {
 pub fn build(spec: &'static KernelSpec, apt: &Apt) -> Result<Built> {
     let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     Ok(Built {
-        module: build_module(spec, apt)?,
+        module: build_module(spec, apt, &source_dir(), "refwatch_inject", MODULE_SOURCES)?,
         program: build_program()?,
     })
 }
@@ -112,12 +114,20 @@ fn headers(spec: &'static KernelSpec, apt: &Apt) -> Result<PathBuf> {
     Ok(build)
 }
 
-fn build_module(spec: &'static KernelSpec, apt: &Apt) -> Result<PathBuf> {
-    let src = source_dir();
-    let out = paths::lab_cache()?.join("inject").join(spec.release);
-    let ko = out.join("refwatch_inject.ko");
+/// The out-of-tree module `name`.ko from `sources` (its .c, headers and Kbuild) in `src`, for
+/// `spec`: cached per kernel release, rebuilt when a source changes.
+pub(super) fn build_module(
+    spec: &'static KernelSpec,
+    apt: &Apt,
+    src: &Path,
+    name: &str,
+    sources: &[&str],
+) -> Result<PathBuf> {
+    let _guard = MODULE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let out = paths::lab_cache()?.join(name).join(spec.release);
+    let ko = out.join(format!("{name}.ko"));
     let unchanged = |dir: &Path| {
-        MODULE_SOURCES
+        sources
             .iter()
             .all(|f| matches!((std::fs::read(src.join(f)), std::fs::read(dir.join(f))), (Ok(a), Ok(b)) if a == b))
     };
@@ -133,13 +143,10 @@ fn build_module(spec: &'static KernelSpec, apt: &Apt) -> Result<PathBuf> {
         }
     }
     paths::create_dir(&scratch)?;
-    for f in MODULE_SOURCES {
+    for f in sources {
         std::fs::copy(src.join(f), scratch.join(f)).with_context(|| format!("copying {f}"))?;
     }
-    note(format_args!(
-        "kernel {}: building refwatch_inject.ko",
-        spec.name
-    ));
+    note(format_args!("kernel {}: building {name}.ko", spec.name));
     // The headers' Makefile names the compiler it was built with: the host's Debian 12 gcc-12
     // (`gcc-12` on 6.1, `x86_64-linux-gnu-gcc-12` on 6.12). 6.12 ships vmlinux, so modfinal
     // would run pahole for module BTF; refwatch names module frames from kallsyms and needs no
@@ -153,9 +160,9 @@ fn build_module(spec: &'static KernelSpec, apt: &Apt) -> Result<PathBuf> {
             // The lab's stdout carries only the guest command's output.
             .stdout(std::io::stderr()),
     )
-    .with_context(|| format!("building refwatch_inject.ko for {}", spec.release))?;
-    if !scratch.join("refwatch_inject.ko").is_file() {
-        bail!("make left no refwatch_inject.ko in {}", scratch.display());
+    .with_context(|| format!("building {name}.ko for {}", spec.release))?;
+    if !scratch.join(format!("{name}.ko")).is_file() {
+        bail!("make left no {name}.ko in {}", scratch.display());
     }
     std::fs::rename(&scratch, &out)?;
     Ok(ko)

@@ -526,13 +526,14 @@ impl VmCase for super::inject::Case {
 }
 
 /// The whole matrix: the daxload cases, the refwatch_inject cases, the real bugs (bugs.rs),
-/// the HMM selftest (hmm.rs), then the script cases.
+/// the HMM selftest (hmm.rs), the P2PDMA cases (p2pdma.rs), then the script cases.
 pub fn all_cases() -> Vec<&'static dyn VmCase> {
     let daxload = CASES.iter().map(|c| c as &dyn VmCase);
     daxload
         .chain(super::inject::CASES.iter().map(|c| c as &dyn VmCase))
         .chain(super::bugs::CASES.iter().map(|c| c as &dyn VmCase))
         .chain(super::hmm::CASES.iter().map(|c| c as &dyn VmCase))
+        .chain(super::p2pdma::CASES.iter().map(|c| c as &dyn VmCase))
         .chain(SCRIPT_CASES.iter().map(|c| c as &dyn VmCase))
         .collect()
 }

@@ -10,6 +10,7 @@ pub mod inject;
 pub mod insncount;
 mod kernel;
 pub mod matrix;
+pub mod p2pdma;
 mod vm;
 mod workloads;
 
@@ -21,7 +22,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 pub use apt::Apt;
-pub use guest::{Assets, GuestJob};
+pub use guest::{Assets, Disk, GuestJob};
 pub use kernel::{Kernel, extract_packages, spec as kernel_spec};
 pub use vm::{PMEM_PFNS, VmResult, run_in_vm};
 

@@ -133,9 +133,7 @@ fn boot(
     attempt: u32,
 ) -> Result<Boot> {
     let disk = run_dir.join("results.img");
-    let file = fs::File::create(&disk)?;
-    file.set_len(RESULTS_DISK_BYTES)?;
-    drop(file);
+    sparse_image(&disk, RESULTS_DISK_BYTES)?;
 
     let mut qemu = Command::new("qemu-system-x86_64");
     // thread=single: multi-threaded TCG oopsed with a stray int3 in about 1 of 35 boots of 7.2.
@@ -166,6 +164,17 @@ fn boot(
     )
     .arg("-drive")
     .arg(format!("file={},format=raw,if=virtio", disk.display()));
+    for (i, extra) in job.disks.iter().enumerate() {
+        let image = run_dir.join(format!("disk{i}.img"));
+        sparse_image(&image, extra.bytes)?;
+        qemu.arg("-drive")
+            .arg(format!(
+                "file={},format=raw,if=none,id=disk{i}",
+                image.display()
+            ))
+            .arg("-device")
+            .arg(format!("{},drive=disk{i}", extra.device));
+    }
     if job.interactive {
         qemu.arg("-nographic");
     } else {
@@ -259,6 +268,13 @@ fn boot(
     }
     fs::remove_file(&disk)?;
     Ok(Boot::Finished)
+}
+
+/// A fresh image of `bytes`, all holes: a boot never sees an earlier attempt's data.
+fn sparse_image(path: &Path, bytes: u64) -> Result<()> {
+    let file = fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    file.set_len(bytes)?;
+    Ok(())
 }
 
 fn collect(run_dir: &Path, results: &Path, console_log: PathBuf) -> Result<VmResult> {
