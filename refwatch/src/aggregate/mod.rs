@@ -443,6 +443,9 @@ impl Aggregator {
         let (held, rest): (Vec<Held>, Vec<Held>) =
             self.held.drain(..).partition(|h| h.pgmap == ev.pgmap);
         self.held = rest;
+        if rules::teardown_waits(model, ty) {
+            return busy;
+        }
         for h in held.iter().filter(|_| scanned) {
             let idle = idle(model, ty).unwrap_or(0);
             if i64::from(h.refcount) > idle {

@@ -107,6 +107,16 @@ pub fn idle_visible(model: Model, ty: PgType) -> bool {
     }
 }
 
+/// Whether memunmap_pages waits until no page of this type is referenced, mapped or not, so
+/// that a busy page delays the teardown and is never used after free. From 5.18 device-private
+/// and coherent pages hold a pgmap reference from their allocation (zone_device_page_init) to
+/// their free, P2PDMA pages one from the pool (p2pmem_alloc_mmap, pci_alloc_p2pmem), and their
+/// mappings hold page references. (Until 5.17 every type's references are waited for, but
+/// fsdax mappings hold none: the aggregator counts those there.)
+pub fn teardown_waits(model: Model, ty: PgType) -> bool {
+    model != Model::AllOneBased && matches!(ty, PgType::Private | PgType::Coherent | PgType::P2pdma)
+}
+
 /// Mapping levels, to pair inserts with unmap probes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Level {

@@ -412,6 +412,32 @@ fn teardowns_count_what_the_kernel_does_not_wait_for() {
     assert_eq!(f.held_by, ["reference taken by try_grab_folio in fio/4242"]);
 }
 
+/// A P2PDMA (or device-private) page pinned at teardown holds a pgmap reference that
+/// memunmap_pages waits for: the teardown is late, not a use after free.
+#[test]
+fn teardowns_wait_for_pages_holding_a_pgmap_reference() {
+    let p = Probes::for_model(Model::FsdaxOneBased);
+    let mut sim = super::synth::Sim::new(&p, true, 2);
+    sim.apply(Op::Map(1));
+    sim.apply(Op::Grab(1, false));
+    let mut held = sim.event(p.remove, 1, EventKind::Held);
+    held.refcount = 2;
+    held.mapcount = 1;
+    sim.out.push(held);
+    sim.remove();
+    let p2pdma = 5;
+    let events: Vec<Event> = sim
+        .out
+        .iter()
+        .map(|e| Event {
+            pgmap_type: p2pdma,
+            ..*e
+        })
+        .collect();
+    let agg = run(&p, &events);
+    assert_eq!(agg.count(Rule::TeardownBusy), 0, "{:#?}", agg.findings());
+}
+
 /// ≤6.14: the filesystem taking back the block of a page a pipe still holds.
 #[test]
 fn truncate_of_a_held_page_is_found() {
