@@ -118,6 +118,7 @@ fn debian_7_2() {
             "put:unpin_user_page",
             "free:free_zone_device_folio",
             "pgmap_remove:memunmap_pages",
+            "put:unpin_user_folio",
         ],
     );
 }
