@@ -28,12 +28,6 @@ pub const GUEST: Fragment = Fragment {
     text: include_str!("kconfig/guest.config"),
 };
 
-/// The kernel's own debugging of page refcounts, to compare with refwatch on the plain build.
-pub const DEBUG: Fragment = Fragment {
-    name: "debug.config",
-    text: include_str!("kconfig/debug.config"),
-};
-
 /// How one lab kernel is built.
 pub struct Recipe {
     /// The `linux-source-X.Y` package and its exact version.
@@ -251,12 +245,8 @@ mod tests {
     }
 
     #[test]
-    fn every_fragment_line_is_a_config_line_or_a_comment() {
-        for line in [GUEST, DEBUG]
-            .iter()
-            .flat_map(|f| f.text.lines())
-            .map(str::trim)
-        {
+    fn every_guest_line_is_a_config_line_or_a_comment() {
+        for line in GUEST.text.lines().map(str::trim) {
             assert!(
                 line.is_empty() || line.starts_with("CONFIG_") || line.starts_with('#'),
                 "{line}"

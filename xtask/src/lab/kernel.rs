@@ -121,17 +121,6 @@ pub const KERNELS: &[KernelSpec] = &[
             localversion: "-refwatch-src",
         }),
     },
-    // The same source with the kernel's own page refcount debugging, for the comparison with
-    // refwatch (`cargo xtask debug-kernel`); not in the test matrix.
-    KernelSpec {
-        name: "7.3-src-debug",
-        release: "7.3.4-refwatch-src-debug",
-        origin: Origin::Built(&Recipe {
-            source: ("linux-source-7.3", "7.3.4-1~bpo13+1"),
-            fragments: &[&build::GUEST, &build::DEBUG],
-            localversion: "-refwatch-src-debug",
-        }),
-    },
 ];
 
 pub fn spec(name: &str) -> Result<&'static KernelSpec> {
