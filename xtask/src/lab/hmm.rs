@@ -9,13 +9,12 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use serde::Deserialize;
-
+use super::checked;
 use super::matrix::{VmCase, last_lines};
 use super::{Assets, Attach, GuestJob, Kernel, VmResult};
 use crate::cmd;
 use crate::paths;
+use anyhow::{Context, Result, bail};
 
 pub struct Case {
     pub kernel: &'static str,
@@ -70,41 +69,6 @@ fn build_program(src: &Path, release: &str) -> Result<PathBuf> {
     Ok(binary)
 }
 
-/// The guest script: the suite under `refwatch check`, its own output and status in /out.
-const SCRIPT: &str = r#"
-refwatch check --json --attach "$ATTACH" -- sh -c 'hmm-tests > /out/hmm.log 2>&1; echo $? > /out/hmm.rc' > /out/check.json 2> /out/check.err
-echo $? > /out/check.rc
-dmesg > /out/dmesg.txt
-"#;
-
-#[derive(Deserialize)]
-struct Check {
-    findings_total: u64,
-    findings: Vec<Finding>,
-    pgmaps: Vec<Pgmap>,
-}
-
-#[derive(Deserialize)]
-struct Finding {
-    rule: String,
-    pfn: u64,
-}
-
-#[derive(Deserialize)]
-struct Pgmap {
-    #[serde(rename = "type")]
-    type_name: String,
-    #[serde(flatten)]
-    counters: Counters,
-}
-
-#[derive(Deserialize)]
-struct Counters {
-    pages_seen: u64,
-    gets: u64,
-    frees: u64,
-}
-
 /// The KTAP lines of the kselftest harness: `ok N name`, `not ok N name`, `# SKIP` after
 /// either. Returns (passed, failed names).
 fn suite_results(log: &str) -> (usize, Vec<String>) {
@@ -125,16 +89,14 @@ fn suite_results(log: &str) -> (usize, Vec<String>) {
 
 impl Case {
     fn assess(&self, result: &VmResult) -> Vec<String> {
-        let out = &result.out_dir;
-        let read = |name: &str| std::fs::read_to_string(out.join(name)).unwrap_or_default();
-        let mut failures = Vec::new();
-        let log = read("hmm.log");
-        let (passed, failed) = suite_results(&log);
+        let outcome = checked::read(result, self.attach, "0");
+        let mut failures = outcome.failures;
+        let (passed, failed) = suite_results(&outcome.log);
         if passed == 0 {
             failures.push(format!(
                 "hmm-tests passed no test (status {}): {}",
-                read("hmm.rc").trim(),
-                last_lines(&log, 3)
+                outcome.status,
+                last_lines(&outcome.log, 3)
             ));
         }
         if !failed.is_empty() {
@@ -143,40 +105,19 @@ impl Case {
                 failed.join("; ")
             ));
         }
-        if read("check.rc").trim() != "0" {
-            failures.push(format!(
-                "check exit {}: {}",
-                read("check.rc").trim(),
-                last_lines(&read("check.err"), 3)
-            ));
-        }
-        let text = read("check.json");
-        match serde_json::from_str::<Check>(&text) {
-            Err(e) => failures.push(format!("check.json: {e} ({})", last_lines(&text, 3))),
-            Ok(check) => {
-                if let Some(f) = check.findings.first() {
-                    failures.push(format!(
-                        "{} finding(s) on a healthy kernel, first {} at pfn {:#x}",
-                        check.findings_total, f.rule, f.pfn
-                    ));
-                }
-                let private: Vec<&Counters> = check
-                    .pgmaps
-                    .iter()
-                    .filter(|p| p.type_name == "private")
-                    .map(|p| &p.counters)
-                    .collect();
-                let seen: u64 = private.iter().map(|c| c.pages_seen).sum();
-                let (gets, frees): (u64, u64) = private
-                    .iter()
-                    .fold((0, 0), |(g, f), c| (g + c.gets, f + c.frees));
-                if seen == 0 || gets == 0 || frees == 0 {
-                    failures.push(format!(
-                        "refwatch saw too little of the device-private pages: {} private \
-                         pgmap(s), {seen} pages, {gets} gets, {frees} frees",
-                        private.len()
-                    ));
-                }
+        if let Some(check) = outcome.check {
+            if check.findings_total > 0 {
+                failures.push(format!(
+                    "{} finding(s) on a healthy kernel: {}",
+                    check.findings_total,
+                    check.describe_findings()
+                ));
+            }
+            let private = check.counted("private");
+            if private.pages_seen == 0 || private.gets == 0 || private.frees == 0 {
+                failures.push(format!(
+                    "refwatch saw too little of the device-private pages: {private:?}"
+                ));
             }
         }
         failures
@@ -204,7 +145,7 @@ impl Case {
             files.push((ko, guest));
         }
         Ok(GuestJob {
-            argv: vec!["sh".into(), "-c".into(), SCRIPT.into()],
+            argv: vec!["sh".into(), "-c".into(), checked::script("hmm-tests")],
             files,
             setup,
             env: vec![("ATTACH".into(), self.attach.as_str().into())],
@@ -225,8 +166,7 @@ impl VmCase for Case {
     }
 
     fn run(&self, kernel: &Kernel, assets: &Assets) -> Result<(), Vec<String>> {
-        let job = self.job(kernel).map_err(|e| vec![format!("{e:#}")])?;
-        super::matrix::run_job(&self.id(), kernel, assets, &job, |result| {
+        checked::run(&self.id(), kernel, assets, self.job(kernel), |result| {
             self.assess(result)
         })
     }

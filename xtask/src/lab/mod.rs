@@ -3,6 +3,7 @@
 mod apt;
 pub mod bugs;
 mod build;
+mod checked;
 mod guest;
 pub mod hmm;
 mod initramfs;

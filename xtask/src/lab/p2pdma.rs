@@ -9,12 +9,11 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, bail};
-use serde::Deserialize;
-
+use super::checked::{self, Check, Counted, Finding};
 use super::matrix::{VmCase, last_lines};
 use super::{Apt, Assets, Attach, Disk, GuestJob, Kernel, VmResult, inject};
 use crate::paths;
+use anyhow::{Result, bail};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Scenario {
@@ -69,48 +68,6 @@ const MODULE: &str = "refwatch_p2pdma";
 const MODULE_SOURCES: &[&str] = &["refwatch_p2pdma.c", "Kbuild"];
 const GUEST_MODULE: &str = "/lib/modules/refwatch_p2pdma.ko";
 
-/// The guest script: the workload under `refwatch check`, its own output and status in /out.
-const SCRIPT: &str = r#"
-refwatch check --json --attach "$ATTACH" -- sh -c 'p2pload "$SCENARIO" > /out/p2pload.log 2>&1; echo $? > /out/p2pload.rc' > /out/check.json 2> /out/check.err
-echo $? > /out/check.rc
-dmesg > /out/dmesg.txt
-"#;
-
-#[derive(Deserialize)]
-struct Check {
-    attach: String,
-    dropped: u64,
-    findings_total: u64,
-    findings: Vec<Finding>,
-    pgmaps: Vec<Pgmap>,
-}
-
-#[derive(Deserialize)]
-struct Finding {
-    rule: String,
-    pfn: u64,
-    pgmap: FindingPgmap,
-    #[serde(default)]
-    stack: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct FindingPgmap {
-    #[serde(rename = "type")]
-    type_name: String,
-}
-
-#[derive(Deserialize)]
-struct Pgmap {
-    #[serde(rename = "type")]
-    type_name: String,
-    pages_seen: u64,
-    inserts: u64,
-    gets: u64,
-    puts: u64,
-    frees: u64,
-}
-
 impl Scenario {
     fn name(self) -> &'static str {
         match self {
@@ -119,86 +76,58 @@ impl Scenario {
         }
     }
 
-    /// What the p2pdma pgmaps' counters must reach: (pages seen, inserts, gets, puts, frees).
-    /// Healthy: each page inserted once (vm_insert_page), pinned by the write and by the read
-    /// (try_grab_folio_fast) and unpinned at their completion (unpin_user_folio), freed at
-    /// munmap. The double put: one page inserted, pinned and unpinned (unpin_user_page) by the
-    /// module, and freed by its extra put.
-    fn at_least(self) -> [(&'static str, u64); 5] {
-        match self {
-            Healthy => [
-                ("pages seen", PAGES),
-                ("inserts", PAGES),
-                ("gets", 2 * PAGES),
-                ("puts", 2 * PAGES),
-                ("frees", PAGES),
-            ],
-            DoublePut => [
-                ("pages seen", 1),
-                ("inserts", 1),
-                ("gets", 1),
-                ("puts", 1),
-                ("frees", 1),
-            ],
+    /// What the p2pdma pgmaps' counters must reach. Healthy: each page inserted once
+    /// (vm_insert_page), pinned by the write and by the read (try_grab_folio_fast) and unpinned
+    /// at their completion (unpin_user_folio), freed at munmap. The double put: one page
+    /// inserted, pinned and unpinned (unpin_user_page) by the module, and freed by its extra put.
+    fn at_least(self) -> Counted {
+        let pages = match self {
+            Healthy => PAGES,
+            DoublePut => 1,
+        };
+        let pins = match self {
+            Healthy => 2 * PAGES,
+            DoublePut => 1,
+        };
+        Counted {
+            pgmaps: 1,
+            pages_seen: pages,
+            inserts: pages,
+            gets: pins,
+            puts: pins,
+            frees: pages,
         }
     }
 }
 
 impl Case {
     fn assess(&self, result: &VmResult) -> Vec<String> {
-        let out = &result.out_dir;
-        let read = |name: &str| std::fs::read_to_string(out.join(name)).unwrap_or_default();
-        let mut failures = Vec::new();
-        let log = read("p2pload.log");
-        if read("p2pload.rc").trim() != "0" || !log.contains("p2pload: done") {
+        let want_status = if self.scenario == Healthy { "0" } else { "1" };
+        let outcome = checked::read(result, self.attach, want_status);
+        let mut failures = outcome.failures;
+        if outcome.status != "0" || !outcome.log.contains("p2pload: done") {
             failures.push(format!(
                 "p2pload {} failed on its own (status {}): {}",
                 self.scenario.name(),
-                read("p2pload.rc").trim(),
-                last_lines(&log, 3)
+                outcome.status,
+                last_lines(&outcome.log, 3)
             ));
         }
-        let want_rc = if self.scenario == Healthy { "0" } else { "1" };
-        if read("check.rc").trim() != want_rc {
-            failures.push(format!(
-                "check exit {}, expected {want_rc}: {}",
-                read("check.rc").trim(),
-                last_lines(&read("check.err"), 3)
-            ));
-        }
-        let text = read("check.json");
-        match serde_json::from_str::<Check>(&text) {
-            Err(e) => failures.push(format!("check.json: {e} ({})", last_lines(&text, 3))),
-            Ok(check) => failures.extend(self.judge(&check)),
-        }
-        if !failures.is_empty() {
-            failures.push(format!("console {}", result.console_log.display()));
+        if let Some(check) = outcome.check {
+            failures.extend(self.judge(&check));
         }
         failures
     }
 
     fn judge(&self, check: &Check) -> Vec<String> {
         let mut failures = Vec::new();
-        // fentry mode keeps a kprobe where fentry cannot go: "fentry+kprobe".
-        if !check.attach.split('+').any(|m| m == self.attach.as_str()) {
-            failures.push(format!(
-                "attached with {}, asked for {}",
-                check.attach,
-                self.attach.as_str()
-            ));
-        }
-        if check.dropped > 0 {
-            failures.push(format!("{} events dropped", check.dropped));
-        }
         match self.scenario {
-            Healthy => {
-                if let Some(f) = check.findings.first() {
-                    failures.push(format!(
-                        "{} finding(s) on a healthy kernel, first {} at pfn {:#x}",
-                        check.findings_total, f.rule, f.pfn
-                    ));
-                }
-            }
+            Healthy if check.findings_total > 0 => failures.push(format!(
+                "{} finding(s) on a healthy kernel: {}",
+                check.findings_total,
+                check.describe_findings()
+            )),
+            Healthy => {}
             DoublePut => {
                 let frame = |s: &String| {
                     s.starts_with("double_put_write+") && s.ends_with(&format!("[{MODULE}]"))
@@ -211,43 +140,25 @@ impl Case {
                 if check.findings_total != 1 || !check.findings.iter().all(right) {
                     failures.push(format!(
                         "expected one free-while-mapped finding on a p2pdma page with \
-                         double_put_write [{MODULE}] on its stack, got {}: {:?}",
+                         double_put_write [{MODULE}] on its stack, got {}: {}",
                         check.findings_total,
-                        check
-                            .findings
-                            .iter()
-                            .map(|f| format!(
-                                "{} at pfn {:#x} ({}; {})",
-                                f.rule,
-                                f.pfn,
-                                f.pgmap.type_name,
-                                f.stack.join(" < ")
-                            ))
-                            .collect::<Vec<_>>()
+                        check.describe_findings()
                     ));
                 }
             }
         }
-        let p2p: Vec<&Pgmap> = check
-            .pgmaps
-            .iter()
-            .filter(|p| p.type_name == "p2pdma")
-            .collect();
-        let sum = |f: fn(&Pgmap) -> u64| p2p.iter().map(|p| f(p)).sum::<u64>();
-        let seen = [
-            sum(|p| p.pages_seen),
-            sum(|p| p.inserts),
-            sum(|p| p.gets),
-            sum(|p| p.puts),
-            sum(|p| p.frees),
+        let got = check.counted("p2pdma");
+        let want = self.scenario.at_least();
+        let short = [
+            ("pgmaps", got.pgmaps as u64, want.pgmaps as u64),
+            ("pages seen", got.pages_seen, want.pages_seen),
+            ("inserts", got.inserts, want.inserts),
+            ("gets", got.gets, want.gets),
+            ("puts", got.puts, want.puts),
+            ("frees", got.frees, want.frees),
         ];
-        for ((what, want), got) in self.scenario.at_least().into_iter().zip(seen) {
-            if got < want {
-                failures.push(format!(
-                    "p2pdma pgmaps ({}): {what} {got}, expected ≥ {want}",
-                    p2p.len()
-                ));
-            }
+        for (what, got, want) in short.into_iter().filter(|(_, got, want)| got < want) {
+            failures.push(format!("p2pdma pgmaps: {what} {got}, expected ≥ {want}"));
         }
         failures
     }
@@ -272,7 +183,11 @@ impl Case {
             }
         };
         Ok(GuestJob {
-            argv: vec!["sh".into(), "-c".into(), SCRIPT.into()],
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                checked::script(r#"p2pload "$SCENARIO""#),
+            ],
             files,
             setup,
             env: vec![
@@ -304,8 +219,7 @@ impl VmCase for Case {
     }
 
     fn run(&self, kernel: &Kernel, assets: &Assets) -> Result<(), Vec<String>> {
-        let job = self.job(kernel).map_err(|e| vec![format!("{e:#}")])?;
-        super::matrix::run_job(&self.id(), kernel, assets, &job, |result| {
+        checked::run(&self.id(), kernel, assets, self.job(kernel), |result| {
             self.assess(result)
         })
     }

@@ -1,0 +1,172 @@
+//! A workload run under `refwatch check --json` in the guest, and what its cases read back:
+//! the guest script, check's JSON, and the judging every such case shares.
+
+use anyhow::Result;
+use serde::Deserialize;
+
+use super::matrix::last_lines;
+use super::{Assets, Attach, GuestJob, Kernel, VmResult};
+
+/// The guest script: `workload` (a shell command line) under `refwatch check --attach
+/// $ATTACH`, its output in /out/workload.log and its status in /out/workload.rc, check's JSON,
+/// stderr and status beside them. The workload's own status is kept out of check's verdict:
+/// the case judges it apart, so that a workload failing on its own is never read as refwatch.
+pub fn script(workload: &str) -> String {
+    format!(
+        r#"
+refwatch check --json --attach "$ATTACH" -- sh -c '{workload} > /out/workload.log 2>&1; echo $? > /out/workload.rc' > /out/check.json 2> /out/check.err
+echo $? > /out/check.rc
+dmesg > /out/dmesg.txt
+"#
+    )
+}
+
+/// `refwatch check --json`, the fields the cases read.
+#[derive(Deserialize)]
+pub struct Check {
+    pub attach: String,
+    pub dropped: u64,
+    pub findings_total: u64,
+    pub findings: Vec<Finding>,
+    pub pgmaps: Vec<Pgmap>,
+}
+
+#[derive(Deserialize)]
+pub struct Finding {
+    pub rule: String,
+    pub pfn: u64,
+    pub pgmap: FindingPgmap,
+    #[serde(default)]
+    pub stack: Vec<String>,
+}
+
+#[derive(Deserialize)]
+pub struct FindingPgmap {
+    #[serde(rename = "type")]
+    pub type_name: String,
+}
+
+#[derive(Deserialize)]
+pub struct Pgmap {
+    #[serde(rename = "type")]
+    pub type_name: String,
+    pub pages_seen: u64,
+    pub inserts: u64,
+    pub gets: u64,
+    pub puts: u64,
+    pub frees: u64,
+}
+
+/// What the pgmaps of one type counted, summed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Counted {
+    pub pgmaps: usize,
+    pub pages_seen: u64,
+    pub inserts: u64,
+    pub gets: u64,
+    pub puts: u64,
+    pub frees: u64,
+}
+
+impl Check {
+    pub fn counted(&self, type_name: &str) -> Counted {
+        self.pgmaps
+            .iter()
+            .filter(|p| p.type_name == type_name)
+            .fold(Counted::default(), |c, p| Counted {
+                pgmaps: c.pgmaps + 1,
+                pages_seen: c.pages_seen + p.pages_seen,
+                inserts: c.inserts + p.inserts,
+                gets: c.gets + p.gets,
+                puts: c.puts + p.puts,
+                frees: c.frees + p.frees,
+            })
+    }
+
+    /// Every finding, one line each, for a failure message.
+    pub fn describe_findings(&self) -> String {
+        self.findings
+            .iter()
+            .map(|f| {
+                format!(
+                    "{} at pfn {:#x} ({}; {})",
+                    f.rule,
+                    f.pfn,
+                    f.pgmap.type_name,
+                    f.stack.join(" < ")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// What came back from the guest.
+pub struct Outcome {
+    pub failures: Vec<String>,
+    pub check: Option<Check>,
+    /// The workload's output and exit status (as text).
+    pub log: String,
+    pub status: String,
+}
+
+/// Reads /out: check's exit status against `want_status`, its JSON, the attach mode it used
+/// and its drops. The workload's own output and status are left to the case.
+pub fn read(result: &VmResult, attach: Attach, want_status: &str) -> Outcome {
+    let out = &result.out_dir;
+    let read = |name: &str| std::fs::read_to_string(out.join(name)).unwrap_or_default();
+    let mut failures = Vec::new();
+    let status = read("check.rc");
+    if status.trim() != want_status {
+        failures.push(format!(
+            "check exit {}, expected {want_status}: {}",
+            status.trim(),
+            last_lines(&read("check.err"), 3)
+        ));
+    }
+    let text = read("check.json");
+    let check = match serde_json::from_str::<Check>(&text) {
+        Ok(check) => Some(check),
+        Err(e) => {
+            failures.push(format!("check.json: {e} ({})", last_lines(&text, 3)));
+            None
+        }
+    };
+    if let Some(check) = &check {
+        // fentry mode keeps a kprobe where fentry cannot go: "fentry+kprobe".
+        if !check.attach.split('+').any(|m| m == attach.as_str()) {
+            failures.push(format!(
+                "attached with {}, asked for {}",
+                check.attach,
+                attach.as_str()
+            ));
+        }
+        if check.dropped > 0 {
+            failures.push(format!("{} events dropped", check.dropped));
+        }
+    }
+    Outcome {
+        failures,
+        check,
+        log: read("workload.log"),
+        status: read("workload.rc").trim().to_owned(),
+    }
+}
+
+/// Runs a case whose job may fail to be made (a program to build, a module to load).
+pub fn run(
+    id: &str,
+    kernel: &Kernel,
+    assets: &Assets,
+    job: Result<GuestJob>,
+    assess: impl FnOnce(&VmResult) -> Vec<String>,
+) -> Result<(), Vec<String>> {
+    let job = job.map_err(|e| vec![format!("{e:#}")])?;
+    super::matrix::run_job(id, kernel, assets, &job, |result| {
+        let mut failures = assess(result);
+        if !failures.is_empty() {
+            failures.push(format!("console {}", result.console_log.display()));
+        }
+        failures
+    })
+}
