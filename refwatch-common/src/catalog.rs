@@ -23,6 +23,12 @@ pub enum Arg {
     PmdPtr(u8),
     /// `struct dev_pagemap *` in argument n.
     Pgmap(u8),
+    /// `struct migrate_vma *` in argument n, whose `fault_page` is the device-private page a
+    /// CPU fault is bringing back (NULL for a migration the driver started itself).
+    ///
+    /// # Minimum kernel version
+    /// 6.1: `fault_page` was added to `struct migrate_vma`.
+    FaultPage(u8),
     /// `struct dev_pagemap *` in argument n, whose pages are read in the kernel before the
     /// pgmap event: one [`EventKind::Held`] event per page of its first range that is above
     /// idle or mapped (kernels whose teardown does not wait for page references).
@@ -88,6 +94,9 @@ pub struct Probe {
     pub site: &'static str,
     /// A grab that legitimately fails on refcount 0 (gup-fast).
     pub speculative: bool,
+    /// The reference was taken inline just before the probed function, so the count read at
+    /// its entry already includes it.
+    pub taken_before: bool,
     /// The hit counts only when called from this function (its return address: at the stack
     /// pointer for a kprobe, the word above the arguments for fentry, so such an entry's
     /// arguments must be 8 bytes or less each).
@@ -127,6 +136,7 @@ const fn p(
         params,
         site,
         speculative: false,
+        taken_before: false,
         caller: None,
         hot: false,
         since: ANY,
@@ -144,6 +154,11 @@ const fn refs(mut probe: Probe, refs: Refs, gup_flags: Option<u8>) -> Probe {
 
 const fn speculative(mut probe: Probe) -> Probe {
     probe.speculative = true;
+    probe
+}
+
+const fn taken_before(mut probe: Probe) -> Probe {
+    probe.taken_before = true;
     probe
 }
 
@@ -180,7 +195,7 @@ const fn at_vmf(mut probe: Probe, vmf: u8) -> Probe {
 use Arg::*;
 use EventKind::*;
 
-pub const CATALOG_LEN: usize = 38;
+pub const CATALOG_LEN: usize = 39;
 
 pub const CATALOG: [Probe; CATALOG_LEN] = [
     // --- pgmap creation / teardown -----------------------------------------------------------
@@ -675,6 +690,22 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
             None,
         ),
         (7, 0),
+    ),
+    // A CPU touching a device-private page faults (do_swap_page), takes a reference with an
+    // inline get_page and calls the pgmap's migrate_to_ram, whose driver migrates the page back
+    // with migrate_vma_setup(args->fault_page = that page). The count read here includes that
+    // reference; the matching put after migrate_to_ram is inline again.
+    since(
+        taken_before(p(
+            "migrate_vma_setup",
+            Get,
+            FaultPage(0),
+            &["_"],
+            "device-private-fault",
+            "6.12-src 7.3-src",
+            "a CPU fault bringing a device-private page back to RAM (the fault's reference)",
+        )),
+        (6, 1),
     ),
 ];
 

@@ -53,6 +53,12 @@ pub struct Layout {
         serde(default = "optional_offset::none", with = "optional_offset")
     )]
     pub off_vmf_address: u64,
+    /// `migrate_vma->fault_page` (u64::MAX where unknown, `null` when saved).
+    #[cfg_attr(
+        feature = "user",
+        serde(default = "optional_offset::none", with = "optional_offset")
+    )]
+    pub off_migrate_fault_page: u64,
     /// Bit t set: pages of raw `enum memory_type` t are idle at refcount 1 in this kernel's
     /// era (0 elsewhere). The teardown scan reports pages above it. Set by the loader.
     #[cfg_attr(feature = "user", serde(default))]
@@ -105,6 +111,7 @@ impl Layout {
         off_vma_mm: 0,
         off_vmf_vma: u64::MAX,
         off_vmf_address: u64::MAX,
+        off_migrate_fault_page: u64::MAX,
         idle_one_types: 0,
     };
 

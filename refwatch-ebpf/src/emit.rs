@@ -242,6 +242,9 @@ fn page_arg<C: Args>(ctx: &C, arg: Arg) -> Option<u64> {
         Arg::PfnT(n) => page::pfn_t_page(ctx.arg_scalar(n)),
         Arg::Pte(n) => page::pte_page(ctx.arg_scalar(n)),
         Arg::PmdPtr(n) => page::pmd_page(ctx.arg_u64(n)),
+        Arg::FaultPage(n) => {
+            page::read::<u64>(ctx.arg_u64(n) + layout!(off_migrate_fault_page)).filter(|p| *p != 0)
+        }
         Arg::Pgmap(_)
         | Arg::PgmapScan(_)
         | Arg::DaxEntry { .. }

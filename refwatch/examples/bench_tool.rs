@@ -254,7 +254,11 @@ fn bpftrace(path: &Path) -> Result<()> {
                  $page = {vmemmap} + ((arg{n} & 0xffffffffff000) >> 12) * {};",
                 layout.page_size
             ),
-            Arg::PmdPtr(_) | Arg::Pgmap(_) | Arg::PgmapScan(_) | Arg::DaxEntry { .. } => {
+            Arg::PmdPtr(_)
+            | Arg::Pgmap(_)
+            | Arg::PgmapScan(_)
+            | Arg::DaxEntry { .. }
+            | Arg::FaultPage(_) => {
                 writeln!(
                     s,
                     "kprobe:{} {{ @pgmap[probe] = count(); }}",

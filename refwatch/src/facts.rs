@@ -199,6 +199,9 @@ pub fn layout_from_btf(btf: &Btf, config: Option<&str>) -> Result<Layout, String
         )?,
         off_vmf_vma: btf.member_offset("vm_fault", "vma").unwrap_or(u64::MAX),
         off_vmf_address: btf.member_offset("vm_fault", "address").unwrap_or(u64::MAX),
+        off_migrate_fault_page: btf
+            .member_offset("migrate_vma", "fault_page")
+            .unwrap_or(u64::MAX),
         idle_one_types: 0,
     })
 }

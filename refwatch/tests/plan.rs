@@ -71,6 +71,7 @@ fn debian_6_1() {
             "remap:move_page_tables",
             "pgmap_remove:memunmap_pages",
             "truncate:dax_disassociate_entry",
+            "get:migrate_vma_setup",
         ],
     );
 }
@@ -96,6 +97,7 @@ fn debian_6_12() {
             "remap:move_page_tables",
             "pgmap_remove:memunmap_pages",
             "truncate:dax_disassociate_entry",
+            "get:migrate_vma_setup",
         ],
     );
 }
@@ -119,6 +121,7 @@ fn debian_7_2() {
             "free:free_zone_device_folio",
             "pgmap_remove:memunmap_pages",
             "put:unpin_user_folio",
+            "get:migrate_vma_setup",
         ],
     );
 }

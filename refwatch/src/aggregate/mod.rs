@@ -883,7 +883,11 @@ fn advance(
         }
         EventKind::Get => {
             let fails = probe.speculative && r <= 0;
-            page.refcount = if fails { r } else { r + refs };
+            page.refcount = if fails || probe.taken_before {
+                r
+            } else {
+                r + refs
+            };
         }
         EventKind::Put => page.refcount = r - refs,
         EventKind::Free => {

@@ -146,9 +146,13 @@ pub fn passthrough(model: Model, probe: &Probe, ty: PgType) -> bool {
         && !matches!(ty, PgType::FsDax | PgType::Unknown)
 }
 
-/// A non-speculative grab whose entry refcount must be above zero.
+/// A non-speculative grab whose entry refcount must be above zero (not one whose count
+/// already includes the reference, nor the allocation of a page that is 0 until then).
 pub fn strict_get(probe: &Probe) -> bool {
-    probe.kind == EventKind::Get && !probe.speculative && probe.function != "zone_device_page_init"
+    probe.kind == EventKind::Get
+        && !probe.speculative
+        && !probe.taken_before
+        && probe.function != "zone_device_page_init"
 }
 
 pub fn coverage(rule: Rule, ctx: &Context) -> Coverage {
