@@ -317,7 +317,13 @@ fn hostile_names_are_escaped_in_text_outputs() {
     let mut out = Vec::new();
     let mut w = TraceWriter::new(&mut out, r.header()).unwrap();
     for ev in &events {
-        w.event(ev, |_| vec!["evil\x1b[31m+0x1".into()]).unwrap();
+        w.event(ev, |_| {
+            vec![
+                "evil\x1b[31m+0x1".into(),
+                format!("{}\x1b[2J+0x2", "a_very_long_symbol_".repeat(400)),
+            ]
+        })
+        .unwrap();
     }
     w.finish(Footer::default()).unwrap();
     let trace = write("hostile.rft", &out);
