@@ -60,7 +60,9 @@
 
 /* 6.15: fsdax pages idle at 0, mappings hold a reference and a mapcount */
 #define INJ_ZERO_BASED (LINUX_VERSION_CODE >= KERNEL_VERSION(6, 15, 0))
-#if !INJ_ZERO_BASED
+#if INJ_ZERO_BASED
+#include <linux/pagemap.h>
+#else
 #include <linux/pfn_t.h>
 #endif
 
