@@ -131,6 +131,9 @@ static struct {
 	unsigned long nr_pages;
 	atomic_t frees;			/* page_free callbacks (<= 6.14) */
 	long pin_stat_fix;		/* NR_FOLL_PIN_RELEASED correction */
+#if INJ_ZERO_BASED
+	struct address_space *umapping;	/* where the users' VMAs are */
+#endif
 } inj = {
 	.lock = __MUTEX_INITIALIZER(inj.lock),
 };
@@ -410,8 +413,7 @@ static noinline int inj_put_underflow(struct inj_fire *f)
  * (kill_dev_dax -> unmap_mapping_range), and what memunmap_pages still
  * does not wait for is the pin: GENERIC R = 1 idle + 1024, one busy page.
  */
-static noinline int inj_teardown_busy(struct address_space *umapping,
-				      struct inj_fire *f)
+static noinline int inj_teardown_busy(struct inj_fire *f)
 {
 	struct page *page;
 	unsigned long pfn;
@@ -422,7 +424,7 @@ static noinline int inj_teardown_busy(struct address_space *umapping,
 		return ret < 0 ? ret : -EFAULT;
 	pfn = page_to_pfn(page);
 #if INJ_ZERO_BASED
-	unmap_mapping_range(umapping, 0, 0, 1);
+	unmap_mapping_range(inj.umapping, 0, 0, 1);
 #endif
 	f->refcount_at = page_ref_count(page);
 	inj_log(INJ_ZERO_BASED ? "memunmap_pages with the page pinned" :
@@ -507,6 +509,9 @@ static int inj_mmap(struct file *file, struct vm_area_struct *vma)
 #else
 	vma->vm_flags |= VM_DONTCOPY | VM_DONTEXPAND | VM_DONTDUMP;
 #endif
+#if INJ_ZERO_BASED
+	inj.umapping = file->f_mapping;	/* teardown-busy zaps it */
+#endif
 	return 0;
 }
 
@@ -550,7 +555,7 @@ static long inj_setup(struct inj_setup __user *uarg)
 	return copy_to_user(uarg, &s, sizeof(s)) ? -EFAULT : 0;
 }
 
-static long inj_fire(struct file *file, struct inj_fire __user *uarg)
+static long inj_fire(struct inj_fire __user *uarg)
 {
 	struct inj_fire f;
 	struct page *page;
@@ -579,7 +584,7 @@ static long inj_fire(struct file *file, struct inj_fire __user *uarg)
 		f.ret = inj_put_underflow(&f);
 		break;
 	case INJ_TEARDOWN_BUSY:
-		f.ret = inj_teardown_busy(file->f_mapping, &f);
+		f.ret = inj_teardown_busy(&f);
 		break;
 	}
 	return copy_to_user(uarg, &f, sizeof(f)) ? -EFAULT : 0;
@@ -619,7 +624,7 @@ static long inj_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		ret = inj_setup(uarg);
 		break;
 	case INJ_FIRE:
-		ret = inj_fire(file, uarg);
+		ret = inj_fire(uarg);
 		break;
 	case INJ_RESTORE:
 		inj_restore();
