@@ -72,6 +72,9 @@ pub enum Refs {
     One,
     /// The count is argument n.
     Arg(u8),
+    /// One FOLL_PIN pin: `GUP_PIN_COUNTING_BIAS` references on a small folio, one (and one
+    /// `_pincount`) on a large one. Events carry the 1; the aggregator scales it by the folio.
+    Pin,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -478,14 +481,18 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
         Some(2),
     ),
     since(
-        p(
-            "unpin_user_page",
-            Put,
-            Page(0),
-            &["page*"],
-            "unpin-user-page",
-            "7.2",
-            "gup_put_folio is inlined into it from 7.x on",
+        refs(
+            p(
+                "unpin_user_page",
+                Put,
+                Page(0),
+                &["page*"],
+                "unpin-user-page",
+                "7.2",
+                "gup_put_folio is inlined into it from 7.x on",
+            ),
+            Refs::Pin,
+            None,
         ),
         (7, 0),
     ),

@@ -86,7 +86,7 @@ pub fn handle<C: Args + StackIdContext>(ctx: &C, id: u8, probe: &Probe) {
     let state = page::state(head);
     discover(ctx, id, state.pgmap);
     let mut extra = match probe.refs {
-        Refs::One => 1,
+        Refs::One | Refs::Pin => 1,
         Refs::Arg(n) => ctx.arg_u64(n),
     };
     let mut extra2 = match probe.gup_flags {

@@ -862,7 +862,7 @@ fn advance(
 ) {
     let r = i64::from(ev.refcount);
     let m = i64::from(ev.mapcount);
-    let refs = ev.extra.max(1) as i64;
+    let refs = rules::moved(probe, ev);
     let zero_based = ctx.model == Model::ZeroBased;
     let tracked = ctx
         .tracked

@@ -2,7 +2,7 @@
 //! "Finding definitions that stay silent on healthy kernels"). Every refcount a rule looks at
 //! is the one read at function entry, before the function changes it.
 
-use refwatch_common::{EventKind, Probe};
+use refwatch_common::{EventKind, Probe, Refs, event::flags};
 use serde::Serialize;
 
 use super::Context;
@@ -146,6 +146,20 @@ pub fn passthrough(model: Model, probe: &Probe, ty: PgType) -> bool {
         && !matches!(ty, PgType::FsDax | PgType::Unknown)
 }
 
+/// `GUP_PIN_COUNTING_BIAS`: the references one pin holds on a small folio.
+const PIN_BIAS: i64 = 1024;
+
+/// The references a get or put moves (an unmap: the PTEs it clears). A pin of a small folio is
+/// `GUP_PIN_COUNTING_BIAS` references (try_grab_folio, gup_put_folio): on 7.x, where a mapping
+/// holds one, a second unpin of a mapped page is at refcount 1 and must still be found.
+pub fn moved(probe: &Probe, ev: &refwatch_common::Event) -> i64 {
+    let refs = ev.extra.max(1) as i64;
+    match probe.refs {
+        Refs::Pin if ev.flags & flags::HEAD == 0 => refs * PIN_BIAS,
+        _ => refs,
+    }
+}
+
 /// A non-speculative grab whose entry refcount must be above zero (not one whose count
 /// already includes the reference, nor the allocation of a page that is 0 until then).
 pub fn strict_get(probe: &Probe) -> bool {
@@ -225,7 +239,7 @@ pub fn judge(
     page: &PageView,
 ) -> Option<(Rule, String)> {
     let r = i64::from(ev.refcount);
-    let refs = ev.extra.max(1) as i64;
+    let refs = moved(probe, ev);
     let idle = idle(ctx.model, page.ty);
     let underflow = |why: String| Some((Rule::PutUnderflow, why));
     if passthrough(ctx.model, probe, page.ty) {

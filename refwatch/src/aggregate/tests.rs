@@ -480,3 +480,41 @@ fn a_pgmap_rediscovered_in_its_teardown_stays_torn_down() {
     assert_eq!(agg.total_findings(), 0, "{:#?}", agg.findings());
     assert!(agg.pgmaps().all(|pg| pg.teardown));
 }
+
+/// 7.x: an unpin of a small folio drops GUP_PIN_COUNTING_BIAS references, so unpinning a page
+/// that only its mapping holds (refcount 1) twice over is an underflow; a large folio's pin is
+/// one reference.
+#[test]
+fn an_unpin_of_a_small_folio_needs_the_pin_bias() {
+    let p = Probes::for_model(Model::ZeroBased);
+    let unpin = super::synth::probe_id("unpin_user_page", "7.2");
+    let found = |refcounts: &[i32], head: bool| {
+        let mut events = healthy(&p, false, 1, &[Op::Map(0)]);
+        let at = events
+            .iter()
+            .rposition(|e| kind(e) == EventKind::Insert)
+            .unwrap();
+        let unpins: Vec<Event> = refcounts
+            .iter()
+            .map(|&refcount| Event {
+                probe: unpin,
+                kind: EventKind::Put as u8,
+                refcount,
+                mapcount: 1,
+                extra: 1,
+                extra2: 0,
+                flags: if head {
+                    refwatch_common::event::flags::HEAD
+                } else {
+                    0
+                },
+                ..events[at]
+            })
+            .collect();
+        events.splice(at + 1..at + 1, unpins);
+        run(&p, &events).count(Rule::PutUnderflow)
+    };
+    assert_eq!(found(&[1025], false), 0);
+    assert_eq!(found(&[1025, 1], false), 1);
+    assert_eq!(found(&[2, 1], true), 0);
+}

@@ -2,8 +2,8 @@
 /*
  * refwatch_inject - TEST-ONLY module that breaks ZONE_DEVICE page
  * refcounting on purpose, so that refwatch can be shown to catch each bug
- * on real Debian 6.1 and 6.12 kernels.  Never load this on a machine you
- * care about.
+ * on real Debian 6.1 and 6.12 kernels and the lab's 7.3 build.  Never load
+ * this on a machine you care about.
  *
  * It owns real ZONE_DEVICE pages: a struct dev_pagemap over a physical
  * range the guest kernel does not otherwise use (boot the guest with
@@ -11,15 +11,17 @@
  * System RAM nor nd_e820 claims it), created with memremap_pages() and
  * removed with memunmap_pages().  /dev/refwatch_inject can be mmap()ed
  * MAP_SHARED; the fault handler inserts the device pages the way
- * device-dax/fsdax do on <= 6.12: vmf_insert_mixed() with a
- * PFN_DEV|PFN_MAP pfn_t -> __vm_insert_mixed -> insert_pfn -> a
- * pte_devmap PTE that holds no page reference and no mapcount.
+ * device-dax/fsdax do on the running kernel: on <= 6.14 vmf_insert_mixed()
+ * with a PFN_DEV|PFN_MAP pfn_t -> __vm_insert_mixed -> insert_pfn -> a
+ * pte_devmap PTE that holds no page reference and no mapcount; from 6.15
+ * vmf_insert_page_mkwrite() -> insert_page, a normal PTE that holds a
+ * reference and a mapcount.
  *
  * Every wrong step runs in a noinline function of this module (or in its
  * fault handler) and goes through an out-of-line kernel function that
  * refwatch probes, so the probe's kernel stack shows who did it.
  *
- * Refcount facts relied on (6.1 and 6.12 alike, see kernel-notes A/C/D):
+ * Refcount facts relied on, 6.1 and 6.12 alike (see kernel-notes A/C/D):
  *  - memmap_init_zone_device leaves FS_DAX and GENERIC pages at 1 (idle);
  *  - a devmap PTE insert/zap never changes _refcount or _mapcount;
  *  - put_page() on FS_DAX goes to __put_devmap_managed_{page,folio}_refs
@@ -30,6 +32,18 @@
  *  - gup_put_folio (unpin_user_page) subtracts 1024 per pin (order-0);
  *  - memunmap_pages waits only for pgmap percpu refs, never for FS_DAX or
  *    GENERIC page refs or mappings.
+ *
+ * From 6.15 (the "0-based era", checked on 7.3):
+ *  - __init_zone_device_page leaves FS_DAX pages at 0 (idle) and GENERIC
+ *    at 1; a mapping adds a reference and a mapcount, and insert_page
+ *    refuses a page at 0 (validate_page_before_insert: SIGBUS);
+ *  - fsdax (dax_fault_iter) holds a temporary reference across the insert
+ *    of its idle page; device-dax inserts its GENERIC page as it is;
+ *  - put to 0 -> free_zone_device_folio: FS_DAX only wakes waiters,
+ *    GENERIC is reset to 1; neither calls ops->folio_free, so no ops;
+ *  - memunmap_pages still waits for neither page references nor
+ *    mappings, but the zap of a PTE now touches the struct page (rmap,
+ *    the mapping's put), so no PTE may outlive the memmap.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
@@ -38,12 +52,19 @@
 #include <linux/fs.h>
 #include <linux/mm.h>
 #include <linux/memremap.h>
-#include <linux/pfn_t.h>
 #include <linux/mutex.h>
 #include <linux/uaccess.h>
 #include <linux/version.h>
 #include <linux/vmstat.h>
 #include <linux/sizes.h>
+
+/* 6.15: fsdax pages idle at 0, mappings hold a reference and a mapcount */
+#define INJ_ZERO_BASED (LINUX_VERSION_CODE >= KERNEL_VERSION(6, 15, 0))
+#if INJ_ZERO_BASED
+#include <linux/pagemap.h>
+#else
+#include <linux/pfn_t.h>
+#endif
 
 #include "refwatch_inject.h"
 
@@ -66,6 +87,21 @@ MODULE_PARM_DESC(size, "bytes to turn into ZONE_DEVICE pages (2 MiB multiple)");
 static bool dax_mapping = true;
 module_param(dax_mapping, bool, 0644);
 MODULE_PARM_DESC(dax_mapping, "set page->mapping/index at fault like device-dax (default Y)");
+
+#if INJ_ZERO_BASED
+/*
+ * From 6.15 the zap of a dirty PTE calls folio_mark_dirty(), i.e.
+ * folio->mapping->a_ops->dirty_folio, and the misc device's own mapping
+ * has empty_aops (none).  Like device-dax's dev_dax_aops, the pages name
+ * a mapping whose dirty_folio does nothing.
+ */
+static const struct address_space_operations inj_dax_aops = {
+	.dirty_folio = noop_dirty_folio,
+};
+static struct address_space inj_dax_mapping = {
+	.a_ops = &inj_dax_aops,
+};
+#endif
 
 /*
  * Exported read-only so a tracefs kprobe can fetch @page0+0x34.  With
@@ -93,8 +129,11 @@ static struct {
 	int type;			/* enum inj_type actually used */
 	unsigned long base_pfn;
 	unsigned long nr_pages;
-	atomic_t frees;			/* page_free callbacks */
+	atomic_t frees;			/* page_free callbacks (<= 6.14) */
 	long pin_stat_fix;		/* NR_FOLL_PIN_RELEASED correction */
+#if INJ_ZERO_BASED
+	struct address_space *umapping;	/* where the users' VMAs are */
+#endif
 } inj = {
 	.lock = __MUTEX_INITIALIZER(inj.lock),
 };
@@ -104,6 +143,21 @@ static inline struct page *inj_page(unsigned long idx)
 	return pfn_to_page(inj.base_pfn + idx);
 }
 
+/* the refcount of an idle page of ours */
+static int inj_idle(void)
+{
+	return INJ_ZERO_BASED && inj.type == INJ_TYPE_FS_DAX ? 0 : 1;
+}
+
+/* the refcount a page should have now: idle, plus its mappings' from 6.15 */
+static int inj_healthy_count(struct page *page)
+{
+	int mapped = INJ_ZERO_BASED ? atomic_read(&page->_mapcount) + 1 : 0;
+
+	return inj_idle() + mapped;
+}
+
+#if !INJ_ZERO_BASED
 /*
  * Reached from free_zone_device_page (6.1) / free_zone_device_folio (6.12)
  * when a page of ours hits 0.  Providing it keeps those functions off their
@@ -121,6 +175,7 @@ static void inj_page_free(struct page *page)
 static const struct dev_pagemap_ops inj_pgmap_ops = {
 	.page_free = inj_page_free,
 };
+#endif
 
 static void inj_log(const char *what, struct page *page)
 {
@@ -141,7 +196,9 @@ static noinline int inj_pgmap_create(int scenario, int type)
 	inj.pgmap.range.start = inj_base;
 	inj.pgmap.range.end = inj_base + inj_size - 1;
 	inj.pgmap.nr_range = 1;
+#if !INJ_ZERO_BASED
 	inj.pgmap.ops = &inj_pgmap_ops;
+#endif
 
 	addr = memremap_pages(&inj.pgmap, NUMA_NO_NODE);
 	if (IS_ERR(addr)) {
@@ -162,7 +219,7 @@ static noinline int inj_pgmap_create(int scenario, int type)
 	return 0;
 }
 
-/* put every page back to the idle value 1 (and undo stat skew) */
+/* put every page back to its healthy count (and undo stat skew) */
 static void inj_restore(void)
 {
 	unsigned long i;
@@ -171,15 +228,17 @@ static void inj_restore(void)
 		return;
 	for (i = 0; i < inj.nr_pages; i++) {
 		struct page *page = inj_page(i);
+		struct folio *folio = page_folio(page);
+		int healthy = inj_healthy_count(page);
 
-		if (page_ref_count(page) != 1) {
+		if (page_ref_count(page) != healthy) {
 			inj_log("restore", page);
 			/* inline atomic: invisible to refwatch, on purpose */
-			set_page_count(page, 1);
+			set_page_count(page, healthy);
 		}
 		/* the next memremap_pages re-inits the memmap anyway */
-		page->mapping = NULL;
-		page->index = 0;
+		folio->mapping = NULL;
+		folio->index = 0;
 	}
 	if (inj.pin_stat_fix) {
 		mod_node_page_state(page_pgdat(inj_page(0)),
@@ -207,6 +266,12 @@ static noinline void inj_pgmap_destroy(void)
  * Step 2 is the user's first touch: inj_vm_fault() ->
  * vmf_insert_mixed -> __vm_insert_mixed/insert_pfn with _refcount == 0.
  * Neither 6.1 nor 6.12 checks the count there, so the PTE is installed.
+ * From 6.15 an idle FS_DAX page is at 0 anyway, and the bug is the fault
+ * path inserting it without fsdax's temporary reference (inj_vm_fault),
+ * the way <= 6.14 inserted fsdax pfns.  vmf_insert_page_mkwrite sees 0,
+ * insert_page refuses it (validate_page_before_insert) and the toucher
+ * gets SIGBUS: the kernel's own guard, as try_grab_folio's WARN is for
+ * get-from-zero.
  */
 static noinline void inj_insert_zero_ref_arm(struct page *page)
 {
@@ -218,6 +283,7 @@ static noinline void inj_insert_zero_ref_arm(struct page *page)
  * healthy: a driver pins the user buffer for DMA and unpins it.
  * try_grab_page (6.1) / try_grab_folio (6.12) at 1 -> 1025, then
  * gup_put_folio (+ __put_devmap_managed_*_refs for FS_DAX) back to 1.
+ * From 6.15 the mapping's reference comes on top: GENERIC 2 -> 1026 -> 2.
  */
 static noinline int inj_healthy(struct inj_fire *f)
 {
@@ -244,17 +310,29 @@ static noinline int inj_healthy(struct inj_fire *f)
  * still there; page_free runs, the core resets the count to 1 (so no
  * cleanup is needed for the count).  With FS_DAX, put_page() is caught by
  * __put_devmap_managed_*_refs (1 -> 0, no free): that is put-underflow.
+ * From 6.15 the last reference is the mapping's own, and FS_DAX (idle at
+ * 0) is the type whose put reaches the free: 1 -> 0 ->
+ * free_zone_device_folio with mapcount 1 and the PTE still there.  It
+ * only wakes waiters, so the page stays mapped at 0 until INJ_RESTORE
+ * gives the mapping its reference back.  GENERIC goes 2 -> 1, no free.
  */
 static noinline int inj_free_while_mapped(struct page *page, struct inj_fire *f)
 {
+#if !INJ_ZERO_BASED
 	int frees = atomic_read(&inj.frees);
+#endif
 
 	f->refcount_at = page_ref_count(page);
 	inj_log("put_page (last ref) while mapped", page);
 	put_page(page);
 	f->refcount = page_ref_count(page);
 	inj_log("after put_page", page);
+#if INJ_ZERO_BASED
+	/* no callback for FS_DAX/GENERIC: a put to 0 is the free */
+	return f->refcount == 0;
+#else
 	return atomic_read(&inj.frees) - frees;	/* 1 if it was freed */
+#endif
 }
 
 /*
@@ -267,7 +345,8 @@ static noinline int inj_free_while_mapped(struct page *page, struct inj_fire *f)
  * That WARN is the kernel's own guard against exactly this bug and cannot
  * be avoided by any non-speculative grab at 0; it fires once per boot.
  * The page stays at 0 until INJ_RESTORE so the user program may try its
- * own GUP (process_vm_readv) too.
+ * own GUP (process_vm_readv) too.  From 6.15 the reference dropped is the
+ * mapping's (FS_DAX 1 -> 0), and the slow path's grab is try_grab_folio.
  */
 static noinline int inj_get_from_zero(struct page *page, struct inj_fire *f)
 {
@@ -295,7 +374,9 @@ static noinline int inj_get_from_zero(struct page *page, struct inj_fire *f)
  * __put_devmap_managed_*_refs(refs=1024) -> -1023 (no free, no wake);
  * GENERIC through folio_put_refs -> -1023 (not 0, so no free either).
  * No WARN on either kernel (no DEBUG_VM).  INJ_RESTORE puts it back to 1
- * and undoes the NR_FOLL_PIN_RELEASED skew.
+ * and undoes the NR_FOLL_PIN_RELEASED skew.  From 6.15 the FS_DAX page is
+ * at 1 because it is mapped (idle 0 + the mapping), the same numbers; the
+ * unpins are unpin_user_page with gup_put_folio inlined.
  */
 static noinline int inj_put_underflow(struct inj_fire *f)
 {
@@ -326,6 +407,11 @@ static noinline int inj_put_underflow(struct inj_fire *f)
  * touch struct page (vm_normal_page returns NULL for pte_devmap; GUP on it
  * fails in get_dev_pagemap).  The physical range is reserved, so stray
  * user accesses hit nothing else.
+ * From 6.15 a zap reads and puts the struct page (rmap, the mapping's
+ * reference), so a PTE left over the freed memmap would oops at munmap.
+ * The driver zaps its users' mappings first, as device-dax's unbind does
+ * (kill_dev_dax -> unmap_mapping_range), and what memunmap_pages still
+ * does not wait for is the pin: GENERIC R = 1 idle + 1024, one busy page.
  */
 static noinline int inj_teardown_busy(struct inj_fire *f)
 {
@@ -337,8 +423,12 @@ static noinline int inj_teardown_busy(struct inj_fire *f)
 	if (ret != 1)
 		return ret < 0 ? ret : -EFAULT;
 	pfn = page_to_pfn(page);
+#if INJ_ZERO_BASED
+	unmap_mapping_range(inj.umapping, 0, 0, 1);
+#endif
 	f->refcount_at = page_ref_count(page);
-	inj_log("memunmap_pages with the page mapped and pinned", page);
+	inj_log(INJ_ZERO_BASED ? "memunmap_pages with the page pinned" :
+		"memunmap_pages with the page mapped and pinned", page);
 	WRITE_ONCE(inj.live, false);
 	memunmap_pages(&inj.pgmap);
 	f->refcount = 0;	/* memmap is gone: do not read it */
@@ -351,7 +441,11 @@ static noinline int inj_teardown_busy(struct inj_fire *f)
 static vm_fault_t inj_vm_fault(struct vm_fault *vmf)
 {
 	unsigned long pfn;
+	struct folio *folio;
 	vm_fault_t ret;
+#if INJ_ZERO_BASED
+	bool fsdax_ref;
+#endif
 
 	/*
 	 * No lock: the ioctls may fault (GUP) while holding inj.lock.  The
@@ -361,15 +455,36 @@ static vm_fault_t inj_vm_fault(struct vm_fault *vmf)
 	if (!READ_ONCE(inj.live) || vmf->pgoff >= inj.nr_pages)
 		return VM_FAULT_SIGBUS;
 	pfn = inj.base_pfn + vmf->pgoff;
-	if (dax_mapping && !pfn_to_page(pfn)->mapping) {
-		struct page *page = pfn_to_page(pfn);
-
-		page->mapping = vmf->vma->vm_file->f_mapping;
-		page->index = vmf->pgoff;
+	folio = page_folio(pfn_to_page(pfn));
+	if (dax_mapping && !folio->mapping) {
+#if INJ_ZERO_BASED
+		folio->mapping = &inj_dax_mapping;
+#else
+		folio->mapping = vmf->vma->vm_file->f_mapping;
+#endif
+		folio->index = vmf->pgoff;
 	}
-	/* device-dax/fsdax style: devmap PTE, no ref taken (<= 6.12) */
+#if INJ_ZERO_BASED
+	/*
+	 * device-dax (__dev_dax_pte_fault) inserts its GENERIC page as it is
+	 * (idle at 1); fsdax (dax_fault_iter) holds a temporary reference
+	 * across the insert of its idle FS_DAX page (at 0).  The mapping takes
+	 * a reference and a mapcount.  insert-zero-ref's page goes in without
+	 * the temporary reference.
+	 */
+	fsdax_ref = inj.type == INJ_TYPE_FS_DAX &&
+		    !(inj.scenario == INJ_INSERT_ZERO_REF && vmf->pgoff == 0);
+	if (fsdax_ref)
+		folio_ref_inc(folio);
+	ret = vmf_insert_page_mkwrite(vmf, &folio->page,
+				      vmf->flags & FAULT_FLAG_WRITE);
+	if (fsdax_ref)
+		folio_put(folio);
+#else
+	/* device-dax/fsdax style: devmap PTE, no ref taken (<= 6.14) */
 	ret = vmf_insert_mixed(vmf->vma, vmf->address,
 			       __pfn_to_pfn_t(pfn, PFN_DEV | PFN_MAP));
+#endif
 	if (vmf->pgoff == 0)
 		inj_log("fault: inserted", pfn_to_page(pfn));
 	return ret;
@@ -394,6 +509,9 @@ static int inj_mmap(struct file *file, struct vm_area_struct *vma)
 #else
 	vma->vm_flags |= VM_DONTCOPY | VM_DONTEXPAND | VM_DONTDUMP;
 #endif
+#if INJ_ZERO_BASED
+	inj.umapping = file->f_mapping;	/* teardown-busy zaps it */
+#endif
 	return 0;
 }
 
@@ -404,7 +522,9 @@ static int inj_default_type(int scenario)
 	case INJ_GET_FROM_ZERO:		/* fsdax PTEs hold no ref: GUP sees 0 */
 	case INJ_PUT_UNDERFLOW:		/* reaches __put_devmap_managed_*_refs */
 		return INJ_TYPE_FS_DAX;
-	default:			/* healthy, free-while-mapped, teardown */
+	case INJ_FREE_WHILE_MAPPED:	/* 6.15+: FS_DAX's last put frees */
+		return INJ_ZERO_BASED ? INJ_TYPE_FS_DAX : INJ_TYPE_GENERIC;
+	default:			/* healthy, teardown */
 		return INJ_TYPE_GENERIC;
 	}
 }
@@ -430,6 +550,8 @@ static long inj_setup(struct inj_setup __user *uarg)
 	s.nr_pages = inj.nr_pages;
 	s.phys = inj_base;
 	s.page0 = (unsigned long)inj_page(0);
+	s.idle = inj_idle();
+	s.map_ref = INJ_ZERO_BASED;
 	return copy_to_user(uarg, &s, sizeof(s)) ? -EFAULT : 0;
 }
 

@@ -43,6 +43,8 @@ struct inj_setup {
 	__u64 nr_pages;		/* out: pages the device maps (mmap size) */
 	__u64 phys;		/* out: physical base of the pgmap */
 	__u64 page0;		/* out: kernel address of struct page of pfn 0 */
+	__s32 idle;		/* out: _refcount of an idle page */
+	__u32 map_ref;		/* out: 1 if a mapping holds a reference (6.15+) */
 };
 
 struct inj_fire {

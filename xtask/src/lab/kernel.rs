@@ -123,6 +123,17 @@ pub const KERNELS: &[KernelSpec] = &[
     },
 ];
 
+impl KernelSpec {
+    /// (major, minor) of the release, as the probe catalog's eras count them.
+    pub fn version(&self) -> (u8, u8) {
+        let mut parts = self
+            .release
+            .split(|c: char| !c.is_ascii_digit())
+            .map(|n| n.parse().unwrap_or(0));
+        (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+    }
+}
+
 pub fn spec(name: &str) -> Result<&'static KernelSpec> {
     KERNELS.iter().find(|k| k.name == name).with_context(|| {
         let names: Vec<_> = KERNELS.iter().map(|k| k.name).collect();
@@ -296,4 +307,17 @@ pub fn extract_packages(apt: &Apt, packages: &[(&str, &str)], dest: &Path) -> Re
         cmd::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(dest))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_come_from_the_release() {
+        let version = |name| spec(name).unwrap().version();
+        assert_eq!(version("6.1"), (6, 1));
+        assert_eq!(version("6.12"), (6, 12));
+        assert_eq!(version("7.3-src"), (7, 3));
+    }
 }
