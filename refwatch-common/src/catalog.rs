@@ -75,6 +75,8 @@ pub enum Refs {
     /// One FOLL_PIN pin: `GUP_PIN_COUNTING_BIAS` references on a small folio, one (and one
     /// `_pincount`) on a large one. Events carry the 1; the aggregator scales it by the folio.
     Pin,
+    /// Argument n pins, each counted as [`Refs::Pin`].
+    PinArg(u8),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -693,7 +695,7 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
                 "7.3",
                 "unpin of npages pins of the folio (O_DIRECT to and from device pages)",
             ),
-            Refs::Arg(1),
+            Refs::PinArg(1),
             None,
         ),
         (7, 0),

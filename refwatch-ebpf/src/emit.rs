@@ -87,7 +87,7 @@ pub fn handle<C: Args + StackIdContext>(ctx: &C, id: u8, probe: &Probe) {
     discover(ctx, id, state.pgmap);
     let mut extra = match probe.refs {
         Refs::One | Refs::Pin => 1,
-        Refs::Arg(n) => ctx.arg_u64(n),
+        Refs::Arg(n) | Refs::PinArg(n) => ctx.arg_u64(n),
     };
     let mut extra2 = match probe.gup_flags {
         Some(n) => ctx.arg_u64(n),

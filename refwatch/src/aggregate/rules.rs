@@ -155,7 +155,7 @@ const PIN_BIAS: i64 = 1024;
 pub fn moved(probe: &Probe, ev: &refwatch_common::Event) -> i64 {
     let refs = ev.extra.max(1) as i64;
     match probe.refs {
-        Refs::Pin if ev.flags & flags::HEAD == 0 => refs * PIN_BIAS,
+        Refs::Pin | Refs::PinArg(_) if ev.flags & flags::HEAD == 0 => refs * PIN_BIAS,
         _ => refs,
     }
 }
