@@ -233,6 +233,23 @@ fn record_writes_no_trace_through_a_link_or_over_a_file() {
         o.stderr
     );
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep");
+    let trace = dir.join("new.rwt");
+    let _ = std::fs::remove_file(&trace);
+    let o = refwatch(&[
+        "record",
+        "-o",
+        trace.to_str().unwrap(),
+        "--summary",
+        link.to_str().unwrap(),
+        "-d",
+        "1",
+    ]);
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(o.stderr.contains("is a symbolic link"), "{}", o.stderr);
+    assert!(
+        !victim.exists() && !trace.exists(),
+        "wrote through the link"
+    );
 }
 
 /// `-o` and `--junit` write as `record -o` does: never through a link, never over a file

@@ -1,6 +1,11 @@
 //! `refwatch record`: capture into a trace file for `refwatch report` / `check --trace`.
 
-use std::{fs::File, io::BufWriter, path::PathBuf, process::ExitCode};
+use std::{
+    fs::File,
+    io::{BufWriter, Write},
+    path::PathBuf,
+    process::ExitCode,
+};
 
 use anyhow::{Context as _, Result};
 use clap::Args;
@@ -19,7 +24,11 @@ pub struct RecordArgs {
     /// Trace file to write (never through a symbolic link).
     #[arg(short, long)]
     output: PathBuf,
-    /// Overwrite the trace file if it exists.
+    /// Write the closing summary (events, drops, size) to FILE instead of stderr, where the
+    /// command's own output goes (never through a symbolic link).
+    #[arg(long, value_name = "FILE")]
+    summary: Option<PathBuf>,
+    /// Overwrite the trace file and the summary file if they exist.
     #[arg(long)]
     force: bool,
     #[command(flatten)]
@@ -57,6 +66,9 @@ pub fn run(args: RecordArgs) -> Result<ExitCode> {
     let existing = Existing::forced(args.force);
     // Before attaching: a path refwatch will not write to is the user's to fix first.
     output::check(&args.output, existing)?;
+    if let Some(path) = &args.summary {
+        output::check(path, existing)?;
+    }
     rt.block_on(async {
         let (mut session, layout) = attach::open(&args.run)?;
         // Before the trace file exists: a Ctrl-C from then on ends with a footer.
@@ -94,11 +106,16 @@ pub fn run(args: RecordArgs) -> Result<ExitCode> {
             })
             .with_context(|| format!("finishing {}", args.output.display()))?;
         end?;
-        eprintln!(
+        let line = format!(
             "{}: {events} events, {dropped} dropped, {bytes} bytes ({:.1} bytes/event)",
             args.output.display(),
             bytes as f64 / events.max(1) as f64
         );
+        match &args.summary {
+            Some(path) => writeln!(output::create(path, existing)?, "{line}")
+                .with_context(|| format!("writing {}", path.display()))?,
+            None => eprintln!("{line}"),
+        }
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -669,6 +669,9 @@ refwatch check --json -o /out/check.json --junit /out/junit.xml -- sh -c 'echo w
 [ "$(cat /out/stdout.txt)" = workload-output ] || fail "stdout is not the command's alone: $(head -3 /out/stdout.txt)"
 grep -q '"findings_total": 0' /out/check.json || fail "no verdict in the -o file: $(head -5 /out/check.json)"
 grep -q 'name="insert-zero-ref"' /out/junit.xml || fail "no test case per rule: $(head -5 /out/junit.xml)"
+refwatch record -o /out/s.rwt --summary /out/summary.txt -- sh -c 'echo workload >&2; daxload fsdax-mmap > /dev/null' 2> /out/record.err || fail "record --summary exit $?: $(tail -3 /out/record.err)"
+grep -q 'events, 0 dropped' /out/summary.txt || fail "no summary in --summary's file: $(cat /out/summary.txt)"
+[ "$(cat /out/record.err)" = workload ] || fail "stderr is not the command's alone: $(head -3 /out/record.err)"
 sh -c 'sleep 4; exec daxload fsdax-mmap' > /dev/null & p=$!
 refwatch record -o /out/pid.rwt -p $p -d 25 2> /out/pid.err & r=$!
 sleep 2; daxload fsdax-gup > /dev/null
