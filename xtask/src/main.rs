@@ -34,6 +34,9 @@ enum Task {
     Soak(soak::SoakArgs),
     /// Performance figures: hot-path overhead, device-event throughput, analysis speed, trace size.
     Bench(bench::BenchArgs),
+    /// What a kernel built with DEBUG_VM, DEBUG_PAGE_REF and PAGE_OWNER says of each injected
+    /// and real bug, beside refwatch on the same source without them: the README's table.
+    DebugKernel(lab::debug_kernel::DebugKernelArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
         Task::Test(args) => test::main(args),
         Task::Soak(args) => soak::main(args),
         Task::Bench(args) => bench::main(args),
+        Task::DebugKernel(args) => lab::debug_kernel::main(args),
     }
 }
 

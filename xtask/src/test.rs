@@ -42,6 +42,8 @@ fn test(args: TestArgs) -> Result<bool> {
     .inspect_err(|e| println!("FAIL unit tests: {e:#}"))
     .is_ok();
 
+    let lint_ok = lint(&root);
+
     let assets = Assets::build()?;
     let (mut passed, mut failed) = (0, 0);
     // --verify loads every kprobe program into the host kernel's verifier without attaching.
@@ -74,7 +76,33 @@ fn test(args: TestArgs) -> Result<bool> {
     passed += vm_passed;
     failed += vm_failed;
     println!("{passed} passed, {failed} failed");
-    Ok(unit_ok && failed == 0)
+    Ok(unit_ok && lint_ok && failed == 0)
+}
+
+/// rustfmt and clippy (warnings denied) on every crate: the eBPF crate on its own target with
+/// the nightly that builds it, where its `no_std` binary links.
+fn lint(root: &std::path::Path) -> bool {
+    let steps = [
+        ("rustfmt", "fmt --all --check"),
+        (
+            "clippy",
+            "clippy --release --workspace --exclude refwatch-ebpf --all-targets -- -D warnings",
+        ),
+        (
+            "clippy (eBPF)",
+            "+nightly clippy --release -p refwatch-ebpf --target bpfel-unknown-none \
+             -Z build-std=core -- -D warnings",
+        ),
+    ];
+    steps.into_iter().fold(true, |ok, (name, args)| {
+        note(format_args!("lint: cargo {args}"));
+        let mut command = Command::new("cargo");
+        command.args(args.split_whitespace()).current_dir(root);
+        let passed = cmd::run(&mut command)
+            .inspect_err(|e| println!("FAIL {name}: {e:#}"))
+            .is_ok();
+        ok && passed
+    })
 }
 
 /// The release binary on the host kernel (no kprobes there): it must still list its probes.

@@ -165,8 +165,25 @@ const OOPS_MARKERS: &[&str] = &[
 ];
 
 impl Case {
+    /// A guest job running `script` with the reproducer's filesystem on /mnt/dax; the
+    /// reproducer may crash the guest.
+    pub fn job(&self, script: String, timeout: Duration) -> GuestJob {
+        let (setup, cmdline) = match self.fs {
+            Ext4 => (vec![], vec![]),
+            Xfs => (vec![XFS_SETUP.to_owned()], vec![XFS_MEMMAP.to_owned()]),
+        };
+        GuestJob {
+            argv: vec!["sh".into(), "-c".into(), script],
+            setup,
+            cmdline,
+            timeout: Some(timeout),
+            may_crash: true,
+            ..GuestJob::default()
+        }
+    }
+
     /// The pfns of the pmem the reproducer's filesystem lives on.
-    fn pfns(&self) -> std::ops::Range<u64> {
+    pub fn pfns(&self) -> std::ops::Range<u64> {
         match self.fs {
             Ext4 => PMEM_PFNS,
             Xfs => XFS_PFNS,
@@ -315,20 +332,9 @@ impl VmCase for Case {
     }
 
     fn run(&self, kernel: &Kernel, assets: &Assets) -> Result<(), Vec<String>> {
-        let (setup, cmdline) = match self.fs {
-            Ext4 => (vec![], vec![]),
-            Xfs => (vec![XFS_SETUP.to_owned()], vec![XFS_MEMMAP.to_owned()]),
-        };
-        let job = GuestJob {
-            argv: vec!["sh".into(), "-c".into(), script(self.reproducer)],
-            setup,
-            cmdline,
-            // Boot ≈10 s, the reproducer a few seconds plus its grace for refwatch, two
-            // refwatch instances attaching, then the offline judging.
-            timeout: Some(Duration::from_secs(240)),
-            may_crash: true,
-            ..GuestJob::default()
-        };
+        // Boot ≈10 s, the reproducer a few seconds plus its grace for refwatch, two refwatch
+        // instances attaching, then the offline judging.
+        let job = self.job(script(self.reproducer), Duration::from_secs(240));
         super::matrix::run_job(&self.id(), kernel, assets, &job, |result| {
             let says = |f: String| format!("{f} (kernel says: {})", self.kernel_says);
             self.assess(result).into_iter().map(says).collect()

@@ -28,6 +28,13 @@ pub const GUEST: Fragment = Fragment {
     text: include_str!("kconfig/guest.config"),
 };
 
+/// The guest with the kernel's own debugging (DEBUG_VM, DEBUG_PAGE_REF, PAGE_OWNER), for the
+/// comparison of lab/debug_kernel.rs.
+pub const DEBUG: Fragment = Fragment {
+    name: "debug.config",
+    text: include_str!("kconfig/debug.config"),
+};
+
 /// How one lab kernel is built.
 pub struct Recipe {
     /// The `linux-source-X.Y` package and its exact version.
@@ -245,8 +252,12 @@ mod tests {
     }
 
     #[test]
-    fn every_guest_line_is_a_config_line_or_a_comment() {
-        for line in GUEST.text.lines().map(str::trim) {
+    fn every_fragment_line_is_a_config_line_or_a_comment() {
+        for line in [GUEST, DEBUG]
+            .iter()
+            .flat_map(|f| f.text.lines())
+            .map(str::trim)
+        {
             assert!(
                 line.is_empty() || line.starts_with("CONFIG_") || line.starts_with('#'),
                 "{line}"

@@ -27,8 +27,16 @@ pub struct Check {
     pub attach: String,
     pub dropped: u64,
     pub findings_total: u64,
+    pub rules: Vec<Rule>,
     pub findings: Vec<Finding>,
     pub pgmaps: Vec<Pgmap>,
+}
+
+/// One rule's line of the verdict: how many findings it made.
+#[derive(Deserialize)]
+pub struct Rule {
+    pub id: String,
+    pub count: u64,
 }
 
 #[derive(Deserialize)]
@@ -81,6 +89,15 @@ impl Check {
                 puts: c.puts + p.puts,
                 frees: c.frees + p.frees,
             })
+    }
+
+    /// The rules that found something, with their counts.
+    pub fn findings_by_rule(&self) -> Vec<(String, u64)> {
+        self.rules
+            .iter()
+            .filter(|r| r.count > 0)
+            .map(|r| (r.id.clone(), r.count))
+            .collect()
     }
 
     /// Every finding, one line each, for a failure message.

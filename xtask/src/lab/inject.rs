@@ -202,6 +202,14 @@ pub fn job(built: &Built, scenario: &str, attach: Attach, timeout: Duration) -> 
     .chain([format!("exec inject {scenario} >/out/inject.log 2>&1")])
     .collect();
     GuestJob {
+        env: vec![("REFWATCH_ATTACH".into(), attach.as_str().into())],
+        ..module_job(built, argv, timeout)
+    }
+}
+
+/// A guest job running `argv` with the module loaded over the memory it is given.
+pub fn module_job(built: &Built, argv: Vec<String>, timeout: Duration) -> GuestJob {
+    GuestJob {
         argv,
         files: vec![
             (built.module.clone(), GUEST_MODULE.into()),
@@ -209,7 +217,6 @@ pub fn job(built: &Built, scenario: &str, attach: Attach, timeout: Duration) -> 
         ],
         setup: vec![format!("insmod {GUEST_MODULE}")],
         cmdline: vec![CMDLINE.into()],
-        env: vec![("REFWATCH_ATTACH".into(), attach.as_str().into())],
         timeout: Some(timeout),
         ..GuestJob::default()
     }

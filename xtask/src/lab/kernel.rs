@@ -121,6 +121,16 @@ pub const KERNELS: &[KernelSpec] = &[
             localversion: "-refwatch-src",
         }),
     },
+    // 7.3-src with the kernel's own debug options, for `cargo xtask debug-kernel`.
+    KernelSpec {
+        name: "7.3-src-debug",
+        release: "7.3.4-refwatch-debug",
+        origin: Origin::Built(&Recipe {
+            source: ("linux-source-7.3", "7.3.4-1~bpo13+1"),
+            fragments: &[&build::GUEST, &build::DEBUG],
+            localversion: "-refwatch-debug",
+        }),
+    },
 ];
 
 impl KernelSpec {

@@ -4,6 +4,7 @@ mod apt;
 pub mod bugs;
 mod build;
 mod checked;
+pub mod debug_kernel;
 mod guest;
 pub mod hmm;
 mod initramfs;
