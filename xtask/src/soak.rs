@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::lab::{Apt, Assets, Kernel, kernel_spec, matrix};
+use crate::lab::{Apt, Assets, Kernel, kernel_spec, scripts};
 
 #[derive(clap::Args)]
 pub struct SoakArgs {
@@ -35,15 +35,10 @@ fn soak(args: &SoakArgs) -> Result<bool> {
     crate::setup::run()?;
     let kernel = Kernel::fetch(kernel_spec(&args.kernel)?, &Apt::new()?)?;
     let assets = Assets::build()?;
-    let case = matrix::ScriptCase {
-        kernel: kernel.spec.name,
-        name: "soak",
-        script: || String::new(),
-    };
-    let script = matrix::soak_script(args.minutes * 60);
+    let (case, script) = scripts::soak(kernel.spec.name, args.minutes * 60);
     // Boot and the final report take a few minutes under TCG.
     let timeout = Duration::from_secs(args.minutes * 60 + 300);
-    match matrix::run_script(&case, &script, timeout, &kernel, &assets) {
+    match scripts::run_script(&case, &script, timeout, &kernel, &assets) {
         Ok(stdout) => {
             print!("{stdout}");
             println!("PASS soak {} min on {}", args.minutes, args.kernel);

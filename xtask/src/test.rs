@@ -7,7 +7,7 @@ use std::process::{Command, ExitCode};
 use anyhow::Result;
 
 use crate::cmd::{self, note};
-use crate::lab::{Apt, Assets, matrix};
+use crate::lab::{Apt, Assets, matrix, runner};
 use crate::paths;
 
 #[derive(clap::Args)]
@@ -64,7 +64,7 @@ fn test(args: TestArgs) -> Result<bool> {
         }
     }
 
-    let cases: Vec<&dyn matrix::VmCase> = matrix::all_cases()
+    let cases: Vec<&dyn runner::VmCase> = matrix::all_cases()
         .into_iter()
         .filter(|c| args.filter.as_deref().is_none_or(|f| c.id().contains(f)))
         .collect();
@@ -72,7 +72,7 @@ fn test(args: TestArgs) -> Result<bool> {
         "VM matrix: {} cases, two VMs at a time",
         cases.len()
     ));
-    let (vm_passed, vm_failed) = matrix::run_all(&cases, &assets, &Apt::new()?);
+    let (vm_passed, vm_failed) = runner::run_all(&cases, &assets, &Apt::new()?);
     passed += vm_passed;
     failed += vm_failed;
     println!("{passed} passed, {failed} failed");

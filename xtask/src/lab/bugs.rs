@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::matrix::{VmCase, last_lines};
+use super::runner::{VmCase, last_lines, run_job};
 use super::{Assets, GuestJob, Kernel, PMEM_PFNS, VmResult};
 
 /// What refwatch must report for a reproducer on a kernel.
@@ -335,7 +335,7 @@ impl VmCase for Case {
         // Boot ≈10 s, the reproducer a few seconds plus its grace for refwatch, two refwatch
         // instances attaching, then the offline judging.
         let job = self.job(script(self.reproducer), Duration::from_secs(240));
-        super::matrix::run_job(&self.id(), kernel, assets, &job, |result| {
+        run_job(&self.id(), kernel, assets, &job, |result| {
             let says = |f: String| format!("{f} (kernel says: {})", self.kernel_says);
             self.assess(result).into_iter().map(says).collect()
         })

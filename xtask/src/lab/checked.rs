@@ -4,7 +4,7 @@
 use anyhow::Result;
 use serde::Deserialize;
 
-use super::matrix::last_lines;
+use super::runner::{last_lines, run_job};
 use super::{Assets, Attach, GuestJob, Kernel, VmResult};
 
 /// The guest script: `workload` (a shell command line) under `refwatch check --attach
@@ -179,7 +179,7 @@ pub fn run(
     assess: impl FnOnce(&VmResult) -> Vec<String>,
 ) -> Result<(), Vec<String>> {
     let job = job.map_err(|e| vec![format!("{e:#}")])?;
-    super::matrix::run_job(id, kernel, assets, &job, |result| {
+    run_job(id, kernel, assets, &job, |result| {
         let mut failures = assess(result);
         if !failures.is_empty() {
             failures.push(format!("console {}", result.console_log.display()));

@@ -17,7 +17,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use super::bugs::{self, Verdict};
-use super::vm::COMMAND_STARTED;
+use super::guest::COMMAND_STARTED;
 use super::{Apt, Assets, GuestJob, Kernel, inject, kernel, run_in_vm};
 
 /// The kernel refwatch runs on, and the same source with the debug options.

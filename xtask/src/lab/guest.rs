@@ -17,7 +17,6 @@ use anyhow::{Context, Result};
 
 use super::initramfs::Initramfs;
 use super::kernel::Kernel;
-use super::vm::COMMAND_STARTED;
 use super::workloads;
 use crate::cmd;
 
@@ -66,6 +65,9 @@ impl Assets {
         })
     }
 }
+
+/// The progress line /init prints right before the command.
+pub const COMMAND_STARTED: &str = "running the command";
 
 #[derive(Default, Clone)]
 pub struct GuestJob {

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::checked;
-use super::matrix::{VmCase, last_lines};
+use super::runner::{VmCase, last_lines};
 use super::{Assets, Attach, GuestJob, Kernel, VmResult};
 use crate::cmd;
 use crate::paths;

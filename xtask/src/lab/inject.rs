@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use super::apt::Apt;
 use super::kernel::{self, Kernel, KernelSpec, Origin};
-use super::matrix::VmCase;
+use super::runner::{VmCase, run_job};
 use super::{Assets, Attach, GuestJob, VmResult};
 use crate::cmd::{self, note};
 use crate::paths;
@@ -277,6 +277,23 @@ fn cases() -> Vec<Case> {
     cases
 }
 
+impl VmCase for Case {
+    fn id(&self) -> String {
+        format!(
+            "{}/inject-{}/{}",
+            self.kernel,
+            self.scenario,
+            self.attach.as_str()
+        )
+    }
+    fn kernel(&self) -> &'static str {
+        self.kernel
+    }
+    fn run(&self, kernel: &Kernel, assets: &Assets) -> Result<(), Vec<String>> {
+        Case::run(self, kernel, assets)
+    }
+}
+
 impl Case {
     /// The module function that does each scenario's wrong step (xtask/lab/inject/README.md).
     pub fn expect(&self) -> Expect {
@@ -309,7 +326,7 @@ impl Case {
             .and_then(|apt| build(kernel.spec, &apt))
             .map_err(|e| vec![format!("{e:#}")])?;
         let job = job(&built, self.scenario, self.attach, Duration::from_secs(180));
-        super::matrix::run_job(&self.id(), kernel, assets, &job, |result| {
+        run_job(&self.id(), kernel, assets, &job, |result| {
             self.assess(result)
         })
     }

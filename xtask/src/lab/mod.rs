@@ -13,6 +13,8 @@ pub mod insncount;
 mod kernel;
 pub mod matrix;
 pub mod p2pdma;
+pub mod runner;
+pub mod scripts;
 mod vm;
 mod workloads;
 

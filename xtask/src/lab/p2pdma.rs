@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use super::checked::{self, Check, Counted, Finding};
-use super::matrix::{VmCase, last_lines};
+use super::runner::{VmCase, last_lines};
 use super::{Apt, Assets, Attach, Disk, GuestJob, Kernel, VmResult, inject};
 use crate::paths;
 use anyhow::{Result, bail};

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use super::guest::{self, Assets, GuestJob};
+use super::guest::{self, Assets, COMMAND_STARTED, GuestJob};
 use super::kernel::Kernel;
 use crate::cmd::{self, note};
 use crate::paths;
@@ -19,8 +19,6 @@ pub const PMEM_PFNS: std::ops::Range<u64> = 0x40000..0x50000;
 const CMDLINE: &str = "console=ttyS0 panic=-1 loglevel=4 memmap=256M!1G";
 /// Sparse; only the tar the guest writes takes space.
 const RESULTS_DISK_BYTES: u64 = 512 << 20;
-/// The progress line /init prints right before the command.
-pub const COMMAND_STARTED: &str = "running the command";
 /// The guest's /lab/result (stdout, stderr, status, infra-error) inside the results tar.
 const RESULT_META: &str = "lab/result";
 
