@@ -1,9 +1,10 @@
 #!/bin/sh
 # Runs inside the guest (busybox sh): load refwatch_inject.ko, arm tracefs
 # kprobes on the functions refwatch hooks (reading page->_refcount at
-# +0x34 and _mapcount at +0x30, see kernel-notes F), run each scenario and
-# print what the probes saw, with kernel stacks.  Used to validate the
-# module until refwatch itself runs in the lab.
+# +0x34 and _mapcount at +0x30, the offsets on 6.1 and 6.12; refwatch itself
+# reads them from BTF), run each scenario and print what the probes saw,
+# with kernel stacks.  Used to validate the module until refwatch itself
+# runs in the lab.
 #
 #   guest-test.sh KO INJECT [scenario...]
 # A scenario may carry inject options after commas: "get-from-zero,-u".

@@ -21,7 +21,8 @@
  * fault handler) and goes through an out-of-line kernel function that
  * refwatch probes, so the probe's kernel stack shows who did it.
  *
- * Refcount facts relied on, 6.1 and 6.12 alike (see kernel-notes A/C/D):
+ * Refcount facts relied on, 6.1 and 6.12 alike (docs/refcount-model.md,
+ * "Era 2: 5.18-6.14"):
  *  - memmap_init_zone_device leaves FS_DAX and GENERIC pages at 1 (idle);
  *  - a devmap PTE insert/zap never changes _refcount or _mapcount;
  *  - put_page() on FS_DAX goes to __put_devmap_managed_{page,folio}_refs

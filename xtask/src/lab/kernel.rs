@@ -34,7 +34,8 @@ pub enum Origin {
 }
 
 /// Versions as the archive served them when pinned (suite in the comment). Sid drops old
-/// versions quickly: when a pin stops being served, bump it here and re-check lab-notes.
+/// versions quickly: when a pin stops being served, bump it here, re-run the matrix on it, and
+/// update docs/lab.md ("The kernels") and the catalog's `checked` fields.
 pub const KERNELS: &[KernelSpec] = &[
     // bullseye
     KernelSpec {

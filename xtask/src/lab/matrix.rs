@@ -1,10 +1,12 @@
 //! The VM test matrix: which scenario runs on which kernel in which attach mode, and what
-//! refwatch must have seen. Each case boots a VM, runs the workload under
-//! `refwatch stream --json` and asserts on the events on the host.
+//! refwatch must have seen. Each case boots a VM, records the workload with `refwatch record`,
+//! and asserts on the host on the trace's events (`stream --json --trace`) and on
+//! `check --json --trace`.
 //!
-//! Expected numbers come from tracefs kprobe counts on the same kernels (docs/lab.md):
-//! a 16 MiB file touched page by page is 4096 PTE faults. When refwatch disagrees with a number
-//! here, find out which side is right and record it next to the expectation.
+//! Expected numbers come from tracefs kprobe counts on the same kernels (docs/lab.md, "Why the
+//! matrix expects what it expects"): a 16 MiB file touched page by page is 4096 PTE faults. When
+//! refwatch disagrees with a number here, find out which side is right and record it next to the
+//! expectation and in that doc.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
