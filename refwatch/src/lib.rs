@@ -12,6 +12,7 @@ pub mod junit;
 pub mod kallsyms;
 pub mod mechanisms;
 pub mod output;
+pub mod page_story;
 pub mod plan;
 pub mod privileges;
 pub mod session;

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use refwatch::{summary, trace::TraceReader};
+use refwatch::{page_story, summary, trace::TraceReader};
 
 fn dir(sub: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -13,26 +13,49 @@ fn dir(sub: &str) -> PathBuf {
 }
 
 fn golden(name: &str) {
+    compare(name, name, |reader| {
+        let s = summary::from_trace(reader).unwrap();
+        format!(
+            "{}\n{}\n",
+            s.render(usize::MAX),
+            serde_json::to_string_pretty(&s).unwrap()
+        )
+    });
+}
+
+/// `report --page PFN`: the page's whole story, as text and JSON.
+fn golden_page(name: &str, pfn: u64) {
+    compare(name, &format!("{name}-page-{pfn:#x}"), |mut reader| {
+        let stories = page_story::from_trace(&mut reader, &[pfn]).unwrap();
+        assert!(
+            !stories[0].entries.is_empty(),
+            "{name}: pfn {pfn:#x} has no event"
+        );
+        format!(
+            "{}\n{}\n",
+            page_story::render(&stories),
+            serde_json::to_string_pretty(&stories).unwrap()
+        )
+    });
+}
+
+/// Renders the recorded trace `name` and compares it with the golden file `golden`.
+fn compare(name: &str, golden: &str, render: impl FnOnce(TraceReader<std::fs::File>) -> String) {
     let trace = dir("traces").join(format!("{name}.rwt"));
     let reader = TraceReader::open(&trace).unwrap();
     assert!(
         !reader.header().synthetic,
         "{name}: goldens come from recorded traces"
     );
-    let s = summary::from_trace(reader).unwrap();
-    let got = format!(
-        "{}\n{}\n",
-        s.render(usize::MAX),
-        serde_json::to_string_pretty(&s).unwrap()
-    );
-    let path = dir("golden").join(format!("{name}.txt"));
+    let got = render(reader);
+    let path = dir("golden").join(format!("{golden}.txt"));
     if std::env::var_os("REFWATCH_BLESS").is_some() {
         std::fs::write(&path, &got).unwrap();
     }
     let want = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         got == want,
-        "{name}: report differs from {}:\n{got}",
+        "{golden}: report differs from {}:\n{got}",
         path.display()
     );
 }
@@ -62,4 +85,11 @@ fn debian_6_1_teardown() {
 #[test]
 fn debian_7_2_fsdax_pmd() {
     golden("7.2-fsdax-pmd");
+}
+
+/// One PMD-mapped fsdax page of the 7.2 trace, every event of it: its insert with the folio
+/// reference, the rmap removal at the zap, the free at 0.
+#[test]
+fn debian_7_2_fsdax_pmd_page_story() {
+    golden_page("7.2-fsdax-pmd", 0x4a000);
 }

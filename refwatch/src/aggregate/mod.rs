@@ -20,8 +20,8 @@ use serde::Serialize;
 use pages::Pages;
 pub use rules::{Coverage, PgType, Rule, idle, idle_visible};
 use rules::{Level, PageView};
-pub use state::{Counters, PgmapState, Transition};
 use state::{PageState, Step};
+pub use state::{Counters, PgmapState, Transition};
 use tasks::{Task, Tasks};
 
 use crate::{
@@ -296,6 +296,12 @@ impl Aggregator {
                 };
                 (refs + above, mapped + u64::from(p.mapped > 0))
             })
+    }
+
+    /// A live page's (refcount, mapped) as refwatch reckons them after its last event; None
+    /// for a page refwatch keeps no state of (idle).
+    pub fn page_counts(&self, pfn: u64) -> Option<(i64, i64)> {
+        self.pages.get(pfn).map(|p| (p.refcount, p.mapped))
     }
 
     /// Feeds one event; returns how many findings it raised.

@@ -25,6 +25,24 @@ pub struct Transition {
     pub comm: String,
 }
 
+impl Transition {
+    /// An event as it is, with the task that ran it.
+    pub fn of(ev: &refwatch_common::Event, kind: EventKind) -> Self {
+        Transition {
+            ts_ns: ev.ts_ns,
+            kind,
+            function: CATALOG
+                .get(usize::from(ev.probe))
+                .map_or("?", |p| p.function),
+            refcount: ev.refcount,
+            mapcount: ev.mapcount,
+            refs: ev.extra,
+            pid: ev.pid_tgid as u32,
+            comm: comm_str(&ev.comm).into_owned(),
+        }
+    }
+}
+
 fn kind_name<S: serde::Serializer>(k: &EventKind, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(k.name())
 }
