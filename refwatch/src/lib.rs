@@ -13,6 +13,7 @@ pub mod kallsyms;
 pub mod mechanisms;
 pub mod output;
 pub mod page_story;
+pub mod perfetto;
 pub mod plan;
 pub mod privileges;
 pub mod session;

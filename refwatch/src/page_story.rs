@@ -111,7 +111,7 @@ pub fn from_trace<R: std::io::Read + Send>(
 }
 
 /// The text a developer pastes into a bug report.
-pub fn render(stories: &[Story]) -> String {
+pub fn render<'a>(stories: impl IntoIterator<Item = &'a Story>) -> String {
     let mut s = String::new();
     for story in stories {
         s.push_str(&format!(

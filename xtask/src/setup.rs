@@ -48,6 +48,8 @@ const LAB_PACKAGES: &[Package] = &[
     ("libelf-dev", "libelf's headers (objtool)"),
     ("libssl-dev", "OpenSSL's headers (kbuild's host tools)"),
     ("dwarves", "pahole (the kernel's BTF)"),
+    // The Perfetto export's check reads it with Perfetto's own schema (PyPI's perfetto).
+    ("python3-venv", "python3 with venv"),
     (
         "debian-archive-keyring",
         "Debian's archive keys (the lab fetches Debian's kernels)",
@@ -57,8 +59,27 @@ const LAB_PACKAGES: &[Package] = &[
 pub fn run() -> Result<()> {
     install_debian_packages(LAB_PACKAGES)?;
     toolchain()?;
+    perfetto_python()?;
     note("setup: done");
     Ok(())
+}
+
+/// PyPI's `perfetto` (its trace schema, perfetto_trace_pb2), pinned, in a venv of the cache.
+const PERFETTO: &str = "perfetto==0.59.1";
+
+/// The venv's python, with [`PERFETTO`] installed (once).
+pub fn perfetto_python() -> Result<PathBuf> {
+    let venv = paths::cache_root()?.join("python");
+    let python = venv.join("bin/python3");
+    let stamp = venv.join(PERFETTO);
+    if stamp.exists() {
+        return Ok(python);
+    }
+    note(format_args!("setup: {PERFETTO} into {}", venv.display()));
+    cmd::run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    cmd::run(Command::new(&python).args(["-m", "pip", "install", "-q", PERFETTO]))?;
+    std::fs::write(&stamp, "")?;
+    Ok(python)
 }
 
 /// What building refwatch needs besides stable Rust: the nightly's rust-src and bpf-linker

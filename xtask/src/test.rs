@@ -64,6 +64,17 @@ fn test(args: TestArgs) -> Result<bool> {
         }
     }
 
+    match perfetto_check(&assets) {
+        Ok(said) => {
+            passed += 1;
+            println!("PASS host: report --perfetto read back with Perfetto's schema ({said})");
+        }
+        Err(e) => {
+            failed += 1;
+            println!("FAIL host: report --perfetto: {e:#}");
+        }
+    }
+
     let cases: Vec<&dyn runner::VmCase> = matrix::all_cases()
         .into_iter()
         .filter(|c| args.filter.as_deref().is_none_or(|f| c.id().contains(f)))
@@ -103,6 +114,39 @@ fn lint(root: &std::path::Path) -> bool {
             .is_ok();
         ok && passed
     })
+}
+
+/// `report --perfetto` on a recorded trace, read back by Perfetto's own schema
+/// (xtask/checks/perfetto_check.py): every counter value is what the trace's events read.
+fn perfetto_check(assets: &Assets) -> Result<String> {
+    let root = paths::workspace_root();
+    let trace = root.join("refwatch/tests/traces/7.2-fsdax-pmd.rwt");
+    let pfns = ["0x4a000", "0x4a200"];
+    let dir = paths::cache_root()?.join("perfetto-check");
+    paths::create_dir(&dir)?;
+    let (pftrace, events) = (dir.join("trace.pftrace"), dir.join("events.jsonl"));
+    let mut report = Command::new(&assets.refwatch);
+    report
+        .arg("report")
+        .arg(&trace)
+        .arg("--perfetto")
+        .arg(&pftrace)
+        .arg("--force");
+    cmd::output(&mut report)?;
+    let jsonl = cmd::output(
+        Command::new(&assets.refwatch)
+            .args(["stream", "--json", "--trace"])
+            .arg(&trace),
+    )?;
+    std::fs::write(&events, jsonl)?;
+    let said = cmd::output(
+        Command::new(crate::setup::perfetto_python()?)
+            .arg(root.join("xtask/checks/perfetto_check.py"))
+            .arg(&pftrace)
+            .arg(&events)
+            .args(pfns),
+    )?;
+    Ok(said.trim().to_owned())
 }
 
 /// The release binary on the host kernel (no kprobes there): it must still list its probes.

@@ -20,8 +20,8 @@ use serde::Serialize;
 use pages::Pages;
 pub use rules::{Coverage, PgType, Rule, idle, idle_visible};
 use rules::{Level, PageView};
-use state::{PageState, Step};
 pub use state::{Counters, PgmapState, Transition};
+use state::{PageState, Step};
 use tasks::{Task, Tasks};
 
 use crate::{
