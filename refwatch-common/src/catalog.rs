@@ -4,7 +4,7 @@
 //! This is the one place kernel-version knowledge lives. The loader resolves it against the
 //! running kernel (kallsyms for presence, BTF for the prototype), so an entry whose prototype
 //! does not match is never attached with the wrong argument registers. Sources: Debian's
-//! 5.10/6.1/6.12/7.2 trees and their -dbg vmlinux (see the README's kernel notes).
+//! 5.10/6.1/6.12/7.2 trees and their -dbg vmlinux; why each entry exists: docs/catalog.md.
 
 use crate::event::EventKind;
 

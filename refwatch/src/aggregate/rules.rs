@@ -1,5 +1,5 @@
-//! The finding rules and the per-era facts they rest on (kernel-notes sections A, D, E and
-//! "Finding definitions that stay silent on healthy kernels"). Every refcount a rule looks at
+//! The finding rules and the per-era facts they rest on (docs/refcount-model.md, its idle
+//! values and "Finding definitions that stay silent on healthy kernels"). Every refcount a rule looks at
 //! is the one read at function entry, before the function changes it.
 
 use refwatch_common::{EventKind, Probe, Refs, event::flags};
@@ -79,7 +79,7 @@ impl PgType {
     }
 }
 
-/// The refcount of an idle page (kernel-notes table A).
+/// The refcount of an idle page (docs/refcount-model.md, idle values).
 pub fn idle(model: Model, ty: PgType) -> Option<i64> {
     use PgType::*;
     match (model, ty) {

@@ -24,7 +24,7 @@ pub fn probe_id(function: &str, kernel: &str) -> u8 {
         .unwrap_or_else(|| panic!("{function} for {kernel} is not in the catalog")) as u8
 }
 
-/// The probes a kernel of each era attaches, as in the notes' catalog.
+/// The probes a kernel of each era attaches, as in docs/catalog.md.
 pub struct Probes {
     pub model: Model,
     pub insert: u8,
