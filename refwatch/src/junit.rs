@@ -128,9 +128,9 @@ mod tests {
     use crate::{
         aggregate::Rule,
         capture::{CommandOutcome, CommandRun},
-        plan::Model,
         summary::tests::summary,
     };
+    use refwatch_common::RefModel;
 
     fn junit(s: &Summary, p: &Policy) -> String {
         let mut out = Vec::new();
@@ -140,7 +140,7 @@ mod tests {
 
     #[test]
     fn one_case_per_rule_with_failures_and_skips() {
-        let mut s = summary(Model::ZeroBased, true, 0);
+        let mut s = summary(RefModel::ZeroBased, true, 0);
         s.command = Some(CommandRun {
             argv: vec!["fio".into(), "--name=x".into()],
             outcome: CommandOutcome::Exited { status: 2 },
@@ -175,7 +175,7 @@ mod tests {
     #[test]
     fn untrusted_strings_are_escaped() {
         let evil = "x</failure><script>&\"'\x1b[2J\u{ffff}";
-        let mut s = summary(Model::ZeroBased, true, 0);
+        let mut s = summary(RefModel::ZeroBased, true, 0);
         s.kernel = evil.into();
         s.findings[0].finding.comm = evil.into();
         s.findings[0].stack = vec![evil.into()];

@@ -10,11 +10,11 @@ use aya::{
 use refwatch_common::{
     Event,
     globals::{self, Callers, Layout},
+    model::PgType,
 };
 use tokio::io::unix::AsyncFd;
 
 use crate::{
-    aggregate::{PgType, idle},
     btf::Btf,
     facts::{BTF_PATH, KernelFacts, VMEMMAP_BASE},
     kallsyms::Kallsyms,
@@ -301,7 +301,7 @@ impl Session {
 fn idle_one_types(plan: &Plan) -> u64 {
     plan.pgmap_types
         .iter()
-        .filter(|&(&raw, name)| raw < 64 && idle(plan.model, PgType::from_name(name)) == Some(1))
+        .filter(|&(&raw, name)| raw < 64 && plan.model.idle(PgType::from_name(name)) == Some(1))
         .fold(0, |mask, (&raw, _)| mask | 1 << raw)
 }
 

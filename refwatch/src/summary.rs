@@ -393,13 +393,13 @@ pub(crate) mod tests {
     use super::*;
     use crate::{
         aggregate::synth::{Probes, healthy},
-        plan::Model,
         trace::TraceReader,
     };
+    use refwatch_common::RefModel;
 
     /// A synthetic trace's summary: healthy events of `model`, one insert at refcount 0 with
     /// `breach`.
-    pub(crate) fn summary(model: Model, breach: bool, dropped: u64) -> Summary {
+    pub(crate) fn summary(model: RefModel, breach: bool, dropped: u64) -> Summary {
         let p = Probes::for_model(model);
         let mut events = healthy(&p, false, 2, &[]);
         if breach {
@@ -421,7 +421,7 @@ pub(crate) mod tests {
 
     #[test]
     fn json_and_tables_carry_the_finding() {
-        let s = summary(Model::FsdaxOneBased, true, 0);
+        let s = summary(RefModel::FsdaxOneBased, true, 0);
         let json = serde_json::to_value(&s).unwrap();
         let f = &json["findings"][0];
         assert_eq!(f["rule"], "insert-zero-ref");

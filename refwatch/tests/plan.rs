@@ -3,8 +3,9 @@
 
 use refwatch::{
     facts::KernelFacts,
-    plan::{self, AttachMode, Model, Plan, Resolution},
+    plan::{self, AttachMode, Plan, Resolution},
 };
+use refwatch_common::RefModel;
 
 fn plan(kernel: &str, mode: AttachMode) -> Plan {
     let path = format!("{}/tests/facts/{kernel}.json", env!("CARGO_MANIFEST_DIR"));
@@ -20,7 +21,7 @@ fn used(plan: &Plan) -> Vec<String> {
         .collect()
 }
 
-fn expect(kernel: &str, model: Model, want: &[&str]) {
+fn expect(kernel: &str, model: RefModel, want: &[&str]) {
     let plan = plan(kernel, AttachMode::Kprobe);
     assert_eq!(plan.model, model, "{kernel}");
     assert!(plan.blockers.is_empty(), "{kernel}: {:?}", plan.blockers);
@@ -31,7 +32,7 @@ fn expect(kernel: &str, model: Model, want: &[&str]) {
 fn debian_5_10() {
     expect(
         "5.10",
-        Model::AllOneBased,
+        RefModel::AllOneBased,
         &[
             "pgmap_add:memremap_pages",
             "pgmap_remove:memunmap_pages",
@@ -54,7 +55,7 @@ fn debian_5_10() {
 fn debian_6_1() {
     expect(
         "6.1",
-        Model::FsdaxOneBased,
+        RefModel::FsdaxOneBased,
         &[
             "pgmap_add:memremap_pages",
             "insert:__vm_insert_mixed",
@@ -80,7 +81,7 @@ fn debian_6_1() {
 fn debian_6_12() {
     expect(
         "6.12",
-        Model::FsdaxOneBased,
+        RefModel::FsdaxOneBased,
         &[
             "pgmap_add:memremap_pages",
             "insert:__vm_insert_mixed",
@@ -106,7 +107,7 @@ fn debian_6_12() {
 fn debian_7_2() {
     expect(
         "7.2",
-        Model::ZeroBased,
+        RefModel::ZeroBased,
         &[
             "pgmap_add:memremap_pages",
             "insert:vmf_insert_page_mkwrite",
@@ -221,7 +222,7 @@ fn newer_kernels_get_a_note_not_a_refusal() {
     let plan = plan::resolve(&facts, AttachMode::Kprobe);
     assert!(plan.blockers.is_empty());
     assert!(plan.notes[0].contains("8.1 is newer"), "{:?}", plan.notes);
-    assert_eq!(plan.model, Model::ZeroBased);
+    assert_eq!(plan.model, RefModel::ZeroBased);
 }
 
 #[test]

@@ -13,21 +13,21 @@ mod tests;
 use std::collections::{BTreeMap, HashMap};
 
 use refwatch_common::{
-    Arg, CATALOG, Event, EventKind, Probe, catalog::CATALOG_LEN, event::PGMAP_TYPE_UNKNOWN,
+    Arg, CATALOG, Event, EventKind, Probe, RefModel,
+    catalog::{CATALOG_LEN, Level},
+    event::PGMAP_TYPE_UNKNOWN,
+    model::{Counts, Hit, PgType, moved},
 };
 use serde::Serialize;
 
 use pages::Pages;
-pub use rules::{Coverage, PgType, Rule, idle, idle_visible};
-use rules::{Level, PageView};
+use rules::PageView;
+pub use rules::{Coverage, Rule};
 pub use state::{Counters, PgmapState, Transition};
 use state::{PageState, Step};
 use tasks::{Task, Tasks};
 
-use crate::{
-    event::EventExt,
-    plan::{Model, Plan},
-};
+use crate::{event::EventExt, plan::Plan};
 
 /// Findings kept with their details; beyond this only the per-rule counts grow.
 pub const KEPT_FINDINGS: usize = 1000;
@@ -35,7 +35,7 @@ pub const KEPT_FINDINGS: usize = 1000;
 /// What the aggregator needs to know about the kernel, taken from the [`Plan`].
 #[derive(Clone, Debug)]
 pub struct Context {
-    pub model: Model,
+    pub model: RefModel,
     attached: [bool; CATALOG_LEN],
     pgmap_types: BTreeMap<u8, String>,
     /// Per-event lookups, precomputed: the rules' type of each raw pgmap type, and whether
@@ -50,7 +50,7 @@ pub struct Context {
 
 impl Context {
     pub fn new(
-        model: Model,
+        model: RefModel,
         attached: impl IntoIterator<Item = u8>,
         pgmap_types: BTreeMap<u8, String>,
     ) -> Self {
@@ -76,7 +76,7 @@ impl Context {
             match p.arg {
                 // A zap of a range takes its PMDs and PUDs with its PTEs.
                 Arg::Range { .. } => unmap_levels = [true; 3],
-                _ => unmap_levels[rules::level(p) as usize] = true,
+                _ => unmap_levels[p.site.level() as usize] = true,
             }
         }
         // A zap of ranges, not a move: with the per-PTE unmap probe in its place (`--with`),
@@ -87,7 +87,7 @@ impl Context {
             .any(|(p, on)| on && matches!(p.arg, Arg::Range { .. }));
         // A range zap finds only the inserts that said where they map (not PUD ones).
         let tracked = CATALOG
-            .map(|p| unmap_levels[rules::level(&p) as usize] && (!range_unmaps || p.at.is_some()));
+            .map(|p| unmap_levels[p.site.level() as usize] && (!range_unmaps || p.at.is_some()));
         Self {
             model,
             attached: mask,
@@ -136,7 +136,7 @@ impl Context {
 
     /// Whether an insert through `probe` is a mapping that a range zap will take away.
     fn keyed(&self, probe: &Probe) -> bool {
-        self.range_unmaps && probe.at.is_some() && self.model != Model::ZeroBased
+        self.range_unmaps && probe.at.is_some() && self.model != RefModel::ZeroBased
     }
 
     pub fn coverage(&self, rule: Rule) -> Coverage {
@@ -290,8 +290,8 @@ impl Aggregator {
             .map(|(_, p)| p)
             .filter(|p| p.pgmap == pgmap)
             .fold((0, 0), |(refs, mapped), p| {
-                let above = match idle(model, p.ty) {
-                    Some(i) if idle_visible(model, p.ty) => (p.refcount - i).max(0),
+                let above = match model.idle(p.ty) {
+                    Some(i) if model.idle_visible(p.ty) => (p.refcount - i).max(0),
                     _ => 0,
                 };
                 (refs + above, mapped + u64::from(p.mapped > 0))
@@ -443,11 +443,11 @@ impl Aggregator {
         let (held, rest): (Vec<Held>, Vec<Held>) =
             self.held.drain(..).partition(|h| h.pgmap == ev.pgmap);
         self.held = rest;
-        if rules::teardown_waits(model, ty) {
+        if model.teardown_waits(ty) {
             return busy;
         }
         for h in held.iter().filter(|_| scanned) {
-            let idle = idle(model, ty).unwrap_or(0);
+            let idle = model.idle(ty).unwrap_or(0);
             if i64::from(h.refcount) > idle {
                 add(
                     h.pfn,
@@ -460,9 +460,10 @@ impl Aggregator {
             }
         }
         for (pfn, p) in self.pages.iter().filter(|(_, p)| p.pgmap == ev.pgmap) {
-            let estimated = !scanned && model != Model::AllOneBased;
-            if let Some(i) = idle(model, p.ty)
-                .filter(|&i| estimated && idle_visible(model, p.ty) && p.refcount > i)
+            let estimated = !scanned && model != RefModel::AllOneBased;
+            if let Some(i) = model
+                .idle(p.ty)
+                .filter(|&i| estimated && model.idle_visible(p.ty) && p.refcount > i)
             {
                 add(
                     pfn,
@@ -470,7 +471,7 @@ impl Aggregator {
                     format!("refcount {} above idle {i}", p.refcount),
                 );
             }
-            if p.mapped > 0 && !(scanned && model == Model::ZeroBased) {
+            if p.mapped > 0 && !(scanned && model == RefModel::ZeroBased) {
                 add(pfn, p.page, format!("{} mapping(s) left", p.mapped));
             }
         }
@@ -510,7 +511,7 @@ impl Aggregator {
         // 6.15+ keeps no table of mappings: the kernel's mapcount says the page is mapped, and
         // its history who mapped it last.
         if maps.is_empty()
-            && self.context().model == Model::ZeroBased
+            && self.context().model == RefModel::ZeroBased
             && let Some(s) = last(EventKind::Insert)
         {
             let function = CATALOG.get(s.probe as usize).map_or("?", |p| p.function);
@@ -526,10 +527,10 @@ impl Aggregator {
     /// Remembers (or forgets) the last grab of a page whose return to idle no probe sees.
     fn track_grab(&mut self, ev: &Event, kind: EventKind, ty: PgType) {
         let model = self.context().model;
-        if idle_visible(model, ty) {
+        if model.idle_visible(ty) {
             return;
         }
-        let idle = idle(model, ty).unwrap_or(0);
+        let idle = model.idle(ty).unwrap_or(0);
         let held =
             kind == EventKind::Get && !(CATALOG[ev.probe as usize].speculative && ev.refcount <= 0);
         if held && (self.grabs.len() < MAX_GRABS || self.grabs.contains_key(&ev.pfn)) {
@@ -624,8 +625,8 @@ impl Aggregator {
         let Some(page) = self.pages.get(pfn) else {
             return;
         };
-        let idle_now = match idle(model, page.ty) {
-            Some(i) if idle_visible(model, page.ty) => page.refcount <= i,
+        let idle_now = match model.idle(page.ty) {
+            Some(i) if model.idle_visible(page.ty) => page.refcount <= i,
             _ => true,
         };
         if teardown || (idle_now && page.mapped <= 0) {
@@ -652,7 +653,7 @@ impl Aggregator {
 
     fn page_event(&mut self, ev: &Event, kind: EventKind, probe: &'static Probe) -> usize {
         let keyed = kind == EventKind::Insert && self.context().keyed(probe);
-        let pmd = keyed && rules::level(probe) == Level::Pmd;
+        let pmd = keyed && probe.site.level() == Level::Pmd;
         // A PMD maps its 512 pages from the aligned address down.
         let address = if pmd {
             ev.extra & !(PMD_PAGES * PAGE_SIZE - 1)
@@ -850,8 +851,9 @@ impl Aggregator {
     }
 }
 
-/// Moves a page's refcount and mapping estimate past the probed function; `new_mapping` is
-/// false for an insert at an address that already mapped the page.
+/// Moves a page's refcount and mapping estimate past the probed function (the model's
+/// [`RefModel::after`]); `new_mapping` is false for an insert at an address that already
+/// mapped the page.
 fn advance(
     ctx: &Context,
     probe: &Probe,
@@ -860,56 +862,24 @@ fn advance(
     page: &mut PageState,
     new_mapping: bool,
 ) {
-    let r = i64::from(ev.refcount);
-    let m = i64::from(ev.mapcount);
-    let refs = rules::moved(probe, ev);
-    let zero_based = ctx.model == Model::ZeroBased;
     let tracked = ctx
         .tracked
         .get(ev.probe as usize)
         .copied()
-        .unwrap_or_else(|| ctx.unmap_seen(rules::level(probe)));
-    if rules::passthrough(ctx.model, probe, page.ty) {
-        return;
-    }
-    match kind {
-        EventKind::Insert => {
-            // 7.x: the mapping takes a reference and a mapcount, unless the insert fails on 0.
-            let ok = !zero_based || r >= 1;
-            page.refcount = if zero_based && ok { r + 1 } else { r };
-            if tracked && ok && new_mapping {
-                page.mapped = if zero_based { m + 1 } else { page.mapped + 1 };
-            }
-        }
-        EventKind::Get => {
-            let fails = probe.speculative && r <= 0;
-            page.refcount = if fails || probe.taken_before {
-                r
-            } else {
-                r + refs
-            };
-        }
-        EventKind::Put => page.refcount = r - refs,
-        EventKind::Free => {
-            // 7.x GENERIC is reset to its idle 1; every other free leaves the count as it was.
-            page.refcount = match (zero_based, page.ty) {
-                (true, PgType::Generic) => 1,
-                _ => r,
-            };
-            if zero_based {
-                // A freed folio starts over; a nonzero mapcount here is reported, not carried.
-                page.mapped = 0;
-            }
-        }
-        EventKind::Unmap => {
-            page.refcount = r;
-            page.mapped = if zero_based {
-                m - refs
-            } else {
-                (page.mapped - refs).max(0)
-            };
-        }
-        EventKind::Truncate => page.refcount = r,
-        EventKind::PgmapAdd | EventKind::PgmapRemove | EventKind::Remap | EventKind::Held => {}
-    }
+        .unwrap_or_else(|| ctx.unmap_seen(probe.site.level()));
+    let hit = Hit {
+        probe,
+        kind,
+        ty: page.ty,
+        refcount: i64::from(ev.refcount),
+        mapcount: i64::from(ev.mapcount),
+        refs: moved(probe, ev),
+        counts_mapping: tracked && new_mapping,
+    };
+    let before = Counts {
+        refcount: page.refcount,
+        mapped: page.mapped,
+    };
+    let after = ctx.model.after(&hit, before);
+    (page.refcount, page.mapped) = (after.refcount, after.mapped);
 }

@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 
-use super::{rules::PgType, state::PageState, tasks::Tasks};
+use refwatch_common::model::PgType;
+
+use super::{state::PageState, tasks::Tasks};
 
 /// pfns are well-spread integers: a multiplicative (Fx-style) hash is enough, where SipHash
 /// took about a tenth of `refwatch report`'s time.

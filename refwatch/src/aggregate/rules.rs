@@ -1,12 +1,15 @@
-//! The finding rules and the per-era facts they rest on (docs/refcount-model.md, its idle
-//! values and "Finding definitions that stay silent on healthy kernels"). Every refcount a rule looks at
+//! The finding rules, on the refcount model of the kernel's era (docs/refcount-model.md,
+//! "Finding definitions that stay silent on healthy kernels"). Every refcount a rule looks at
 //! is the one read at function entry, before the function changes it.
 
-use refwatch_common::{EventKind, Probe, Refs, event::flags};
+use refwatch_common::{
+    EventKind, Probe, RefModel, Site,
+    catalog::Level,
+    model::{PgType, moved},
+};
 use serde::Serialize;
 
 use super::Context;
-use crate::plan::Model;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -54,119 +57,13 @@ pub enum Coverage {
     Unchecked(String),
 }
 
-/// The pgmap types the rules distinguish, from BTF's `enum memory_type` names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PgType {
-    Private,
-    Coherent,
-    FsDax,
-    Generic,
-    P2pdma,
-    Unknown,
-}
-
-impl PgType {
-    /// `name` as `facts::pgmap_types` spells it ("fsdax", "generic", ...).
-    pub fn from_name(name: &str) -> PgType {
-        match name {
-            "private" => PgType::Private,
-            "coherent" => PgType::Coherent,
-            "fsdax" => PgType::FsDax,
-            "generic" => PgType::Generic,
-            "p2pdma" => PgType::P2pdma,
-            _ => PgType::Unknown,
-        }
-    }
-}
-
-/// The refcount of an idle page (docs/refcount-model.md, idle values).
-pub fn idle(model: Model, ty: PgType) -> Option<i64> {
-    use PgType::*;
-    match (model, ty) {
-        (_, Unknown) => None,
-        (Model::AllOneBased, _) => Some(1),
-        (Model::FsdaxOneBased, Private | Coherent) => Some(0),
-        (Model::FsdaxOneBased, _) => Some(1),
-        (Model::ZeroBased, Generic) => Some(1),
-        (Model::ZeroBased, _) => Some(0),
-    }
-}
-
-/// Whether every return of this type to idle passes a probe, so that "above idle" in the
-/// aggregator's estimate means the page is really busy. Elsewhere non-final puts are inline
-/// atomics and the estimate can go stale high.
-pub fn idle_visible(model: Model, ty: PgType) -> bool {
-    use PgType::*;
-    match model {
-        // put_devmap_managed_page sees every put of FS_DAX/PRIVATE pages.
-        Model::AllOneBased => matches!(ty, FsDax | Private),
-        // __put_devmap_managed_*_refs sees FS_DAX puts; 0-based types end in the free path.
-        Model::FsdaxOneBased => matches!(ty, FsDax | Private | Coherent),
-        // Every type but GENERIC (idle at 1) reaches idle through free_zone_device_folio.
-        Model::ZeroBased => matches!(ty, FsDax | Private | Coherent | P2pdma),
-    }
-}
-
-/// Whether memunmap_pages waits until no page of this type is referenced, mapped or not, so
-/// that a busy page delays the teardown and is never used after free. From 5.18 device-private
-/// and coherent pages hold a pgmap reference from their allocation (zone_device_page_init) to
-/// their free, P2PDMA pages one from the pool (p2pmem_alloc_mmap, pci_alloc_p2pmem), and their
-/// mappings hold page references. (Until 5.17 every type's references are waited for, but
-/// fsdax mappings hold none: the aggregator counts those there.)
-pub fn teardown_waits(model: Model, ty: PgType) -> bool {
-    model != Model::AllOneBased && matches!(ty, PgType::Private | PgType::Coherent | PgType::P2pdma)
-}
-
-/// Mapping levels, to pair inserts with unmap probes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Level {
-    Pte,
-    Pmd,
-    Pud,
-}
-
-/// The level a probe's site works at ("pte-insert-pfn", "unmap-pmd", "vm-insert-page").
-pub fn level(probe: &Probe) -> Level {
-    if probe.site.contains("pud") {
-        Level::Pud
-    } else if probe.site.contains("pmd") {
-        Level::Pmd
-    } else {
-        Level::Pte
-    }
-}
-
-/// 5.18–6.14's `__put_devmap_managed_{page,folio}_refs` is entered for every ZONE_DEVICE page
-/// while any FS_DAX pgmap exists (the static key), and returns false without touching the
-/// count unless the page is FS_DAX: the put then goes on through folio_put (inline, or the
-/// probed free at 0). Such a hit moves nothing and must not be judged as a put.
-pub fn passthrough(model: Model, probe: &Probe, ty: PgType) -> bool {
-    model == Model::FsdaxOneBased
-        && probe.site == "devmap-put"
-        && !matches!(ty, PgType::FsDax | PgType::Unknown)
-}
-
-/// `GUP_PIN_COUNTING_BIAS`: the references one pin holds on a small folio.
-const PIN_BIAS: i64 = 1024;
-
-/// The references a get or put moves (an unmap: the PTEs it clears). A pin of a small folio is
-/// `GUP_PIN_COUNTING_BIAS` references (try_grab_folio, gup_put_folio): on 7.x, where a mapping
-/// holds one, a second unpin of a mapped page is at refcount 1 and must still be found.
-pub fn moved(probe: &Probe, ev: &refwatch_common::Event) -> i64 {
-    let refs = ev.extra.max(1) as i64;
-    match probe.refs {
-        Refs::Pin | Refs::PinArg(_) if ev.flags & flags::HEAD == 0 => refs * PIN_BIAS,
-        _ => refs,
-    }
-}
-
 /// A non-speculative grab whose entry refcount must be above zero (not one whose count
 /// already includes the reference, nor the allocation of a page that is 0 until then).
 pub fn strict_get(probe: &Probe) -> bool {
     probe.kind == EventKind::Get
         && !probe.speculative
         && !probe.taken_before
-        && probe.function != "zone_device_page_init"
+        && probe.site != Site::ZoneDevicePageInit
 }
 
 pub fn coverage(rule: Rule, ctx: &Context) -> Coverage {
@@ -189,7 +86,7 @@ pub fn coverage(rule: Rule, ctx: &Context) -> Coverage {
         Rule::PutUnderflow => need(EventKind::Put).or_else(|_| need(EventKind::Free)),
         Rule::TeardownBusy => need(EventKind::PgmapRemove),
         Rule::TruncateBusy => match ctx.model {
-            Model::ZeroBased => Err(
+            RefModel::ZeroBased => Err(
                 "from 6.15 the filesystem waits for a DAX page to be idle before \
                 it takes the block back (dax_break_layout), and no function hands over the page \
                 at that point"
@@ -198,11 +95,13 @@ pub fn coverage(rule: Rule, ctx: &Context) -> Coverage {
             _ => need(EventKind::Truncate),
         },
         Rule::FreeWhileMapped => match ctx.model {
-            Model::AllOneBased => Err("this kernel frees at the idle refcount 1, which is normal \
+            RefModel::AllOneBased => {
+                Err("this kernel frees at the idle refcount 1, which is normal \
                 while mapped, and its final put to 0 (__put_page) is not probed"
-                .into()),
-            Model::ZeroBased => need(EventKind::Free),
-            Model::FsdaxOneBased => need(EventKind::Free)
+                    .into())
+            }
+            RefModel::ZeroBased => need(EventKind::Free),
+            RefModel::FsdaxOneBased => need(EventKind::Free)
                 .and_then(|()| need(EventKind::Insert))
                 .and_then(|()| {
                     if ctx.unmap_seen(Level::Pte) {
@@ -240,9 +139,9 @@ pub fn judge(
 ) -> Option<(Rule, String)> {
     let r = i64::from(ev.refcount);
     let refs = moved(probe, ev);
-    let idle = idle(ctx.model, page.ty);
+    let idle = ctx.model.idle(page.ty);
     let underflow = |why: String| Some((Rule::PutUnderflow, why));
-    if passthrough(ctx.model, probe, page.ty) {
+    if ctx.model.passthrough(probe, page.ty) {
         return None;
     }
     match probe.kind {
@@ -259,7 +158,7 @@ pub fn judge(
         )),
         EventKind::Put => {
             // 5.10's memunmap_pages drops each idle page 1 -> 0 itself.
-            let base = if ctx.model == Model::AllOneBased && page.pgmap_in_teardown {
+            let base = if ctx.model == RefModel::AllOneBased && page.pgmap_in_teardown {
                 0
             } else {
                 idle.unwrap_or(0)
@@ -307,13 +206,13 @@ fn judge_free(
 ) -> Option<(Rule, String)> {
     let f = probe.function;
     match ctx.model {
-        Model::AllOneBased => (r < 1).then(|| {
+        RefModel::AllOneBased => (r < 1).then(|| {
             (
                 Rule::PutUnderflow,
                 format!("{f} runs at refcount 1 on this kernel, saw {r}"),
             )
         }),
-        Model::FsdaxOneBased if matches!(page.ty, PgType::FsDax | PgType::Generic) => {
+        RefModel::FsdaxOneBased if matches!(page.ty, PgType::FsDax | PgType::Generic) => {
             if page.mapped > 0 && ctx.unmap_seen(Level::Pte) {
                 Some((
                     Rule::FreeWhileMapped,
@@ -329,7 +228,7 @@ fn judge_free(
                 ))
             }
         }
-        Model::ZeroBased if mapcount != 0 => Some((
+        RefModel::ZeroBased if mapcount != 0 => Some((
             Rule::FreeWhileMapped,
             format!("{f} with mapcount {mapcount}"),
         )),

@@ -4,7 +4,9 @@
 use refwatch_common::{CATALOG, EventKind};
 use serde::Serialize;
 
-use super::{rules::PgType, tasks::Task};
+use refwatch_common::model::PgType;
+
+use super::tasks::Task;
 use crate::event::comm_str;
 
 /// How many transitions each page remembers for findings.

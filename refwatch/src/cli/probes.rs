@@ -10,7 +10,7 @@ use refwatch::{
     privileges,
     session::{self, Kernel},
 };
-use refwatch_common::{CATALOG, EventKind};
+use refwatch_common::{CATALOG, EventKind, KernelVersion};
 use serde_json::json;
 
 #[derive(Args)]
@@ -172,7 +172,7 @@ fn print_text(
                 Resolution::NotThisKernel {
                     since,
                     until: Some(until),
-                } if since == "0.0" => {
+                } if *since == KernelVersion::ANY => {
                     format!("applies up to {until}")
                 }
                 Resolution::NotThisKernel {
