@@ -71,11 +71,7 @@ pub fn write(out: &mut impl Write, s: &Summary, p: &Policy) -> io::Result<()> {
     }
     writeln!(out, "    </properties>")?;
     for (rule, outcome) in &rules {
-        write!(
-            out,
-            r#"    <testcase classname="{CLASS}" name="{}""#,
-            rule.id()
-        )?;
+        write!(out, r#"    <testcase classname="{CLASS}" name="{}""#, rule)?;
         match outcome {
             RuleOutcome::Passed { count: 0 } => writeln!(out, "/>")?,
             RuleOutcome::Passed { count } => writeln!(
@@ -92,7 +88,7 @@ pub fn write(out: &mut impl Write, s: &Summary, p: &Policy) -> io::Result<()> {
                 writeln!(
                     out,
                     ">\n      <failure message=\"{count} findings\" type=\"{}\">{}</failure>\n    </testcase>",
-                    rule.id(),
+                    rule,
                     escape(&render_findings(&mine, usize::MAX), false)
                 )?;
             }
@@ -130,6 +126,7 @@ mod tests {
         capture::{CommandOutcome, CommandRun},
         summary::tests::summary,
     };
+    use clap::ValueEnum;
     use refwatch_common::RefModel;
 
     fn junit(s: &Summary, p: &Policy) -> String {
@@ -151,7 +148,7 @@ mod tests {
             .descendants()
             .filter(|n| n.has_tag_name("testcase"))
             .collect();
-        assert_eq!(cases.len(), Rule::ALL.len() + 1);
+        assert_eq!(cases.len(), Rule::value_variants().len() + 1);
         let failed: Vec<&str> = cases
             .iter()
             .filter(|c| c.children().any(|n| n.has_tag_name("failure")))

@@ -119,7 +119,7 @@ pub fn decide(s: &Summary, p: &Policy) -> Verdict {
         .iter()
         .filter(|r| p.rules.contains(&r.rule))
         .filter_map(|r| match &r.coverage {
-            Coverage::Unchecked(why) => Some(format!("{} is unchecked: {why}", r.rule.id())),
+            Coverage::Unchecked(why) => Some(format!("{} is unchecked: {why}", r.rule)),
             Coverage::Checked => None,
         })
         .collect();
@@ -163,6 +163,7 @@ mod tests {
         capture::{CommandOutcome, CommandRun},
         summary::tests::summary,
     };
+    use clap::ValueEnum;
     use refwatch_common::RefModel;
 
     fn policy(max_violations: u64, rules: &[Rule]) -> Policy {
@@ -258,7 +259,7 @@ mod tests {
     fn rule_outcomes_agree_with_the_verdict() {
         let bad = summary(RefModel::ZeroBased, true, 0);
         let outcomes = rule_outcomes(&bad, &policy(0, &[]));
-        assert_eq!(outcomes.len(), Rule::ALL.len());
+        assert_eq!(outcomes.len(), Rule::value_variants().len());
         assert_eq!(
             outcomes[0],
             (Rule::InsertZeroRef, RuleOutcome::Failed { count: 1 })

@@ -1,6 +1,7 @@
 //! Probe-plan resolution against the facts of real Debian kernels, captured in the VM lab with
 //! `refwatch probes --facts` (kallsyms presence, BTF prototypes, struct layout).
 
+use clap::ValueEnum;
 use refwatch::{
     facts::KernelFacts,
     plan::{self, AttachMode, Plan, Resolution},
@@ -285,7 +286,7 @@ fn layouts_from_btf_match_the_binaries() {
 
 #[test]
 fn skipped_probes_leave_their_rules_unchecked() {
-    use refwatch::aggregate::{Context, Coverage, Rule};
+    use refwatch::aggregate::{Coverage, KernelView, Rule};
     let mut p = plan("6.1", AttachMode::Kprobe);
     assert!(p.skip("unmap_page_range"));
     assert!(!p.skip("get_page"), "inline: not in the catalog");
@@ -296,7 +297,7 @@ fn skipped_probes_leave_their_rules_unchecked() {
             .any(|e| e.function == "unmap_page_range" && e.resolution == Resolution::Skipped)
     );
     // What the aggregator judges with, had every used entry attached.
-    let ctx = Context::new(p.model, p.used().map(|e| e.id), p.pgmap_types.clone());
+    let ctx = KernelView::new(p.model, p.used().map(|e| e.id), p.pgmap_types.clone());
     assert!(matches!(
         ctx.coverage(Rule::FreeWhileMapped),
         Coverage::Unchecked(_)
@@ -309,7 +310,7 @@ fn skipped_probes_leave_their_rules_unchecked() {
 /// of the range (unmap_page_range) tells the mapped state; `--with` attaches them.
 #[test]
 fn hot_unmap_probes_are_off_where_no_rule_needs_them() {
-    use refwatch::aggregate::{Context, Coverage, Rule};
+    use refwatch::aggregate::{Coverage, KernelView, Rule};
     let mut p = plan("7.2", AttachMode::Kprobe);
     let status = |p: &Plan, f: &str| {
         p.probes
@@ -324,9 +325,13 @@ fn hot_unmap_probes_are_off_where_no_rule_needs_them() {
     // Nothing stands in for them (vm_normal_page's caller is inlined here, and would be
     // superseded by them).
     assert_ne!(status(&p, "vm_normal_page"), Resolution::Use);
-    let ctx = Context::new(p.model, p.used().map(|e| e.id), p.pgmap_types.clone());
+    let ctx = KernelView::new(p.model, p.used().map(|e| e.id), p.pgmap_types.clone());
     // truncate-busy has nothing to check from 6.15 on: the filesystem waits for the page.
-    for rule in Rule::ALL.into_iter().filter(|&r| r != Rule::TruncateBusy) {
+    for rule in Rule::value_variants()
+        .iter()
+        .copied()
+        .filter(|&r| r != Rule::TruncateBusy)
+    {
         assert_eq!(ctx.coverage(rule), Coverage::Checked, "{rule:?}");
     }
     assert!(p.with("folio_remove_rmap_ptes"));
@@ -344,7 +349,7 @@ fn hot_unmap_probes_are_off_where_no_rule_needs_them() {
             by: "vm_normal_page".into(),
         };
         assert_eq!(status(&p, "unmap_page_range"), by, "{k}");
-        let ctx = Context::new(p.model, p.used().map(|e| e.id), p.pgmap_types.clone());
+        let ctx = KernelView::new(p.model, p.used().map(|e| e.id), p.pgmap_types.clone());
         // 5.10 frees at the idle refcount 1: the rule is unchecked there whatever is probed.
         if k != "5.10" {
             assert_eq!(

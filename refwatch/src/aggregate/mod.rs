@@ -34,7 +34,7 @@ pub const KEPT_FINDINGS: usize = 1000;
 
 /// What the aggregator needs to know about the kernel, taken from the [`Plan`].
 #[derive(Clone, Debug)]
-pub struct Context {
+pub struct KernelView {
     pub model: RefModel,
     attached: [bool; CATALOG_LEN],
     pgmap_types: BTreeMap<u8, String>,
@@ -48,7 +48,7 @@ pub struct Context {
     range_unmaps: bool,
 }
 
-impl Context {
+impl KernelView {
     pub fn new(
         model: RefModel,
         attached: impl IntoIterator<Item = u8>,
@@ -185,7 +185,7 @@ pub struct Finding {
 
 #[derive(Clone, Debug, Default)]
 pub struct Aggregator {
-    ctx: Option<Context>,
+    ctx: Option<KernelView>,
     pages: Pages,
     /// The tasks of the steps the pages remember.
     tasks: Tasks,
@@ -194,7 +194,7 @@ pub struct Aggregator {
     /// Pgmaps whose teardown started, oldest first, bounded.
     retired: Vec<PgmapState>,
     /// Device PTEs by (mm, user address) → pfn, where unmaps come as zapped ranges
-    /// ([`Context::keyed`]): bounded by the device pages mapped.
+    /// ([`KernelView::keyed`]): bounded by the device pages mapped.
     mappings: BTreeMap<(u64, u64), u64>,
     /// Pages the teardown scan found held, until their pgmap's event comes.
     held: Vec<Held>,
@@ -243,14 +243,14 @@ struct Busy {
 }
 
 impl Aggregator {
-    pub fn new(ctx: Context) -> Self {
+    pub fn new(ctx: KernelView) -> Self {
         Self {
             ctx: Some(ctx),
             ..Self::default()
         }
     }
 
-    pub fn context(&self) -> &Context {
+    pub fn context(&self) -> &KernelView {
         self.ctx.as_ref().expect("built with new()")
     }
 
@@ -855,7 +855,7 @@ impl Aggregator {
 /// [`RefModel::after`]); `new_mapping` is false for an insert at an address that already
 /// mapped the page.
 fn advance(
-    ctx: &Context,
+    ctx: &KernelView,
     probe: &Probe,
     kind: EventKind,
     ev: &Event,

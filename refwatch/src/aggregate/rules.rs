@@ -9,9 +9,11 @@ use refwatch_common::{
 };
 use serde::Serialize;
 
-use super::Context;
+use super::KernelView;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+/// The rules; their ids (`insert-zero-ref`, ...) are the command line's and the JSON's, and
+/// `value_variants` lists them in the order reports do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Rule {
     InsertZeroRef,
@@ -22,30 +24,12 @@ pub enum Rule {
     TruncateBusy,
 }
 
-impl Rule {
-    pub const ALL: [Rule; 6] = [
-        Rule::InsertZeroRef,
-        Rule::FreeWhileMapped,
-        Rule::GetFromZero,
-        Rule::PutUnderflow,
-        Rule::TeardownBusy,
-        Rule::TruncateBusy,
-    ];
-
-    /// The stable id used on the command line and in JSON.
-    pub const fn id(self) -> &'static str {
-        match self {
-            Rule::InsertZeroRef => "insert-zero-ref",
-            Rule::FreeWhileMapped => "free-while-mapped",
-            Rule::GetFromZero => "get-from-zero",
-            Rule::PutUnderflow => "put-underflow",
-            Rule::TeardownBusy => "teardown-busy",
-            Rule::TruncateBusy => "truncate-busy",
-        }
-    }
-
-    pub fn from_id(id: &str) -> Option<Rule> {
-        Rule::ALL.into_iter().find(|r| r.id() == id)
+/// The rule's id.
+impl std::fmt::Display for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use clap::ValueEnum;
+        let id = self.to_possible_value().expect("no rule is hidden");
+        f.write_str(id.get_name())
     }
 }
 
@@ -66,7 +50,7 @@ pub fn strict_get(probe: &Probe) -> bool {
         && probe.site != Site::ZoneDevicePageInit
 }
 
-pub fn coverage(rule: Rule, ctx: &Context) -> Coverage {
+pub fn coverage(rule: Rule, ctx: &KernelView) -> Coverage {
     let need = |kind: EventKind| {
         if ctx.sees(kind) {
             Ok(())
@@ -132,7 +116,7 @@ pub struct PageView {
 
 /// The rule an event breaks, with a one-line explanation. At most one rule per event.
 pub fn judge(
-    ctx: &Context,
+    ctx: &KernelView,
     probe: &Probe,
     ev: &refwatch_common::Event,
     page: &PageView,
@@ -198,7 +182,7 @@ pub fn judge(
 }
 
 fn judge_free(
-    ctx: &Context,
+    ctx: &KernelView,
     probe: &Probe,
     r: i64,
     mapcount: i32,

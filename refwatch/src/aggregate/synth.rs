@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use refwatch_common::{CATALOG, Event, EventKind};
 
-use super::Context;
+use super::KernelView;
 use refwatch_common::RefModel;
 
 pub const PGMAP: u64 = 0xffff_8881_0000_2000;
@@ -102,7 +102,7 @@ impl Probes {
         }
     }
 
-    pub fn context(&self) -> Context {
+    pub fn context(&self) -> KernelView {
         let ids = [
             self.insert,
             self.unmap,
@@ -132,7 +132,7 @@ impl Probes {
                 (5, "p2pdma".into()),
             ])
         };
-        Context::new(self.model, ids, types)
+        KernelView::new(self.model, ids, types)
     }
 }
 

@@ -10,6 +10,7 @@ use super::{
     Aggregator, Coverage, Rule,
     synth::{Op, Probes, healthy},
 };
+use clap::ValueEnum;
 use refwatch_common::RefModel;
 
 fn model() -> impl Strategy<Value = RefModel> {
@@ -157,7 +158,7 @@ proptest! {
     #[test]
     fn injected_breaches_are_found_once(model in model(), generic in any::<bool>(), pages in 1..5usize,
                                         ops in prop::collection::vec(op(), 0..80),
-                                        rule in prop::sample::select(Rule::ALL.to_vec()), at in any::<Index>()) {
+                                        rule in prop::sample::select(Rule::value_variants().to_vec()), at in any::<Index>()) {
         let p = Probes::for_model(model);
         let mut events = healthy(&p, generic, pages, &ops);
         let pfn = inject(&p, &mut events, rule, &|n| at.index(n), generic);
@@ -179,11 +180,11 @@ fn rules_without_their_probes_are_unchecked() {
     let p = Probes::for_model(RefModel::FsdaxOneBased);
     let all = p.context();
     assert!(
-        Rule::ALL
+        Rule::value_variants()
             .iter()
             .all(|&r| all.coverage(r) == Coverage::Checked)
     );
-    let no_unmap = super::Context::new(
+    let no_unmap = super::KernelView::new(
         RefModel::FsdaxOneBased,
         [p.insert, p.get, p.free, p.remove],
         Default::default(),
@@ -234,7 +235,7 @@ fn every_checked_rule_has_a_breach_to_find() {
         RefModel::ZeroBased,
     ] {
         let p = Probes::for_model(model);
-        for rule in Rule::ALL {
+        for &rule in Rule::value_variants() {
             let mut events = healthy(
                 &p,
                 false,
@@ -318,7 +319,7 @@ fn per_pte_unmaps_with_mremap_probed_count_refaults() {
         probe_id("move_page_tables", "6.12"),
     );
     let types = BTreeMap::from([(3, "fsdax".to_owned())]);
-    let mut agg = Aggregator::new(super::Context::new(
+    let mut agg = Aggregator::new(super::KernelView::new(
         p.model,
         [p.insert, unmap, remap, p.free, p.add],
         types,
@@ -340,7 +341,7 @@ fn pmd_inserts_map_512_pages_and_a_teardown_names_them() {
     let p = Probes::for_model(RefModel::FsdaxOneBased);
     let pmd = probe_id("vmf_insert_pfn_pmd", "6.12");
     let types = BTreeMap::from([(3, "fsdax".to_owned())]);
-    let mut agg = Aggregator::new(super::Context::new(
+    let mut agg = Aggregator::new(super::KernelView::new(
         p.model,
         [pmd, p.unmap, p.add, p.remove],
         types,
