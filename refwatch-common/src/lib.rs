@@ -1,6 +1,4 @@
-//! What refwatch's eBPF programs and its userspace agree on: the event record that crosses the
-//! ring buffer, the names of the globals the loader fills in, the probe catalog and the
-//! refcount model.
+//! What refwatch's eBPF programs and userspace share: event ABI, globals, catalog, model.
 #![no_std]
 
 pub mod catalog;

@@ -1,6 +1,7 @@
-//! How each kernel era counts ZONE_DEVICE page references, to read against mm/memremap.c and
-//! docs/refcount-model.md: the eras, the idle refcount per pgmap type, and what each transition
-//! does to a page's counts.
+//! How each kernel era counts ZONE_DEVICE page references (mm/memremap.c; docs/refcount-model.md).
+
+// The eras, the idle refcount per pgmap type, and what each transition does to a page's counts:
+// what the rules judge against, in one place to read against the kernel.
 
 use crate::{
     catalog::{Probe, Refs, Site},

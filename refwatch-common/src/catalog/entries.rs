@@ -1,5 +1,4 @@
-//! The catalog's entries, one struct literal per kernel function and prototype, and the
-//! static inlines they stand in for. Why each exists: docs/catalog.md.
+//! The catalog's entries, one per kernel function and prototype (why each: docs/catalog.md).
 
 use super::{Arg::*, At, Inline, KernelVersion, Probe, Refs, Site};
 use crate::event::EventKind::*;
@@ -14,7 +13,7 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
         kind: PgmapAdd,
         arg: Pgmap(0),
         site: Site::MemremapPages,
-        checked: "5.10 6.1 6.12 7.2",
+        checked: &["5.10", "6.1", "6.12", "7.2"],
         note: "ranges and type are set by the caller before entry",
         ..Probe::DEFAULT
     },
@@ -27,7 +26,7 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
         arg: Pgmap(0),
         site: Site::MemunmapPages,
         until: KernelVersion::new(5, 17),
-        checked: "5.10",
+        checked: &["5.10"],
         note: "also runs inside a failing memremap_pages",
         ..Probe::DEFAULT
     },
@@ -39,7 +38,7 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
         arg: PfnT(2),
         at: Some(At::Args { vma: 0, address: 1 }),
         site: Site::PteInsertPfn,
-        checked: "5.10 6.1",
+        checked: &["5.10", "6.1"],
         note: "vmf_insert_mixed(_mkwrite) tail-call it; no reference is taken",
         ..Probe::DEFAULT
     },
@@ -50,7 +49,7 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
         arg: PfnT(2),
         at: Some(At::Args { vma: 0, address: 1 }),
         site: Site::PteInsertPfn,
-        checked: "6.12",
+        checked: &["6.12"],
         note: "vmf_insert_mixed(_mkwrite) tail-call it; no reference is taken",
         ..Probe::DEFAULT
     },
@@ -61,7 +60,7 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
         arg: PfnT(2),
         at: Some(At::Args { vma: 0, address: 1 }),
         site: Site::PteInsertPfn,
-        checked: "5.10 6.1 6.12",
+        checked: &["5.10", "6.1", "6.12"],
         note: "fallback where __vm_insert_mixed is inlined",
         ..Probe::DEFAULT
     },
@@ -72,7 +71,7 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
         arg: PfnT(1),
         at: Some(At::Vmf(0)),
         site: Site::PmdInsertPfn,
-        checked: "5.10 6.1",
+        checked: &["5.10", "6.1"],
         note: "fsdax and device-dax PMD faults; no reference is taken",
         ..Probe::DEFAULT
     },
@@ -83,7 +82,7 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
         arg: PfnT(1),
         at: Some(At::Vmf(0)),
         site: Site::PmdInsertPfn,
-        checked: "6.12",
+        checked: &["6.12"],
         note: "fsdax and device-dax PMD faults; no reference is taken",
         ..Probe::DEFAULT
     },
@@ -93,7 +92,7 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
         kind: Insert,
         arg: PfnT(1),
         site: Site::PudInsertPfn,
-        checked: "5.10 6.1",
+        checked: &["5.10", "6.1"],
         note: "device-dax PUD faults",
         ..Probe::DEFAULT
     },
@@ -103,7 +102,7 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
         kind: Insert,
         arg: PfnT(1),
         site: Site::PudInsertPfn,
-        checked: "6.12",
+        checked: &["6.12"],
         note: "device-dax PUD faults",
         ..Probe::DEFAULT
     },
@@ -113,7 +112,7 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
         kind: Insert,
         arg: Page(1),
         site: Site::PteInsertPage,
-        checked: "7.2",
+        checked: &["7.2"],
         note: "fsdax/device-dax PTE faults; the mapping takes a reference and a mapcount",
         ..Probe::DEFAULT
     },
@@ -123,7 +122,7 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
         kind: Insert,
         arg: Folio(1),
         site: Site::PmdInsertFolio,
-        checked: "7.2",
+        checked: &["7.2"],
         note: "the mapping takes a reference and the entire mapcount",
         ..Probe::DEFAULT
     },
@@ -133,7 +132,7 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
         kind: Insert,
         arg: Folio(1),
         site: Site::PudInsertFolio,
-        checked: "7.2",
+        checked: &["7.2"],
         note: "device-dax PUD faults",
         ..Probe::DEFAULT
     },
@@ -144,7 +143,7 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
         arg: Page(2),
         at: Some(At::Args { vma: 0, address: 1 }),
         site: Site::VmInsertPage,
-        checked: "5.10 6.1 6.12 7.2",
+        checked: &["5.10", "6.1", "6.12", "7.2"],
         note: "P2PDMA and driver mmaps of device pages",
         ..Probe::DEFAULT
     },
@@ -156,7 +155,7 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
         arg: Page(0),
         gup_flags: Some(1),
         site: Site::GupGrab,
-        checked: "5.10 6.1",
+        checked: &["5.10", "6.1"],
         note: "slow GUP and follow_devmap_*; FOLL_PIN adds GUP_PIN_COUNTING_BIAS",
         ..Probe::DEFAULT
     },
@@ -168,7 +167,7 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
         refs: Refs::Arg(1),
         gup_flags: Some(2),
         site: Site::GupGrabFolio,
-        checked: "6.12 7.2",
+        checked: &["6.12", "7.2"],
         note: "slow GUP; WARNs and fails on refcount <= 0",
         ..Probe::DEFAULT
     },
@@ -181,7 +180,7 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
         gup_flags: Some(2),
         site: Site::GupFastGrab,
         speculative: true,
-        checked: "6.1",
+        checked: &["6.1"],
         note: "gup-fast: speculative, fails on refcount 0",
         ..Probe::DEFAULT
     },
@@ -194,7 +193,7 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
         gup_flags: Some(2),
         site: Site::GupFastGrab,
         speculative: true,
-        checked: "5.10",
+        checked: &["5.10"],
         note: "gup-fast: speculative",
         ..Probe::DEFAULT
     },
@@ -207,7 +206,7 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
         gup_flags: Some(2),
         site: Site::GupFastGrab,
         speculative: true,
-        checked: "6.12 7.2",
+        checked: &["6.12", "7.2"],
         note: "gup-fast: speculative",
         ..Probe::DEFAULT
     },
@@ -217,7 +216,7 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
         kind: Get,
         arg: Page(0),
         site: Site::ZoneDevicePageInit,
-        checked: "6.1 6.12",
+        checked: &["6.1", "6.12"],
         note: "driver allocation of a device-private/coherent page: 0 -> 1 by design",
         ..Probe::DEFAULT
     },
@@ -227,7 +226,7 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
         kind: Get,
         arg: Page(0),
         site: Site::ZoneDevicePageInit,
-        checked: "7.2",
+        checked: &["7.2"],
         note: "driver allocation: 0 -> 1 by design",
         ..Probe::DEFAULT
     },
@@ -238,7 +237,7 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
         kind: Put,
         arg: Page(0),
         site: Site::DevmapPut,
-        checked: "5.10",
+        checked: &["5.10"],
         note: "put_page() of FS_DAX/DEVICE_PRIVATE pages; 2 -> 1 is the idle wakeup",
         ..Probe::DEFAULT
     },
@@ -249,7 +248,7 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
         arg: Page(0),
         refs: Refs::Arg(1),
         site: Site::DevmapPut,
-        checked: "6.1",
+        checked: &["6.1"],
         note: "put_page() of ZONE_DEVICE pages while an FS_DAX pgmap exists",
         ..Probe::DEFAULT
     },
@@ -260,7 +259,7 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
         arg: Folio(0),
         refs: Refs::Arg(1),
         site: Site::DevmapPut,
-        checked: "6.12",
+        checked: &["6.12"],
         note: "folio_put() of ZONE_DEVICE folios while an FS_DAX pgmap exists",
         ..Probe::DEFAULT
     },
@@ -272,7 +271,7 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
         refs: Refs::Arg(1),
         gup_flags: Some(2),
         site: Site::GupPut,
-        checked: "6.1 6.12 7.2",
+        checked: &["6.1", "6.12", "7.2"],
         note: "unpin/undo of GUP references",
         ..Probe::DEFAULT
     },
@@ -284,7 +283,7 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
         refs: Refs::Pin,
         site: Site::UnpinUserPage,
         since: KernelVersion::new(7, 0),
-        checked: "7.2",
+        checked: &["7.2"],
         note: "gup_put_folio is inlined into it from 7.x on",
         ..Probe::DEFAULT
     },
@@ -295,7 +294,7 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
         kind: Free,
         arg: Page(0),
         site: Site::Free,
-        checked: "5.10",
+        checked: &["5.10"],
         note: "called at refcount 1: the 1-based idle/free point",
         ..Probe::DEFAULT
     },
@@ -305,7 +304,7 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
         kind: Free,
         arg: Page(0),
         site: Site::Free,
-        checked: "6.1",
+        checked: &["6.1"],
         note: "called at refcount 0; FS_DAX and GENERIC pages never get here when healthy",
         ..Probe::DEFAULT
     },
@@ -315,7 +314,7 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
         kind: Free,
         arg: Folio(0),
         site: Site::Free,
-        checked: "6.12 7.2",
+        checked: &["6.12", "7.2"],
         note: "called at refcount 0; on 7.x the normal end of every fsdax mapping",
         ..Probe::DEFAULT
     },
@@ -331,7 +330,7 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
         site: Site::UnmapPte,
         hot: true,
         since: KernelVersion::new(6, 15),
-        checked: "7.2",
+        checked: &["7.2"],
         note: "zap of PTEs mapping the folio; refs are the PTE count",
         ..Probe::DEFAULT
     },
@@ -343,7 +342,7 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
         site: Site::UnmapPmd,
         hot: true,
         since: KernelVersion::new(6, 15),
-        checked: "7.2",
+        checked: &["7.2"],
         note: "zap of a PMD mapping the folio",
         ..Probe::DEFAULT
     },
@@ -355,7 +354,7 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
         site: Site::UnmapPte,
         caller: Some("unmap_page_range"),
         hot: true,
-        checked: "5.10 6.1 6.12",
+        checked: &["5.10", "6.1", "6.12"],
         note: "zap of a devmap PTE: no rmap, no refcount change",
         ..Probe::DEFAULT
     },
@@ -373,7 +372,7 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
         },
         site: Site::UnmapPte,
         until: KernelVersion::new(6, 14),
-        checked: "5.10 6.1 6.12",
+        checked: &["5.10", "6.1", "6.12"],
         note: "munmap, exit, truncate and MADV_DONTNEED zap user ranges through it",
         ..Probe::DEFAULT
     },
@@ -390,7 +389,7 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
         },
         site: Site::MovePte,
         until: KernelVersion::new(6, 14),
-        checked: "5.10 6.1",
+        checked: &["5.10", "6.1"],
         note: "mremap of a range: the PTEs move, nothing is unmapped",
         ..Probe::DEFAULT
     },
@@ -414,7 +413,7 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
         },
         site: Site::MovePte,
         until: KernelVersion::new(6, 14),
-        checked: "6.12",
+        checked: &["6.12"],
         note: "mremap of a range: the PTEs move, nothing is unmapped",
         ..Probe::DEFAULT
     },
@@ -426,7 +425,7 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
         arg: PgmapScan(0),
         site: Site::MemunmapPages,
         since: KernelVersion::new(5, 18),
-        checked: "6.1 6.12 7.2",
+        checked: &["6.1", "6.12", "7.2"],
         note: "does not wait for FS_DAX/GENERIC page references: the memmap goes under them",
         ..Probe::DEFAULT
     },
@@ -444,7 +443,7 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
         site: Site::DaxTruncate,
         since: KernelVersion::new(5, 17),
         until: KernelVersion::new(6, 14),
-        checked: "6.1 6.12",
+        checked: &["6.1", "6.12"],
         note: "the filesystem takes the page's block back; with trunc, busy pages are not waited for",
         ..Probe::DEFAULT
     },
@@ -459,7 +458,7 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
         },
         site: Site::DaxTruncate,
         until: KernelVersion::new(5, 16),
-        checked: "5.10",
+        checked: &["5.10"],
         note: "as above; only the first page of a PMD entry is read (no bpf_loop before 5.17)",
         ..Probe::DEFAULT
     },
@@ -473,7 +472,7 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
         refs: Refs::PinArg(1),
         site: Site::UnpinUserFolio,
         since: KernelVersion::new(7, 0),
-        checked: "7.3",
+        checked: &["7.3"],
         note: "unpin of npages pins of the folio (O_DIRECT to and from device pages)",
         ..Probe::DEFAULT
     },
@@ -489,7 +488,7 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
         site: Site::DevicePrivateFault,
         taken_before: true,
         since: KernelVersion::new(6, 1),
-        checked: "6.12-src 7.3-src",
+        checked: &["6.12-src", "7.3-src"],
         note: "a CPU fault bringing a device-private page back to RAM (the fault's reference)",
         ..Probe::DEFAULT
     },

@@ -1,11 +1,10 @@
-//! The probe catalog: every kernel function refwatch knows how to hook, what transition it
-//! carries, where its page argument sits, and for which prototype that was checked.
-//!
-//! This is the one place kernel-version knowledge lives (with [`crate::model`], how each era
-//! counts references). The loader resolves it against the running kernel (kallsyms for
-//! presence, BTF for the prototype), so an entry whose prototype does not match is never
-//! attached with the wrong argument registers. Sources: Debian's 5.10/6.1/6.12/7.2 trees and
-//! their -dbg vmlinux; why each entry exists: docs/catalog.md.
+//! The probe catalog: the kernel functions refwatch hooks, and how to read their arguments.
+
+// This is where kernel-version knowledge lives (with `crate::model`, how each era counts
+// references). The loader resolves it against the running kernel (kallsyms for presence, BTF
+// for the prototype), so an entry whose prototype does not match is never attached with the
+// wrong argument registers. Sources: Debian's 5.10/6.1/6.12/7.2 trees and their -dbg vmlinux;
+// why each entry exists: docs/catalog.md.
 
 mod entries;
 mod site;
@@ -127,8 +126,8 @@ pub struct Probe {
     /// on some kernels, or one whose meaning for device pages changed with an era).
     pub since: KernelVersion,
     pub until: KernelVersion,
-    /// Kernels the entry was checked on.
-    pub checked: &'static str,
+    /// Kernels the entry was checked on (Debian's, `-src` for the lab's own builds).
+    pub checked: &'static [&'static str],
     pub note: &'static str,
 }
 
@@ -157,7 +156,7 @@ impl Probe {
         hot: false,
         since: KernelVersion::ANY,
         until: KernelVersion::NEVER,
-        checked: "",
+        checked: &[],
         note: "",
     };
 

@@ -1,6 +1,8 @@
-//! The finding rules, on the refcount model of the kernel's era (docs/refcount-model.md,
-//! "Finding definitions that stay silent on healthy kernels"). Every refcount a rule looks at
-//! is the one read at function entry, before the function changes it.
+//! The finding rules, judged on the era's refcount model (docs/refcount-model.md).
+
+// Every refcount a rule looks at is the one read at function entry, before the function
+// changes it. The rules stay silent on healthy kernels: docs/refcount-model.md says why each
+// holds on its era.
 
 use refwatch_common::{
     EventKind, Probe, RefModel, Site,

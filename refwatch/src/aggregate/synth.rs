@@ -20,7 +20,7 @@ const MAP_BASE: u64 = 0x7f12_3400_0000;
 pub fn probe_id(function: &str, kernel: &str) -> u8 {
     CATALOG
         .iter()
-        .position(|p| p.function == function && p.checked.split(' ').any(|k| k == kernel))
+        .position(|p| p.function == function && p.checked.contains(&kernel))
         .unwrap_or_else(|| panic!("{function} for {kernel} is not in the catalog")) as u8
 }
 
