@@ -353,3 +353,41 @@ impl Plan {
         self.pgmap_types.get(&raw).map_or("unknown", String::as_str)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use refwatch_common::{KernelVersion, catalog::Level};
+
+    use super::*;
+
+    #[test]
+    fn versions_keep_their_text() {
+        let entry = Resolution::NotThisKernel {
+            since: KernelVersion::ANY,
+            until: Some(KernelVersion::new(6, 14)),
+        };
+        let text = serde_json::to_string(&entry).unwrap();
+        assert_eq!(
+            text,
+            r#"{"status":"not_this_kernel","since":"0.0","until":"6.14"}"#
+        );
+        assert_eq!(serde_json::from_str::<Resolution>(&text).unwrap(), entry);
+        assert!(serde_json::from_str::<KernelVersion>(r#""6""#).is_err());
+    }
+
+    #[test]
+    fn a_site_is_at_the_level_its_name_says() {
+        for probe in &CATALOG {
+            let name = serde_json::to_value(probe.site).unwrap();
+            let name = name.as_str().unwrap();
+            let level = if name.contains("pud") {
+                Level::Pud
+            } else if name.contains("pmd") {
+                Level::Pmd
+            } else {
+                Level::Pte
+            };
+            assert_eq!(probe.site.level(), level, "{name}");
+        }
+    }
+}
