@@ -1,7 +1,8 @@
 //! How each kernel era counts ZONE_DEVICE page references (mm/memremap.c; docs/refcount-model.md).
 
 // The eras, the idle refcount per pgmap type, and what each transition does to a page's counts:
-// what the rules judge against, in one place to read against the kernel.
+// what the rules judge against, in one place to read against the kernel. The kernel code behind
+// each: docs/refcount-model.md ("The three eras", one section per era, "Per pgmap type").
 
 use crate::{
     catalog::{Probe, Refs, Site},

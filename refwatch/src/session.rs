@@ -228,7 +228,8 @@ impl Session {
         };
         // Parsing BTF and kallsyms peaks at tens of MiB that a long recording never needs
         // again: give it back to the kernel instead of keeping it as heap high-water mark.
-        // (musl's allocator, in the static build, unmaps freed memory by itself.)
+        // (musl's allocator, in the static build, unmaps freed memory by itself.) The figures:
+        // docs/performance.md, session memory.
         #[cfg(target_env = "gnu")]
         unsafe {
             libc::malloc_trim(0)

@@ -1,8 +1,8 @@
 //! The finding rules, judged on the era's refcount model (docs/refcount-model.md).
 
 // Every refcount a rule looks at is the one read at function entry, before the function
-// changes it. The rules stay silent on healthy kernels: docs/refcount-model.md says why each
-// holds on its era.
+// changes it. Why each rule is what it is, and stays silent on a healthy kernel of each era:
+// docs/refcount-model.md, "The rules, and why each is what it is".
 
 use refwatch_common::{
     EventKind, Probe, RefModel, Site,
