@@ -546,3 +546,18 @@ pub const INLINES: [Inline; 4] = [
         note: "only the final put (through the free path) is seen on 7.x",
     },
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::CATALOG;
+
+    /// `..Probe::DEFAULT` fills in what an entry leaves out; these it must say itself.
+    #[test]
+    fn every_entry_names_its_function_prototype_and_kernels() {
+        for p in &CATALOG {
+            assert!(!p.function.is_empty() && !p.note.is_empty());
+            assert!(!p.params.is_empty(), "{}", p.function);
+            assert!(!p.checked.is_empty(), "{}", p.function);
+        }
+    }
+}

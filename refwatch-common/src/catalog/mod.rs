@@ -176,11 +176,6 @@ impl Probe {
         (self.until != KernelVersion::NEVER).then_some(self.until)
     }
 
-    /// The first kernel the entry applies to, if it is bounded.
-    pub fn first_version(&self) -> Option<KernelVersion> {
-        (self.since != KernelVersion::ANY).then_some(self.since)
-    }
-
     /// Whether the entry applies to kernel `version` by the catalog's version bounds.
     pub fn applies_to(&self, version: impl Into<KernelVersion>) -> bool {
         let version = version.into();
