@@ -66,9 +66,9 @@ pub fn era(version: impl Into<KernelVersion>) -> &'static Era {
         .unwrap_or(&ERAS[0])
 }
 
-/// The pgmap types the model distinguishes, from BTF's `enum memory_type` names.
+/// A pgmap's type, the kernel's `enum memory_type` (include/linux/memremap.h), read from BTF.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PgType {
+pub enum MemoryType {
     /// MEMORY_DEVICE_PRIVATE
     Private,
     /// MEMORY_DEVICE_COHERENT
@@ -82,16 +82,16 @@ pub enum PgType {
     Unknown,
 }
 
-impl PgType {
+impl MemoryType {
     /// `name` as the loader spells `enum memory_type` ("fsdax", "generic", ...).
-    pub fn from_name(name: &str) -> PgType {
+    pub fn from_name(name: &str) -> MemoryType {
         match name {
-            "private" => PgType::Private,
-            "coherent" => PgType::Coherent,
-            "fsdax" => PgType::FsDax,
-            "generic" => PgType::Generic,
-            "p2pdma" => PgType::P2pdma,
-            _ => PgType::Unknown,
+            "private" => MemoryType::Private,
+            "coherent" => MemoryType::Coherent,
+            "fsdax" => MemoryType::FsDax,
+            "generic" => MemoryType::Generic,
+            "p2pdma" => MemoryType::P2pdma,
+            _ => MemoryType::Unknown,
         }
     }
 }
@@ -107,8 +107,8 @@ impl RefModel {
     }
 
     /// The refcount of an idle page.
-    pub const fn idle(self, ty: PgType) -> Option<i64> {
-        use PgType::*;
+    pub const fn idle(self, ty: MemoryType) -> Option<i64> {
+        use MemoryType::*;
         match (self, ty) {
             (_, Unknown) => None,
             (RefModel::AllOneBased, _) => Some(1),
@@ -122,8 +122,8 @@ impl RefModel {
     /// Whether every return of this type to idle passes a probe, so that "above idle" in the
     /// aggregator's estimate means the page is really busy. Elsewhere non-final puts are inline
     /// atomics and the estimate can go stale high.
-    pub const fn idle_visible(self, ty: PgType) -> bool {
-        use PgType::*;
+    pub const fn idle_visible(self, ty: MemoryType) -> bool {
+        use MemoryType::*;
         match self {
             // put_devmap_managed_page sees every put of FS_DAX/PRIVATE pages.
             RefModel::AllOneBased => matches!(ty, FsDax | Private),
@@ -141,19 +141,22 @@ impl RefModel {
     /// (p2pmem_alloc_mmap, pci_alloc_p2pmem), and their mappings hold page references. (Until
     /// 5.17 every type's references are waited for, but fsdax mappings hold none: the
     /// aggregator counts those there.)
-    pub const fn teardown_waits(self, ty: PgType) -> bool {
+    pub const fn teardown_waits(self, ty: MemoryType) -> bool {
         !matches!(self, RefModel::AllOneBased)
-            && matches!(ty, PgType::Private | PgType::Coherent | PgType::P2pdma)
+            && matches!(
+                ty,
+                MemoryType::Private | MemoryType::Coherent | MemoryType::P2pdma
+            )
     }
 
     /// 5.18–6.14's `__put_devmap_managed_{page,folio}_refs` is entered for every ZONE_DEVICE
     /// page while any FS_DAX pgmap exists (the static key), and returns false without touching
     /// the count unless the page is FS_DAX: the put then goes on through folio_put (inline, or
     /// the probed free at 0). Such a hit moves nothing and must not be judged as a put.
-    pub fn passthrough(self, probe: &Probe, ty: PgType) -> bool {
+    pub fn passthrough(self, probe: &Probe, ty: MemoryType) -> bool {
         self == RefModel::FsdaxOneBased
             && probe.site == Site::DevmapPut
-            && !matches!(ty, PgType::FsDax | PgType::Unknown)
+            && !matches!(ty, MemoryType::FsDax | MemoryType::Unknown)
     }
 
     /// A page's counts after a probe hit: what the probed function does to the refcount read
@@ -188,7 +191,7 @@ impl RefModel {
                 // 6.15+ GENERIC is reset to its idle 1; every other free leaves the count as it
                 // was.
                 after.refcount = match (zero_based, hit.ty) {
-                    (true, PgType::Generic) => 1,
+                    (true, MemoryType::Generic) => 1,
                     _ => r,
                 };
                 if zero_based {
@@ -227,7 +230,7 @@ pub struct Counts {
 pub struct Hit<'a> {
     pub probe: &'a Probe,
     pub kind: EventKind,
-    pub ty: PgType,
+    pub ty: MemoryType,
     pub refcount: i64,
     pub mapcount: i64,
     /// References (or PTEs) the function moves: [`moved`].

@@ -10,7 +10,7 @@ use aya::{
 use refwatch_common::{
     Event,
     globals::{self, Callers, Layout},
-    model::PgType,
+    model::MemoryType,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -302,7 +302,7 @@ impl Session {
 fn idle_one_types(plan: &Plan) -> u64 {
     plan.pgmap_types
         .iter()
-        .filter(|&(&raw, name)| raw < 64 && plan.model.idle(PgType::from_name(name)) == Some(1))
+        .filter(|&(&raw, name)| raw < 64 && plan.model.idle(MemoryType::from_name(name)) == Some(1))
         .fold(0, |mask, (&raw, _)| mask | 1 << raw)
 }
 

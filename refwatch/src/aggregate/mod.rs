@@ -16,7 +16,7 @@ use refwatch_common::{
     Arg, CATALOG, Event, EventKind, Probe, RefModel,
     catalog::{CATALOG_LEN, Level},
     event::PGMAP_TYPE_UNKNOWN,
-    model::{Counts, Hit, PgType, moved},
+    model::{Counts, Hit, MemoryType, moved},
 };
 use serde::Serialize;
 
@@ -40,7 +40,7 @@ pub struct KernelView {
     pgmap_types: BTreeMap<u8, String>,
     /// Per-event lookups, precomputed: the rules' type of each raw pgmap type, and whether
     /// unmaps are probed at each [`Level`].
-    types: [PgType; 256],
+    types: [MemoryType; 256],
     unmap_levels: [bool; 3],
     /// Per catalog entry: are unmaps probed at the level of its site.
     tracked: [bool; CATALOG_LEN],
@@ -60,12 +60,12 @@ impl KernelView {
                 *slot = true;
             }
         }
-        let mut types = [PgType::Unknown; 256];
+        let mut types = [MemoryType::Unknown; 256];
         for (&raw, name) in pgmap_types
             .iter()
             .filter(|(raw, _)| **raw != PGMAP_TYPE_UNKNOWN)
         {
-            types[raw as usize] = PgType::from_name(name);
+            types[raw as usize] = MemoryType::from_name(name);
         }
         let mut unmap_levels = [false; 3];
         for (p, _) in CATALOG
@@ -130,7 +130,7 @@ impl KernelView {
         self.pgmap_types.get(&raw).map_or("unknown", String::as_str)
     }
 
-    fn pg_type(&self, raw: u8) -> PgType {
+    fn pg_type(&self, raw: u8) -> MemoryType {
         self.types[raw as usize]
     }
 
@@ -429,7 +429,7 @@ impl Aggregator {
         let ty = self
             .pgmaps
             .get(&ev.pgmap)
-            .map_or(PgType::Unknown, |pg| pg.ty);
+            .map_or(MemoryType::Unknown, |pg| pg.ty);
         let mut busy: BTreeMap<u64, Busy> = BTreeMap::new();
         let mut add = |pfn: u64, page: u64, why: String| {
             busy.entry(pfn)
@@ -525,7 +525,7 @@ impl Aggregator {
     }
 
     /// Remembers (or forgets) the last grab of a page whose return to idle no probe sees.
-    fn track_grab(&mut self, ev: &Event, kind: EventKind, ty: PgType) {
+    fn track_grab(&mut self, ev: &Event, kind: EventKind, ty: MemoryType) {
         let model = self.context().model;
         if model.idle_visible(ty) {
             return;

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use refwatch_common::model::PgType;
+use refwatch_common::model::MemoryType;
 
 use super::{state::PageState, tasks::Tasks};
 
@@ -65,7 +65,7 @@ impl Pages {
         &mut self,
         pfn: u64,
         pgmap: u64,
-        ty: PgType,
+        ty: MemoryType,
         refcount: i64,
     ) -> (&mut PageState, bool) {
         let mut fresh = false;

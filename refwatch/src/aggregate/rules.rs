@@ -7,7 +7,7 @@
 use refwatch_common::{
     EventKind, Probe, RefModel, Site,
     catalog::Level,
-    model::{PgType, moved},
+    model::{MemoryType, moved},
 };
 use serde::Serialize;
 
@@ -110,7 +110,7 @@ pub fn coverage(rule: Rule, ctx: &KernelView) -> Coverage {
 
 /// What the aggregator knows about a page when one of its events arrives.
 pub struct PageView {
-    pub ty: PgType,
+    pub ty: MemoryType,
     /// Inserts minus unmaps at tracked levels (≤6.12), or the kernel's mapcount (7.x).
     pub mapped: i64,
     pub pgmap_in_teardown: bool,
@@ -198,7 +198,7 @@ fn judge_free(
                 format!("{f} runs at refcount 1 on this kernel, saw {r}"),
             )
         }),
-        RefModel::FsdaxOneBased if matches!(page.ty, PgType::FsDax | PgType::Generic) => {
+        RefModel::FsdaxOneBased if matches!(page.ty, MemoryType::FsDax | MemoryType::Generic) => {
             if page.mapped > 0 && ctx.unmap_seen(Level::Pte) {
                 Some((
                     Rule::FreeWhileMapped,

@@ -54,9 +54,9 @@ fn inject(
     let idle = p
         .model
         .idle(if generic {
-            super::PgType::Generic
+            super::MemoryType::Generic
         } else {
-            super::PgType::FsDax
+            super::MemoryType::FsDax
         })
         .unwrap() as i32;
     let pick = |events: &[Event], f: &dyn Fn(&Event) -> bool| {
@@ -82,9 +82,9 @@ fn inject(
                 .position(|e| kind(e) == EventKind::PgmapRemove)
                 .unwrap();
             let ty = if generic {
-                super::PgType::Generic
+                super::MemoryType::Generic
             } else {
-                super::PgType::FsDax
+                super::MemoryType::FsDax
             };
             // Not a devmap put that a non-FS_DAX page only passes through: it moves nothing.
             let moves = |e: &Event| !p.model.passthrough(&CATALOG[e.probe as usize], ty);
