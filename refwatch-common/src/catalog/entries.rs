@@ -3,6 +3,68 @@
 use super::{Arg::*, At, Inline, KernelVersion, Probe, Refs, Site};
 use crate::event::EventKind::*;
 
+/// `__vm_insert_mixed` as its first entry has it; the entries after it say where they differ.
+const VM_INSERT_MIXED: Probe = Probe {
+    function: "__vm_insert_mixed",
+    params: &["vm_area_struct*", "_", "pfn_t", "_", "_"],
+    kind: Insert,
+    arg: PfnT(2),
+    at: Some(At::Args { vma: 0, address: 1 }),
+    site: Site::PteInsertPfn,
+    checked: &["5.10", "6.1"],
+    note: "vmf_insert_mixed(_mkwrite) tail-call it; no reference is taken",
+    ..Probe::DEFAULT
+};
+
+/// `zone_device_page_init` as its first entry has it; the entries after it say where they differ.
+const ZONE_DEVICE_PAGE_INIT: Probe = Probe {
+    function: "zone_device_page_init",
+    params: &["page*"],
+    kind: Get,
+    arg: Page(0),
+    site: Site::ZoneDevicePageInit,
+    checked: &["6.1", "6.12"],
+    note: "driver allocation of a device-private/coherent page: 0 -> 1 by design",
+    ..Probe::DEFAULT
+};
+
+/// `move_page_tables` as its first entry has it; the entries after it say where they differ.
+const MOVE_PAGE_TABLES: Probe = Probe {
+    function: "move_page_tables",
+    params: &["vm_area_struct*", "_", "vm_area_struct*", "_", "_", "_"],
+    kind: Remap,
+    arg: Move {
+        vma: 0,
+        from: 1,
+        to: 3,
+        len: 4,
+    },
+    site: Site::MovePte,
+    until: KernelVersion::new(6, 14),
+    checked: &["5.10", "6.1"],
+    note: "mremap of a range: the PTEs move, nothing is unmapped",
+    ..Probe::DEFAULT
+};
+
+/// `dax_disassociate_entry(entry, mapping, trunc)` from 5.17 (each page of the entry read in
+/// a `bpf_loop`); the 5.10 entry differs only in what it names.
+const DAX_DISASSOCIATE_ENTRY: Probe = Probe {
+    function: "dax_disassociate_entry",
+    params: &["_", "address_space*", "bool"],
+    kind: Truncate,
+    arg: DaxEntry {
+        entry: 0,
+        trunc: 2,
+        each_page: true,
+    },
+    site: Site::DaxTruncate,
+    since: KernelVersion::new(5, 17),
+    until: KernelVersion::new(6, 14),
+    checked: &["6.1", "6.12"],
+    note: "the filesystem takes the page's block back; with trunc, busy pages are not waited for",
+    ..Probe::DEFAULT
+};
+
 pub const CATALOG_LEN: usize = 39;
 
 pub const CATALOG: [Probe; CATALOG_LEN] = [
@@ -31,27 +93,11 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
         ..Probe::DEFAULT
     },
     // --- insertion into user page tables -----------------------------------------------------
+    VM_INSERT_MIXED,
     Probe {
-        function: "__vm_insert_mixed",
-        params: &["vm_area_struct*", "_", "pfn_t", "_", "_"],
-        kind: Insert,
-        arg: PfnT(2),
-        at: Some(At::Args { vma: 0, address: 1 }),
-        site: Site::PteInsertPfn,
-        checked: &["5.10", "6.1"],
-        note: "vmf_insert_mixed(_mkwrite) tail-call it; no reference is taken",
-        ..Probe::DEFAULT
-    },
-    Probe {
-        function: "__vm_insert_mixed",
         params: &["vm_area_struct*", "_", "pfn_t", "_"],
-        kind: Insert,
-        arg: PfnT(2),
-        at: Some(At::Args { vma: 0, address: 1 }),
-        site: Site::PteInsertPfn,
         checked: &["6.12"],
-        note: "vmf_insert_mixed(_mkwrite) tail-call it; no reference is taken",
-        ..Probe::DEFAULT
+        ..VM_INSERT_MIXED
     },
     Probe {
         function: "insert_pfn",
@@ -210,25 +256,12 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
         note: "gup-fast: speculative",
         ..Probe::DEFAULT
     },
+    ZONE_DEVICE_PAGE_INIT,
     Probe {
-        function: "zone_device_page_init",
-        params: &["page*"],
-        kind: Get,
-        arg: Page(0),
-        site: Site::ZoneDevicePageInit,
-        checked: &["6.1", "6.12"],
-        note: "driver allocation of a device-private/coherent page: 0 -> 1 by design",
-        ..Probe::DEFAULT
-    },
-    Probe {
-        function: "zone_device_page_init",
         params: &["page*", "_", "_"],
-        kind: Get,
-        arg: Page(0),
-        site: Site::ZoneDevicePageInit,
         checked: &["7.2"],
         note: "driver allocation: 0 -> 1 by design",
-        ..Probe::DEFAULT
+        ..ZONE_DEVICE_PAGE_INIT
     },
     // --- references dropped -----------------------------------------------------------------
     Probe {
@@ -377,24 +410,8 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
         ..Probe::DEFAULT
     },
     // mremap moves the PTEs the inserts were seen at (exec moves its stack through it too).
+    MOVE_PAGE_TABLES,
     Probe {
-        function: "move_page_tables",
-        params: &["vm_area_struct*", "_", "vm_area_struct*", "_", "_", "_"],
-        kind: Remap,
-        arg: Move {
-            vma: 0,
-            from: 1,
-            to: 3,
-            len: 4,
-        },
-        site: Site::MovePte,
-        until: KernelVersion::new(6, 14),
-        checked: &["5.10", "6.1"],
-        note: "mremap of a range: the PTEs move, nothing is unmapped",
-        ..Probe::DEFAULT
-    },
-    Probe {
-        function: "move_page_tables",
         params: &[
             "vm_area_struct*",
             "_",
@@ -404,18 +421,8 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
             "_",
             "_",
         ],
-        kind: Remap,
-        arg: Move {
-            vma: 0,
-            from: 1,
-            to: 3,
-            len: 4,
-        },
-        site: Site::MovePte,
-        until: KernelVersion::new(6, 14),
         checked: &["6.12"],
-        note: "mremap of a range: the PTEs move, nothing is unmapped",
-        ..Probe::DEFAULT
+        ..MOVE_PAGE_TABLES
     },
     // --- appended: trace files name probes by catalog index -----------------------------
     Probe {
@@ -431,36 +438,18 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
     },
     // Truncate, hole punch and eviction give a DAX block back through here; 6.15 waits for
     // the page to be idle first (and the function became an .isra clone).
+    DAX_DISASSOCIATE_ENTRY,
     Probe {
-        function: "dax_disassociate_entry",
-        params: &["_", "address_space*", "bool"],
-        kind: Truncate,
-        arg: DaxEntry {
-            entry: 0,
-            trunc: 2,
-            each_page: true,
-        },
-        site: Site::DaxTruncate,
-        since: KernelVersion::new(5, 17),
-        until: KernelVersion::new(6, 14),
-        checked: &["6.1", "6.12"],
-        note: "the filesystem takes the page's block back; with trunc, busy pages are not waited for",
-        ..Probe::DEFAULT
-    },
-    Probe {
-        function: "dax_disassociate_entry",
-        params: &["_", "address_space*", "bool"],
-        kind: Truncate,
         arg: DaxEntry {
             entry: 0,
             trunc: 2,
             each_page: false,
         },
-        site: Site::DaxTruncate,
+        since: KernelVersion::ANY,
         until: KernelVersion::new(5, 16),
         checked: &["5.10"],
         note: "as above; only the first page of a PMD entry is read (no bpf_loop before 5.17)",
-        ..Probe::DEFAULT
+        ..DAX_DISASSOCIATE_ENTRY
     },
     // The block layer's O_DIRECT completion unpins through here (__bio_release_pages), with
     // gup_put_folio inlined: 7.x's only out-of-line function on that path.
