@@ -65,6 +65,8 @@ unsafe impl aya::Pod for Event {}
 /// The logical transition an event stands for.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "user", serde(rename_all = "snake_case"))]
 pub enum EventKind {
     /// A ZONE_DEVICE page enters a user page table.
     Insert = 0,
@@ -133,5 +135,11 @@ impl EventKind {
             Self::Truncate => "truncate",
             Self::Held => "held",
         }
+    }
+}
+
+impl core::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
     }
 }

@@ -38,7 +38,7 @@ impl Args for FEntryContext {
 
     fn arg_scalar(&self, n: u8) -> u64 {
         // Loaded directly: the verifier types these as scalars, and the helper call of
-        // arg_u64 was a good part of what vm_normal_page's every entry cost.
+        // arg_u64 was a good part of what vm_normal_page's every entry cost (docs/performance.md).
         unsafe { *self.as_ptr().cast::<u64>().add(n as usize) }
     }
 

@@ -85,7 +85,7 @@ fn is_page_event(ev: &Event) -> bool {
 
 /// See the module doc. Median CPU time of each variant's rounds (the process is single-threaded).
 fn rerecord(input: &Path, output: &Path) -> Result<()> {
-    use refwatch::aggregate::{Aggregator, Context};
+    use refwatch::aggregate::{Aggregator, KernelView};
     let mut reader = open(input)?;
     let mut events = Vec::new();
     while let Some(&ev) = reader.next_event()? {
@@ -98,7 +98,7 @@ fn rerecord(input: &Path, output: &Path) -> Result<()> {
         .collect();
     let round = |rules: bool| -> Result<(f64, u64)> {
         let mut w = TraceWriter::create(output, &header, Existing::Replace)?;
-        let mut agg = rules.then(|| Aggregator::new(Context::from_plan(&header.plan)));
+        let mut agg = rules.then(|| Aggregator::new(KernelView::from_plan(&header.plan)));
         let mut findings = 0;
         let started = cpu_seconds();
         for batch in events.chunks(1024) {

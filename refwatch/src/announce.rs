@@ -34,7 +34,7 @@ pub fn lines(findings: &[Finding]) -> Vec<String> {
             };
             let mut line = format!(
                 "refwatch: {} pfn {:#x} page {:#x}{more} pgmap {:#x} ({}) task {}/{}: {}",
-                f.rule.id(),
+                f.rule,
                 f.pfn,
                 f.page,
                 f.pgmap.address,

@@ -71,11 +71,7 @@ pub fn write(out: &mut impl Write, s: &Summary, p: &Policy) -> io::Result<()> {
     }
     writeln!(out, "    </properties>")?;
     for (rule, outcome) in &rules {
-        write!(
-            out,
-            r#"    <testcase classname="{CLASS}" name="{}""#,
-            rule.id()
-        )?;
+        write!(out, r#"    <testcase classname="{CLASS}" name="{}""#, rule)?;
         match outcome {
             RuleOutcome::Passed { count: 0 } => writeln!(out, "/>")?,
             RuleOutcome::Passed { count } => writeln!(
@@ -92,7 +88,7 @@ pub fn write(out: &mut impl Write, s: &Summary, p: &Policy) -> io::Result<()> {
                 writeln!(
                     out,
                     ">\n      <failure message=\"{count} findings\" type=\"{}\">{}</failure>\n    </testcase>",
-                    rule.id(),
+                    rule,
                     escape(&render_findings(&mine, usize::MAX), false)
                 )?;
             }
@@ -128,9 +124,10 @@ mod tests {
     use crate::{
         aggregate::Rule,
         capture::{CommandOutcome, CommandRun},
-        plan::Model,
         summary::tests::summary,
     };
+    use clap::ValueEnum;
+    use refwatch_common::RefModel;
 
     fn junit(s: &Summary, p: &Policy) -> String {
         let mut out = Vec::new();
@@ -140,7 +137,7 @@ mod tests {
 
     #[test]
     fn one_case_per_rule_with_failures_and_skips() {
-        let mut s = summary(Model::ZeroBased, true, 0);
+        let mut s = summary(RefModel::ZeroBased, true, 0);
         s.command = Some(CommandRun {
             argv: vec!["fio".into(), "--name=x".into()],
             outcome: CommandOutcome::Exited { status: 2 },
@@ -151,7 +148,7 @@ mod tests {
             .descendants()
             .filter(|n| n.has_tag_name("testcase"))
             .collect();
-        assert_eq!(cases.len(), Rule::ALL.len() + 1);
+        assert_eq!(cases.len(), Rule::value_variants().len() + 1);
         let failed: Vec<&str> = cases
             .iter()
             .filter(|c| c.children().any(|n| n.has_tag_name("failure")))
@@ -175,7 +172,7 @@ mod tests {
     #[test]
     fn untrusted_strings_are_escaped() {
         let evil = "x</failure><script>&\"'\x1b[2J\u{ffff}";
-        let mut s = summary(Model::ZeroBased, true, 0);
+        let mut s = summary(RefModel::ZeroBased, true, 0);
         s.kernel = evil.into();
         s.findings[0].finding.comm = evil.into();
         s.findings[0].stack = vec![evil.into()];

@@ -84,8 +84,8 @@ mod tests {
         ProbeEntry {
             id: 0,
             function: "gup_put_folio".into(),
-            kind: "put".into(),
-            site: "gup-put".into(),
+            kind: refwatch_common::EventKind::Put,
+            site: refwatch_common::Site::GupPut,
             resolution: Resolution::Use,
             modes: modes.to_vec(),
             attached: None,

@@ -4,7 +4,7 @@
 use refwatch_common::{CATALOG, Event, EventKind};
 use serde::Serialize;
 
-use crate::aggregate::{Aggregator, Context, Rule, Transition};
+use crate::aggregate::{Aggregator, KernelView, Rule, Transition};
 use crate::escape::printable;
 use crate::event::EventExt;
 use crate::trace::{TraceError, TraceReader};
@@ -58,7 +58,7 @@ pub fn from_trace<R: std::io::Read + Send>(
     pfns: &[u64],
 ) -> Result<Vec<Story>, TraceError> {
     let plan = reader.header().plan.clone();
-    let mut agg = Aggregator::new(Context::from_plan(&plan));
+    let mut agg = Aggregator::new(KernelView::from_plan(&plan));
     let mut stories: Vec<(Story, Vec<i32>)> = pfns
         .iter()
         .map(|&pfn| {
@@ -141,7 +141,7 @@ pub fn render<'a>(stories: impl IntoIterator<Item = &'a Story>) -> String {
                 t.pid
             ));
             for rule in &e.findings {
-                s.push_str(&format!("      finding: {}\n", rule.id()));
+                s.push_str(&format!("      finding: {rule}\n"));
             }
             for frame in &e.stack {
                 s.push_str(&format!("      {}\n", printable(frame)));
@@ -155,13 +155,13 @@ pub fn render<'a>(stories: impl IntoIterator<Item = &'a Story>) -> String {
 mod tests {
     use super::*;
     use crate::aggregate::synth::{Probes, healthy};
-    use crate::plan::Model;
+    use refwatch_common::RefModel;
 
     /// Every event naming the page is in its story, in order, and the insert at refcount 0
     /// carries its finding.
     #[test]
     fn a_story_holds_every_event_of_the_page_and_its_findings() {
-        let p = Probes::for_model(Model::ZeroBased);
+        let p = Probes::for_model(RefModel::ZeroBased);
         let mut events = healthy(&p, false, 2, &[]);
         let insert = events
             .iter()

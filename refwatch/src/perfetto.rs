@@ -204,7 +204,7 @@ pub fn encode(pgmaps: &[PgmapSummary], stories: &[Story]) -> Vec<u8> {
                         r#type: Some(TYPE_INSTANT),
                         track_uuid: Some(events),
                         categories: vec!["finding".to_owned()],
-                        name: Some(format!("finding: {}", rule.id())),
+                        name: Some(format!("finding: {rule}")),
                         ..Default::default()
                     },
                 ));

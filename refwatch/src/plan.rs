@@ -3,8 +3,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use refwatch_common::{
-    CATALOG, EventKind, Probe, RefModel,
-    catalog::{FENTRY_STRUCT_ARGS_SINCE, INLINES, NEWEST_CHECKED, era},
+    CATALOG, EventKind, KernelVersion, Probe, RefModel, Site,
+    catalog::{FENTRY_STRUCT_ARGS_SINCE, INLINES, NEWEST_CHECKED},
+    model::era,
 };
 use serde::{Deserialize, Serialize};
 
@@ -46,9 +47,9 @@ pub enum Resolution {
     Superseded { by: String },
     /// The entry does not apply to this kernel version.
     NotThisKernel {
-        since: String,
+        since: KernelVersion,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        until: Option<String>,
+        until: Option<KernelVersion>,
     },
     /// The caller it must be called from is not in kallsyms.
     CallerMissing { caller: String },
@@ -65,8 +66,8 @@ pub enum Resolution {
 pub struct ProbeEntry {
     pub id: u8,
     pub function: String,
-    pub kind: String,
-    pub site: String,
+    pub kind: EventKind,
+    pub site: Site,
     #[serde(flatten)]
     pub resolution: Resolution,
     /// Attach modes this entry may use, best first.
@@ -90,7 +91,7 @@ pub struct Plan {
     pub kernel: String,
     pub version: (u8, u8),
     pub era: String,
-    pub model: Model,
+    pub model: RefModel,
     pub requested: AttachMode,
     pub probes: Vec<ProbeEntry>,
     pub inlines: Vec<InlineCoverage>,
@@ -100,25 +101,6 @@ pub struct Plan {
     /// What the user should know but does not stop refwatch.
     #[serde(default)]
     pub notes: Vec<String>,
-}
-
-/// Serializable mirror of [`RefModel`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Model {
-    AllOneBased,
-    FsdaxOneBased,
-    ZeroBased,
-}
-
-impl From<RefModel> for Model {
-    fn from(m: RefModel) -> Self {
-        match m {
-            RefModel::AllOneBased => Model::AllOneBased,
-            RefModel::FsdaxOneBased => Model::FsdaxOneBased,
-            RefModel::ZeroBased => Model::ZeroBased,
-        }
-    }
 }
 
 fn matches_prototype(probe: &Probe, found: &[String]) -> bool {
@@ -133,7 +115,7 @@ fn matches_prototype(probe: &Probe, found: &[String]) -> bool {
 /// Whether an fentry program can carry this entry on this kernel: older trampolines refuse
 /// struct arguments passed by value.
 pub fn fentry_capable(probe: &Probe, version: (u8, u8)) -> bool {
-    version >= FENTRY_STRUCT_ARGS_SINCE || !probe.struct_by_value()
+    KernelVersion::from(version) >= FENTRY_STRUCT_ARGS_SINCE || !probe.struct_by_value()
 }
 
 fn modes_for(probe: &Probe, facts: &KernelFacts, requested: AttachMode) -> Vec<AttachMode> {
@@ -159,10 +141,8 @@ pub fn resolve(facts: &KernelFacts, requested: AttachMode) -> Plan {
         .map(|probe| {
             if !probe.applies_to(facts.version) {
                 Resolution::NotThisKernel {
-                    since: format!("{}.{}", probe.since.0, probe.since.1),
-                    until: probe
-                        .last_version()
-                        .map(|(major, minor)| format!("{major}.{minor}")),
+                    since: probe.since,
+                    until: probe.last_version(),
                 }
             } else if !facts.symbols.contains_key(probe.function) {
                 Resolution::Missing
@@ -184,7 +164,7 @@ pub fn resolve(facts: &KernelFacts, requested: AttachMode) -> Plan {
     // One entry per site: the first that resolves, in catalog order, but a hot one (every
     // normal page passes it) only where no other entry of its site resolves; there it is
     // left out by default, and `--with` swaps it in.
-    let mut taken: BTreeMap<&str, (&str, bool)> = BTreeMap::new();
+    let mut taken: BTreeMap<Site, (&str, bool)> = BTreeMap::new();
     let mut order: Vec<usize> = (0..CATALOG.len()).collect();
     order.sort_by_key(|&id| CATALOG[id].hot);
     for id in order {
@@ -192,7 +172,7 @@ pub fn resolve(facts: &KernelFacts, requested: AttachMode) -> Plan {
         if resolutions[id] != Resolution::Use {
             continue;
         }
-        resolutions[id] = match taken.get(probe.site) {
+        resolutions[id] = match taken.get(&probe.site) {
             Some((_, false)) if probe.hot => Resolution::Hot,
             Some((by, _)) => Resolution::Superseded {
                 by: (*by).to_owned(),
@@ -216,8 +196,8 @@ pub fn resolve(facts: &KernelFacts, requested: AttachMode) -> Plan {
         .map(|(id, (probe, resolution))| ProbeEntry {
             id: id as u8,
             function: probe.function.to_owned(),
-            kind: probe.kind.name().to_owned(),
-            site: probe.site.to_owned(),
+            kind: probe.kind,
+            site: probe.site,
             resolution,
             modes: modes_for(probe, facts, requested),
             attached: None,
@@ -281,18 +261,20 @@ pub fn resolve(facts: &KernelFacts, requested: AttachMode) -> Plan {
         };
         notes.push(format!("{no_kprobes}: fentry only{stuck}"));
     }
-    if facts.version > NEWEST_CHECKED {
+    let version = KernelVersion::from(facts.version);
+    if version > NEWEST_CHECKED {
         notes.push(format!(
-            "{}.{} is newer than any kernel the catalog was checked on ({}.{}): probes are resolved \
-             from kallsyms and BTF as usual, and the rules of the newest era ({}) apply",
-            facts.version.0, facts.version.1, NEWEST_CHECKED.0, NEWEST_CHECKED.1, era.name
+            "{version} is newer than any kernel the catalog was checked on ({NEWEST_CHECKED}): \
+             probes are resolved from kallsyms and BTF as usual, and the rules of the newest era \
+             ({}) apply",
+            era.name
         ));
     }
     Plan {
         kernel: facts.release.clone(),
         version: facts.version,
         era: era.name.to_owned(),
-        model: era.model.into(),
+        model: era.model,
         requested,
         probes,
         inlines,
@@ -312,11 +294,11 @@ impl Plan {
     /// ([`Resolution::Hot`]), in place of the entry their site uses; false if the catalog
     /// has none.
     pub fn with(&mut self, function: &str) -> bool {
-        let sites: Vec<String> = self
+        let sites: Vec<Site> = self
             .probes
             .iter()
             .filter(|p| p.function == function && p.resolution == Resolution::Hot)
-            .map(|p| p.site.clone())
+            .map(|p| p.site)
             .collect();
         for entry in self
             .probes
@@ -369,5 +351,43 @@ impl Plan {
 
     pub fn pgmap_type_name(&self, raw: u8) -> &str {
         self.pgmap_types.get(&raw).map_or("unknown", String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use refwatch_common::{KernelVersion, catalog::Level};
+
+    use super::*;
+
+    #[test]
+    fn versions_keep_their_text() {
+        let entry = Resolution::NotThisKernel {
+            since: KernelVersion::ANY,
+            until: Some(KernelVersion::new(6, 14)),
+        };
+        let text = serde_json::to_string(&entry).unwrap();
+        assert_eq!(
+            text,
+            r#"{"status":"not_this_kernel","since":"0.0","until":"6.14"}"#
+        );
+        assert_eq!(serde_json::from_str::<Resolution>(&text).unwrap(), entry);
+        assert!(serde_json::from_str::<KernelVersion>(r#""6""#).is_err());
+    }
+
+    #[test]
+    fn a_site_is_at_the_level_its_name_says() {
+        for probe in &CATALOG {
+            let name = serde_json::to_value(probe.site).unwrap();
+            let name = name.as_str().unwrap();
+            let level = if name.contains("pud") {
+                Level::Pud
+            } else if name.contains("pmd") {
+                Level::Pmd
+            } else {
+                Level::Pte
+            };
+            assert_eq!(probe.site.level(), level, "{name}");
+        }
     }
 }

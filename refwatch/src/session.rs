@@ -10,11 +10,11 @@ use aya::{
 use refwatch_common::{
     Event,
     globals::{self, Callers, Layout},
+    model::MemoryType,
 };
 use tokio::io::unix::AsyncFd;
 
 use crate::{
-    aggregate::{PgType, idle},
     btf::Btf,
     facts::{BTF_PATH, KernelFacts, VMEMMAP_BASE},
     kallsyms::Kallsyms,
@@ -228,7 +228,8 @@ impl Session {
         };
         // Parsing BTF and kallsyms peaks at tens of MiB that a long recording never needs
         // again: give it back to the kernel instead of keeping it as heap high-water mark.
-        // (musl's allocator, in the static build, unmaps freed memory by itself.)
+        // (musl's allocator, in the static build, unmaps freed memory by itself.) The figures:
+        // docs/performance.md, session memory.
         #[cfg(target_env = "gnu")]
         unsafe {
             libc::malloc_trim(0)
@@ -301,7 +302,7 @@ impl Session {
 fn idle_one_types(plan: &Plan) -> u64 {
     plan.pgmap_types
         .iter()
-        .filter(|&(&raw, name)| raw < 64 && idle(plan.model, PgType::from_name(name)) == Some(1))
+        .filter(|&(&raw, name)| raw < 64 && plan.model.idle(MemoryType::from_name(name)) == Some(1))
         .fold(0, |mask, (&raw, _)| mask | 1 << raw)
 }
 
@@ -323,62 +324,72 @@ fn load_object(
 /// A program's name and whether the running kernel's verifier accepted it.
 pub type VerifyOutcome = (String, Result<(), String>);
 
-/// Loads (verifies) the kprobe program of every catalog entry that applies to the running
-/// kernel's version without attaching, and, in `fentry` (function names by catalog id), the
-/// fentry program of each of those functions: the object's programs must pass the verifier
-/// of the running kernel even where it cannot attach them. Name → outcome.
-pub fn verify_programs(
-    kernel: &Kernel,
-    fentry: &[(u8, &str)],
-) -> Result<Vec<VerifyOutcome>, SessionError> {
-    let layout = kernel.facts.layout.clone().unwrap_or(Layout::PLACEHOLDER);
-    // A pid filter on: the verifier knows the frozen globals, and with 0 it would prune the
-    // filter's helper call instead of checking it.
-    let mut ebpf = load_object(
-        &layout.with_vmemmap_base(0),
-        &Callers::default(),
-        Some(1),
-        globals::DEFAULT_RING_BYTES,
-    )?;
-    let version = kernel.facts.version;
-    let mut outcomes: Vec<_> = (0..refwatch_common::CATALOG.len())
-        .filter(|&id| refwatch_common::CATALOG[id].applies_to(version))
-        .map(|id| {
-            let name = format!("k_{id}");
-            let outcome = program::<KProbe>(&mut ebpf, &name)
-                .and_then(|p| p.load().map_err(|e| error_chain(&e)));
-            (name, outcome)
-        })
-        .collect();
-    for &(id, function) in fentry {
-        let name = format!("f_{id}");
-        let outcome = kernel
-            .aya_btf()
-            .ok_or_else(|| "no kernel BTF".to_owned())
-            .and_then(|btf| {
-                program::<FEntry>(&mut ebpf, &name)?
-                    .load(function, btf)
-                    .map_err(|e| error_chain(&e))
-            });
-        outcomes.push((format!("{name} ({function})"), outcome));
-    }
-    Ok(outcomes)
+/// The object loaded once, unattached, to try its programs on the running kernel's verifier:
+/// whether fentry is allowed at all, and `probes --verify`. One load for both, as aya's loader
+/// parses the kernel's BTF each time it is made.
+pub struct Trial<'k> {
+    kernel: &'k Kernel,
+    ebpf: aya::Ebpf,
 }
 
-/// Whether the kernel accepts an fentry program on `function` (some kernels refuse every
-/// fentry load with EPERM).
-pub fn fentry_allowed(kernel: &Kernel, id: u8, function: &str) -> Result<(), String> {
-    let layout = kernel.facts.layout.clone().map_err(|e| e.to_string())?;
-    let mut ebpf = load_object(
-        &layout.with_vmemmap_base(0),
-        &Callers::default(),
-        None,
-        globals::DEFAULT_RING_BYTES,
-    )
-    .map_err(|e| error_chain(&e))?;
-    let btf = kernel.aya_btf().ok_or("no kernel BTF")?;
-    let prog: &mut FEntry = program(&mut ebpf, &format!("f_{id}"))?;
-    prog.load(function, btf).map_err(|e| error_chain(&e))
+impl<'k> Trial<'k> {
+    pub fn load(kernel: &'k Kernel) -> Result<Self, SessionError> {
+        let layout = kernel.facts.layout.clone().unwrap_or(Layout::PLACEHOLDER);
+        // A pid filter on: the verifier knows the frozen globals, and with 0 it would prune
+        // the filter's helper call instead of checking it.
+        let ebpf = load_object(
+            &layout.with_vmemmap_base(0),
+            &Callers::default(),
+            Some(1),
+            globals::DEFAULT_RING_BYTES,
+        )?;
+        Ok(Self { kernel, ebpf })
+    }
+
+    /// Whether the kernel accepts an fentry program on `function` (some kernels refuse every
+    /// fentry load with EPERM). The program is unloaded again.
+    pub fn fentry_allowed(&mut self, id: u8, function: &str) -> Result<(), String> {
+        self.kernel
+            .facts
+            .layout
+            .as_ref()
+            .map_err(ToString::to_string)?;
+        let btf = self.kernel.aya_btf().ok_or("no kernel BTF")?;
+        let prog: &mut FEntry = program(&mut self.ebpf, &format!("f_{id}"))?;
+        prog.load(function, btf).map_err(|e| error_chain(&e))?;
+        prog.unload().map_err(|e| error_chain(&e))
+    }
+
+    /// Loads (verifies) the kprobe program of every catalog entry that applies to the running
+    /// kernel's version, and, in `fentry` (function names by catalog id), the fentry program
+    /// of each of those functions: the object's programs must pass the verifier of the
+    /// running kernel even where it cannot attach them. Name → outcome.
+    pub fn verify(mut self, fentry: &[(u8, &str)]) -> Vec<VerifyOutcome> {
+        let version = self.kernel.facts.version;
+        let mut outcomes: Vec<_> = (0..refwatch_common::CATALOG.len())
+            .filter(|&id| refwatch_common::CATALOG[id].applies_to(version))
+            .map(|id| {
+                let name = format!("k_{id}");
+                let outcome = program::<KProbe>(&mut self.ebpf, &name)
+                    .and_then(|p| p.load().map_err(|e| error_chain(&e)));
+                (name, outcome)
+            })
+            .collect();
+        for &(id, function) in fentry {
+            let name = format!("f_{id}");
+            let outcome = self
+                .kernel
+                .aya_btf()
+                .ok_or_else(|| "no kernel BTF".to_owned())
+                .and_then(|btf| {
+                    program::<FEntry>(&mut self.ebpf, &name)?
+                        .load(function, btf)
+                        .map_err(|e| error_chain(&e))
+                });
+            outcomes.push((format!("{name} ({function})"), outcome));
+        }
+        outcomes
+    }
 }
 
 fn drain(ring: &mut RingBuf<MapData>, out: &mut Vec<Event>) {

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use clap::ValueEnum;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde::Serialize;
 
@@ -92,7 +93,7 @@ impl Summary {
             attach: attach_mode(plan),
             events: agg.events(),
             dropped,
-            rules: Rule::ALL
+            rules: Rule::value_variants()
                 .iter()
                 .map(|&r| RuleSummary {
                     rule: r,
@@ -191,7 +192,7 @@ impl Summary {
                 Coverage::Checked => "checked".to_owned(),
                 Coverage::Unchecked(why) => format!("unchecked: {why}"),
             };
-            t.add_row([r.rule.id().to_owned(), r.count.to_string(), state]);
+            t.add_row([r.rule.to_string(), r.count.to_string(), state]);
         }
         out.push_str(&format!("{t}\n"));
         let dropped = self.dropped.map_or("unknown".into(), |d| d.to_string());
@@ -281,7 +282,7 @@ fn render_group(group: &[&FindingOut]) -> String {
     };
     let mut s = format!(
         "\n[{}] {pages} ({} pgmap {:#x}{range}) {}/{} {} at {:.6}s\n",
-        f.rule.id(),
+        f.rule,
         printable(&f.pgmap.type_name),
         f.pgmap.address,
         printable(&f.comm),
@@ -371,7 +372,7 @@ pub fn from_trace<R: std::io::Read + Send>(
     mut reader: crate::trace::TraceReader<R>,
 ) -> Result<Summary, crate::trace::TraceError> {
     let plan = reader.header().plan.clone();
-    let mut agg = Aggregator::new(crate::aggregate::Context::from_plan(&plan));
+    let mut agg = Aggregator::new(crate::aggregate::KernelView::from_plan(&plan));
     reader.for_each_event(|ev| {
         agg.observe(ev);
     })?;
@@ -393,13 +394,13 @@ pub(crate) mod tests {
     use super::*;
     use crate::{
         aggregate::synth::{Probes, healthy},
-        plan::Model,
         trace::TraceReader,
     };
+    use refwatch_common::RefModel;
 
     /// A synthetic trace's summary: healthy events of `model`, one insert at refcount 0 with
     /// `breach`.
-    pub(crate) fn summary(model: Model, breach: bool, dropped: u64) -> Summary {
+    pub(crate) fn summary(model: RefModel, breach: bool, dropped: u64) -> Summary {
         let p = Probes::for_model(model);
         let mut events = healthy(&p, false, 2, &[]);
         if breach {
@@ -421,7 +422,7 @@ pub(crate) mod tests {
 
     #[test]
     fn json_and_tables_carry_the_finding() {
-        let s = summary(Model::FsdaxOneBased, true, 0);
+        let s = summary(RefModel::FsdaxOneBased, true, 0);
         let json = serde_json::to_value(&s).unwrap();
         let f = &json["findings"][0];
         assert_eq!(f["rule"], "insert-zero-ref");

@@ -119,7 +119,7 @@ pub fn decide(s: &Summary, p: &Policy) -> Verdict {
         .iter()
         .filter(|r| p.rules.contains(&r.rule))
         .filter_map(|r| match &r.coverage {
-            Coverage::Unchecked(why) => Some(format!("{} is unchecked: {why}", r.rule.id())),
+            Coverage::Unchecked(why) => Some(format!("{} is unchecked: {why}", r.rule)),
             Coverage::Checked => None,
         })
         .collect();
@@ -161,9 +161,10 @@ mod tests {
     use super::*;
     use crate::{
         capture::{CommandOutcome, CommandRun},
-        plan::Model,
         summary::tests::summary,
     };
+    use clap::ValueEnum;
+    use refwatch_common::RefModel;
 
     fn policy(max_violations: u64, rules: &[Rule]) -> Policy {
         Policy {
@@ -180,23 +181,29 @@ mod tests {
     #[test]
     fn findings_over_the_limit_fail() {
         let all = policy(0, &[]);
-        assert_eq!(exit(&summary(Model::ZeroBased, false, 0), &all), EXIT_PASS);
-        let bad = summary(Model::ZeroBased, true, 0);
+        assert_eq!(
+            exit(&summary(RefModel::ZeroBased, false, 0), &all),
+            EXIT_PASS
+        );
+        let bad = summary(RefModel::ZeroBased, true, 0);
         assert_eq!(exit(&bad, &all), EXIT_FAIL);
         assert_eq!(exit(&bad, &policy(1, &[])), EXIT_PASS);
         assert_eq!(exit(&bad, &policy(0, &[Rule::TeardownBusy])), EXIT_PASS);
         // Findings decide before drops: a failure is a failure even if events were lost.
-        assert_eq!(exit(&summary(Model::ZeroBased, true, 3), &all), EXIT_FAIL);
+        assert_eq!(
+            exit(&summary(RefModel::ZeroBased, true, 3), &all),
+            EXIT_FAIL
+        );
     }
 
     #[test]
     fn drops_and_unchecked_rules_asked_for_are_inconclusive() {
         let all = policy(0, &[]);
         assert_eq!(
-            exit(&summary(Model::ZeroBased, false, 3), &all),
+            exit(&summary(RefModel::ZeroBased, false, 3), &all),
             EXIT_INCONCLUSIVE
         );
-        let old = summary(Model::AllOneBased, false, 0);
+        let old = summary(RefModel::AllOneBased, false, 0);
         assert_eq!(exit(&old, &all), EXIT_PASS);
         assert_eq!(
             exit(&old, &policy(0, &[Rule::FreeWhileMapped])),
@@ -206,7 +213,7 @@ mod tests {
 
     #[test]
     fn no_device_memory_seen_is_inconclusive_unless_allowed() {
-        let mut idle = summary(Model::ZeroBased, false, 0);
+        let mut idle = summary(RefModel::ZeroBased, false, 0);
         idle.events = 0;
         let mut p = policy(0, &[]);
         let v = decide(&idle, &p);
@@ -221,7 +228,7 @@ mod tests {
 
     #[test]
     fn a_failed_command_fails_unless_allowed() {
-        let mut s = summary(Model::ZeroBased, false, 0);
+        let mut s = summary(RefModel::ZeroBased, false, 0);
         let mut p = policy(0, &[]);
         for (outcome, code) in [
             (CommandOutcome::Exited { status: 0 }, EXIT_PASS),
@@ -250,9 +257,9 @@ mod tests {
 
     #[test]
     fn rule_outcomes_agree_with_the_verdict() {
-        let bad = summary(Model::ZeroBased, true, 0);
+        let bad = summary(RefModel::ZeroBased, true, 0);
         let outcomes = rule_outcomes(&bad, &policy(0, &[]));
-        assert_eq!(outcomes.len(), Rule::ALL.len());
+        assert_eq!(outcomes.len(), Rule::value_variants().len());
         assert_eq!(
             outcomes[0],
             (Rule::InsertZeroRef, RuleOutcome::Failed { count: 1 })
@@ -266,7 +273,7 @@ mod tests {
             rule_outcomes(&bad, &policy(1, &[]))[0].1,
             RuleOutcome::Passed { count: 1 }
         );
-        let old = rule_outcomes(&summary(Model::AllOneBased, false, 0), &policy(0, &[]));
+        let old = rule_outcomes(&summary(RefModel::AllOneBased, false, 0), &policy(0, &[]));
         let free = old
             .iter()
             .find(|(r, _)| *r == Rule::FreeWhileMapped)
@@ -275,7 +282,7 @@ mod tests {
             matches!(&free.1, RuleOutcome::Skipped(why) if why.starts_with("unchecked on this kernel")),
             "{free:?}"
         );
-        let dropped = rule_outcomes(&summary(Model::ZeroBased, false, 2), &policy(0, &[]));
+        let dropped = rule_outcomes(&summary(RefModel::ZeroBased, false, 2), &policy(0, &[]));
         assert!(
             dropped
                 .iter()

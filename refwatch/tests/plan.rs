@@ -1,10 +1,12 @@
 //! Probe-plan resolution against the facts of real Debian kernels, captured in the VM lab with
 //! `refwatch probes --facts` (kallsyms presence, BTF prototypes, struct layout).
 
+use clap::ValueEnum;
 use refwatch::{
     facts::KernelFacts,
-    plan::{self, AttachMode, Model, Plan, Resolution},
+    plan::{self, AttachMode, Plan, Resolution},
 };
+use refwatch_common::RefModel;
 
 fn plan(kernel: &str, mode: AttachMode) -> Plan {
     let path = format!("{}/tests/facts/{kernel}.json", env!("CARGO_MANIFEST_DIR"));
@@ -20,7 +22,7 @@ fn used(plan: &Plan) -> Vec<String> {
         .collect()
 }
 
-fn expect(kernel: &str, model: Model, want: &[&str]) {
+fn expect(kernel: &str, model: RefModel, want: &[&str]) {
     let plan = plan(kernel, AttachMode::Kprobe);
     assert_eq!(plan.model, model, "{kernel}");
     assert!(plan.blockers.is_empty(), "{kernel}: {:?}", plan.blockers);
@@ -31,7 +33,7 @@ fn expect(kernel: &str, model: Model, want: &[&str]) {
 fn debian_5_10() {
     expect(
         "5.10",
-        Model::AllOneBased,
+        RefModel::AllOneBased,
         &[
             "pgmap_add:memremap_pages",
             "pgmap_remove:memunmap_pages",
@@ -54,7 +56,7 @@ fn debian_5_10() {
 fn debian_6_1() {
     expect(
         "6.1",
-        Model::FsdaxOneBased,
+        RefModel::FsdaxOneBased,
         &[
             "pgmap_add:memremap_pages",
             "insert:__vm_insert_mixed",
@@ -80,7 +82,7 @@ fn debian_6_1() {
 fn debian_6_12() {
     expect(
         "6.12",
-        Model::FsdaxOneBased,
+        RefModel::FsdaxOneBased,
         &[
             "pgmap_add:memremap_pages",
             "insert:__vm_insert_mixed",
@@ -106,7 +108,7 @@ fn debian_6_12() {
 fn debian_7_2() {
     expect(
         "7.2",
-        Model::ZeroBased,
+        RefModel::ZeroBased,
         &[
             "pgmap_add:memremap_pages",
             "insert:vmf_insert_page_mkwrite",
@@ -221,7 +223,7 @@ fn newer_kernels_get_a_note_not_a_refusal() {
     let plan = plan::resolve(&facts, AttachMode::Kprobe);
     assert!(plan.blockers.is_empty());
     assert!(plan.notes[0].contains("8.1 is newer"), "{:?}", plan.notes);
-    assert_eq!(plan.model, Model::ZeroBased);
+    assert_eq!(plan.model, RefModel::ZeroBased);
 }
 
 #[test]
@@ -284,7 +286,7 @@ fn layouts_from_btf_match_the_binaries() {
 
 #[test]
 fn skipped_probes_leave_their_rules_unchecked() {
-    use refwatch::aggregate::{Context, Coverage, Rule};
+    use refwatch::aggregate::{Coverage, KernelView, Rule};
     let mut p = plan("6.1", AttachMode::Kprobe);
     assert!(p.skip("unmap_page_range"));
     assert!(!p.skip("get_page"), "inline: not in the catalog");
@@ -295,7 +297,7 @@ fn skipped_probes_leave_their_rules_unchecked() {
             .any(|e| e.function == "unmap_page_range" && e.resolution == Resolution::Skipped)
     );
     // What the aggregator judges with, had every used entry attached.
-    let ctx = Context::new(p.model, p.used().map(|e| e.id), p.pgmap_types.clone());
+    let ctx = KernelView::new(p.model, p.used().map(|e| e.id), p.pgmap_types.clone());
     assert!(matches!(
         ctx.coverage(Rule::FreeWhileMapped),
         Coverage::Unchecked(_)
@@ -308,7 +310,7 @@ fn skipped_probes_leave_their_rules_unchecked() {
 /// of the range (unmap_page_range) tells the mapped state; `--with` attaches them.
 #[test]
 fn hot_unmap_probes_are_off_where_no_rule_needs_them() {
-    use refwatch::aggregate::{Context, Coverage, Rule};
+    use refwatch::aggregate::{Coverage, KernelView, Rule};
     let mut p = plan("7.2", AttachMode::Kprobe);
     let status = |p: &Plan, f: &str| {
         p.probes
@@ -323,9 +325,13 @@ fn hot_unmap_probes_are_off_where_no_rule_needs_them() {
     // Nothing stands in for them (vm_normal_page's caller is inlined here, and would be
     // superseded by them).
     assert_ne!(status(&p, "vm_normal_page"), Resolution::Use);
-    let ctx = Context::new(p.model, p.used().map(|e| e.id), p.pgmap_types.clone());
+    let ctx = KernelView::new(p.model, p.used().map(|e| e.id), p.pgmap_types.clone());
     // truncate-busy has nothing to check from 6.15 on: the filesystem waits for the page.
-    for rule in Rule::ALL.into_iter().filter(|&r| r != Rule::TruncateBusy) {
+    for rule in Rule::value_variants()
+        .iter()
+        .copied()
+        .filter(|&r| r != Rule::TruncateBusy)
+    {
         assert_eq!(ctx.coverage(rule), Coverage::Checked, "{rule:?}");
     }
     assert!(p.with("folio_remove_rmap_ptes"));
@@ -343,7 +349,7 @@ fn hot_unmap_probes_are_off_where_no_rule_needs_them() {
             by: "vm_normal_page".into(),
         };
         assert_eq!(status(&p, "unmap_page_range"), by, "{k}");
-        let ctx = Context::new(p.model, p.used().map(|e| e.id), p.pgmap_types.clone());
+        let ctx = KernelView::new(p.model, p.used().map(|e| e.id), p.pgmap_types.clone());
         // 5.10 frees at the idle refcount 1: the rule is unchecked there whatever is probed.
         if k != "5.10" {
             assert_eq!(

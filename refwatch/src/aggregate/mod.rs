@@ -9,140 +9,30 @@ pub(crate) mod synth;
 mod tasks;
 #[cfg(test)]
 mod tests;
+mod view;
 
 use std::collections::{BTreeMap, HashMap};
 
 use refwatch_common::{
-    Arg, CATALOG, Event, EventKind, Probe, catalog::CATALOG_LEN, event::PGMAP_TYPE_UNKNOWN,
+    Arg, CATALOG, Event, EventKind, Probe, RefModel,
+    catalog::Level,
+    event::PGMAP_TYPE_UNKNOWN,
+    model::{Counts, Hit, MemoryType, moved},
 };
 use serde::Serialize;
 
 use pages::Pages;
-pub use rules::{Coverage, PgType, Rule, idle, idle_visible};
-use rules::{Level, PageView};
+use rules::PageView;
+pub use rules::{Coverage, Rule};
 pub use state::{Counters, PgmapState, Transition};
 use state::{PageState, Step};
 use tasks::{Task, Tasks};
+pub use view::KernelView;
 
-use crate::{
-    event::EventExt,
-    plan::{Model, Plan},
-};
+use crate::event::EventExt;
 
 /// Findings kept with their details; beyond this only the per-rule counts grow.
 pub const KEPT_FINDINGS: usize = 1000;
-
-/// What the aggregator needs to know about the kernel, taken from the [`Plan`].
-#[derive(Clone, Debug)]
-pub struct Context {
-    pub model: Model,
-    attached: [bool; CATALOG_LEN],
-    pgmap_types: BTreeMap<u8, String>,
-    /// Per-event lookups, precomputed: the rules' type of each raw pgmap type, and whether
-    /// unmaps are probed at each [`Level`].
-    types: [PgType; 256],
-    unmap_levels: [bool; 3],
-    /// Per catalog entry: are unmaps probed at the level of its site.
-    tracked: [bool; CATALOG_LEN],
-    /// Unmaps come as zapped address ranges, matched against the inserts' (mm, address).
-    range_unmaps: bool,
-}
-
-impl Context {
-    pub fn new(
-        model: Model,
-        attached: impl IntoIterator<Item = u8>,
-        pgmap_types: BTreeMap<u8, String>,
-    ) -> Self {
-        let mut mask = [false; CATALOG_LEN];
-        for id in attached {
-            if let Some(slot) = mask.get_mut(id as usize) {
-                *slot = true;
-            }
-        }
-        let mut types = [PgType::Unknown; 256];
-        for (&raw, name) in pgmap_types
-            .iter()
-            .filter(|(raw, _)| **raw != PGMAP_TYPE_UNKNOWN)
-        {
-            types[raw as usize] = PgType::from_name(name);
-        }
-        let mut unmap_levels = [false; 3];
-        for (p, _) in CATALOG
-            .iter()
-            .zip(mask)
-            .filter(|(p, on)| *on && p.kind == EventKind::Unmap)
-        {
-            match p.arg {
-                // A zap of a range takes its PMDs and PUDs with its PTEs.
-                Arg::Range { .. } => unmap_levels = [true; 3],
-                _ => unmap_levels[rules::level(p) as usize] = true,
-            }
-        }
-        // A zap of ranges, not a move: with the per-PTE unmap probe in its place (`--with`),
-        // inserts are counted, not keyed, though mremap is still probed.
-        let range_unmaps = CATALOG
-            .iter()
-            .zip(mask)
-            .any(|(p, on)| on && matches!(p.arg, Arg::Range { .. }));
-        // A range zap finds only the inserts that said where they map (not PUD ones).
-        let tracked = CATALOG
-            .map(|p| unmap_levels[rules::level(&p) as usize] && (!range_unmaps || p.at.is_some()));
-        Self {
-            model,
-            attached: mask,
-            pgmap_types,
-            types,
-            unmap_levels,
-            tracked,
-            range_unmaps,
-        }
-    }
-
-    pub fn from_plan(plan: &Plan) -> Self {
-        Self::new(
-            plan.model,
-            plan.attached().map(|p| p.id),
-            plan.pgmap_types.clone(),
-        )
-    }
-
-    fn attached_probes(&self) -> impl Iterator<Item = &'static Probe> {
-        CATALOG
-            .iter()
-            .zip(self.attached)
-            .filter(|(_, on)| *on)
-            .map(|(p, _)| p)
-    }
-
-    pub fn sees(&self, kind: EventKind) -> bool {
-        self.attached_probes().any(|p| p.carries(kind))
-    }
-
-    fn unmap_seen(&self, level: Level) -> bool {
-        self.unmap_levels[level as usize]
-    }
-
-    pub fn type_name(&self, raw: u8) -> &str {
-        if raw == PGMAP_TYPE_UNKNOWN {
-            return "unknown";
-        }
-        self.pgmap_types.get(&raw).map_or("unknown", String::as_str)
-    }
-
-    fn pg_type(&self, raw: u8) -> PgType {
-        self.types[raw as usize]
-    }
-
-    /// Whether an insert through `probe` is a mapping that a range zap will take away.
-    fn keyed(&self, probe: &Probe) -> bool {
-        self.range_unmaps && probe.at.is_some() && self.model != Model::ZeroBased
-    }
-
-    pub fn coverage(&self, rule: Rule) -> Coverage {
-        rules::coverage(rule, self)
-    }
-}
 
 /// The pgmap a finding's page belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -185,7 +75,7 @@ pub struct Finding {
 
 #[derive(Clone, Debug, Default)]
 pub struct Aggregator {
-    ctx: Option<Context>,
+    ctx: Option<KernelView>,
     pages: Pages,
     /// The tasks of the steps the pages remember.
     tasks: Tasks,
@@ -194,7 +84,7 @@ pub struct Aggregator {
     /// Pgmaps whose teardown started, oldest first, bounded.
     retired: Vec<PgmapState>,
     /// Device PTEs by (mm, user address) → pfn, where unmaps come as zapped ranges
-    /// ([`Context::keyed`]): bounded by the device pages mapped.
+    /// ([`KernelView::keyed`]): bounded by the device pages mapped.
     mappings: BTreeMap<(u64, u64), u64>,
     /// Pages the teardown scan found held, until their pgmap's event comes.
     held: Vec<Held>,
@@ -243,14 +133,14 @@ struct Busy {
 }
 
 impl Aggregator {
-    pub fn new(ctx: Context) -> Self {
+    pub fn new(ctx: KernelView) -> Self {
         Self {
             ctx: Some(ctx),
             ..Self::default()
         }
     }
 
-    pub fn context(&self) -> &Context {
+    pub fn context(&self) -> &KernelView {
         self.ctx.as_ref().expect("built with new()")
     }
 
@@ -290,8 +180,8 @@ impl Aggregator {
             .map(|(_, p)| p)
             .filter(|p| p.pgmap == pgmap)
             .fold((0, 0), |(refs, mapped), p| {
-                let above = match idle(model, p.ty) {
-                    Some(i) if idle_visible(model, p.ty) => (p.refcount - i).max(0),
+                let above = match model.idle(p.ty) {
+                    Some(i) if model.idle_visible(p.ty) => (p.refcount - i).max(0),
                     _ => 0,
                 };
                 (refs + above, mapped + u64::from(p.mapped > 0))
@@ -435,7 +325,7 @@ impl Aggregator {
         let ty = self
             .pgmaps
             .get(&ev.pgmap)
-            .map_or(PgType::Unknown, |pg| pg.ty);
+            .map_or(MemoryType::Unknown, |pg| pg.ty);
         let mut busy: BTreeMap<u64, Busy> = BTreeMap::new();
         let mut add = |pfn: u64, page: u64, why: String| {
             busy.entry(pfn)
@@ -449,11 +339,11 @@ impl Aggregator {
         let (held, rest): (Vec<Held>, Vec<Held>) =
             self.held.drain(..).partition(|h| h.pgmap == ev.pgmap);
         self.held = rest;
-        if rules::teardown_waits(model, ty) {
+        if model.teardown_waits(ty) {
             return busy;
         }
         for h in held.iter().filter(|_| scanned) {
-            let idle = idle(model, ty).unwrap_or(0);
+            let idle = model.idle(ty).unwrap_or(0);
             if i64::from(h.refcount) > idle {
                 add(
                     h.pfn,
@@ -466,9 +356,10 @@ impl Aggregator {
             }
         }
         for (pfn, p) in self.pages.iter().filter(|(_, p)| p.pgmap == ev.pgmap) {
-            let estimated = !scanned && model != Model::AllOneBased;
-            if let Some(i) = idle(model, p.ty)
-                .filter(|&i| estimated && idle_visible(model, p.ty) && p.refcount > i)
+            let estimated = !scanned && model != RefModel::AllOneBased;
+            if let Some(i) = model
+                .idle(p.ty)
+                .filter(|&i| estimated && model.idle_visible(p.ty) && p.refcount > i)
             {
                 add(
                     pfn,
@@ -476,7 +367,7 @@ impl Aggregator {
                     format!("refcount {} above idle {i}", p.refcount),
                 );
             }
-            if p.mapped > 0 && !(scanned && model == Model::ZeroBased) {
+            if p.mapped > 0 && !(scanned && model == RefModel::ZeroBased) {
                 add(pfn, p.page, format!("{} mapping(s) left", p.mapped));
             }
         }
@@ -516,7 +407,7 @@ impl Aggregator {
         // 6.15+ keeps no table of mappings: the kernel's mapcount says the page is mapped, and
         // its history who mapped it last.
         if maps.is_empty()
-            && self.context().model == Model::ZeroBased
+            && self.context().model == RefModel::ZeroBased
             && let Some(s) = last(EventKind::Insert)
         {
             let function = CATALOG.get(s.probe as usize).map_or("?", |p| p.function);
@@ -530,12 +421,12 @@ impl Aggregator {
     }
 
     /// Remembers (or forgets) the last grab of a page whose return to idle no probe sees.
-    fn track_grab(&mut self, ev: &Event, kind: EventKind, ty: PgType) {
+    fn track_grab(&mut self, ev: &Event, kind: EventKind, ty: MemoryType) {
         let model = self.context().model;
-        if idle_visible(model, ty) {
+        if model.idle_visible(ty) {
             return;
         }
-        let idle = idle(model, ty).unwrap_or(0);
+        let idle = model.idle(ty).unwrap_or(0);
         let held =
             kind == EventKind::Get && !(CATALOG[ev.probe as usize].speculative && ev.refcount <= 0);
         if held && (self.grabs.len() < MAX_GRABS || self.grabs.contains_key(&ev.pfn)) {
@@ -630,8 +521,8 @@ impl Aggregator {
         let Some(page) = self.pages.get(pfn) else {
             return;
         };
-        let idle_now = match idle(model, page.ty) {
-            Some(i) if idle_visible(model, page.ty) => page.refcount <= i,
+        let idle_now = match model.idle(page.ty) {
+            Some(i) if model.idle_visible(page.ty) => page.refcount <= i,
             _ => true,
         };
         if teardown || (idle_now && page.mapped <= 0) {
@@ -658,7 +549,7 @@ impl Aggregator {
 
     fn page_event(&mut self, ev: &Event, kind: EventKind, probe: &'static Probe) -> usize {
         let keyed = kind == EventKind::Insert && self.context().keyed(probe);
-        let pmd = keyed && rules::level(probe) == Level::Pmd;
+        let pmd = keyed && probe.site.level() == Level::Pmd;
         // A PMD maps its 512 pages from the aligned address down.
         let address = if pmd {
             ev.extra & !(PMD_PAGES * PAGE_SIZE - 1)
@@ -856,66 +747,35 @@ impl Aggregator {
     }
 }
 
-/// Moves a page's refcount and mapping estimate past the probed function; `new_mapping` is
-/// false for an insert at an address that already mapped the page.
+/// Moves a page's refcount and mapping estimate past the probed function (the model's
+/// [`RefModel::after`]); `new_mapping` is false for an insert at an address that already
+/// mapped the page.
 fn advance(
-    ctx: &Context,
+    ctx: &KernelView,
     probe: &Probe,
     kind: EventKind,
     ev: &Event,
     page: &mut PageState,
     new_mapping: bool,
 ) {
-    let r = i64::from(ev.refcount);
-    let m = i64::from(ev.mapcount);
-    let refs = rules::moved(probe, ev);
-    let zero_based = ctx.model == Model::ZeroBased;
     let tracked = ctx
         .tracked
         .get(ev.probe as usize)
         .copied()
-        .unwrap_or_else(|| ctx.unmap_seen(rules::level(probe)));
-    if rules::passthrough(ctx.model, probe, page.ty) {
-        return;
-    }
-    match kind {
-        EventKind::Insert => {
-            // 7.x: the mapping takes a reference and a mapcount, unless the insert fails on 0.
-            let ok = !zero_based || r >= 1;
-            page.refcount = if zero_based && ok { r + 1 } else { r };
-            if tracked && ok && new_mapping {
-                page.mapped = if zero_based { m + 1 } else { page.mapped + 1 };
-            }
-        }
-        EventKind::Get => {
-            let fails = probe.speculative && r <= 0;
-            page.refcount = if fails || probe.taken_before {
-                r
-            } else {
-                r + refs
-            };
-        }
-        EventKind::Put => page.refcount = r - refs,
-        EventKind::Free => {
-            // 7.x GENERIC is reset to its idle 1; every other free leaves the count as it was.
-            page.refcount = match (zero_based, page.ty) {
-                (true, PgType::Generic) => 1,
-                _ => r,
-            };
-            if zero_based {
-                // A freed folio starts over; a nonzero mapcount here is reported, not carried.
-                page.mapped = 0;
-            }
-        }
-        EventKind::Unmap => {
-            page.refcount = r;
-            page.mapped = if zero_based {
-                m - refs
-            } else {
-                (page.mapped - refs).max(0)
-            };
-        }
-        EventKind::Truncate => page.refcount = r,
-        EventKind::PgmapAdd | EventKind::PgmapRemove | EventKind::Remap | EventKind::Held => {}
-    }
+        .unwrap_or_else(|| ctx.unmap_seen(probe.site.level()));
+    let hit = Hit {
+        probe,
+        kind,
+        ty: page.ty,
+        refcount: i64::from(ev.refcount),
+        mapcount: i64::from(ev.mapcount),
+        refs: moved(probe, ev),
+        counts_mapping: tracked && new_mapping,
+    };
+    let before = Counts {
+        refcount: page.refcount,
+        mapped: page.mapped,
+    };
+    let after = ctx.model.after(&hit, before);
+    (page.refcount, page.mapped) = (after.refcount, after.mapped);
 }

@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 
-use super::{rules::PgType, state::PageState, tasks::Tasks};
+use refwatch_common::model::MemoryType;
+
+use super::{state::PageState, tasks::Tasks};
 
 /// pfns are well-spread integers: a multiplicative (Fx-style) hash is enough, where SipHash
 /// took about a tenth of `refwatch report`'s time.
@@ -63,7 +65,7 @@ impl Pages {
         &mut self,
         pfn: u64,
         pgmap: u64,
-        ty: PgType,
+        ty: MemoryType,
         refcount: i64,
     ) -> (&mut PageState, bool) {
         let mut fresh = false;

@@ -4,7 +4,9 @@
 use refwatch_common::{CATALOG, EventKind};
 use serde::Serialize;
 
-use super::{rules::PgType, tasks::Task};
+use refwatch_common::model::MemoryType;
+
+use super::tasks::Task;
 use crate::event::comm_str;
 
 /// How many transitions each page remembers for findings.
@@ -137,7 +139,7 @@ pub struct PageState {
     pub pgmap: u64,
     /// The `struct page *` events named it by.
     pub page: u64,
-    pub ty: PgType,
+    pub ty: MemoryType,
     /// Refcount after the last event: its entry value plus what the function does.
     pub refcount: i64,
     /// Mappings not yet unmapped at levels whose unmaps are probed (≤6.12 shadow count), or
@@ -155,7 +157,7 @@ impl PageState {
         Self {
             pgmap: 0,
             page: 0,
-            ty: PgType::Unknown,
+            ty: MemoryType::Unknown,
             refcount: 0,
             mapped: 0,
             last_finding: None,
@@ -165,7 +167,7 @@ impl PageState {
 
     /// A page going live, in a new slot or in that of a page that went idle: the old steps
     /// are left in place as dead bytes (rewriting 512 bytes per page showed in profiles).
-    pub fn start(&mut self, pgmap: u64, ty: PgType, refcount: i64) {
+    pub fn start(&mut self, pgmap: u64, ty: MemoryType, refcount: i64) {
         (
             self.pgmap,
             self.ty,
@@ -209,7 +211,7 @@ impl Counters {
 pub struct PgmapState {
     pub address: u64,
     pub raw_type: u8,
-    pub ty: PgType,
+    pub ty: MemoryType,
     /// `[start, end)` pfn ranges.
     pub ranges: Vec<(u64, u64)>,
     /// Learned from a page rather than from memremap_pages.

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use refwatch_common::{CATALOG, Event, EventKind};
 
-use super::Context;
-use crate::plan::Model;
+use super::KernelView;
+use refwatch_common::RefModel;
 
 pub const PGMAP: u64 = 0xffff_8881_0000_2000;
 pub const BASE_PFN: u64 = 0x24_0000;
@@ -20,13 +20,13 @@ const MAP_BASE: u64 = 0x7f12_3400_0000;
 pub fn probe_id(function: &str, kernel: &str) -> u8 {
     CATALOG
         .iter()
-        .position(|p| p.function == function && p.checked.split(' ').any(|k| k == kernel))
+        .position(|p| p.function == function && p.checked.contains(&kernel))
         .unwrap_or_else(|| panic!("{function} for {kernel} is not in the catalog")) as u8
 }
 
-/// The probes a kernel of each era attaches, as in the notes' catalog.
+/// The probes a kernel of each era attaches, as in docs/catalog.md.
 pub struct Probes {
-    pub model: Model,
+    pub model: RefModel,
     pub insert: u8,
     pub unmap: u8,
     pub get: u8,
@@ -44,14 +44,14 @@ pub struct Probes {
 }
 
 impl Probes {
-    pub fn for_model(model: Model) -> Self {
+    pub fn for_model(model: RefModel) -> Self {
         let k = match model {
-            Model::AllOneBased => "5.10",
-            Model::FsdaxOneBased => "6.12",
-            Model::ZeroBased => "7.2",
+            RefModel::AllOneBased => "5.10",
+            RefModel::FsdaxOneBased => "6.12",
+            RefModel::ZeroBased => "7.2",
         };
         let (insert, unmap, get, spec, devmap_put, gup_put, free) = match model {
-            Model::AllOneBased => (
+            RefModel::AllOneBased => (
                 "__vm_insert_mixed",
                 "unmap_page_range",
                 "try_grab_page",
@@ -60,7 +60,7 @@ impl Probes {
                 None,
                 "free_devmap_managed_page",
             ),
-            Model::FsdaxOneBased => (
+            RefModel::FsdaxOneBased => (
                 "__vm_insert_mixed",
                 "unmap_page_range",
                 "try_grab_folio",
@@ -69,7 +69,7 @@ impl Probes {
                 Some("gup_put_folio"),
                 "free_zone_device_folio",
             ),
-            Model::ZeroBased => (
+            RefModel::ZeroBased => (
                 "vmf_insert_page_mkwrite",
                 "folio_remove_rmap_ptes",
                 "try_grab_folio",
@@ -80,7 +80,7 @@ impl Probes {
             ),
         };
         // enum memory_type: FS_DAX=2 GENERIC=3 on 5.10, FS_DAX=3 GENERIC=4 from 6.1.
-        let (fsdax, generic) = if model == Model::AllOneBased {
+        let (fsdax, generic) = if model == RefModel::AllOneBased {
             (2, 3)
         } else {
             (3, 4)
@@ -94,7 +94,7 @@ impl Probes {
             devmap_put: devmap_put.map(|f| probe_id(f, k)),
             gup_put: gup_put.map(|f| probe_id(f, k)),
             free: probe_id(free, k),
-            truncate: (model != Model::ZeroBased).then(|| probe_id("dax_disassociate_entry", k)),
+            truncate: (model != RefModel::ZeroBased).then(|| probe_id("dax_disassociate_entry", k)),
             add: probe_id("memremap_pages", k),
             remove: probe_id("memunmap_pages", k),
             fsdax,
@@ -102,7 +102,7 @@ impl Probes {
         }
     }
 
-    pub fn context(&self) -> Context {
+    pub fn context(&self) -> KernelView {
         let ids = [
             self.insert,
             self.unmap,
@@ -116,7 +116,7 @@ impl Probes {
         .chain(self.devmap_put)
         .chain(self.gup_put)
         .chain(self.truncate);
-        let types = if self.model == Model::AllOneBased {
+        let types = if self.model == RefModel::AllOneBased {
             BTreeMap::from([
                 (1, "private".into()),
                 (2, "fsdax".into()),
@@ -132,7 +132,7 @@ impl Probes {
                 (5, "p2pdma".into()),
             ])
         };
-        Context::new(self.model, ids, types)
+        KernelView::new(self.model, ids, types)
     }
 }
 
@@ -166,7 +166,7 @@ pub struct Sim<'a> {
 
 impl<'a> Sim<'a> {
     pub fn new(p: &'a Probes, generic: bool, pages: usize) -> Self {
-        let idle = if generic || p.model != Model::ZeroBased {
+        let idle = if generic || p.model != RefModel::ZeroBased {
             1
         } else {
             0
@@ -218,7 +218,7 @@ impl<'a> Sim<'a> {
             extra: 1,
             extra2: 0,
             refcount: st.refs,
-            mapcount: if self.p.model == Model::ZeroBased {
+            mapcount: if self.p.model == RefModel::ZeroBased {
                 st.maps
             } else {
                 0
@@ -242,13 +242,13 @@ impl<'a> Sim<'a> {
     /// Drops one reference the way the era's put_page does; the final one frees (7.x).
     fn put_ref(&mut self, i: usize) {
         self.pages[i].refs -= 1;
-        if self.p.model == Model::ZeroBased && self.pages[i].refs == 0 {
+        if self.p.model == RefModel::ZeroBased && self.pages[i].refs == 0 {
             self.emit(self.p.free, i, EventKind::Free);
         }
     }
 
     pub fn apply(&mut self, op: Op) {
-        let zero_based = self.p.model == Model::ZeroBased;
+        let zero_based = self.p.model == RefModel::ZeroBased;
         match op {
             Op::Map(i) => {
                 let i = i % self.pages.len();
@@ -315,23 +315,23 @@ impl<'a> Sim<'a> {
                     self.emit(gup, i, EventKind::Put);
                 }
                 match (self.p.model, self.generic) {
-                    (Model::ZeroBased, _) => self.put_ref(i),
+                    (RefModel::ZeroBased, _) => self.put_ref(i),
                     // 6.1/6.12 enter __put_devmap_managed_*_refs for GENERIC pages too (an
                     // FS_DAX pgmap exists) and return false there; folio_put is inline.
-                    (Model::FsdaxOneBased, true) => {
+                    (RefModel::FsdaxOneBased, true) => {
                         self.emit(self.p.devmap_put.expect("6.12"), i, EventKind::Put);
                         self.pages[i].refs -= 1;
                     }
                     // GENERIC puts outside unpin are inline.
                     (_, true) => self.pages[i].refs -= 1,
-                    (Model::AllOneBased, false) => {
+                    (RefModel::AllOneBased, false) => {
                         self.emit(self.p.devmap_put.expect("5.10"), i, EventKind::Put);
                         self.pages[i].refs -= 1;
                         if self.pages[i].refs == 1 {
                             self.emit(self.p.free, i, EventKind::Free);
                         }
                     }
-                    (Model::FsdaxOneBased, false) => {
+                    (RefModel::FsdaxOneBased, false) => {
                         // Nested in gup_put_folio, same refcount at entry.
                         self.emit(self.p.devmap_put.expect("6.12"), i, EventKind::Put);
                         self.pages[i].refs -= 1;
@@ -365,7 +365,7 @@ impl<'a> Sim<'a> {
         rm.pfn = 0;
         rm.page = 0;
         self.out.push(rm);
-        if self.p.model == Model::AllOneBased && !self.generic {
+        if self.p.model == RefModel::AllOneBased && !self.generic {
             for i in 0..self.pages.len() {
                 self.emit(self.p.devmap_put.expect("5.10"), i, EventKind::Put);
                 self.pages[i].refs = 0;
@@ -407,8 +407,8 @@ impl Probes {
                 ProbeEntry {
                     id: id as u8,
                     function: probe.function.into(),
-                    kind: probe.kind.name().into(),
-                    site: probe.site.into(),
+                    kind: probe.kind,
+                    site: probe.site,
                     resolution: if on {
                         Resolution::Use
                     } else {
@@ -420,9 +420,9 @@ impl Probes {
             })
             .collect();
         let version = match self.model {
-            Model::AllOneBased => (5, 10),
-            Model::FsdaxOneBased => (6, 12),
-            Model::ZeroBased => (7, 2),
+            RefModel::AllOneBased => (5, 10),
+            RefModel::FsdaxOneBased => (6, 12),
+            RefModel::ZeroBased => (7, 2),
         };
         Plan {
             kernel: format!("{}.{}.0-synthetic", version.0, version.1),

@@ -10,13 +10,14 @@ use super::{
     Aggregator, Coverage, Rule,
     synth::{Op, Probes, healthy},
 };
-use crate::plan::Model;
+use clap::ValueEnum;
+use refwatch_common::RefModel;
 
-fn model() -> impl Strategy<Value = Model> {
+fn model() -> impl Strategy<Value = RefModel> {
     prop_oneof![
-        Just(Model::AllOneBased),
-        Just(Model::FsdaxOneBased),
-        Just(Model::ZeroBased)
+        Just(RefModel::AllOneBased),
+        Just(RefModel::FsdaxOneBased),
+        Just(RefModel::ZeroBased)
     ]
 }
 
@@ -50,15 +51,14 @@ fn inject(
     at: &dyn Fn(usize) -> usize,
     generic: bool,
 ) -> Option<u64> {
-    let idle = super::idle(
-        p.model,
-        if generic {
-            super::PgType::Generic
+    let idle = p
+        .model
+        .idle(if generic {
+            super::MemoryType::Generic
         } else {
-            super::PgType::FsDax
-        },
-    )
-    .unwrap() as i32;
+            super::MemoryType::FsDax
+        })
+        .unwrap() as i32;
     let pick = |events: &[Event], f: &dyn Fn(&Event) -> bool| {
         let c: Vec<usize> = (0..events.len()).filter(|&i| f(&events[i])).collect();
         (!c.is_empty()).then(|| c[at(c.len())])
@@ -82,13 +82,12 @@ fn inject(
                 .position(|e| kind(e) == EventKind::PgmapRemove)
                 .unwrap();
             let ty = if generic {
-                super::PgType::Generic
+                super::MemoryType::Generic
             } else {
-                super::PgType::FsDax
+                super::MemoryType::FsDax
             };
             // Not a devmap put that a non-FS_DAX page only passes through: it moves nothing.
-            let moves =
-                |e: &Event| !super::rules::passthrough(p.model, &CATALOG[e.probe as usize], ty);
+            let moves = |e: &Event| !p.model.passthrough(&CATALOG[e.probe as usize], ty);
             let i = pick(&events[..removed], &|e| {
                 kind(e) == EventKind::Put && moves(e)
             })?;
@@ -96,13 +95,13 @@ fn inject(
             Some(events[i].pfn)
         }
         Rule::FreeWhileMapped => match p.model {
-            Model::AllOneBased => None,
-            Model::ZeroBased => {
+            RefModel::AllOneBased => None,
+            RefModel::ZeroBased => {
                 let i = pick(events, &|e| kind(e) == EventKind::Free)?;
                 events[i].mapcount = 1;
                 Some(events[i].pfn)
             }
-            Model::FsdaxOneBased => {
+            RefModel::FsdaxOneBased => {
                 let i = pick(events, &|e| kind(e) == EventKind::Insert)?;
                 let mut free = events[i];
                 free.probe = p.free;
@@ -159,7 +158,7 @@ proptest! {
     #[test]
     fn injected_breaches_are_found_once(model in model(), generic in any::<bool>(), pages in 1..5usize,
                                         ops in prop::collection::vec(op(), 0..80),
-                                        rule in prop::sample::select(Rule::ALL.to_vec()), at in any::<Index>()) {
+                                        rule in prop::sample::select(Rule::value_variants().to_vec()), at in any::<Index>()) {
         let p = Probes::for_model(model);
         let mut events = healthy(&p, generic, pages, &ops);
         let pfn = inject(&p, &mut events, rule, &|n| at.index(n), generic);
@@ -178,15 +177,15 @@ proptest! {
 
 #[test]
 fn rules_without_their_probes_are_unchecked() {
-    let p = Probes::for_model(Model::FsdaxOneBased);
+    let p = Probes::for_model(RefModel::FsdaxOneBased);
     let all = p.context();
     assert!(
-        Rule::ALL
+        Rule::value_variants()
             .iter()
             .all(|&r| all.coverage(r) == Coverage::Checked)
     );
-    let no_unmap = super::Context::new(
-        Model::FsdaxOneBased,
+    let no_unmap = super::KernelView::new(
+        RefModel::FsdaxOneBased,
         [p.insert, p.get, p.free, p.remove],
         Default::default(),
     );
@@ -197,7 +196,7 @@ fn rules_without_their_probes_are_unchecked() {
         no_unmap.coverage(Rule::PutUnderflow),
         Coverage::Checked
     ));
-    let old = Probes::for_model(Model::AllOneBased).context();
+    let old = Probes::for_model(RefModel::AllOneBased).context();
     assert!(matches!(
         old.coverage(Rule::FreeWhileMapped),
         Coverage::Unchecked(_)
@@ -206,7 +205,7 @@ fn rules_without_their_probes_are_unchecked() {
 
 #[test]
 fn findings_carry_the_page_history() {
-    let p = Probes::for_model(Model::ZeroBased);
+    let p = Probes::for_model(RefModel::ZeroBased);
     let mut events = healthy(&p, false, 1, &[]);
     let free = events
         .iter()
@@ -230,9 +229,13 @@ fn findings_carry_the_page_history() {
 
 #[test]
 fn every_checked_rule_has_a_breach_to_find() {
-    for model in [Model::AllOneBased, Model::FsdaxOneBased, Model::ZeroBased] {
+    for model in [
+        RefModel::AllOneBased,
+        RefModel::FsdaxOneBased,
+        RefModel::ZeroBased,
+    ] {
         let p = Probes::for_model(model);
-        for rule in Rule::ALL {
+        for &rule in Rule::value_variants() {
             let mut events = healthy(
                 &p,
                 false,
@@ -257,7 +260,7 @@ fn every_checked_rule_has_a_breach_to_find() {
 /// what was inserted inside it in its own mm only, and mremap carries mappings along.
 #[test]
 fn range_zaps_unmap_the_inserts_inside_them() {
-    let p = Probes::for_model(Model::FsdaxOneBased);
+    let p = Probes::for_model(RefModel::FsdaxOneBased);
     let mut sim = super::synth::Sim::new(&p, false, 4);
     let mut agg = Aggregator::new(p.context());
     let mm = 0xffff_8881_0000_4000;
@@ -310,13 +313,13 @@ fn range_zaps_unmap_the_inserts_inside_them() {
 #[test]
 fn per_pte_unmaps_with_mremap_probed_count_refaults() {
     use super::synth::probe_id;
-    let p = Probes::for_model(Model::FsdaxOneBased);
+    let p = Probes::for_model(RefModel::FsdaxOneBased);
     let (unmap, remap) = (
         probe_id("vm_normal_page", "6.12"),
         probe_id("move_page_tables", "6.12"),
     );
     let types = BTreeMap::from([(3, "fsdax".to_owned())]);
-    let mut agg = Aggregator::new(super::Context::new(
+    let mut agg = Aggregator::new(super::KernelView::new(
         p.model,
         [p.insert, unmap, remap, p.free, p.add],
         types,
@@ -335,10 +338,10 @@ fn per_pte_unmaps_with_mremap_probed_count_refaults() {
 #[test]
 fn pmd_inserts_map_512_pages_and_a_teardown_names_them() {
     use super::synth::probe_id;
-    let p = Probes::for_model(Model::FsdaxOneBased);
+    let p = Probes::for_model(RefModel::FsdaxOneBased);
     let pmd = probe_id("vmf_insert_pfn_pmd", "6.12");
     let types = BTreeMap::from([(3, "fsdax".to_owned())]);
-    let mut agg = Aggregator::new(super::Context::new(
+    let mut agg = Aggregator::new(super::KernelView::new(
         p.model,
         [pmd, p.unmap, p.add, p.remove],
         types,
@@ -372,7 +375,7 @@ fn pmd_inserts_map_512_pages_and_a_teardown_names_them() {
 /// says who holds it.
 #[test]
 fn teardowns_count_what_the_kernel_does_not_wait_for() {
-    let old = Probes::for_model(Model::AllOneBased);
+    let old = Probes::for_model(RefModel::AllOneBased);
     let mut events = healthy(&old, true, 1, &[]);
     let removed = events
         .iter()
@@ -391,7 +394,7 @@ fn teardowns_count_what_the_kernel_does_not_wait_for() {
         "5.10 waits for the reference"
     );
 
-    let p = Probes::for_model(Model::FsdaxOneBased);
+    let p = Probes::for_model(RefModel::FsdaxOneBased);
     let mut sim = super::synth::Sim::new(&p, true, 2);
     sim.apply(Op::Map(1));
     sim.apply(Op::Grab(1, false));
@@ -416,7 +419,7 @@ fn teardowns_count_what_the_kernel_does_not_wait_for() {
 /// memunmap_pages waits for: the teardown is late, not a use after free.
 #[test]
 fn teardowns_wait_for_pages_holding_a_pgmap_reference() {
-    let p = Probes::for_model(Model::FsdaxOneBased);
+    let p = Probes::for_model(RefModel::FsdaxOneBased);
     let mut sim = super::synth::Sim::new(&p, true, 2);
     sim.apply(Op::Map(1));
     sim.apply(Op::Grab(1, false));
@@ -441,7 +444,7 @@ fn teardowns_wait_for_pages_holding_a_pgmap_reference() {
 /// ≤6.14: the filesystem taking back the block of a page a pipe still holds.
 #[test]
 fn truncate_of_a_held_page_is_found() {
-    let p = Probes::for_model(Model::FsdaxOneBased);
+    let p = Probes::for_model(RefModel::FsdaxOneBased);
     let mut sim = super::synth::Sim::new(&p, false, 1);
     sim.apply(Op::Map(0));
     sim.apply(Op::Grab(0, false));
@@ -466,7 +469,7 @@ fn truncate_of_a_held_page_is_found() {
 /// rediscover the pgmap from the first of those puts: it stays torn down, the puts are fine.
 #[test]
 fn a_pgmap_rediscovered_in_its_teardown_stays_torn_down() {
-    let p = Probes::for_model(Model::AllOneBased);
+    let p = Probes::for_model(RefModel::AllOneBased);
     let mut events = healthy(&p, false, 2, &[]);
     let removed = events
         .iter()
@@ -486,7 +489,7 @@ fn a_pgmap_rediscovered_in_its_teardown_stays_torn_down() {
 /// one reference.
 #[test]
 fn an_unpin_of_a_small_folio_needs_the_pin_bias() {
-    let p = Probes::for_model(Model::ZeroBased);
+    let p = Probes::for_model(RefModel::ZeroBased);
     let unpin = super::synth::probe_id("unpin_user_page", "7.2");
     let found = |refcounts: &[i32], head: bool| {
         let mut events = healthy(&p, false, 1, &[Op::Map(0)]);

@@ -3,7 +3,7 @@
 
 use anyhow::{Result, bail};
 use refwatch::{
-    aggregate::{Aggregator, Context},
+    aggregate::{Aggregator, KernelView},
     announce::Announcer,
     capture::Sink,
     plan::Plan,
@@ -47,14 +47,14 @@ pub struct Aggregate {
 impl Aggregate {
     pub fn new(session: &Session) -> Self {
         Self {
-            agg: Aggregator::new(Context::from_plan(&session.plan)),
+            agg: Aggregator::new(KernelView::from_plan(&session.plan)),
             announcer: Some(Announcer::new()),
         }
     }
 
     pub fn replay(plan: &Plan) -> Self {
         Self {
-            agg: Aggregator::new(Context::from_plan(plan)),
+            agg: Aggregator::new(KernelView::from_plan(plan)),
             announcer: None,
         }
     }

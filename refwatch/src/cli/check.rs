@@ -38,7 +38,7 @@ pub struct CheckArgs {
     max_violations: u64,
     /// Only these rules count (and each must be checkable here); default: all.
     #[arg(long = "rule", value_name = "ID", num_args = 1..)]
-    rules: Vec<String>,
+    rules: Vec<Rule>,
     /// Pass when no ZONE_DEVICE event was seen at all, instead of exiting 4 (inconclusive).
     #[arg(long)]
     allow_idle: bool,
@@ -76,19 +76,9 @@ fn live(args: &CheckArgs) -> Result<Summary> {
 }
 
 pub fn run(args: CheckArgs) -> Result<ExitCode> {
-    let rules = args
-        .rules
-        .iter()
-        .map(|id| {
-            Rule::from_id(id).with_context(|| {
-                let ids: Vec<_> = Rule::ALL.iter().map(|r| r.id()).collect();
-                format!("unknown rule {id} (rules: {})", ids.join(", "))
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
     let policy = Policy {
         max_violations: args.max_violations,
-        rules,
+        rules: args.rules.clone(),
         allow_idle: args.allow_idle,
         allow_command_failure: args.allow_command_failure,
     };

@@ -3,6 +3,7 @@
 
 use std::{
     collections::VecDeque,
+    io::IsTerminal,
     process::ExitCode,
     time::{Duration, Instant},
 };
@@ -87,7 +88,7 @@ impl RawStdin {
         // SAFETY: plain termios calls on fd 0 with a zeroed, then filled, struct.
         unsafe {
             let mut saved: libc::termios = std::mem::zeroed();
-            if libc::isatty(0) != 1 || libc::tcgetattr(0, &mut saved) != 0 {
+            if !std::io::stdin().is_terminal() || libc::tcgetattr(0, &mut saved) != 0 {
                 return None;
             }
             let mut raw = saved;
@@ -119,8 +120,7 @@ pub fn run(args: LiveArgs) -> Result<ExitCode> {
         .build()?;
     rt.block_on(async {
         let (mut session, _) = attach::open(&args.run)?;
-        // SAFETY: isatty only inspects the fd.
-        let tty = unsafe { libc::isatty(1) } == 1;
+        let tty = std::io::stdout().is_terminal();
         let mut live = Live {
             inner: attach::Aggregate::new(&session),
             tty,

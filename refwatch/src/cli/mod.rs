@@ -21,9 +21,9 @@ use refwatch_common::globals::DEFAULT_RING_BYTES;
 /// was checked on.
 fn version() -> &'static str {
     static TEXT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        let (major, minor) = refwatch_common::catalog::NEWEST_CHECKED;
+        let newest = refwatch_common::catalog::NEWEST_CHECKED;
         format!(
-            "{} (commit {}; probe catalog checked on kernels up to {major}.{minor})",
+            "{} (commit {}; probe catalog checked on kernels up to {newest})",
             env!("CARGO_PKG_VERSION"),
             env!("REFWATCH_GIT_COMMIT"),
         )
@@ -156,12 +156,12 @@ mod tests {
     #[test]
     fn version_names_the_commit_and_the_newest_kernel_checked() {
         let v = Cli::command().render_version();
-        let (major, minor) = refwatch_common::catalog::NEWEST_CHECKED;
+        let newest = refwatch_common::catalog::NEWEST_CHECKED;
         assert!(
             v.starts_with(&format!("refwatch {} (commit ", env!("CARGO_PKG_VERSION"))),
             "{v}"
         );
-        assert!(v.contains(&format!("up to {major}.{minor})")), "{v}");
+        assert!(v.contains(&format!("up to {newest})")), "{v}");
     }
 
     /// Every subcommand says what it does and every option and argument has a help line, so

@@ -10,7 +10,7 @@ use refwatch::{
     privileges,
     session::{self, Kernel},
 };
-use refwatch_common::{CATALOG, EventKind};
+use refwatch_common::{CATALOG, EventKind, KernelVersion};
 use serde_json::json;
 
 #[derive(Args)]
@@ -39,12 +39,17 @@ pub fn run(args: ProbesArgs) -> Result<ExitCode> {
     let plan = plan::resolve(&kernel.facts, args.attach);
     let root = privileges::missing().is_empty();
     // A real load tells whether fentry is allowed; it needs privileges and one resolved function.
+    // One object for the fentry trial and --verify (each load parses the kernel's BTF again).
+    let mut trial = None;
     let fentry = match plan.used().next() {
         _ if !root => Fentry::Unknown("needs root to try"),
         None => Fentry::Unknown("no function to try it on"),
-        Some(p) => match session::fentry_allowed(&kernel, p.id, &p.function) {
-            Ok(()) => Fentry::Allowed,
-            Err(e) => Fentry::Refused(e),
+        Some(p) => match session::Trial::load(&kernel) {
+            Ok(t) => match trial.insert(t).fentry_allowed(p.id, &p.function) {
+                Ok(()) => Fentry::Allowed,
+                Err(e) => Fentry::Refused(e),
+            },
+            Err(e) => Fentry::Refused(session::error_chain(&e)),
         },
     };
     let mechanisms = Mechanisms {
@@ -63,7 +68,11 @@ pub fn run(args: ProbesArgs) -> Result<ExitCode> {
                 .collect(),
             Fentry::Refused(_) | Fentry::Unknown(_) => Vec::new(),
         };
-        Some(session::verify_programs(&kernel, &fentry_targets)?)
+        let trial = match trial {
+            Some(t) => t,
+            None => session::Trial::load(&kernel)?,
+        };
+        Some(trial.verify(&fentry_targets))
     } else {
         None
     };
@@ -172,7 +181,7 @@ fn print_text(
                 Resolution::NotThisKernel {
                     since,
                     until: Some(until),
-                } if since == "0.0" => {
+                } if *since == KernelVersion::ANY => {
                     format!("applies up to {until}")
                 }
                 Resolution::NotThisKernel {

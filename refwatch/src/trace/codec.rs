@@ -32,7 +32,7 @@ pub fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
 /// Event tags are catalog probe ids below this.
 const PROBE_TAGS: usize = 0x80;
 
-/// Which of [`Context::wheres`] a probe's events use.
+/// Which of [`Baseline::wheres`] a probe's events use.
 fn where_slot(probe: u8) -> usize {
     usize::from(
         CATALOG
@@ -43,7 +43,7 @@ fn where_slot(probe: u8) -> usize {
 
 /// What an event is coded against. Writer and reader keep identical copies.
 #[derive(Clone, Debug)]
-pub struct Context {
+pub struct Baseline {
     prev: Event,
     task: u64,
     /// Whether `prev` holds `task`'s pid and comm yet (the decoder looks tasks up on change).
@@ -59,7 +59,7 @@ pub struct Context {
     wheres: [(u64, u64); 2],
 }
 
-impl Context {
+impl Baseline {
     pub fn new(version: u16) -> Self {
         Self {
             prev: Event::default(),
@@ -139,7 +139,7 @@ fn catalog_kind(probe: u8) -> u8 {
         .map_or(u8::MAX, |p| p.kind as u8)
 }
 
-impl Context {
+impl Baseline {
     /// Appends the event frame (tag included); `task` is the interned index of its task.
     pub fn encode(&mut self, ev: &Event, task: u64, out: &mut Vec<u8>) {
         let p = &self.prev;

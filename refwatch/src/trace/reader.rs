@@ -94,7 +94,7 @@ impl<R: Read> Bytes<R> {
 pub struct TraceReader<R> {
     src: Bytes<R>,
     header: Header,
-    ctx: codec::Context,
+    ctx: codec::Baseline,
     tasks: Vec<(u64, [u8; 16])>,
     stacks: HashMap<i32, Vec<String>>,
     footer: Option<Footer>,
@@ -156,7 +156,7 @@ impl<R: Read> TraceReader<R> {
         Ok(Self {
             src: Bytes::new(r, (14 + len) as u64),
             header,
-            ctx: codec::Context::new(version),
+            ctx: codec::Baseline::new(version),
             tasks: Vec::new(),
             stacks: HashMap::new(),
             footer: None,

@@ -1,16 +1,13 @@
 //! Round trip, size and damage tests on synthetic traces (made by the aggregator's
 //! synthetic kernel model, not recorded).
 
-use refwatch_common::Event;
+use refwatch_common::{Event, RefModel};
 
 use super::{TraceError, TraceReader, VERSION};
-use crate::{
-    aggregate::synth::{Op, Probes, healthy},
-    plan::Model,
-};
+use crate::aggregate::synth::{Op, Probes, healthy};
 
 fn fsdax_stream(ops: usize) -> (Probes, Vec<Event>) {
-    let p = Probes::for_model(Model::FsdaxOneBased);
+    let p = Probes::for_model(RefModel::FsdaxOneBased);
     // A busy fsdax workload: faults, GUP and unpins over a few dozen pages.
     let ops: Vec<Op> = (0..ops)
         .map(|i| match i % 6 {
@@ -180,7 +177,7 @@ fn events_handed_over_by_the_decoder_thread_are_the_same() {
 fn the_footer_says_what_became_of_the_command() {
     use super::{Footer, Header};
     use crate::capture::CommandOutcome::{self, *};
-    let p = Probes::for_model(Model::ZeroBased);
+    let p = Probes::for_model(RefModel::ZeroBased);
     let header = |command: &[&str]| Header {
         kernel: "7.2".into(),
         plan: p.plan(),

@@ -15,7 +15,7 @@ use super::{Footer, Header, MAGIC, TAG_FOOTER, TAG_STACK, TAG_TASK, VERSION, cod
 
 pub struct TraceWriter<W: Write> {
     out: W,
-    ctx: codec::Context,
+    ctx: codec::Baseline,
     tasks: HashMap<(u64, [u8; 16]), u64>,
     stacks: HashSet<i32>,
     buf: Vec<u8>,
@@ -49,7 +49,7 @@ impl<W: Write> TraceWriter<W> {
         let bytes = (MAGIC.len() + 6 + json.len()) as u64;
         Ok(Self {
             out,
-            ctx: codec::Context::new(VERSION),
+            ctx: codec::Baseline::new(VERSION),
             tasks: HashMap::new(),
             stacks: HashSet::new(),
             buf: Vec::with_capacity(256),
