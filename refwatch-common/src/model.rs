@@ -18,8 +18,10 @@ pub enum RefModel {
     /// Every ZONE_DEVICE page is idle at refcount 1; `free_devmap_managed_page` runs at 1 and a
     /// page reaches 0 only in memunmap_pages. Mappings hold no reference.
     AllOneBased,
-    /// DEVICE_PRIVATE/COHERENT are 0-based and freed at 0; FS_DAX, GENERIC and P2PDMA stay idle
-    /// at 1 and never reach the free path when healthy. Mappings hold no reference.
+    /// DEVICE_PRIVATE/COHERENT are 0-based and freed at 0; FS_DAX and GENERIC stay idle at 1
+    /// and never reach the free path when healthy. Mappings of FS_DAX/GENERIC pages hold no
+    /// reference; a P2PDMA page mapped to user space (6.2+) is held by its mapping alone and
+    /// freed at 0 when unmapped (docs/refcount-model.md).
     FsdaxOneBased,
     /// Every type but GENERIC is idle at 0 and freed at 0; a mapping holds a reference and a
     /// mapcount, as for normal pages.

@@ -3,7 +3,7 @@
 // This is where kernel-version knowledge lives (with `crate::model`, how each era counts
 // references). The loader resolves it against the running kernel (kallsyms for presence, BTF
 // for the prototype), so an entry whose prototype does not match is never attached with the
-// wrong argument registers. Sources: Debian's 5.10/6.1/6.12/7.2 trees and their -dbg vmlinux;
+// wrong argument registers. Sources: Debian's 5.10/6.1/6.12/7.2/7.3 trees and their -dbg vmlinux;
 // why each entry exists: docs/catalog.md.
 
 mod entries;
