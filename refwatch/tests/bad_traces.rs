@@ -328,8 +328,10 @@ fn hostile_names_are_escaped_in_text_outputs() {
     w.finish(Footer::default()).unwrap();
     let trace = write("hostile.rft", &out);
     let trace = trace.to_str().unwrap();
+    let page = format!("{:#x}", events[insert].pfn);
     for args in [
         vec!["report", trace],
+        vec!["report", trace, "--page", &page],
         vec!["stream", "--trace", trace],
         vec!["check", "--trace", trace],
     ] {
