@@ -273,8 +273,8 @@ struct Side {
     said: KernelSaid,
     /// The guest hung or died after the command started.
     crashed: bool,
-    /// `check`'s findings by rule, on the plain kernel (from its JSON, when it got out).
-    findings: Vec<(String, u64)>,
+    /// `check`'s findings by rule, on the plain kernel; None where its JSON never got out.
+    findings: Option<Vec<(String, u64)>>,
 }
 
 pub fn main(args: DebugKernelArgs) -> std::process::ExitCode {
@@ -344,8 +344,7 @@ fn boot_counting(kernel: &Kernel, assets: &Assets, job: &GuestJob) -> Result<(Si
     let read = |name: &str| std::fs::read_to_string(result.out_dir.join(name)).ok();
     let findings = read("check.json")
         .and_then(|text| serde_json::from_str::<super::checked::Check>(&text).ok())
-        .map(|check| check.findings_by_rule())
-        .unwrap_or_default();
+        .map(|check| check.findings_by_rule());
     let side = Side {
         said: read_console(&console),
         crashed: result.unfinished.is_some(),
@@ -380,8 +379,8 @@ fn markdown(rows: &[Row]) -> String {
 }
 
 fn refwatch_cell(side: &Side) -> String {
-    let mut cell = if !side.findings.is_empty() {
-        side.findings
+    let mut cell = if let Some(findings) = side.findings.as_ref().filter(|f| !f.is_empty()) {
+        findings
             .iter()
             .map(|(rule, n)| format!("{rule} ×{n}"))
             .collect::<Vec<_>>()
@@ -396,8 +395,10 @@ fn refwatch_cell(side: &Side) -> String {
             .collect();
         rules.dedup();
         rules.join(", ")
-    } else {
+    } else if side.findings.is_some() {
         "nothing".to_string()
+    } else {
+        "no verdict: check's JSON never got out".to_string()
     };
     if let Some(report) = side.said.reports.first() {
         let order = if side.said.refwatch_first {
