@@ -33,9 +33,9 @@ const TIMEOUT: Duration = Duration::from_secs(240);
 
 #[derive(clap::Args)]
 pub struct DebugKernelArgs {
-    /// The table as JSON instead of Markdown.
-    #[arg(long)]
-    json: bool,
+    /// Also write every row, with all the kernel said, as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<std::path::PathBuf>,
     /// Only the scenarios whose name contains this.
     #[arg(long, value_name = "SUBSTR")]
     filter: Option<String>,
@@ -323,11 +323,11 @@ fn run(args: DebugKernelArgs) -> Result<()> {
             }),
         });
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-    } else {
-        print!("{}", markdown(&rows));
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&rows)?)
+            .with_context(|| path.display().to_string())?;
     }
+    print!("{}", markdown(&rows));
     Ok(())
 }
 
