@@ -122,7 +122,8 @@ fn perfetto_check(assets: &Assets) -> Result<String> {
     let root = paths::workspace_root();
     let trace = root.join("refwatch/tests/traces/7.2-fsdax-pmd.rwt");
     let pfns = ["0x4a000", "0x4a200"];
-    let dir = paths::cache_root()?.join("perfetto-check");
+    // Per run: two test runs at once must not read each other's files.
+    let dir = std::env::temp_dir().join(format!("refwatch-perfetto-check-{}", std::process::id()));
     paths::create_dir(&dir)?;
     let (pftrace, events) = (dir.join("trace.pftrace"), dir.join("events.jsonl"));
     let mut report = Command::new(&assets.refwatch);
@@ -146,6 +147,7 @@ fn perfetto_check(assets: &Assets) -> Result<String> {
             .arg(&events)
             .args(pfns),
     )?;
+    std::fs::remove_dir_all(&dir)?;
     Ok(said.trim().to_owned())
 }
 
