@@ -136,19 +136,16 @@ impl RefModel {
         }
     }
 
-    /// Whether memunmap_pages waits until no page of this type is referenced, mapped or not,
-    /// so that a busy page delays the teardown and is never used after free. From 5.18
-    /// device-private and coherent pages hold a pgmap reference from their allocation
-    /// (zone_device_page_init) to their free, P2PDMA pages one from the pool
-    /// (p2pmem_alloc_mmap, pci_alloc_p2pmem), and their mappings hold page references. (Until
-    /// 5.17 every type's references are waited for, but fsdax mappings hold none: the
-    /// aggregator counts those there.)
-    pub const fn teardown_waits(self, ty: MemoryType) -> bool {
-        !matches!(self, RefModel::AllOneBased)
-            && matches!(
-                ty,
-                MemoryType::Private | MemoryType::Coherent | MemoryType::P2pdma
-            )
+    /// Whether a page of this type still busy at memunmap_pages is no finding: from 5.18 a
+    /// P2PDMA page holds a pgmap reference from the pool (p2pmem_alloc_mmap, pci_alloc_p2pmem)
+    /// and its mappings hold page references, so the teardown waits, and is merely late.
+    /// Device-private and coherent pages are waited for too (a pgmap reference from
+    /// zone_device_page_init to their free), but for as long as a process keeps its entry, and
+    /// a CPU fault meanwhile calls the dying driver's migrate_to_ram: a finding. (Until 5.17
+    /// every type's references are waited for, but fsdax mappings hold none: the aggregator
+    /// counts those there.)
+    pub const fn teardown_busy_harmless(self, ty: MemoryType) -> bool {
+        !matches!(self, RefModel::AllOneBased) && matches!(ty, MemoryType::P2pdma)
     }
 
     /// 5.18–6.14's `__put_devmap_managed_{page,folio}_refs` is entered for every ZONE_DEVICE

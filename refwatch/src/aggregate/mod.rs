@@ -339,7 +339,7 @@ impl Aggregator {
         let (held, rest): (Vec<Held>, Vec<Held>) =
             self.held.drain(..).partition(|h| h.pgmap == ev.pgmap);
         self.held = rest;
-        if model.teardown_waits(ty) {
+        if model.teardown_busy_harmless(ty) {
             return busy;
         }
         for h in held.iter().filter(|_| scanned) {

@@ -177,6 +177,12 @@ pub fn judge(
                 )
             })
         }
+        // A get at a negative count (zone_device_page_init handing out a page again) comes
+        // after a put the page did not hold; the put itself may have been inline.
+        EventKind::Get if r < 0 => underflow(format!(
+            "{} took a reference at refcount {r}: put below zero before",
+            probe.function
+        )),
         EventKind::Insert | EventKind::Get => None,
         _ if r < 0 => underflow(format!("refcount {r} at {}", probe.function)),
         _ => None,

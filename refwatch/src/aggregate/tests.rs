@@ -415,8 +415,8 @@ fn teardowns_count_what_the_kernel_does_not_wait_for() {
     assert_eq!(f.held_by, ["reference taken by try_grab_folio in fio/4242"]);
 }
 
-/// A P2PDMA (or device-private) page pinned at teardown holds a pgmap reference that
-/// memunmap_pages waits for: the teardown is late, not a use after free.
+/// A P2PDMA page pinned at teardown holds a pgmap reference that memunmap_pages waits for:
+/// the teardown is late, not a use after free.
 #[test]
 fn teardowns_wait_for_pages_holding_a_pgmap_reference() {
     let p = Probes::for_model(RefModel::FsdaxOneBased);
@@ -439,6 +439,62 @@ fn teardowns_wait_for_pages_holding_a_pgmap_reference() {
         .collect();
     let agg = run(&p, &events);
     assert_eq!(agg.count(Rule::TeardownBusy), 0, "{:#?}", agg.findings());
+}
+
+/// A device-private (or coherent) page a process still maps at teardown: memunmap_pages waits
+/// for it as long as the process keeps its entry, and a CPU fault meanwhile calls the dying
+/// driver's migrate_to_ram. A finding, where the same page of a P2PDMA pool is not.
+#[test]
+fn teardowns_under_a_device_private_entry_are_found() {
+    let p = Probes::for_model(RefModel::ZeroBased);
+    let mut sim = super::synth::Sim::new(&p, false, 2);
+    sim.apply(Op::Map(1));
+    let mut held = sim.event(p.remove, 1, EventKind::Held);
+    (held.refcount, held.mapcount) = (1, 1);
+    sim.out.push(held);
+    sim.remove();
+    let (private, coherent, p2pdma) = (1, 2, 5);
+    for (ty, found) in [(private, 1), (coherent, 1), (p2pdma, 0)] {
+        let events: Vec<Event> = sim
+            .out
+            .iter()
+            .map(|e| Event {
+                pgmap_type: ty,
+                ..*e
+            })
+            .collect();
+        let agg = run(&p, &events);
+        assert_eq!(agg.count(Rule::TeardownBusy), found, "type {ty}");
+        if found == 1 {
+            assert_eq!(
+                agg.findings()[0].detail,
+                "memunmap_pages with the page busy: refcount 1 above idle 0, mapcount 1"
+            );
+        }
+    }
+}
+
+/// A device page put once more than it was taken goes below zero unseen (the put is inline
+/// after its free); the driver handing it out again reads the negative count. Reading 0 there
+/// is the normal allocation.
+#[test]
+fn an_allocation_at_a_negative_count_is_a_put_underflow() {
+    let p = Probes::for_model(RefModel::ZeroBased);
+    let init = super::synth::probe_id("zone_device_page_init", "7.2");
+    let mut sim = super::synth::Sim::new(&p, false, 1);
+    for refcount in [0, -1] {
+        let mut ev = sim.event(init, 0, EventKind::Get);
+        (ev.refcount, ev.pgmap_type) = (refcount, 1);
+        sim.out.push(ev);
+    }
+    let agg = run(&p, &sim.out);
+    assert_eq!(agg.total_findings(), 1, "{:#?}", agg.findings());
+    let f = &agg.findings()[0];
+    assert_eq!(f.rule, Rule::PutUnderflow);
+    assert_eq!(
+        f.detail,
+        "zone_device_page_init took a reference at refcount -1: put below zero before"
+    );
 }
 
 /// ≤6.14: the filesystem taking back the block of a page a pipe still holds.

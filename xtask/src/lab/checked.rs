@@ -118,6 +118,67 @@ impl Check {
     }
 }
 
+impl Counted {
+    /// One line per counter of `self` (the pgmaps of type `type_name`) below `want`'s.
+    pub fn shortfalls(&self, want: &Counted, type_name: &str) -> Vec<String> {
+        [
+            ("pgmaps", self.pgmaps as u64, want.pgmaps as u64),
+            ("pages seen", self.pages_seen, want.pages_seen),
+            ("inserts", self.inserts, want.inserts),
+            ("gets", self.gets, want.gets),
+            ("puts", self.puts, want.puts),
+            ("frees", self.frees, want.frees),
+        ]
+        .into_iter()
+        .filter(|(_, got, want)| got < want)
+        .map(|(what, got, want)| format!("{type_name} pgmaps: {what} {got}, expected ≥ {want}"))
+        .collect()
+    }
+}
+
+/// The one finding an injected bug must give: its rule, on a page of a pgmap of `type_name`,
+/// with `frame` (a function of `module`, gcc may split it into `.cold`) on its stack.
+pub struct Injected {
+    pub rule: &'static str,
+    pub type_name: &'static str,
+    pub frame: &'static str,
+    pub module: &'static str,
+}
+
+impl Check {
+    /// None on a healthy run (`injected` None), else why the findings are not what was asked.
+    pub fn judge_findings(&self, injected: Option<&Injected>) -> Option<String> {
+        let Some(want) = injected else {
+            return (self.findings_total > 0).then(|| {
+                format!(
+                    "{} finding(s) on a healthy kernel: {}",
+                    self.findings_total,
+                    self.describe_findings()
+                )
+            });
+        };
+        let frame = |s: &String| {
+            s.strip_prefix(want.frame)
+                .is_some_and(|rest| rest.starts_with('+') || rest.starts_with(".cold+"))
+                && s.ends_with(&format!("[{}]", want.module))
+        };
+        let right = |f: &Finding| {
+            f.rule == want.rule && f.pgmap.type_name == want.type_name && f.stack.iter().any(frame)
+        };
+        (self.findings_total != 1 || !self.findings.iter().all(right)).then(|| {
+            format!(
+                "expected one {} finding on a {} page with {} [{}] on its stack, got {}: {}",
+                want.rule,
+                want.type_name,
+                want.frame,
+                want.module,
+                self.findings_total,
+                self.describe_findings()
+            )
+        })
+    }
+}
+
 /// What came back from the guest.
 pub struct Outcome {
     pub failures: Vec<String>,

@@ -479,7 +479,8 @@ impl VmCase for Case {
 }
 
 /// The whole matrix: the daxload cases, the refwatch_inject cases, the real bugs (bugs.rs),
-/// the HMM selftest (hmm.rs), the P2PDMA cases (p2pdma.rs), then the script cases.
+/// the HMM selftest (hmm.rs), the P2PDMA cases (p2pdma.rs), the device-private cases
+/// (private.rs), then the script cases.
 pub fn all_cases() -> Vec<&'static dyn VmCase> {
     let daxload = CASES.iter().map(|c| c as &dyn VmCase);
     daxload
@@ -487,6 +488,21 @@ pub fn all_cases() -> Vec<&'static dyn VmCase> {
         .chain(super::bugs::CASES.iter().map(|c| c as &dyn VmCase))
         .chain(super::hmm::CASES.iter().map(|c| c as &dyn VmCase))
         .chain(super::p2pdma::CASES.iter().map(|c| c as &dyn VmCase))
+        .chain(super::private::CASES.iter().map(|c| c as &dyn VmCase))
         .chain(super::scripts::CASES.iter().map(|c| c as &dyn VmCase))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    /// Runs are kept under runs/matrix-ID and `--filter` picks by id: two cases, one id would
+    /// share both.
+    #[test]
+    fn case_ids_are_unique() {
+        let mut ids: Vec<String> = super::all_cases().iter().map(|c| c.id()).collect();
+        let all = ids.len();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), all);
+    }
 }

@@ -13,6 +13,7 @@ pub mod insncount;
 mod kernel;
 pub mod matrix;
 pub mod p2pdma;
+pub mod private;
 pub mod runner;
 pub mod scripts;
 mod vm;

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use super::checked::{self, Check, Counted, Finding};
+use super::checked::{self, Check, Counted, Injected};
 use super::runner::{VmCase, last_lines};
 use super::{Apt, Assets, Attach, Disk, GuestJob, Kernel, VmResult, inject};
 use crate::paths;
@@ -120,46 +120,21 @@ impl Case {
     }
 
     fn judge(&self, check: &Check) -> Vec<String> {
-        let mut failures = Vec::new();
-        match self.scenario {
-            Healthy if check.findings_total > 0 => failures.push(format!(
-                "{} finding(s) on a healthy kernel: {}",
-                check.findings_total,
-                check.describe_findings()
-            )),
-            Healthy => {}
-            DoublePut => {
-                let frame = |s: &String| {
-                    s.starts_with("double_put_write+") && s.ends_with(&format!("[{MODULE}]"))
-                };
-                let right = |f: &Finding| {
-                    f.rule == "free-while-mapped"
-                        && f.pgmap.type_name == "p2pdma"
-                        && f.stack.iter().any(frame)
-                };
-                if check.findings_total != 1 || !check.findings.iter().all(right) {
-                    failures.push(format!(
-                        "expected one free-while-mapped finding on a p2pdma page with \
-                         double_put_write [{MODULE}] on its stack, got {}: {}",
-                        check.findings_total,
-                        check.describe_findings()
-                    ));
-                }
-            }
-        }
-        let got = check.counted("p2pdma");
-        let want = self.scenario.at_least();
-        let short = [
-            ("pgmaps", got.pgmaps as u64, want.pgmaps as u64),
-            ("pages seen", got.pages_seen, want.pages_seen),
-            ("inserts", got.inserts, want.inserts),
-            ("gets", got.gets, want.gets),
-            ("puts", got.puts, want.puts),
-            ("frees", got.frees, want.frees),
-        ];
-        for (what, got, want) in short.into_iter().filter(|(_, got, want)| got < want) {
-            failures.push(format!("p2pdma pgmaps: {what} {got}, expected ≥ {want}"));
-        }
+        let injected = (self.scenario == DoublePut).then_some(Injected {
+            rule: "free-while-mapped",
+            type_name: "p2pdma",
+            frame: "double_put_write",
+            module: MODULE,
+        });
+        let mut failures: Vec<String> = check
+            .judge_findings(injected.as_ref())
+            .into_iter()
+            .collect();
+        failures.extend(
+            check
+                .counted("p2pdma")
+                .shortfalls(&self.scenario.at_least(), "p2pdma"),
+        );
         failures
     }
 

@@ -12,7 +12,7 @@ use crate::paths;
 /// Where the workloads live in the guest; it is on the guest's PATH.
 pub const GUEST_DIR: &str = "/usr/lib/refwatch-lab";
 
-const PROGRAMS: &[&str] = &["daxload", "benchload", "p2pload"];
+const PROGRAMS: &[&str] = &["daxload", "benchload", "p2pload", "privload"];
 
 /// Compiles every workload into target/lab/workloads and returns (program name, binary).
 pub fn build() -> Result<Vec<(&'static str, PathBuf)>> {

@@ -1,0 +1,188 @@
+//! Device-private pages under `refwatch check`: the test module refwatch_private
+//! (xtask/lab/private) is a fake device whose MEMORY_DEVICE_PRIVATE pages `privload`
+//! (xtask/lab/workloads/privload.c) migrates anonymous memory to and faults back, healthy, and
+//! with one refcount bug injected per scenario, which refwatch must report exactly once with
+//! the module's function on the stack (xtask/lab/private/README.md).
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use super::checked::{self, Counted, Injected};
+use super::runner::{VmCase, last_lines};
+use super::{Apt, Assets, Attach, GuestJob, Kernel, VmResult, inject};
+use crate::paths;
+use anyhow::{Result, bail};
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// Migrations there and back, CPU faults, munmap and a teardown at idle: nothing to report.
+    Healthy,
+    /// A freed page put below zero, read by its next allocation (zone_device_page_init).
+    PutUnderflow,
+    /// The last reference dropped under the process's device-private entry.
+    FreeWhileMapped,
+    /// memunmap_pages while a child still holds a device-private entry.
+    TeardownBusy,
+}
+
+use Scenario::{FreeWhileMapped, Healthy, PutUnderflow, TeardownBusy};
+
+pub struct Case {
+    pub kernel: &'static str,
+    pub scenario: Scenario,
+    pub attach: Attach,
+}
+
+/// The kernels built with DEVICE_PRIVATE from source, where the module builds.
+const KERNELS: &[&str] = &["7.3-src"];
+const SCENARIOS: [Scenario; 4] = [Healthy, PutUnderflow, FreeWhileMapped, TeardownBusy];
+
+/// Every scenario in both attach modes.
+pub static CASES: LazyLock<Vec<Case>> = LazyLock::new(|| {
+    KERNELS
+        .iter()
+        .flat_map(|&kernel| {
+            SCENARIOS.into_iter().flat_map(move |scenario| {
+                [Attach::Kprobe, Attach::Fentry].map(|attach| Case {
+                    kernel,
+                    scenario,
+                    attach,
+                })
+            })
+        })
+        .collect()
+});
+
+/// The pages `privload healthy` migrates (privload.c's PAGES).
+const PAGES: u64 = 16;
+
+const MODULE: &str = "refwatch_private";
+const MODULE_SOURCES: &[&str] = &["refwatch_private.c", "refwatch_private.h", "Kbuild"];
+const GUEST_MODULE: &str = "/lib/modules/refwatch_private.ko";
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Healthy => "healthy",
+            PutUnderflow => "put-underflow",
+            FreeWhileMapped => "free-while-mapped",
+            TeardownBusy => "teardown-busy",
+        }
+    }
+
+    /// The finding, and the module's function that does the wrong step.
+    fn injected(self) -> Option<Injected> {
+        let (rule, frame) = match self {
+            Healthy => return None,
+            // Seen at the next allocation: zone_device_page_init ← rwp_alloc_page.
+            PutUnderflow => ("put-underflow", "rwp_put_underflow"),
+            FreeWhileMapped => ("free-while-mapped", "rwp_free_while_mapped"),
+            TeardownBusy => ("teardown-busy", "rwp_teardown"),
+        };
+        Some(Injected {
+            rule,
+            type_name: "private",
+            frame,
+            module: MODULE,
+        })
+    }
+
+    /// What the private pgmap's counters must reach: each allocation (zone_device_page_init)
+    /// and each CPU fault (migrate_vma_setup's fault page) is a get, each folio_free a free.
+    /// Healthy: 16 pages there, back by fault, there again and freed by munmap. teardown-busy's
+    /// free comes from the child's exit, after memunmap_pages began.
+    fn at_least(self) -> Counted {
+        let (pages_seen, gets, frees) = match self {
+            Healthy => (PAGES, 3 * PAGES, 2 * PAGES),
+            PutUnderflow => (1, 2, 2),
+            FreeWhileMapped => (1, 1, 2),
+            TeardownBusy => (1, 1, 1),
+        };
+        Counted {
+            pgmaps: 1,
+            pages_seen,
+            gets,
+            frees,
+            ..Counted::default()
+        }
+    }
+}
+
+impl Case {
+    fn assess(&self, result: &VmResult) -> Vec<String> {
+        let injected = self.scenario.injected();
+        let outcome = checked::read(
+            result,
+            self.attach,
+            if injected.is_some() { "1" } else { "0" },
+        );
+        let mut failures = outcome.failures;
+        let done = format!("privload: {}: done", self.scenario.name());
+        if outcome.status != "0" || !outcome.log.contains(&done) {
+            failures.push(format!(
+                "privload {} failed on its own (status {}): {}",
+                self.scenario.name(),
+                outcome.status,
+                last_lines(&outcome.log, 3)
+            ));
+        }
+        if let Some(check) = outcome.check {
+            failures.extend(check.judge_findings(injected.as_ref()));
+            failures.extend(
+                check
+                    .counted("private")
+                    .shortfalls(&self.scenario.at_least(), "private"),
+            );
+        }
+        failures
+    }
+
+    fn job(&self, kernel: &Kernel) -> Result<GuestJob> {
+        if kernel.built().is_none() {
+            bail!(
+                "kernel {} is Debian's binary, without device-private pages",
+                kernel.spec.name
+            );
+        }
+        let src = paths::workspace_root().join("xtask/lab/private");
+        let ko = inject::build_module(kernel.spec, &Apt::new()?, &src, MODULE, MODULE_SOURCES)?;
+        Ok(GuestJob {
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                checked::script(r#"privload "$SCENARIO""#),
+            ],
+            files: vec![(ko, GUEST_MODULE.to_owned())],
+            setup: vec![format!("insmod {GUEST_MODULE}")],
+            env: vec![
+                ("ATTACH".into(), self.attach.as_str().into()),
+                ("SCENARIO".into(), self.scenario.name().into()),
+            ],
+            // Boot ≈10 s, refwatch attaching and the workload (teardown-busy waits 3 s) well
+            // under a minute under TCG.
+            timeout: Some(Duration::from_secs(240)),
+            ..GuestJob::default()
+        })
+    }
+}
+
+impl VmCase for Case {
+    fn id(&self) -> String {
+        format!(
+            "{}/private-{}/{}",
+            self.kernel,
+            self.scenario.name(),
+            self.attach.as_str()
+        )
+    }
+
+    fn kernel(&self) -> &'static str {
+        self.kernel
+    }
+
+    fn run(&self, kernel: &Kernel, assets: &Assets) -> Result<(), Vec<String>> {
+        checked::run(&self.id(), kernel, assets, self.job(kernel), |result| {
+            self.assess(result)
+        })
+    }
+}
