@@ -366,10 +366,11 @@ impl Aggregator {
         // in the summary: learn it from the event, which carries its type and first range.
         if !self.pgmaps.contains_key(&ev.pgmap) {
             self.pgmap_add(ev);
-            self.pgmaps
-                .get_mut(&ev.pgmap)
-                .expect("just added")
-                .discovered = true;
+            // Not added when it is one torn down already (a corrupt trace removing it twice).
+            let Some(pg) = self.pgmaps.get_mut(&ev.pgmap) else {
+                return 0;
+            };
+            pg.discovered = true;
         }
         let busy = self.busy_at_teardown(ev);
         let raised = busy.len();

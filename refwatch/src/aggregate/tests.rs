@@ -481,6 +481,24 @@ fn a_pgmap_rediscovered_in_its_teardown_stays_torn_down() {
     assert!(agg.pgmaps().all(|pg| pg.teardown));
 }
 
+/// A second teardown of a pgmap, flagged as rediscovered (a corrupt trace: found by the fuzz
+/// target), is no new pgmap and no panic.
+#[test]
+fn a_pgmap_removed_twice_stays_retired() {
+    let p = Probes::for_model(Model::AllOneBased);
+    let mut events = healthy(&p, false, 2, &[]);
+    let removed = events
+        .iter()
+        .position(|e| kind(e) == EventKind::PgmapRemove)
+        .unwrap();
+    let mut again = events[removed];
+    again.flags = refwatch_common::event::flags::DISCOVERED;
+    events.insert(removed + 1, again);
+    let agg = run(&p, &events);
+    assert_eq!(agg.pgmaps().count(), 1);
+    assert!(agg.pgmaps().all(|pg| pg.teardown));
+}
+
 /// 7.x: an unpin of a small folio drops GUP_PIN_COUNTING_BIAS references, so unpinning a page
 /// that only its mapping holds (refcount 1) twice over is an underflow; a large folio's pin is
 /// one reference.
