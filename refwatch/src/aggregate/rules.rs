@@ -153,7 +153,9 @@ const PIN_BIAS: i64 = 1024;
 /// `GUP_PIN_COUNTING_BIAS` references (try_grab_folio, gup_put_folio): on 7.x, where a mapping
 /// holds one, a second unpin of a mapped page is at refcount 1 and must still be found.
 pub fn moved(probe: &Probe, ev: &refwatch_common::Event) -> i64 {
-    let refs = ev.extra.max(1) as i64;
+    // A kernel moves a folio's worth at most; a corrupt trace's count is cut to 32 bits, so
+    // that the refcount arithmetic on it stays within i64.
+    let refs = ev.extra.clamp(1, u32::MAX.into()) as i64;
     match probe.refs {
         Refs::Pin | Refs::PinArg(_) if ev.flags & flags::HEAD == 0 => refs * PIN_BIAS,
         _ => refs,

@@ -536,3 +536,41 @@ fn an_unpin_of_a_small_folio_needs_the_pin_bias() {
     assert_eq!(found(&[1025, 1], false), 1);
     assert_eq!(found(&[2, 1], true), 0);
 }
+
+/// Counts and addresses of a corrupt trace at the top of their range: an unpin of 2^62 pages
+/// is an underflow (its pin bias once overflowed to 0), a PMD at the top of the address space
+/// wraps (it overflowed in the fuzz target, built with overflow checks).
+#[test]
+fn corrupt_counts_and_addresses_do_not_overflow() {
+    use super::synth::probe_id;
+    let p = Probes::for_model(Model::ZeroBased);
+    let unpin = probe_id("unpin_user_page", "7.2");
+    let mut events = healthy(&p, false, 1, &[Op::Map(0)]);
+    let at = events
+        .iter()
+        .rposition(|e| kind(e) == EventKind::Insert)
+        .unwrap();
+    let huge = Event {
+        probe: unpin,
+        kind: EventKind::Put as u8,
+        refcount: 1025,
+        extra: 1 << 62,
+        ..events[at]
+    };
+    events.insert(at + 1, huge);
+    assert_eq!(run(&p, &events).count(Rule::PutUnderflow), 1);
+
+    let p = Probes::for_model(Model::FsdaxOneBased);
+    let pmd = probe_id("vmf_insert_pfn_pmd", "6.12");
+    let mut agg = Aggregator::new(super::Context::new(
+        p.model,
+        [pmd, p.unmap, p.add, p.remove],
+        BTreeMap::new(),
+    ));
+    let mut sim = super::synth::Sim::new(&p, false, 512);
+    agg.observe(&sim.out[0]);
+    let mut insert = sim.event(pmd, 0, EventKind::Insert);
+    (insert.pfn, insert.page, insert.extra) = (u64::MAX - 8, u64::MAX - 64, u64::MAX - 4096);
+    agg.observe(&insert);
+    assert_eq!(agg.live_pages(), 512);
+}
