@@ -243,7 +243,9 @@ pub struct Hit<'a> {
 /// `GUP_PIN_COUNTING_BIAS` references (try_grab_folio, gup_put_folio): on 6.15+, where a
 /// mapping holds one, a second unpin of a mapped page is at refcount 1 and must still be found.
 pub fn moved(probe: &Probe, ev: &Event) -> i64 {
-    let refs = ev.extra.max(1) as i64;
+    // A kernel moves a folio's worth at most; a corrupt trace's count is cut to 32 bits, so
+    // that the refcount arithmetic on it stays within i64.
+    let refs = ev.extra.clamp(1, u32::MAX.into()) as i64;
     match probe.refs {
         Refs::Pin | Refs::PinArg(_) if ev.flags & flags::HEAD == 0 => refs * GUP_PIN_COUNTING_BIAS,
         _ => refs,

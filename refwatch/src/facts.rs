@@ -123,6 +123,49 @@ fn order_base_2(n: u64) -> u64 {
     }
 }
 
+/// The kernel's own bounds (`MAX_NR_ZONES` fits a ZONES_SHIFT of 3 at most, Kconfig's
+/// NODES_SHIFT is 10 at most): a corrupt BTF past them gets an error, not shifts past 64 bits.
+const MAX_ZONES: u64 = 8;
+const MAX_NODES_SHIFT: u32 = 10;
+
+/// Where page->flags keeps the zone and PG_head.
+#[derive(Debug, PartialEq)]
+struct FlagsFields {
+    nodes_shift: u64,
+    zones_shift: u64,
+    zones_mask: u64,
+    pg_head_mask: u64,
+}
+
+impl FlagsFields {
+    /// From `__MAX_NR_ZONES`, the length of `zonelist._zonerefs` and `PG_head`.
+    fn new(max_nr_zones: u64, zonerefs: u64, pg_head: u64) -> Result<Self, String> {
+        if !(1..=MAX_ZONES).contains(&max_nr_zones) {
+            return Err(format!("__MAX_NR_ZONES is {max_nr_zones}"));
+        }
+        // _zonerefs has MAX_NUMNODES * MAX_NR_ZONES + 1 entries; MAX_NUMNODES = 1 << NODES_SHIFT.
+        let numnodes = zonerefs.saturating_sub(1) / max_nr_zones;
+        if !numnodes.is_power_of_two() || numnodes.trailing_zeros() > MAX_NODES_SHIFT {
+            return Err(format!(
+                "cannot derive NODES_SHIFT from {zonerefs} zonerefs"
+            ));
+        }
+        if pg_head >= 64 {
+            return Err(format!("PG_head is bit {pg_head}"));
+        }
+        let nodes_shift = numnodes.trailing_zeros() as u64;
+        let zones_width = order_base_2(max_nr_zones);
+        // SPARSEMEM_VMEMMAP keeps no section in page->flags, so the node field sits at the top
+        // and the zone field right below it.
+        Ok(Self {
+            nodes_shift,
+            zones_shift: 64 - nodes_shift - zones_width,
+            zones_mask: (1 << zones_width) - 1,
+            pg_head_mask: 1 << pg_head,
+        })
+    }
+}
+
 /// Struct offsets and the page->flags zone field, all from BTF.
 pub fn layout_from_btf(btf: &Btf, config: Option<&str>) -> Result<Layout, String> {
     let need = |what: &str, v: Option<u64>| v.ok_or_else(|| format!("BTF has no {what}"));
@@ -151,30 +194,19 @@ pub fn layout_from_btf(btf: &Btf, config: Option<&str>) -> Result<Layout, String
         "zonelist._zonerefs",
         btf.member_array_len("zonelist", "_zonerefs"),
     )?;
-    // _zonerefs has MAX_NUMNODES * MAX_NR_ZONES + 1 entries; MAX_NUMNODES = 1 << NODES_SHIFT.
-    let numnodes = (zonerefs - 1) / max_nr_zones;
-    if !numnodes.is_power_of_two() {
-        return Err(format!(
-            "cannot derive NODES_SHIFT from {zonerefs} zonerefs"
-        ));
-    }
-    let nodes_shift = numnodes.trailing_zeros() as u64;
-    let zones_width = order_base_2(max_nr_zones);
-    if let Some(config) = config {
-        check_config(config, nodes_shift)?;
-    }
-    // SPARSEMEM_VMEMMAP keeps no section in page->flags, so the node field sits at the top and
-    // the zone field right below it.
-    let zones_shift = 64 - nodes_shift - zones_width;
     let pg_head = need("PG_head", btf.enumerator("PG_head").map(|v| v as u64))?;
+    let flags = FlagsFields::new(max_nr_zones, zonerefs, pg_head)?;
+    if let Some(config) = config {
+        check_config(config, flags.nodes_shift)?;
+    }
     Ok(Layout {
         vmemmap_base_addr: 0,
         vmemmap_start: 0,
         page_size: need("struct page", btf.struct_size("page"))?,
-        zones_shift,
-        zones_mask: (1 << zones_width) - 1,
+        zones_shift: flags.zones_shift,
+        zones_mask: flags.zones_mask,
         zone_device,
-        pg_head_mask: 1 << pg_head,
+        pg_head_mask: flags.pg_head_mask,
         off_flags: need("page.flags", btf.member_offset("page", "flags"))?,
         off_compound_head,
         compound_mode,
@@ -243,6 +275,32 @@ mod tests {
         assert_eq!(order_base_2(5), 3);
         assert_eq!(order_base_2(4), 2);
         assert_eq!(order_base_2(1), 0);
+    }
+
+    /// Values of a corrupt BTF that overflowed shifts and subtractions (found by the fuzz
+    /// target) are errors.
+    #[test]
+    fn flags_fields_bounded() {
+        let debian = FlagsFields::new(5, 5 * 64 + 1, 16).unwrap();
+        assert_eq!(
+            debian,
+            FlagsFields {
+                nodes_shift: 6,
+                zones_shift: 55,
+                zones_mask: 7,
+                pg_head_mask: 1 << 16,
+            }
+        );
+        for (zones, zonerefs, pg_head) in [
+            (5, 321, 64),
+            (5, 321, u64::MAX),
+            (0, 321, 16),
+            (u64::MAX, 321, 16),
+            (5, 0, 16),
+            (1, (1 << 11) + 1, 16),
+        ] {
+            assert!(FlagsFields::new(zones, zonerefs, pg_head).is_err());
+        }
     }
 
     #[test]

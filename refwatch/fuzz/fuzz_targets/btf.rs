@@ -3,16 +3,19 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use refwatch::{btf::Btf, facts::layout_from_btf};
+use refwatch::{btf::Btf, facts::KernelFacts, kallsyms::Kallsyms};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(btf) = Btf::parse(data) else { return };
     // What KernelFacts::gather asks: the layout, the catalog's prototypes, the pgmap types.
-    let _ = layout_from_btf(&btf, None);
-    for function in ["memunmap_pages", "try_grab_folio", "dax_disassociate_entry", "f"] {
-        let _ = btf.function_params(function);
-    }
-    let _ = btf.enum_values("memory_type");
-    let _ = btf.member_offset("page", "_refcount");
-    let _ = btf.member_array_len("zonelist", "_zonerefs");
+    let _ = KernelFacts::from_parts(
+        String::new(),
+        &Kallsyms::parse(""),
+        Some(&btf),
+        None,
+        true,
+        None,
+    );
+    // The synthetic seeds' function.
+    let _ = btf.function_params("f");
 });

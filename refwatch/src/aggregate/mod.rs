@@ -262,10 +262,11 @@ impl Aggregator {
         // in the summary: learn it from the event, which carries its type and first range.
         if !self.pgmaps.contains_key(&ev.pgmap) {
             self.pgmap_add(ev);
-            self.pgmaps
-                .get_mut(&ev.pgmap)
-                .expect("just added")
-                .discovered = true;
+            // Not added when it is one torn down already (a corrupt trace removing it twice).
+            let Some(pg) = self.pgmaps.get_mut(&ev.pgmap) else {
+                return 0;
+            };
+            pg.discovered = true;
         }
         let busy = self.busy_at_teardown(ev);
         let raised = busy.len();
@@ -653,8 +654,9 @@ impl Aggregator {
     fn pmd_tails(&mut self, ev: &Event, address: u64) {
         let ty = self.context().pg_type(ev.pgmap_type);
         for i in 1..PMD_PAGES {
-            let pfn = ev.pfn + i;
-            let new = self.map_at((ev.extra2, address + i * PAGE_SIZE), pfn);
+            // Wrapping, as the kernel's addresses would: a corrupt trace may put them at the top.
+            let pfn = ev.pfn.wrapping_add(i);
+            let new = self.map_at((ev.extra2, address.wrapping_add(i * PAGE_SIZE)), pfn);
             let task = self.tasks.hold(Task {
                 pid_tgid: ev.pid_tgid,
                 comm: ev.comm,
@@ -662,7 +664,7 @@ impl Aggregator {
             let (page, _) = self
                 .pages
                 .get_or_start(pfn, ev.pgmap, ty, i64::from(ev.refcount));
-            page.page = ev.page + i * STRUCT_PAGE;
+            page.page = ev.page.wrapping_add(i * STRUCT_PAGE);
             page.mapped += i64::from(new);
             let step = Step {
                 ts_ns: ev.ts_ns,

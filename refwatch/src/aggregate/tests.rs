@@ -540,6 +540,24 @@ fn a_pgmap_rediscovered_in_its_teardown_stays_torn_down() {
     assert!(agg.pgmaps().all(|pg| pg.teardown));
 }
 
+/// A second teardown of a pgmap, flagged as rediscovered (a corrupt trace: found by the fuzz
+/// target), is no new pgmap and no panic.
+#[test]
+fn a_pgmap_removed_twice_stays_retired() {
+    let p = Probes::for_model(RefModel::AllOneBased);
+    let mut events = healthy(&p, false, 2, &[]);
+    let removed = events
+        .iter()
+        .position(|e| kind(e) == EventKind::PgmapRemove)
+        .unwrap();
+    let mut again = events[removed];
+    again.flags = refwatch_common::event::flags::DISCOVERED;
+    events.insert(removed + 1, again);
+    let agg = run(&p, &events);
+    assert_eq!(agg.pgmaps().count(), 1);
+    assert!(agg.pgmaps().all(|pg| pg.teardown));
+}
+
 /// 7.x: an unpin of a small folio drops GUP_PIN_COUNTING_BIAS references, so unpinning a page
 /// that only its mapping holds (refcount 1) twice over is an underflow; a large folio's pin is
 /// one reference.
@@ -576,4 +594,42 @@ fn an_unpin_of_a_small_folio_needs_the_pin_bias() {
     assert_eq!(found(&[1025], false), 0);
     assert_eq!(found(&[1025, 1], false), 1);
     assert_eq!(found(&[2, 1], true), 0);
+}
+
+/// Counts and addresses of a corrupt trace at the top of their range: an unpin of 2^62 pages
+/// is an underflow (its pin bias once overflowed to 0), a PMD at the top of the address space
+/// wraps (it overflowed in the fuzz target, built with overflow checks).
+#[test]
+fn corrupt_counts_and_addresses_do_not_overflow() {
+    use super::synth::probe_id;
+    let p = Probes::for_model(RefModel::ZeroBased);
+    let unpin = probe_id("unpin_user_page", "7.2");
+    let mut events = healthy(&p, false, 1, &[Op::Map(0)]);
+    let at = events
+        .iter()
+        .rposition(|e| kind(e) == EventKind::Insert)
+        .unwrap();
+    let huge = Event {
+        probe: unpin,
+        kind: EventKind::Put as u8,
+        refcount: 1025,
+        extra: 1 << 62,
+        ..events[at]
+    };
+    events.insert(at + 1, huge);
+    assert_eq!(run(&p, &events).count(Rule::PutUnderflow), 1);
+
+    let p = Probes::for_model(RefModel::FsdaxOneBased);
+    let pmd = probe_id("vmf_insert_pfn_pmd", "6.12");
+    let mut agg = Aggregator::new(super::KernelView::new(
+        p.model,
+        [pmd, p.unmap, p.add, p.remove],
+        BTreeMap::new(),
+    ));
+    let mut sim = super::synth::Sim::new(&p, false, 512);
+    agg.observe(&sim.out[0]);
+    let mut insert = sim.event(pmd, 0, EventKind::Insert);
+    (insert.pfn, insert.page, insert.extra) = (u64::MAX - 8, u64::MAX - 64, u64::MAX - 4096);
+    agg.observe(&insert);
+    assert_eq!(agg.live_pages(), 512);
 }
