@@ -18,36 +18,14 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "say.h"
+
 #define PAGE 4096UL
 /* 64 pages: 256 KiB, half of QEMU's largest NVMe transfer (mdts 7), so one I/O each way. */
 #define PAGES 64UL
 #define NAMESPACE "/dev/nvme0n1"
 #define ALLOCATE_GLOB "/sys/bus/pci/devices/*/p2pmem/allocate"
 #define DOUBLE_PUT "/sys/kernel/debug/refwatch_p2pdma/double_put"
-
-static void die(const char *fmt, ...)
-{
-	va_list ap;
-	int err = errno;
-	va_start(ap, fmt);
-	fputs("p2pload: FAILED: ", stderr);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	if (err)
-		fprintf(stderr, ": %s", strerror(err));
-	fputc('\n', stderr);
-	exit(1);
-}
-
-static void say(const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	fputs("p2pload: ", stdout);
-	vprintf(fmt, ap);
-	va_end(ap);
-	fputc('\n', stdout);
-}
 
 /* A decimal sysfs attribute of the p2pmem directory (size, available, published). */
 static unsigned long long attribute(const char *dir, const char *name)
@@ -218,6 +196,7 @@ static int bug_double_put(void)
 int main(int argc, char **argv)
 {
 	const char *cmd = argc > 1 ? argv[1] : "";
+	say_prefix = "p2pload";
 	setvbuf(stdout, NULL, _IONBF, 0);
 	if (!strcmp(cmd, "healthy"))
 		return healthy();

@@ -22,37 +22,12 @@
 #include <unistd.h>
 
 #include "../private/refwatch_private.h"
+#include "say.h"
 
 #define PAGE 4096UL
 #define PAGES 16UL
 /* How long the teardown-busy child keeps its device-private entry after the teardown began. */
 #define CHILD_SECONDS 3
-
-static const char *scenario = "";
-
-static void die(const char *fmt, ...)
-{
-	va_list ap;
-	int err = errno;
-	va_start(ap, fmt);
-	fprintf(stderr, "privload: %s: FAILED: ", scenario);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	if (err)
-		fprintf(stderr, ": %s", strerror(err));
-	fputc('\n', stderr);
-	exit(1);
-}
-
-static void say(const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	printf("privload: %s: ", scenario);
-	vprintf(fmt, ap);
-	va_end(ap);
-	fputc('\n', stdout);
-}
 
 static long call(int fd, unsigned long cmd, void *arg, const char *what)
 {
@@ -231,7 +206,10 @@ int main(int argc, char **argv)
 	for (size_t i = 0; argc > 1 && i < sizeof(scenarios) / sizeof(scenarios[0]); i++) {
 		if (strcmp(argv[1], scenarios[i].name))
 			continue;
-		scenario = argv[1];
+		/* "privload: SCENARIO" before every line. */
+		static char prefix[64];
+		snprintf(prefix, sizeof(prefix), "privload: %s", argv[1]);
+		say_prefix = prefix;
 		int status = scenarios[i].run();
 		say("done");
 		return status;
