@@ -130,6 +130,7 @@ fn perfetto_check(assets: &Assets) -> Result<String> {
     report
         .arg("report")
         .arg(&trace)
+        .args(pfns.iter().flat_map(|pfn| ["--page", pfn]))
         .arg("--perfetto")
         .arg(&pftrace)
         .arg("--force");
