@@ -4,8 +4,14 @@ use std::collections::HashMap;
 
 use aya::{
     EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
-    programs::{FEntry, KProbe},
+    maps::{Array, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    programs::{
+        FEntry, KProbe, PerfEvent,
+        perf_event::{
+            BreakpointConfig, PerfBreakpointLength, PerfBreakpointType, PerfEventConfig,
+            PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent,
+        },
+    },
 };
 use refwatch_common::{
     Event,
@@ -59,6 +65,15 @@ pub struct SessionOptions {
     pub ring_bytes: u32,
     /// Page events only from this process's threads (see the eBPF `wanted_task`).
     pub pid: Option<u32>,
+    /// Pfns whose `_refcount` gets a hardware breakpoint (`--watch`).
+    pub watch: Vec<u64>,
+}
+
+/// A `--watch` pfn and whether its breakpoints could be armed (on every online CPU).
+#[derive(Clone, Debug)]
+pub struct Watchpoint {
+    pub pfn: u64,
+    pub armed: Result<(), String>,
 }
 
 /// The running kernel as refwatch sees it, before anything is loaded.
@@ -109,6 +124,7 @@ pub struct Session {
     stacks: StackTraceMap<MapData>,
     pub plan: Plan,
     pub kallsyms: Kallsyms,
+    pub watchpoints: Vec<Watchpoint>,
     symbolized: HashMap<i32, Vec<String>>,
 }
 
@@ -199,6 +215,7 @@ impl Session {
                 errors,
             });
         }
+        let watchpoints = arm_watchpoints(&mut ebpf, &layout, &opts.watch);
         let take = |ebpf: &mut aya::Ebpf, name: &'static str| {
             ebpf.take_map(name)
                 .ok_or_else(|| SessionError::Map(name, "missing".into()))
@@ -224,6 +241,7 @@ impl Session {
             // Re-read: the BPF programs and trampolines just attached have symbols of their own,
             // and their frames are dropped from stacks by name.
             kallsyms: Kallsyms::read().map_err(SessionError::Kallsyms)?,
+            watchpoints,
             symbolized: HashMap::new(),
         };
         // Parsing BTF and kallsyms peaks at tens of MiB that a long recording never needs
@@ -389,6 +407,146 @@ impl<'k> Trial<'k> {
             outcomes.push((format!("{name} ({function})"), outcome));
         }
         outcomes
+    }
+}
+
+/// Breakpoint slots tried for by [`Trial::breakpoint_slots`]; x86-64 has four.
+const MAX_SLOTS: usize = 8;
+
+impl Trial<'_> {
+    /// How many kernel data breakpoints CPU 0 can take now, found by arming them on a word
+    /// that is never written (the start of kernel text) until the kernel refuses; the refusal
+    /// when none can be had. They are released again.
+    pub fn breakpoint_slots(&mut self) -> Result<usize, String> {
+        let text = self
+            .kernel
+            .kallsyms
+            .get("_stext")
+            .ok_or("no _stext in kallsyms")?
+            .addr;
+        let prog: &mut PerfEvent = program(&mut self.ebpf, globals::WATCH_PROGRAM)?;
+        prog.load().map_err(|e| error_chain(&e))?;
+        let mut links = Vec::new();
+        let mut refusal = None;
+        while links.len() < MAX_SLOTS {
+            match breakpoint(prog, text, 0) {
+                Ok(link) => links.push(link),
+                Err(e) => {
+                    refusal = Some(e);
+                    break;
+                }
+            }
+        }
+        let slots = links.len();
+        for link in links {
+            let _ = prog.detach(link);
+        }
+        match refusal {
+            Some(e) if slots == 0 => Err(e),
+            _ => Ok(slots),
+        }
+    }
+}
+
+/// A write breakpoint on the 4-byte word at `address`, on one CPU, every hit sampled.
+/// # Minimum kernel version
+/// 4.17 (the program reads the sample address, `bpf_perf_event_data.addr`).
+fn breakpoint(prog: &mut PerfEvent, address: u64, cpu: u32) -> Result<PerfEventLinkId, String> {
+    let config = PerfEventConfig::Breakpoint(BreakpointConfig::Data {
+        r#type: PerfBreakpointType::Write,
+        address,
+        length: PerfBreakpointLength::Len4,
+    });
+    prog.attach(
+        config,
+        PerfEventScope::AllProcessesOneCpu { cpu },
+        SamplePolicy::Period(1),
+        false,
+    )
+    .map_err(|e| error_chain(&e))
+}
+
+/// Arms a breakpoint on each pfn's `_refcount` on every online CPU (a kernel breakpoint is
+/// per CPU); a pfn that cannot have them all gets none, and says why.
+fn arm_watchpoints(ebpf: &mut aya::Ebpf, layout: &Layout, pfns: &[u64]) -> Vec<Watchpoint> {
+    if pfns.is_empty() {
+        return Vec::new();
+    }
+    let setup = vmemmap_base(ebpf, layout).and_then(|base| {
+        let cpus = aya::util::online_cpus().map_err(|(what, e)| format!("{what}: {e}"))?;
+        let prog: &mut PerfEvent = program(ebpf, globals::WATCH_PROGRAM)?;
+        prog.load().map_err(|e| error_chain(&e))?;
+        Ok((base, cpus))
+    });
+    pfns.iter()
+        .map(|&pfn| {
+            let armed = setup.clone().and_then(|(base, cpus)| {
+                let prog: &mut PerfEvent = program(ebpf, globals::WATCH_PROGRAM)?;
+                let address = base + pfn * layout.page_size + layout.off_refcount;
+                let mut links = Vec::new();
+                for &cpu in &cpus {
+                    match breakpoint(prog, address, cpu) {
+                        Ok(link) => links.push(link),
+                        Err(e) => {
+                            for link in links {
+                                let _ = prog.detach(link);
+                            }
+                            return Err(format!("cpu {cpu}: {e}"));
+                        }
+                    }
+                }
+                Ok(())
+            });
+            Watchpoint { pfn, armed }
+        })
+        .collect()
+}
+
+/// The vmemmap base: fixed, or (randomized at boot) read by the `vmemmap` program from a page
+/// fault refwatch makes while it is attached.
+fn vmemmap_base(ebpf: &mut aya::Ebpf, layout: &Layout) -> Result<u64, String> {
+    if layout.vmemmap_base_addr == 0 {
+        return Ok(layout.vmemmap_start);
+    }
+    let prog: &mut PerfEvent = program(ebpf, globals::VMEMMAP_PROGRAM)?;
+    prog.load().map_err(|e| error_chain(&e))?;
+    let link = prog
+        .attach(
+            PerfEventConfig::Software(SoftwareEvent::PageFaults),
+            PerfEventScope::CallingProcess { cpu: None },
+            SamplePolicy::Period(1),
+            false,
+        )
+        .map_err(|e| error_chain(&e))?;
+    fault_a_page();
+    prog.detach(link).map_err(|e| error_chain(&e))?;
+    let map = ebpf
+        .map(globals::VMEMMAP)
+        .ok_or_else(|| format!("map {} missing", globals::VMEMMAP))?;
+    let base = Array::<_, u64>::try_from(map)
+        .and_then(|a| a.get(&0, 0))
+        .map_err(|e| error_chain(&e))?;
+    (base != 0)
+        .then_some(base)
+        .ok_or_else(|| "the vmemmap base could not be read".to_owned())
+}
+
+/// Touches a new anonymous page: one page fault in this thread.
+fn fault_a_page() {
+    const PAGE: usize = 4096;
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if p != libc::MAP_FAILED {
+            std::ptr::write_volatile(p.cast::<u8>(), 1);
+            libc::munmap(p, PAGE);
+        }
     }
 }
 
