@@ -1,17 +1,21 @@
 //! Loading the programs, attaching them per the plan, and reading events, drops and stacks.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd},
+};
 
 use aya::{
     EbpfLoader,
     maps::{Array, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
         FEntry, KProbe, PerfEvent,
-        perf_event::{
-            BreakpointConfig, PerfBreakpointLength, PerfBreakpointType, PerfEventConfig,
-            PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent,
-        },
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
+};
+use aya_obj::generated::{
+    HW_BREAKPOINT_LEN_4, HW_BREAKPOINT_W, PERF_EVENT_IOC_SET_BPF, PERF_FLAG_FD_CLOEXEC,
+    perf_event_attr, perf_type_id,
 };
 use refwatch_common::{
     Event,
@@ -125,6 +129,8 @@ pub struct Session {
     pub plan: Plan,
     pub kallsyms: Kallsyms,
     pub watchpoints: Vec<Watchpoint>,
+    /// The breakpoints' perf events: closing one detaches its program.
+    _breakpoints: Vec<OwnedFd>,
     symbolized: HashMap<i32, Vec<String>>,
 }
 
@@ -215,7 +221,7 @@ impl Session {
                 errors,
             });
         }
-        let watchpoints = arm_watchpoints(&mut ebpf, &layout, &opts.watch);
+        let (watchpoints, breakpoints) = arm_watchpoints(&mut ebpf, &layout, &opts.watch);
         let take = |ebpf: &mut aya::Ebpf, name: &'static str| {
             ebpf.take_map(name)
                 .ok_or_else(|| SessionError::Map(name, "missing".into()))
@@ -242,6 +248,7 @@ impl Session {
             // and their frames are dropped from stacks by name.
             kallsyms: Kallsyms::read().map_err(SessionError::Kallsyms)?,
             watchpoints,
+            _breakpoints: breakpoints,
             symbolized: HashMap::new(),
         };
         // Parsing BTF and kallsyms peaks at tens of MiB that a long recording never needs
@@ -426,80 +433,102 @@ impl Trial<'_> {
             .addr;
         let prog: &mut PerfEvent = program(&mut self.ebpf, globals::WATCH_PROGRAM)?;
         prog.load().map_err(|e| error_chain(&e))?;
-        let mut links = Vec::new();
-        let mut refusal = None;
-        while links.len() < MAX_SLOTS {
-            match breakpoint(prog, text, 0) {
-                Ok(link) => links.push(link),
-                Err(e) => {
-                    refusal = Some(e);
-                    break;
-                }
+        let prog_fd = prog.fd().map_err(|e| error_chain(&e))?.as_fd().as_raw_fd();
+        // Held until counted, then closed: the slots are free again.
+        let mut held = Vec::new();
+        while held.len() < MAX_SLOTS {
+            match breakpoint(prog_fd, text, 0) {
+                Ok(fd) => held.push(fd),
+                Err(e) if held.is_empty() => return Err(e),
+                Err(_) => break,
             }
         }
-        let slots = links.len();
-        for link in links {
-            let _ = prog.detach(link);
-        }
-        match refusal {
-            Some(e) if slots == 0 => Err(e),
-            _ => Ok(slots),
-        }
+        Ok(held.len())
     }
 }
 
-/// A write breakpoint on the 4-byte word at `address`, on one CPU, every hit sampled.
+/// A write breakpoint on the 4-byte word at `address`, on one CPU, with the program `prog_fd`
+/// run on every hit; closing the fd removes both. Opened by hand: aya's `PerfEvent::attach`
+/// sets `precise_ip`, and with it a kernel refuses a program that takes stacks (EPROTO from
+/// `perf_event_set_bpf_handler`) unless the sample carries callchains. Without it the stack is
+/// unwound from the breakpoint's registers.
+///
 /// # Minimum kernel version
+///
 /// 4.17 (the program reads the sample address, `bpf_perf_event_data.addr`).
-fn breakpoint(prog: &mut PerfEvent, address: u64, cpu: u32) -> Result<PerfEventLinkId, String> {
-    let config = PerfEventConfig::Breakpoint(BreakpointConfig::Data {
-        r#type: PerfBreakpointType::Write,
-        address,
-        length: PerfBreakpointLength::Len4,
-    });
-    prog.attach(
-        config,
-        PerfEventScope::AllProcessesOneCpu { cpu },
-        SamplePolicy::Period(1),
-        false,
-    )
-    .map_err(|e| error_chain(&e))
+fn breakpoint(prog_fd: RawFd, address: u64, cpu: u32) -> Result<OwnedFd, String> {
+    let mut attr: perf_event_attr = unsafe { std::mem::zeroed() };
+    attr.type_ = perf_type_id::PERF_TYPE_BREAKPOINT as u32;
+    attr.size = size_of::<perf_event_attr>() as u32;
+    attr.__bindgen_anon_1.sample_period = 1;
+    attr.bp_type = HW_BREAKPOINT_W;
+    attr.__bindgen_anon_3.bp_addr = address;
+    attr.__bindgen_anon_4.bp_len = u64::from(HW_BREAKPOINT_LEN_4);
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_perf_event_open,
+            &raw const attr,
+            -1,
+            cpu,
+            -1,
+            PERF_FLAG_FD_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(format!(
+            "perf_event_open: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: a new fd that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    if unsafe { libc::ioctl(fd.as_raw_fd(), PERF_EVENT_IOC_SET_BPF as _, prog_fd) } < 0 {
+        return Err(format!(
+            "attaching the program (PERF_EVENT_IOC_SET_BPF): {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(fd)
 }
 
 /// Arms a breakpoint on each pfn's `_refcount` on every online CPU (a kernel breakpoint is
-/// per CPU); a pfn that cannot have them all gets none, and says why.
-fn arm_watchpoints(ebpf: &mut aya::Ebpf, layout: &Layout, pfns: &[u64]) -> Vec<Watchpoint> {
+/// per CPU); a pfn that cannot have them all gets none, and says why. Returns the outcomes
+/// and the breakpoints' fds.
+fn arm_watchpoints(
+    ebpf: &mut aya::Ebpf,
+    layout: &Layout,
+    pfns: &[u64],
+) -> (Vec<Watchpoint>, Vec<OwnedFd>) {
+    let mut fds = Vec::new();
     if pfns.is_empty() {
-        return Vec::new();
+        return (Vec::new(), fds);
     }
     let setup = vmemmap_base(ebpf, layout).and_then(|base| {
         let cpus = aya::util::online_cpus().map_err(|(what, e)| format!("{what}: {e}"))?;
         let prog: &mut PerfEvent = program(ebpf, globals::WATCH_PROGRAM)?;
         prog.load().map_err(|e| error_chain(&e))?;
-        Ok((base, cpus))
+        let prog_fd = prog.fd().map_err(|e| error_chain(&e))?.as_fd().as_raw_fd();
+        Ok((base, cpus, prog_fd))
     });
-    pfns.iter()
+    let watchpoints = pfns
+        .iter()
         .map(|&pfn| {
-            let armed = setup.clone().and_then(|(base, cpus)| {
-                let prog: &mut PerfEvent = program(ebpf, globals::WATCH_PROGRAM)?;
+            let armed = setup.clone().and_then(|(base, cpus, prog_fd)| {
                 let address = base + pfn * layout.page_size + layout.off_refcount;
-                let mut links = Vec::new();
-                for &cpu in &cpus {
-                    match breakpoint(prog, address, cpu) {
-                        Ok(link) => links.push(link),
-                        Err(e) => {
-                            for link in links {
-                                let _ = prog.detach(link);
-                            }
-                            return Err(format!("cpu {cpu}: {e}"));
-                        }
-                    }
-                }
+                // All CPUs or none: a partial watch would miss writes without saying so.
+                let page_fds = cpus
+                    .iter()
+                    .map(|&cpu| {
+                        breakpoint(prog_fd, address, cpu).map_err(|e| format!("cpu {cpu}: {e}"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                fds.extend(page_fds);
                 Ok(())
             });
             Watchpoint { pfn, armed }
         })
-        .collect()
+        .collect();
+    (watchpoints, fds)
 }
 
 /// The vmemmap base: fixed, or (randomized at boot) read by the `vmemmap` program from a page
