@@ -386,7 +386,7 @@ impl<'k> Trial<'k> {
     }
 
     /// Loads (verifies) the kprobe program of every catalog entry that applies to the running
-    /// kernel's version, and, in `fentry` (function names by catalog id), the fentry program
+    /// kernel's version, the watchpoint programs, and, in `fentry` (function names by catalog id), the fentry program
     /// of each of those functions: the object's programs must pass the verifier of the
     /// running kernel even where it cannot attach them. Name → outcome.
     pub fn verify(mut self, fentry: &[(u8, &str)]) -> Vec<VerifyOutcome> {
@@ -400,6 +400,16 @@ impl<'k> Trial<'k> {
                 (name, outcome)
             })
             .collect();
+        // The watchpoint programs; `watch` may be loaded already (breakpoint_slots).
+        for name in [globals::WATCH_PROGRAM, globals::VMEMMAP_PROGRAM] {
+            let outcome = program::<PerfEvent>(&mut self.ebpf, name).and_then(|p| {
+                if p.fd().is_ok() {
+                    return Ok(());
+                }
+                p.load().map_err(|e| error_chain(&e))
+            });
+            outcomes.push((name.to_owned(), outcome));
+        }
         for &(id, function) in fentry {
             let name = format!("f_{id}");
             let outcome = self
