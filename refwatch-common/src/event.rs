@@ -30,7 +30,7 @@ pub struct Event {
     /// Kernel stack id in the `STACKS` map, negative when none was captured.
     pub stack_id: i32,
     pub cpu: u16,
-    /// Index into [`crate::CATALOG`].
+    /// Index into [`crate::CATALOG`], or [`WATCH_PROBE`].
     pub probe: u8,
     /// [`EventKind`] as u8.
     pub kind: u8,
@@ -54,6 +54,23 @@ pub mod flags {
     pub const PGMAP_UNREADABLE: u8 = 1 << 3;
     /// The teardown scan stopped at its limit before the end of the pgmap's range.
     pub const SCAN_CUT: u8 = 1 << 4;
+}
+
+/// [`Event::probe`] of a watchpoint hit: no catalog function, a hardware breakpoint. Trace
+/// event tags stop below 0x80, and the catalog stays far below this.
+pub const WATCH_PROBE: u8 = 0x7f;
+/// What a watchpoint hit names in place of a kernel function.
+pub const WATCH_FUNCTION: &str = "watchpoint";
+
+const _: () = assert!(crate::catalog::CATALOG_LEN < WATCH_PROBE as usize);
+
+/// The kernel function an event's probe id names, [`WATCH_FUNCTION`], or "?".
+pub fn probe_function(id: u8) -> &'static str {
+    match crate::CATALOG.get(usize::from(id)) {
+        Some(p) => p.function,
+        None if id == WATCH_PROBE => WATCH_FUNCTION,
+        None => "?",
+    }
 }
 
 /// Unknown `enum memory_type`.
@@ -89,10 +106,13 @@ pub enum EventKind {
     /// memunmap_pages found the page still held: the kernel's own refcount above idle, or a
     /// mapcount (read by a scan of the pgmap in the kernel, before the pgmap event).
     Held = 9,
+    /// A hardware breakpoint on the page's `_refcount` saw it written (`--watch`), inline or
+    /// not; the counts are read right after the write.
+    Watch = 10,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 10] = [
+    pub const ALL: [EventKind; 11] = [
         EventKind::Insert,
         EventKind::Get,
         EventKind::Put,
@@ -103,6 +123,7 @@ impl EventKind {
         EventKind::Remap,
         EventKind::Truncate,
         EventKind::Held,
+        EventKind::Watch,
     ];
 
     pub const fn from_u8(v: u8) -> Option<Self> {
@@ -117,6 +138,7 @@ impl EventKind {
             7 => Some(Self::Remap),
             8 => Some(Self::Truncate),
             9 => Some(Self::Held),
+            10 => Some(Self::Watch),
             _ => None,
         }
     }
@@ -134,6 +156,7 @@ impl EventKind {
             Self::Remap => "remap",
             Self::Truncate => "truncate",
             Self::Held => "held",
+            Self::Watch => "watch",
         }
     }
 }

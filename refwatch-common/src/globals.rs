@@ -160,6 +160,11 @@ pub const CALLS: &str = "CALLS";
 pub const STACKS: &str = "STACKS";
 pub const PGMAPS_SEEN: &str = "PGMAPS_SEEN";
 pub const DEVICE_MMS: &str = "DEVICE_MMS";
+pub const VMEMMAP: &str = "VMEMMAP";
+
+/// Program names (the catalog's are `k_N`, `f_N`).
+pub const WATCH_PROGRAM: &str = "watch";
+pub const VMEMMAP_PROGRAM: &str = "vmemmap";
 
 /// Default ring buffer size in bytes (a power of two, a multiple of the page size).
 pub const DEFAULT_RING_BYTES: u32 = 4 << 20;

@@ -208,7 +208,12 @@ impl RefModel {
                 };
             }
             EventKind::Truncate => after.refcount = r,
-            EventKind::PgmapAdd | EventKind::PgmapRemove | EventKind::Remap | EventKind::Held => {}
+            // A watchpoint hit is history, not a transition (the aggregator keeps it apart).
+            EventKind::PgmapAdd
+            | EventKind::PgmapRemove
+            | EventKind::Remap
+            | EventKind::Held
+            | EventKind::Watch => {}
         }
         after
     }

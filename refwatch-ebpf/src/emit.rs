@@ -4,11 +4,11 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
     },
-    programs::tracing::StackIdContext,
+    programs::{PerfEventContext, tracing::StackIdContext},
 };
 use refwatch_common::{
     Arg, At, Event, EventKind, Probe, Refs,
-    event::{PGMAP_TYPE_UNKNOWN, flags},
+    event::{PGMAP_TYPE_UNKNOWN, WATCH_PROBE, flags},
 };
 
 use crate::{
@@ -106,6 +106,27 @@ pub fn handle<C: Args + StackIdContext>(ctx: &C, id: u8, probe: &Probe) {
         0
     };
     submit_page(&common(ctx), id, probe.kind, head, &state, extra, extra2, f);
+}
+
+/// A write to a watched page's `_refcount`: the counts right after it (a data breakpoint traps
+/// after the writing instruction), with the stack of the code that wrote. No task filter: the
+/// page was asked for by pfn.
+#[inline(always)]
+pub fn watch(ctx: &PerfEventContext) {
+    // perf hands a breakpoint's own address to the program as the sample address.
+    let addr = unsafe { (*ctx.ctx).addr };
+    let page = addr - layout!(off_refcount);
+    let state = page::state(page);
+    submit_page(
+        &common(ctx),
+        WATCH_PROBE,
+        EventKind::Watch,
+        page,
+        &state,
+        0,
+        0,
+        0,
+    );
 }
 
 /// `-p PID`: whether a page event of the current task is wanted (the task is a thread of

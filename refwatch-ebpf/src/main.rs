@@ -9,9 +9,9 @@ mod page;
 mod scan;
 
 use aya_ebpf::{
-    macros::{fentry, kprobe, map},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
-    programs::{FEntryContext, ProbeContext},
+    macros::{fentry, kprobe, map, perf_event},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
+    programs::{FEntryContext, PerfEventContext, ProbeContext},
 };
 use refwatch_common::{
     CATALOG,
@@ -55,6 +55,28 @@ static PGMAPS_SEEN: HashMap<u64, u8> = HashMap::with_max_entries(256, 0);
 /// mms emit nothing.
 #[map]
 static DEVICE_MMS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(MAX_DEVICE_MMS, 0);
+
+/// The vmemmap base as the programs see it, for userspace to place watchpoints: written by
+/// [`vmemmap`].
+#[map]
+static VMEMMAP: Array<u64> = Array::with_max_entries(1, 0);
+
+/// A hardware breakpoint on a watched page's `_refcount` fired (`--watch`).
+#[perf_event]
+pub fn watch(ctx: PerfEventContext) -> u32 {
+    emit::watch(&ctx);
+    0
+}
+
+/// Attached for a moment to a page fault of refwatch's own: stores the vmemmap base
+/// (randomized at boot, and only readable from the kernel) in [`VMEMMAP`].
+#[perf_event]
+pub fn vmemmap(_ctx: PerfEventContext) -> u32 {
+    if let (Some(base), Some(slot)) = (page::vmemmap(), VMEMMAP.get_ptr_mut(0)) {
+        unsafe { *slot = base };
+    }
+    0
+}
 
 /// Reads a `LAYOUT` field; volatile so the loader's value is used, not the placeholder.
 macro_rules! layout {

@@ -22,7 +22,7 @@ const PFN_MAP: u64 = 1 << 60;
 const PFN_T_MASK: u64 = 0x000f_ffff_ffff_ffff;
 
 #[inline(always)]
-fn vmemmap() -> Option<u64> {
+pub fn vmemmap() -> Option<u64> {
     match layout!(vmemmap_base_addr) {
         0 => Some(layout!(vmemmap_start)),
         addr => read::<u64>(addr),

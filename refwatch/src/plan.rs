@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use refwatch_common::{
     CATALOG, EventKind, KernelVersion, Probe, RefModel, Site,
     catalog::{FENTRY_STRUCT_ARGS_SINCE, INLINES, NEWEST_CHECKED},
+    event::probe_function,
     model::era,
 };
 use serde::{Deserialize, Serialize};
@@ -342,11 +343,11 @@ impl Plan {
             .any(|p| CATALOG[usize::from(p.id)].carries(kind))
     }
 
-    /// The function name of a catalog id.
+    /// The function name of a catalog id (or of a watchpoint's).
     pub fn function(&self, id: u8) -> &str {
         self.probes
             .get(id as usize)
-            .map_or("?", |p| p.function.as_str())
+            .map_or_else(|| probe_function(id), |p| p.function.as_str())
     }
 
     pub fn pgmap_type_name(&self, raw: u8) -> &str {

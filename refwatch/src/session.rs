@@ -1,11 +1,21 @@
 //! Loading the programs, attaching them per the plan, and reading events, drops and stacks.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd},
+};
 
 use aya::{
     EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
-    programs::{FEntry, KProbe},
+    maps::{Array, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    programs::{
+        FEntry, KProbe, PerfEvent,
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+    },
+};
+use aya_obj::generated::{
+    HW_BREAKPOINT_LEN_4, HW_BREAKPOINT_W, PERF_EVENT_IOC_SET_BPF, PERF_FLAG_FD_CLOEXEC,
+    perf_event_attr, perf_type_id,
 };
 use refwatch_common::{
     Event,
@@ -59,6 +69,15 @@ pub struct SessionOptions {
     pub ring_bytes: u32,
     /// Page events only from this process's threads (see the eBPF `wanted_task`).
     pub pid: Option<u32>,
+    /// Pfns whose `_refcount` gets a hardware breakpoint (`--watch`).
+    pub watch: Vec<u64>,
+}
+
+/// A `--watch` pfn and whether its breakpoints could be armed (on every online CPU).
+#[derive(Clone, Debug)]
+pub struct Watchpoint {
+    pub pfn: u64,
+    pub armed: Result<(), String>,
 }
 
 /// The running kernel as refwatch sees it, before anything is loaded.
@@ -109,6 +128,9 @@ pub struct Session {
     stacks: StackTraceMap<MapData>,
     pub plan: Plan,
     pub kallsyms: Kallsyms,
+    pub watchpoints: Vec<Watchpoint>,
+    /// The breakpoints' perf events: closing one detaches its program.
+    _breakpoints: Vec<OwnedFd>,
     symbolized: HashMap<i32, Vec<String>>,
 }
 
@@ -199,6 +221,7 @@ impl Session {
                 errors,
             });
         }
+        let (watchpoints, breakpoints) = arm_watchpoints(&mut ebpf, &layout, &opts.watch);
         let take = |ebpf: &mut aya::Ebpf, name: &'static str| {
             ebpf.take_map(name)
                 .ok_or_else(|| SessionError::Map(name, "missing".into()))
@@ -224,6 +247,8 @@ impl Session {
             // Re-read: the BPF programs and trampolines just attached have symbols of their own,
             // and their frames are dropped from stacks by name.
             kallsyms: Kallsyms::read().map_err(SessionError::Kallsyms)?,
+            watchpoints,
+            _breakpoints: breakpoints,
             symbolized: HashMap::new(),
         };
         // Parsing BTF and kallsyms peaks at tens of MiB that a long recording never needs
@@ -361,7 +386,7 @@ impl<'k> Trial<'k> {
     }
 
     /// Loads (verifies) the kprobe program of every catalog entry that applies to the running
-    /// kernel's version, and, in `fentry` (function names by catalog id), the fentry program
+    /// kernel's version, the watchpoint programs, and, in `fentry` (function names by catalog id), the fentry program
     /// of each of those functions: the object's programs must pass the verifier of the
     /// running kernel even where it cannot attach them. Name → outcome.
     pub fn verify(mut self, fentry: &[(u8, &str)]) -> Vec<VerifyOutcome> {
@@ -375,6 +400,16 @@ impl<'k> Trial<'k> {
                 (name, outcome)
             })
             .collect();
+        // The watchpoint programs; `watch` may be loaded already (breakpoint_slots).
+        for name in [globals::WATCH_PROGRAM, globals::VMEMMAP_PROGRAM] {
+            let outcome = program::<PerfEvent>(&mut self.ebpf, name).and_then(|p| {
+                if p.fd().is_ok() {
+                    return Ok(());
+                }
+                p.load().map_err(|e| error_chain(&e))
+            });
+            outcomes.push((name.to_owned(), outcome));
+        }
         for &(id, function) in fentry {
             let name = format!("f_{id}");
             let outcome = self
@@ -389,6 +424,168 @@ impl<'k> Trial<'k> {
             outcomes.push((format!("{name} ({function})"), outcome));
         }
         outcomes
+    }
+}
+
+/// Breakpoint slots tried for by [`Trial::breakpoint_slots`]; x86-64 has four.
+const MAX_SLOTS: usize = 8;
+
+impl Trial<'_> {
+    /// How many kernel data breakpoints CPU 0 can take now, found by arming them on a word
+    /// that is never written (the start of kernel text) until the kernel refuses; the refusal
+    /// when none can be had. They are released again.
+    pub fn breakpoint_slots(&mut self) -> Result<usize, String> {
+        let text = self
+            .kernel
+            .kallsyms
+            .get("_stext")
+            .ok_or("no _stext in kallsyms")?
+            .addr;
+        let prog: &mut PerfEvent = program(&mut self.ebpf, globals::WATCH_PROGRAM)?;
+        prog.load().map_err(|e| error_chain(&e))?;
+        let prog_fd = prog.fd().map_err(|e| error_chain(&e))?.as_fd().as_raw_fd();
+        // Held until counted, then closed: the slots are free again.
+        let mut held = Vec::new();
+        while held.len() < MAX_SLOTS {
+            match breakpoint(prog_fd, text, 0) {
+                Ok(fd) => held.push(fd),
+                Err(e) if held.is_empty() => return Err(e),
+                Err(_) => break,
+            }
+        }
+        Ok(held.len())
+    }
+}
+
+/// A write breakpoint on the 4-byte word at `address`, on one CPU, with the program `prog_fd`
+/// run on every hit; closing the fd removes both. Opened by hand: aya's `PerfEvent::attach`
+/// sets `precise_ip`, and with it a kernel refuses a program that takes stacks (EPROTO from
+/// `perf_event_set_bpf_handler`) unless the sample carries callchains. Without it the stack is
+/// unwound from the breakpoint's registers.
+///
+/// # Minimum kernel version
+///
+/// 4.17 (the program reads the sample address, `bpf_perf_event_data.addr`).
+fn breakpoint(prog_fd: RawFd, address: u64, cpu: u32) -> Result<OwnedFd, String> {
+    let mut attr: perf_event_attr = unsafe { std::mem::zeroed() };
+    attr.type_ = perf_type_id::PERF_TYPE_BREAKPOINT as u32;
+    attr.size = size_of::<perf_event_attr>() as u32;
+    attr.__bindgen_anon_1.sample_period = 1;
+    attr.bp_type = HW_BREAKPOINT_W;
+    attr.__bindgen_anon_3.bp_addr = address;
+    attr.__bindgen_anon_4.bp_len = u64::from(HW_BREAKPOINT_LEN_4);
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_perf_event_open,
+            &raw const attr,
+            -1,
+            cpu,
+            -1,
+            PERF_FLAG_FD_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(format!(
+            "perf_event_open: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: a new fd that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    if unsafe { libc::ioctl(fd.as_raw_fd(), PERF_EVENT_IOC_SET_BPF as _, prog_fd) } < 0 {
+        return Err(format!(
+            "attaching the program (PERF_EVENT_IOC_SET_BPF): {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(fd)
+}
+
+/// Arms a breakpoint on each pfn's `_refcount` on every online CPU (a kernel breakpoint is
+/// per CPU); a pfn that cannot have them all gets none, and says why. Returns the outcomes
+/// and the breakpoints' fds.
+fn arm_watchpoints(
+    ebpf: &mut aya::Ebpf,
+    layout: &Layout,
+    pfns: &[u64],
+) -> (Vec<Watchpoint>, Vec<OwnedFd>) {
+    let mut fds = Vec::new();
+    if pfns.is_empty() {
+        return (Vec::new(), fds);
+    }
+    let setup = vmemmap_base(ebpf, layout).and_then(|base| {
+        let cpus = aya::util::online_cpus().map_err(|(what, e)| format!("{what}: {e}"))?;
+        let prog: &mut PerfEvent = program(ebpf, globals::WATCH_PROGRAM)?;
+        prog.load().map_err(|e| error_chain(&e))?;
+        let prog_fd = prog.fd().map_err(|e| error_chain(&e))?.as_fd().as_raw_fd();
+        Ok((base, cpus, prog_fd))
+    });
+    let watchpoints = pfns
+        .iter()
+        .map(|&pfn| {
+            let armed = setup.clone().and_then(|(base, cpus, prog_fd)| {
+                let address = base + pfn * layout.page_size + layout.off_refcount;
+                // All CPUs or none: a partial watch would miss writes without saying so.
+                let page_fds = cpus
+                    .iter()
+                    .map(|&cpu| {
+                        breakpoint(prog_fd, address, cpu).map_err(|e| format!("cpu {cpu}: {e}"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                fds.extend(page_fds);
+                Ok(())
+            });
+            Watchpoint { pfn, armed }
+        })
+        .collect();
+    (watchpoints, fds)
+}
+
+/// The vmemmap base: fixed, or (randomized at boot) read by the `vmemmap` program from a page
+/// fault refwatch makes while it is attached.
+fn vmemmap_base(ebpf: &mut aya::Ebpf, layout: &Layout) -> Result<u64, String> {
+    if layout.vmemmap_base_addr == 0 {
+        return Ok(layout.vmemmap_start);
+    }
+    let prog: &mut PerfEvent = program(ebpf, globals::VMEMMAP_PROGRAM)?;
+    prog.load().map_err(|e| error_chain(&e))?;
+    let link = prog
+        .attach(
+            PerfEventConfig::Software(SoftwareEvent::PageFaults),
+            PerfEventScope::CallingProcess { cpu: None },
+            SamplePolicy::Period(1),
+            false,
+        )
+        .map_err(|e| error_chain(&e))?;
+    fault_a_page();
+    prog.detach(link).map_err(|e| error_chain(&e))?;
+    let map = ebpf
+        .map(globals::VMEMMAP)
+        .ok_or_else(|| format!("map {} missing", globals::VMEMMAP))?;
+    let base = Array::<_, u64>::try_from(map)
+        .and_then(|a| a.get(&0, 0))
+        .map_err(|e| error_chain(&e))?;
+    (base != 0)
+        .then_some(base)
+        .ok_or_else(|| "the vmemmap base could not be read".to_owned())
+}
+
+/// Touches a new anonymous page: one page fault in this thread.
+fn fault_a_page() {
+    const PAGE: usize = 4096;
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if p != libc::MAP_FAILED {
+            std::ptr::write_volatile(p.cast::<u8>(), 1);
+            libc::munmap(p, PAGE);
+        }
     }
 }
 

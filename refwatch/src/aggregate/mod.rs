@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use refwatch_common::{
     Arg, CATALOG, Event, EventKind, Probe, RefModel,
     catalog::Level,
-    event::PGMAP_TYPE_UNKNOWN,
+    event::{PGMAP_TYPE_UNKNOWN, probe_function},
     model::{Counts, Hit, MemoryType, moved},
 };
 use serde::Serialize;
@@ -200,6 +200,10 @@ impl Aggregator {
         let Some(kind) = ev.event_kind() else {
             return 0;
         };
+        if kind == EventKind::Watch {
+            self.watch(ev);
+            return 0;
+        }
         let Some(probe) = CATALOG.get(ev.probe as usize) else {
             return 0;
         };
@@ -228,6 +232,30 @@ impl Aggregator {
                 0
             }
             _ => self.page_event(ev, kind, probe),
+        }
+    }
+
+    /// A watchpoint hit goes into a tracked page's history only: it is any write of the count,
+    /// inline or not, so no rule judges it and refwatch's reckoning of the page stays as the
+    /// probes left it.
+    fn watch(&mut self, ev: &Event) {
+        let Some(page) = self.pages.get_mut(ev.pfn) else {
+            return;
+        };
+        let step = Step {
+            ts_ns: ev.ts_ns,
+            refs: 0,
+            refcount: ev.refcount,
+            mapcount: ev.mapcount,
+            task: self.tasks.hold(Task {
+                pid_tgid: ev.pid_tgid,
+                comm: ev.comm,
+            }),
+            probe: ev.probe,
+            kind: EventKind::Watch,
+        };
+        if let Some(old) = page.recent.push(step) {
+            self.tasks.release(old.task);
         }
     }
 
@@ -411,11 +439,11 @@ impl Aggregator {
             && self.context().model == RefModel::ZeroBased
             && let Some(s) = last(EventKind::Insert)
         {
-            let function = CATALOG.get(s.probe as usize).map_or("?", |p| p.function);
+            let function = probe_function(s.probe);
             out.push(format!("mapped through {function} by {}", who(s)));
         }
         if let Some(s) = last(EventKind::Get).or_else(|| self.grabs.get(&pfn).map(|g| &g.step)) {
-            let function = CATALOG.get(s.probe as usize).map_or("?", |p| p.function);
+            let function = probe_function(s.probe);
             out.push(format!("reference taken by {function} in {}", who(s)));
         }
         out

@@ -1,7 +1,7 @@
 //! Per-page and per-pgmap state. Pages are kept only while live (above idle or mapped), so
 //! memory follows the number of busy device pages, not the size of the devices.
 
-use refwatch_common::{CATALOG, EventKind};
+use refwatch_common::{EventKind, event::probe_function};
 use serde::Serialize;
 
 use refwatch_common::model::MemoryType;
@@ -33,9 +33,7 @@ impl Transition {
         Transition {
             ts_ns: ev.ts_ns,
             kind,
-            function: CATALOG
-                .get(usize::from(ev.probe))
-                .map_or("?", |p| p.function),
+            function: probe_function(ev.probe),
             refcount: ev.refcount,
             mapcount: ev.mapcount,
             refs: ev.extra,
@@ -71,7 +69,7 @@ impl Step {
         Transition {
             ts_ns: self.ts_ns,
             kind: self.kind,
-            function: CATALOG.get(self.probe as usize).map_or("?", |p| p.function),
+            function: probe_function(self.probe),
             refcount: self.refcount,
             mapcount: self.mapcount,
             refs: self.refs,
@@ -202,7 +200,8 @@ impl Counters {
             | EventKind::PgmapRemove
             | EventKind::Remap
             | EventKind::Truncate
-            | EventKind::Held => {}
+            | EventKind::Held
+            | EventKind::Watch => {}
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use proptest::{prelude::*, sample::Index};
-use refwatch_common::{CATALOG, Event, EventKind};
+use refwatch_common::{CATALOG, Event, EventKind, event::WATCH_PROBE};
 
 use super::{
     Aggregator, Coverage, Rule,
@@ -225,6 +225,29 @@ fn findings_carry_the_page_history() {
     );
     assert_eq!(f.recent.last().unwrap().function, "free_zone_device_folio");
     assert_eq!(f.comm, "fio");
+}
+
+#[test]
+fn watchpoint_hits_are_history_not_transitions() {
+    let p = Probes::for_model(RefModel::ZeroBased);
+    let mut events = healthy(&p, false, 1, &[]);
+    let free = events
+        .iter()
+        .position(|e| kind(e) == EventKind::Free)
+        .unwrap();
+    events[free].mapcount = 2;
+    // A hit with a count no rule would let pass, just before the free.
+    let mut hit = events[free - 1];
+    (hit.probe, hit.kind, hit.refcount) = (WATCH_PROBE, EventKind::Watch as u8, -5);
+    events.insert(free, hit);
+    let agg = run(&p, &events);
+    assert_eq!(agg.total_findings(), 1);
+    let recent = &agg.findings()[0].recent;
+    let watch = &recent[recent.len() - 2];
+    assert_eq!(
+        (watch.kind, watch.function, watch.refcount),
+        (EventKind::Watch, "watchpoint", -5)
+    );
 }
 
 #[test]

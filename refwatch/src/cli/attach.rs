@@ -31,8 +31,16 @@ pub fn open(args: &RunArgs) -> Result<(Session, Option<Layout>)> {
             with: args.with.clone(),
             ring_bytes: args.ring_kib * 1024,
             pid: args.pid,
+            watch: args.watch.clone(),
         },
     )?;
+    // Watchpoints are extra: the probes carry on without the ones the CPU cannot give.
+    for w in &session.watchpoints {
+        match &w.armed {
+            Ok(()) => eprintln!("refwatch: watching pfn {:#x}'s refcount", w.pfn),
+            Err(e) => eprintln!("refwatch: --watch {:#x}: no breakpoint: {e}", w.pfn),
+        }
+    }
     Ok((session, layout))
 }
 

@@ -87,6 +87,12 @@ pub struct RunArgs {
     /// teardown scan's held pages and the zaps of the process's own mappings always pass.
     #[arg(short, long, value_parser = clap::value_parser!(u32).range(1..))]
     pub pid: Option<u32>,
+    /// Put a hardware breakpoint on this page's refcount (repeatable, as many pages as the
+    /// CPU has breakpoint slots free, four on x86-64): every change of it, inline or not,
+    /// becomes a `watch` event with its kernel stack. A page that cannot have one is reported
+    /// and left out.
+    #[arg(long, value_name = "PFN", value_parser = parse_pfn)]
+    pub watch: Vec<u64>,
     /// Stop after this many seconds.
     #[arg(short, long)]
     pub duration: Option<f64>,
@@ -102,6 +108,15 @@ impl RunArgs {
             command: self.command.clone(),
         }
     }
+}
+
+/// A pfn, decimal or `0x` hex.
+fn parse_pfn(text: &str) -> Result<u64, String> {
+    match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => text.parse(),
+    }
+    .map_err(|e| format!("{text:?} is not a pfn: {e}"))
 }
 
 fn ring_kib(s: &str) -> Result<u32, String> {

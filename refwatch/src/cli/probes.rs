@@ -52,6 +52,17 @@ pub fn run(args: ProbesArgs) -> Result<ExitCode> {
             Err(e) => Fentry::Refused(session::error_chain(&e)),
         },
     };
+    let breakpoints = if root {
+        match trial
+            .take()
+            .map_or_else(|| session::Trial::load(&kernel), Ok)
+        {
+            Ok(t) => trial.insert(t).breakpoint_slots(),
+            Err(e) => Err(session::error_chain(&e)),
+        }
+    } else {
+        Err("unknown: needs root to try".to_owned())
+    };
     let mechanisms = Mechanisms {
         kprobes: kernel.facts.kprobes,
         fentry,
@@ -93,13 +104,23 @@ pub fn run(args: ProbesArgs) -> Result<ExitCode> {
             "btf": kernel.facts.btf,
             "kprobes": kernel.facts.kprobes,
             "fentry": fentry,
+            "breakpoints": match &breakpoints {
+                Ok(slots) => json!({"slots": slots, "error": null}),
+                Err(e) => json!({"slots": 0, "error": e}),
+            },
             "nothing_attaches": nothing_attaches,
             "plan": plan,
             "verified": verified,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        print_text(&kernel, &plan, &mechanisms, nothing_attaches.as_deref());
+        print_text(
+            &kernel,
+            &plan,
+            &mechanisms,
+            &breakpoints,
+            nothing_attaches.as_deref(),
+        );
         if let Some(verified) = &verified {
             let ok = verified.iter().filter(|(_, r)| r.is_ok()).count();
             println!(
@@ -124,6 +145,7 @@ fn print_text(
     kernel: &Kernel,
     plan: &Plan,
     mechanisms: &Mechanisms,
+    breakpoints: &Result<usize, String>,
     nothing_attaches: Option<&[String]>,
 ) {
     let f = &kernel.facts;
@@ -145,6 +167,13 @@ fn print_text(
         Fentry::Refused(e) => println!("fentry:   not usable: {e}"),
         Fentry::Unknown(why) => println!("fentry:   not usable: unknown: {why}"),
     }
+    match breakpoints {
+        Ok(n) => println!(
+            "watch:    {n} breakpoint slot(s) free on CPU 0 (x86-64 has 4): --watch takes up \
+             to {n} page(s)"
+        ),
+        Err(e) => println!("watch:    no kernel breakpoint: {e}: --watch is not available"),
+    }
     println!("attach:   {} requested", plan.requested);
     if let Some(why) = nothing_attaches {
         println!("\nnothing can attach on this kernel:");
@@ -152,7 +181,11 @@ fn print_text(
             println!("  {line}");
         }
     }
-    for kind in EventKind::ALL {
+    // Watchpoint hits come from --watch's breakpoints, not from catalog functions.
+    for kind in EventKind::ALL
+        .into_iter()
+        .filter(|&k| k != EventKind::Watch)
+    {
         println!("\n{}:", kind.name());
         let carries = |p: &&refwatch::plan::ProbeEntry| CATALOG[usize::from(p.id)].carries(kind);
         for p in plan.probes.iter().filter(carries) {

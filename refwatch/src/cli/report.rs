@@ -21,7 +21,7 @@ pub struct ReportArgs {
     json: bool,
     /// Every event of this page in the trace (repeatable; 0x… or decimal), with refwatch's
     /// reckoning of its counts after each, instead of the summary.
-    #[arg(long = "page", value_name = "PFN", value_parser = parse_pfn)]
+    #[arg(long = "page", value_name = "PFN", value_parser = super::parse_pfn)]
     pages: Vec<u64>,
     /// Also write a Perfetto trace (ui.perfetto.dev) to FILE: a track per pgmap, refcount and
     /// mapcount counters and every event of the pages with findings (the first 64) and of the
@@ -82,12 +82,4 @@ pub fn run(args: ReportArgs) -> Result<ExitCode> {
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
-}
-
-fn parse_pfn(text: &str) -> Result<u64, String> {
-    match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
-        Some(hex) => u64::from_str_radix(hex, 16),
-        None => text.parse(),
-    }
-    .map_err(|e| format!("{text:?} is not a pfn: {e}"))
 }

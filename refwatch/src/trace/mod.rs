@@ -14,7 +14,7 @@
 //!
 //! | tag | frame | payload |
 //! |---|---|---|
-//! | `0x00..=0x7f` | event | see below; the tag is the catalog probe id |
+//! | `0x00..=0x7f` | event | see below; the tag is the catalog probe id, or `0x7f` for a watchpoint hit (`--watch`, kind `watch`, always coded with its kind) |
 //! | `0xf0` | task | `pid_tgid`, comm length, comm bytes. Tasks are numbered from 0 in order of appearance |
 //! | `0xf1` | stack | stack id (zigzag), frame count, then per frame: length, UTF-8 bytes (innermost first) |
 //! | `0xff` | footer | JSON length, [`Footer`] JSON. Always the last frame of a finished trace |

@@ -1,7 +1,7 @@
 //! Round trip, size and damage tests on synthetic traces (made by the aggregator's
 //! synthetic kernel model, not recorded).
 
-use refwatch_common::{Event, RefModel};
+use refwatch_common::{Event, EventKind, RefModel, event::WATCH_PROBE};
 
 use super::{TraceError, TraceReader, VERSION};
 use crate::aggregate::synth::{Op, Probes, healthy};
@@ -61,6 +61,19 @@ fn round_trip_of_odd_values() {
     events[8].extra = u64::MAX;
     events[9].stack_id = -14;
     events[10].comm = *b"0123456789abcdef";
+    let (back, warning) = read_all(&p.trace(&events, 0)).unwrap();
+    assert_eq!(back, events);
+    assert_eq!(warning, None);
+}
+
+#[test]
+fn watchpoint_hits_round_trip_between_probe_events() {
+    let (p, mut events) = fsdax_stream(12);
+    for i in [2, 3, 7] {
+        events[i].probe = WATCH_PROBE;
+        events[i].kind = EventKind::Watch as u8;
+        events[i].extra = 0;
+    }
     let (back, warning) = read_all(&p.trace(&events, 0)).unwrap();
     assert_eq!(back, events);
     assert_eq!(warning, None);

@@ -187,20 +187,24 @@ fn build_program() -> Result<PathBuf> {
 /// The guest job: load the module, then `refwatch check --json` over one `inject SCENARIO`.
 /// stdout is refwatch's JSON alone; inject's own output goes to /out/inject.log.
 pub fn job(built: &Built, scenario: &str, attach: Attach, timeout: Duration) -> GuestJob {
-    let argv = [
-        "refwatch",
-        "check",
-        "--json",
-        "--attach",
-        attach.as_str(),
-        "--",
-        "sh",
-        "-c",
-    ]
-    .into_iter()
-    .map(String::from)
-    .chain([format!("exec inject {scenario} >/out/inject.log 2>&1")])
-    .collect();
+    refwatch_job(built, &["check", "--json"], scenario, attach, timeout)
+}
+
+/// The module loaded, then `refwatch COMMAND…` (with `--attach`) over one `inject SCENARIO`,
+/// whose own output goes to /out/inject.log.
+pub fn refwatch_job(
+    built: &Built,
+    command: &[&str],
+    scenario: &str,
+    attach: Attach,
+    timeout: Duration,
+) -> GuestJob {
+    let argv = std::iter::once("refwatch")
+        .chain(command.iter().copied())
+        .chain(["--attach", attach.as_str(), "--", "sh", "-c"])
+        .map(String::from)
+        .chain([format!("exec inject {scenario} >/out/inject.log 2>&1")])
+        .collect();
     GuestJob {
         env: vec![("REFWATCH_ATTACH".into(), attach.as_str().into())],
         ..module_job(built, argv, timeout)
@@ -494,7 +498,7 @@ struct PgmapJson {
     end: Option<u64>,
 }
 
-fn last_lines(text: &str, n: usize) -> String {
+pub fn last_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join(" | ")
 }

@@ -478,13 +478,14 @@ impl VmCase for Case {
     }
 }
 
-/// The whole matrix: the daxload cases, the refwatch_inject cases, the real bugs (bugs.rs),
-/// the HMM selftest (hmm.rs), the P2PDMA cases (p2pdma.rs), the device-private cases
-/// (private.rs), then the script cases.
+/// The whole matrix: the daxload cases, the refwatch_inject cases and their `--watch` cases
+/// (watch.rs), the real bugs (bugs.rs), the HMM selftest (hmm.rs), the P2PDMA cases
+/// (p2pdma.rs), the device-private cases (private.rs), then the script cases.
 pub fn all_cases() -> Vec<&'static dyn VmCase> {
     let daxload = CASES.iter().map(|c| c as &dyn VmCase);
     daxload
         .chain(super::inject::CASES.iter().map(|c| c as &dyn VmCase))
+        .chain(super::watch::CASES.iter().map(|c| c as &dyn VmCase))
         .chain(super::bugs::CASES.iter().map(|c| c as &dyn VmCase))
         .chain(super::hmm::CASES.iter().map(|c| c as &dyn VmCase))
         .chain(super::p2pdma::CASES.iter().map(|c| c as &dyn VmCase))

@@ -17,6 +17,7 @@ pub mod private;
 pub mod runner;
 pub mod scripts;
 mod vm;
+pub mod watch;
 mod workloads;
 
 use std::io::Write;
@@ -76,6 +77,10 @@ pub struct LabArgs {
     #[arg(long, value_name = "SCENARIO", conflicts_with_all = ["command", "shell", "output"],
           value_parser = clap::builder::PossibleValuesParser::new(inject::SCENARIOS))]
     inject: Option<String>,
+    /// With --inject: `refwatch stream --json --watch PFN` over the scenario instead of
+    /// `check` (repeatable; the module's page 0 is pfn 0x60000).
+    #[arg(long, value_name = "PFN", requires = "inject")]
+    watch: Vec<String>,
     /// An extra QEMU option (repeatable), e.g. `--qemu-arg=-plugin --qemu-arg=FILE.so,out=MARKS`
     /// for the bench's instruction counter.
     #[arg(long = "qemu-arg", value_name = "ARG", allow_hyphen_values = true)]
@@ -106,8 +111,17 @@ fn lab(args: LabArgs) -> Result<ExitCode> {
     let assets = Assets::build()?;
     if let Some(scenario) = &args.inject {
         let built = inject::build(spec, &Apt::new()?)?;
-        let job = inject::job(
+        let command: Vec<&str> = if args.watch.is_empty() {
+            vec!["check", "--json"]
+        } else {
+            ["stream", "--json"]
+                .into_iter()
+                .chain(args.watch.iter().flat_map(|pfn| ["--watch", pfn.as_str()]))
+                .collect()
+        };
+        let job = inject::refwatch_job(
             &built,
+            &command,
             scenario,
             args.attach,
             Duration::from_secs(args.timeout),
