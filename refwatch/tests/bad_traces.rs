@@ -12,7 +12,7 @@ use std::{
 
 use refwatch::trace::{Footer, TraceReader, TraceWriter};
 
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/traces/gup-6.1-cut.rft");
+const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/traces/gup-6.1-cut.rwt");
 
 struct Outcome {
     code: i32,
@@ -96,7 +96,7 @@ fn write(name: &str, bytes: &[u8]) -> PathBuf {
 #[test]
 fn finished_trace_reads_clean() {
     let (bytes, events, _) = finished_trace();
-    let o = report(&write("finished.rft", &bytes), true);
+    let o = report(&write("finished.rwt", &bytes), true);
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert!(!o.stderr.contains("warning"), "{}", o.stderr);
     let json: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
@@ -115,7 +115,7 @@ fn truncated_reads_to_the_cut_with_a_warning() {
     cuts.sort();
     let mut last = 0;
     for cut in cuts {
-        let o = report(&write("truncated.rft", &bytes[..cut]), true);
+        let o = report(&write("truncated.rwt", &bytes[..cut]), true);
         assert_eq!(o.code, 0, "cut at {cut}: {}", o.stderr);
         assert!(
             o.stderr.contains("warning: trace cut off at byte"),
@@ -135,7 +135,7 @@ fn truncated_reads_to_the_cut_with_a_warning() {
     // The text report says it too.
     let o = report(
         &write(
-            "truncated.rft",
+            "truncated.rwt",
             &bytes[..header + (bytes.len() - header) / 2],
         ),
         false,
@@ -151,7 +151,7 @@ fn truncated_reads_to_the_cut_with_a_warning() {
 fn cut_inside_the_header_is_an_error() {
     let (bytes, _, header) = finished_trace();
     for cut in [9, 13, 14, 100, header - 1] {
-        let o = report(&write("short-header.rft", &bytes[..cut]), false);
+        let o = report(&write("short-header.rwt", &bytes[..cut]), false);
         assert_eq!(o.code, 2, "cut at {cut}");
         assert!(
             o.stderr.contains("trace header is cut off"),
@@ -184,7 +184,7 @@ fn bit_flips_never_panic() {
             let at = lo + (next() as usize) % (hi - lo);
             b[at] ^= 1 << (next() % 8);
         }
-        let o = report(&write("flipped.rft", &b), true);
+        let o = report(&write("flipped.rwt", &b), true);
         match o.code {
             0 if o.stderr.contains("warning") => warned += 1,
             0 => clean += 1,
@@ -221,7 +221,7 @@ fn bit_flips_never_panic() {
 fn wrong_version() {
     let (mut bytes, _, _) = finished_trace();
     bytes[8..10].copy_from_slice(&4u16.to_le_bytes());
-    let o = report(&write("v4.rft", &bytes), false);
+    let o = report(&write("v4.rwt", &bytes), false);
     assert_eq!(o.code, 2);
     assert!(
         o.stderr.contains(
@@ -236,21 +236,21 @@ fn wrong_version() {
 fn wrong_magic() {
     let (mut bytes, _, _) = finished_trace();
     bytes[..8].copy_from_slice(b"\x7fELF\x02\x01\x01\x00");
-    let o = report(&write("elf.rft", &bytes), false);
+    let o = report(&write("elf.rwt", &bytes), false);
     assert_eq!(o.code, 2);
     assert!(
         o.stderr.contains("not a refwatch trace (bad magic)"),
         "{}",
         o.stderr
     );
-    let o = report(&write("text.rft", b"hello\n"), false);
+    let o = report(&write("text.rwt", b"hello\n"), false);
     assert_eq!(o.code, 2);
     assert!(o.stderr.contains("not a refwatch trace"), "{}", o.stderr);
 }
 
 #[test]
 fn empty_file() {
-    let o = report(&write("empty.rft", b""), false);
+    let o = report(&write("empty.rwt", b""), false);
     assert_eq!(o.code, 2);
     assert!(
         o.stderr.contains("empty file: not a refwatch trace"),
@@ -261,11 +261,11 @@ fn empty_file() {
 
 #[test]
 fn missing_file_names_it_once() {
-    let o = report(&scratch("does-not-exist.rft"), false);
+    let o = report(&scratch("does-not-exist.rwt"), false);
     assert_eq!(o.code, 2);
     assert!(
         o.stderr
-            .contains("does-not-exist.rft: No such file or directory"),
+            .contains("does-not-exist.rwt: No such file or directory"),
         "{}",
         o.stderr
     );
@@ -283,7 +283,7 @@ fn footer_count_disagreeing_with_the_events_warns() {
     let mut b = bytes[..at + 1].to_vec();
     b.push(json.len() as u8);
     b.extend_from_slice(&json);
-    let o = report(&write("footer-count.rft", &b), false);
+    let o = report(&write("footer-count.rwt", &b), false);
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert!(
         o.stderr.contains(&format!(
@@ -326,7 +326,7 @@ fn hostile_names_are_escaped_in_text_outputs() {
         .unwrap();
     }
     w.finish(Footer::default()).unwrap();
-    let trace = write("hostile.rft", &out);
+    let trace = write("hostile.rwt", &out);
     let trace = trace.to_str().unwrap();
     let page = format!("{:#x}", events[insert].pfn);
     for args in [

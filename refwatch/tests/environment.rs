@@ -96,7 +96,7 @@ fn kprobes_available() -> bool {
 
 #[test]
 fn non_root_attaching_commands_name_the_missing_capabilities() {
-    let out = std::env::temp_dir().join(format!("refwatch-nobody-{}.rft", std::process::id()));
+    let out = std::env::temp_dir().join(format!("refwatch-nobody-{}.rwt", std::process::id()));
     let out = out.to_str().unwrap();
     for args in [
         &["stream", "-d", "1"][..],
@@ -149,7 +149,7 @@ fn no_kprobes_is_a_clear_environment_error() {
         eprintln!("note: skipped (needs root on a kernel without the kprobe PMU)");
         return;
     }
-    let trace = std::env::temp_dir().join(format!("refwatch-nokprobes-{}.rft", std::process::id()));
+    let trace = std::env::temp_dir().join(format!("refwatch-nokprobes-{}.rwt", std::process::id()));
     let trace = trace.to_str().unwrap();
     let no_kprobes = "kprobes are not available (/sys/bus/event_source/devices/kprobe is absent";
     for args in [
