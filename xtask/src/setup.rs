@@ -59,7 +59,6 @@ const LAB_PACKAGES: &[Package] = &[
 pub fn run() -> Result<()> {
     install_debian_packages(LAB_PACKAGES)?;
     toolchain()?;
-    perfetto_python()?;
     note("setup: done");
     Ok(())
 }
@@ -67,7 +66,8 @@ pub fn run() -> Result<()> {
 /// PyPI's `perfetto` (its trace schema, perfetto_trace_pb2), pinned, in a venv of the cache.
 const PERFETTO: &str = "perfetto==0.59.1";
 
-/// The venv's python, with [`PERFETTO`] installed (once).
+/// The venv's python, with [`PERFETTO`] installed the first time the test asks for it (only
+/// `cargo xtask test` needs it, for the Perfetto check).
 pub fn perfetto_python() -> Result<PathBuf> {
     let venv = paths::cache_root()?.join("python");
     let python = venv.join("bin/python3");
