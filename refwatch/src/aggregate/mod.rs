@@ -26,7 +26,7 @@ use rules::PageView;
 pub use rules::{Coverage, Rule};
 pub use state::{Counters, PgmapState, Transition};
 use state::{PageState, Step};
-use tasks::{Task, Tasks};
+use tasks::Tasks;
 pub use view::KernelView;
 
 use crate::event::EventExt;
@@ -247,16 +247,11 @@ impl Aggregator {
             refs: 0,
             refcount: ev.refcount,
             mapcount: ev.mapcount,
-            task: self.tasks.hold(Task {
-                pid_tgid: ev.pid_tgid,
-                comm: ev.comm,
-            }),
+            task: self.tasks.hold_event(ev),
             probe: ev.probe,
             kind: EventKind::Watch,
         };
-        if let Some(old) = page.recent.push(step) {
-            self.tasks.release(old.task);
-        }
+        self.tasks.remember(&mut page.recent, step);
     }
 
     fn pgmap_add(&mut self, ev: &Event) {
@@ -459,10 +454,7 @@ impl Aggregator {
         let held =
             kind == EventKind::Get && !(CATALOG[ev.probe as usize].speculative && ev.refcount <= 0);
         if held && (self.grabs.len() < MAX_GRABS || self.grabs.contains_key(&ev.pfn)) {
-            let task = self.tasks.hold(Task {
-                pid_tgid: ev.pid_tgid,
-                comm: ev.comm,
-            });
+            let task = self.tasks.hold_event(ev);
             let step = Step {
                 ts_ns: ev.ts_ns,
                 refs: ev.extra,
@@ -501,16 +493,11 @@ impl Aggregator {
                 refs: 1,
                 refcount: page.refcount as i32,
                 mapcount: 0,
-                task: self.tasks.hold(Task {
-                    pid_tgid: ev.pid_tgid,
-                    comm: ev.comm,
-                }),
+                task: self.tasks.hold_event(ev),
                 probe: ev.probe,
                 kind: EventKind::Unmap,
             };
-            if let Some(old) = page.recent.push(step) {
-                self.tasks.release(old.task);
-            }
+            self.tasks.remember(&mut page.recent, step);
             let pgmap = page.pgmap;
             if let Some(pg) = self.pgmaps.get_mut(&pgmap) {
                 pg.counters.count(EventKind::Unmap);
@@ -639,16 +626,11 @@ impl Aggregator {
             },
             refcount: ev.refcount,
             mapcount: ev.mapcount,
-            task: self.tasks.hold(Task {
-                pid_tgid: ev.pid_tgid,
-                comm: ev.comm,
-            }),
+            task: self.tasks.hold_event(ev),
             probe: ev.probe,
             kind,
         };
-        if let Some(old) = page.recent.push(step) {
-            self.tasks.release(old.task);
-        }
+        self.tasks.remember(&mut page.recent, step);
         let view = PageView {
             ty,
             mapped: page.mapped,
@@ -685,10 +667,7 @@ impl Aggregator {
             // Wrapping, as the kernel's addresses would: a corrupt trace may put them at the top.
             let pfn = ev.pfn.wrapping_add(i);
             let new = self.map_at((ev.extra2, address.wrapping_add(i * PAGE_SIZE)), pfn);
-            let task = self.tasks.hold(Task {
-                pid_tgid: ev.pid_tgid,
-                comm: ev.comm,
-            });
+            let task = self.tasks.hold_event(ev);
             let (page, _) = self
                 .pages
                 .get_or_start(pfn, ev.pgmap, ty, i64::from(ev.refcount));
@@ -703,9 +682,7 @@ impl Aggregator {
                 probe: ev.probe,
                 kind: EventKind::Insert,
             };
-            if let Some(old) = page.recent.push(step) {
-                self.tasks.release(old.task);
-            }
+            self.tasks.remember(&mut page.recent, step);
         }
     }
 

@@ -43,6 +43,21 @@ impl Tasks {
         i
     }
 
+    /// The index of the task that ran `ev`, counted as held once more.
+    pub fn hold_event(&mut self, ev: &refwatch_common::Event) -> u32 {
+        self.hold(Task {
+            pid_tgid: ev.pid_tgid,
+            comm: ev.comm,
+        })
+    }
+
+    /// Puts `step` into a page's history, letting go of the task of the step it pushes out.
+    pub fn remember(&mut self, ring: &mut super::state::Ring, step: super::state::Step) {
+        if let Some(old) = ring.push(step) {
+            self.release(old.task);
+        }
+    }
+
     /// One holder of entry `i` is gone.
     pub fn release(&mut self, i: u32) {
         self.entries[i as usize].1 -= 1;
