@@ -7,10 +7,7 @@ for sig in INT TERM KILL INT TERM KILL; do
 	# A duration far past the kill, and the workload repeated until refwatch is gone: the
 	# signal always lands on a running recording, however fast one workload pass is.
 	refwatch record --force -o $t -d 120 2> $t.err & p=$!
-	# Its header is written once the probes are attached: a kill before that leaves an empty
-	# file (a clear "empty file" error, nothing lost), not a recording to cut off.
-	for i in $(seq 600); do [ -s $t ] && break; sleep 0.1; done
-	[ -s $t ] || fail "$sig: $t stayed empty"
+	wait_for $t
 	( while kill -0 $p 2>/dev/null; do daxload fsdax-gup > /dev/null; done ) & w=$!
 	# Up to 3 s in: from before the first event to well into the workload (≈20k events a pass).
 	sleep $((RANDOM % 30 / 10)).$((RANDOM % 10))
