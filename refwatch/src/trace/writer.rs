@@ -27,8 +27,14 @@ impl TraceWriter<BufWriter<File>> {
     /// A trace at `path`, created as [`output::create`] creates files.
     pub fn create(path: &Path, header: &Header, existing: Existing) -> Result<Self, OutputError> {
         let file = output::create(path, existing)?;
-        Self::new(BufWriter::with_capacity(1 << 20, file), header)
-            .map_err(|e| OutputError::Io(path.into(), e))
+        let mut writer = Self::new(BufWriter::with_capacity(1 << 20, file), header)
+            .map_err(|e| OutputError::Io(path.into(), e))?;
+        // The header on disk at once: a recording killed before its first batch is still a
+        // trace (cut off, no events), never an empty file.
+        writer
+            .flush()
+            .map_err(|e| OutputError::Io(path.into(), e))?;
+        Ok(writer)
     }
 
     /// Writes what is buffered and waits until the file's data is on its device, so that a

@@ -3,4 +3,4 @@
 failed=0
 fail() { echo "FAIL: $*"; failed=1; }
 events() { refwatch report --json "$1" > "$1.json" 2> "$1.report.err"; rc=$?; n=$(sed -n 's/^  "events": \([0-9]*\),$/\1/p' "$1.json"); }
-wait_for() { for i in $(seq 300); do [ -e "$1" ] && return 0; sleep 0.1; done; fail "$1 never appeared"; }
+wait_for() { for i in $(seq 300); do [ -s "$1" ] && return 0; sleep 0.1; done; fail "$1 never appeared"; }
