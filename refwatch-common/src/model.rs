@@ -170,9 +170,10 @@ impl RefModel {
         match hit.kind {
             EventKind::Insert => {
                 // 6.15+: the mapping takes a reference and a mapcount, unless the insert fails
-                // on 0.
+                // on 0; a migration's mapping keeps a reference the page already held.
                 let ok = !zero_based || r >= 1;
-                after.refcount = if zero_based && ok { r + 1 } else { r };
+                let takes_ref = zero_based && ok && !hit.probe.taken_before;
+                after.refcount = if takes_ref { r + 1 } else { r };
                 if hit.counts_mapping && ok {
                     after.mapped = if zero_based { m + 1 } else { before.mapped + 1 };
                 }

@@ -1,17 +1,23 @@
 //! Reading many pages in one probe hit: every page of a pgmap at memunmap_pages, every page
-//! of a PMD entry a filesystem takes back.
+//! of a PMD entry a filesystem takes back, every slot of a device migration.
 //!
 //! # Minimum kernel version
 //! 5.17: the loop is a `bpf_loop` (a bounded loop took the 6.1 verifier minutes under TCG).
 
 use aya_ebpf::{cty::c_void, helpers::generated::bpf_loop, programs::tracing::StackIdContext};
-use refwatch_common::{EventKind, event::flags};
+use refwatch_common::{EventKind, catalog::MigrationSide, event::flags};
 
 use crate::{
     args::Args,
-    emit::{Common, common, submit_page},
+    emit::{Common, common, discover, submit_page},
     layout, page,
 };
+
+// Migrate-pfn bits (include/linux/migrate.h, unchanged since 5.x): a slot names a page only
+// with VALID, and the source was locked and unmapped for migration only with MIGRATE.
+const MIGRATE_PFN_VALID: u64 = 1 << 0;
+const MIGRATE_PFN_MIGRATE: u64 = 1 << 1;
+const MIGRATE_PFN_SHIFT: u64 = 6;
 
 /// `bpf_loop`'s limit (BPF_MAX_LOOPS): 32 GiB of 4 KiB pages; past it the scan is cut.
 const MAX_PAGES: u64 = 1 << 23;
@@ -97,5 +103,80 @@ extern "C" fn busy_page(i: u64, ctx: *mut c_void) -> i64 {
     if ours && (state.refcount > scan.idle || state.mapcount > 0) {
         submit_page(&scan.common, scan.id, scan.kind, page, &state, 0, 0, 0);
     }
+    0
+}
+
+/// The two migrate-pfn arrays of a migration and their length.
+pub struct Slots {
+    pub src: u64,
+    pub dst: u64,
+    pub npages: u64,
+}
+
+/// What the migration loop body reads; on the program's stack.
+#[repr(C)]
+struct Migration {
+    common: Common,
+    src: u64,
+    dst: u64,
+    id: u8,
+    kind: EventKind,
+    side: MigrationSide,
+}
+
+/// Sends a `kind` event for the ZONE_DEVICE page on `side` of each slot. At most
+/// [`MAX_PAGES`] slots.
+#[inline(always)]
+pub fn migration(common: Common, id: u8, kind: EventKind, slots: Slots, side: MigrationSide) {
+    let mut m = Migration {
+        common,
+        src: slots.src,
+        dst: slots.dst,
+        id,
+        kind,
+        side,
+    };
+    let nr = if slots.npages > MAX_PAGES {
+        MAX_PAGES
+    } else {
+        slots.npages
+    };
+    unsafe {
+        bpf_loop(
+            nr as u32,
+            migration_slot as *mut c_void,
+            (&raw mut m).cast(),
+            0,
+        )
+    };
+}
+
+/// The loop body: slot `i`. A slot migrated when its source was collected for migration and
+/// the driver gave it a destination (`migrate_device_finalize`'s own test).
+#[inline(never)]
+extern "C" fn migration_slot(i: u64, ctx: *mut c_void) -> i64 {
+    let m = unsafe { &*ctx.cast::<Migration>() };
+    let i = i & 0xffff_ffff;
+    let src = page::read::<u64>(m.src + i * 8).unwrap_or(0);
+    let dst = page::read::<u64>(m.dst + i * 8).unwrap_or(0);
+    let valid = |mpfn: u64| mpfn & MIGRATE_PFN_VALID != 0;
+    let migrated = valid(src) && src & MIGRATE_PFN_MIGRATE != 0 && valid(dst);
+    let mpfn = match (m.side, migrated) {
+        (MigrationSide::Mapped, true) | (MigrationSide::Released, false) => dst,
+        (MigrationSide::Mapped, false) | (MigrationSide::Released, true) => src,
+    };
+    if !valid(mpfn) {
+        return 0;
+    }
+    let Some(page) = page::pfn_to_page(mpfn >> MIGRATE_PFN_SHIFT) else {
+        return 0;
+    };
+    if page::zone_device_flags(page).is_none() {
+        return 0;
+    }
+    let head = page::head(page);
+    let state = page::state(head);
+    discover(&m.common, m.id, state.pgmap);
+    submit_page(&m.common, m.id, m.kind, head, &state, 1, 0, 0);
     0
 }

@@ -258,7 +258,8 @@ fn bpftrace(path: &Path) -> Result<()> {
             | Arg::Pgmap(_)
             | Arg::PgmapScan(_)
             | Arg::DaxEntry { .. }
-            | Arg::FaultPage(_) => {
+            | Arg::FaultPage(_)
+            | Arg::Migration { .. } => {
                 writeln!(
                     s,
                     "kprobe:{} {{ @pgmap[probe] = count(); }}",

@@ -1,6 +1,6 @@
 //! The catalog's entries, one per kernel function and prototype (why each: docs/catalog.md).
 
-use super::{Arg::*, At, Inline, KernelVersion, Probe, Refs, Site};
+use super::{Arg::*, At, Inline, KernelVersion, MigrationSide, Probe, Refs, Site};
 use crate::event::EventKind::*;
 
 /// `__vm_insert_mixed` as its first entry has it; the entries after it say where they differ.
@@ -26,6 +26,44 @@ const ZONE_DEVICE_PAGE_INIT: Probe = Probe {
     checked: &["6.1", "6.12"],
     note: "driver allocation of a device-private/coherent page: 0 -> 1 by design",
     ..Probe::DEFAULT
+};
+
+/// `__migrate_device_finalize(src, dst, npages, fault_page)` (7.x), the pages it maps: both
+/// exported finalizers (`migrate_vma_finalize`, `migrate_device_finalize`) are wrappers
+/// around it. The entries after it say where they differ.
+const MIGRATION_MAPPED: Probe = Probe {
+    function: "__migrate_device_finalize",
+    params: &["_", "_", "_", "page*"],
+    kind: Insert,
+    arg: Migration {
+        src: 0,
+        dst: 1,
+        npages: 2,
+        side: MigrationSide::Mapped,
+    },
+    site: Site::MigrationMapped,
+    taken_before: true,
+    since: KernelVersion::new(6, 1),
+    checked: &["7.3-src"],
+    note: "a finished device migration maps each slot's new page (or restores the old one) \
+           with the reference the page already holds",
+    ..Probe::DEFAULT
+};
+
+/// The same finalize, the pages it drops a reference of.
+const MIGRATION_RELEASED: Probe = Probe {
+    kind: Put,
+    arg: Migration {
+        src: 0,
+        dst: 1,
+        npages: 2,
+        side: MigrationSide::Released,
+    },
+    site: Site::MigrationReleased,
+    taken_before: false,
+    note: "a finished device migration drops a reference of each slot's old page (or of an \
+           unused new one)",
+    ..MIGRATION_MAPPED
 };
 
 /// `move_page_tables` as its first entry has it; the entries after it say where they differ.
@@ -65,7 +103,7 @@ const DAX_DISASSOCIATE_ENTRY: Probe = Probe {
     ..Probe::DEFAULT
 };
 
-pub const CATALOG_LEN: usize = 39;
+pub const CATALOG_LEN: usize = 43;
 
 pub const CATALOG: [Probe; CATALOG_LEN] = [
     // --- pgmap creation / teardown -----------------------------------------------------------
@@ -480,6 +518,25 @@ pub const CATALOG: [Probe; CATALOG_LEN] = [
         checked: &["6.12-src", "7.3-src"],
         note: "a CPU fault bringing a device-private page back to RAM (the fault's reference)",
         ..Probe::DEFAULT
+    },
+    // A driver finishing a migration to or from device memory: per slot, the migration
+    // entries become a mapping of the new page (or of the old one, if the slot did not
+    // migrate), then the other page's reference is dropped. Both sides are read at the
+    // finalize's entry, before any of it. 6.12 has no inner function: migrate_vma_finalize
+    // calls the exported migrate_device_finalize.
+    MIGRATION_MAPPED,
+    Probe {
+        function: "migrate_device_finalize",
+        params: &["_", "_", "_"],
+        checked: &["6.12-src"],
+        ..MIGRATION_MAPPED
+    },
+    MIGRATION_RELEASED,
+    Probe {
+        function: "migrate_device_finalize",
+        params: &["_", "_", "_"],
+        checked: &["6.12-src"],
+        ..MIGRATION_RELEASED
     },
 ];
 

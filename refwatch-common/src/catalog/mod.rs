@@ -65,6 +65,36 @@ pub enum Arg {
     /// The mappings of `[from, from + len)` of the `vma` in argument `vma` move to `to`
     /// (mremap): one event per move, for the same mms as [`Arg::Range`].
     Move { vma: u8, from: u8, to: u8, len: u8 },
+    /// A device migration being finished: the migrate-pfn arrays `src` and `dst`
+    /// (`unsigned long *`, `MIGRATE_PFN_*` flags below the pfn) and their length `npages`, all
+    /// arguments. One event per ZONE_DEVICE page of the slots that the finalize handles as
+    /// `side` says.
+    ///
+    /// # Minimum kernel version
+    /// 5.17: the slots are read in a `bpf_loop`.
+    Migration {
+        src: u8,
+        dst: u8,
+        npages: u8,
+        side: MigrationSide,
+    },
+}
+
+/// Which page of each migration slot an [`Arg::Migration`] entry reports. For each slot,
+/// `migrate_device_finalize` (mm/migrate_device.c) maps one page where the migration entries
+/// were (`remove_migration_ptes`: a reference and a mapcount each) and drops one reference of
+/// the other (`folio_put`), so the slot's two pages are two transitions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MigrationSide {
+    /// The page that ends up mapped: the destination of a slot that migrated, else the source
+    /// put back. Its count at entry already holds the reference the mapping keeps (the
+    /// driver's allocation reference, or the one taken when the slot was collected): the
+    /// finalize's own put and the mapping's get cancel out.
+    Mapped,
+    /// The page whose reference the finalize drops: the source of a slot that migrated
+    /// (freed when that was the last), else a destination the driver allocated but that was
+    /// not used.
+    Released,
 }
 
 /// Where an insert's user address and mm are found.
@@ -112,7 +142,7 @@ pub struct Probe {
     /// A grab that legitimately fails on refcount 0 (gup-fast).
     pub speculative: bool,
     /// The reference was taken inline just before the probed function, so the count read at
-    /// its entry already includes it.
+    /// its entry already includes it (for an insert: the reference its mapping keeps).
     pub taken_before: bool,
     /// The hit counts only when called from this function (its return address: at the stack
     /// pointer for a kprobe, the word above the arguments for fentry, so such an entry's

@@ -34,6 +34,10 @@ pub enum Site {
     MovePte,
     DaxTruncate,
     DevicePrivateFault,
+    /// A finished device migration mapping each slot's new (or restored) page.
+    MigrationMapped,
+    /// A finished device migration dropping each slot's old (or unused) page.
+    MigrationReleased,
 }
 
 /// Page-table levels, to pair inserts with unmap probes.

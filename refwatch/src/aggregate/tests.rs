@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use proptest::{prelude::*, sample::Index};
-use refwatch_common::{CATALOG, Event, EventKind, event::WATCH_PROBE};
+use refwatch_common::{CATALOG, Event, EventKind, Site, event::WATCH_PROBE};
 
 use super::{
     Aggregator, Coverage, Rule,
@@ -518,6 +518,46 @@ fn an_allocation_at_a_negative_count_is_a_put_underflow() {
         f.detail,
         "zone_device_page_init took a reference at refcount -1: put below zero before"
     );
+}
+
+/// A finished device migration maps the new page with the reference it already holds (the
+/// driver's allocation) and drops one of the old page's: healthy at 1 each, a finding at 0.
+#[test]
+fn a_migration_maps_and_drops_the_references_its_pages_hold() {
+    let p = Probes::for_model(RefModel::ZeroBased);
+    let finalize = |site| {
+        CATALOG
+            .iter()
+            .position(|e| e.site == site && e.checked.contains(&"7.3-src"))
+            .unwrap() as u8
+    };
+    let (mapped, released) = (
+        finalize(Site::MigrationMapped),
+        finalize(Site::MigrationReleased),
+    );
+    let private = 1;
+    for (refcount, findings) in [
+        (1, vec![]),
+        (0, vec![Rule::InsertZeroRef, Rule::PutUnderflow]),
+    ] {
+        let mut sim = super::synth::Sim::new(&p, false, 2);
+        for (probe, page, kind) in [
+            (mapped, 0, EventKind::Insert),
+            (released, 1, EventKind::Put),
+        ] {
+            let mut ev = sim.event(probe, page, kind);
+            (ev.refcount, ev.pgmap_type, ev.extra) = (refcount, private, 1);
+            sim.out.push(ev);
+        }
+        let agg = run(&p, &sim.out);
+        let rules: Vec<Rule> = agg.findings().iter().map(|f| f.rule).collect();
+        assert_eq!(
+            rules,
+            findings,
+            "refcount {refcount}: {:#?}",
+            agg.findings()
+        );
+    }
 }
 
 /// ≤6.14: the filesystem taking back the block of a page a pipe still holds.

@@ -65,9 +65,13 @@ impl KernelView {
             .iter()
             .zip(mask)
             .any(|(p, on)| on && matches!(p.arg, Arg::Range { .. }));
-        // A range zap finds only the inserts that said where they map (not PUD ones).
-        let tracked = CATALOG
-            .map(|p| unmap_levels[p.site.level() as usize] && (!range_unmaps || p.at.is_some()));
+        // A range zap finds only the inserts that said where they map (not PUD ones). A
+        // migration maps device-private entries, whose zaps no unmap probe sees.
+        let tracked = CATALOG.map(|p| {
+            unmap_levels[p.site.level() as usize]
+                && (!range_unmaps || p.at.is_some())
+                && !matches!(p.arg, Arg::Migration { .. })
+        });
         Self {
             model,
             attached: mask,

@@ -114,7 +114,9 @@ impl Case {
                 ));
             }
             let private = check.counted("private");
-            if private.pages_seen == 0 || private.gets == 0 || private.frees == 0 {
+            // Allocations and faults (gets), migrations there (inserts) and back (puts), frees.
+            let seen = [private.gets, private.inserts, private.puts, private.frees];
+            if private.pages_seen == 0 || seen.contains(&0) {
                 failures.push(format!(
                     "refwatch saw too little of the device-private pages: {private:?}"
                 ));

@@ -122,7 +122,16 @@ pub const KERNELS: &[KernelSpec] = &[
             localversion: "-refwatch-src",
         }),
     },
-    // 7.3-src with the kernel's own debug options, for `cargo xtask debug-kernel`.
+    // 6.12-src and 7.3-src with the kernel's own debug options, for `cargo xtask debug-kernel`.
+    KernelSpec {
+        name: "6.12-src-debug",
+        release: "6.12.95-refwatch-debug",
+        origin: Origin::Built(&Recipe {
+            source: ("linux-source-6.12", "6.12.95-1~bpo12+1"),
+            fragments: &[&build::GUEST, &build::DEBUG],
+            localversion: "-refwatch-debug",
+        }),
+    },
     KernelSpec {
         name: "7.3-src-debug",
         release: "7.3.4-refwatch-debug",

@@ -88,22 +88,25 @@ impl Scenario {
     }
 
     /// What the private pgmap's counters must reach: each allocation (zone_device_page_init)
-    /// and each CPU fault (migrate_vma_setup's fault page) is a get, each folio_free a free.
-    /// Healthy: 16 pages there, back by fault, there again and freed by munmap. teardown-busy's
+    /// and each CPU fault (migrate_vma_setup's fault page) is a get, each folio_free a free;
+    /// each migration's finalize maps the device page (an insert) on the way there and drops
+    /// it (a put) on the way back. Healthy: 16 pages there, back by fault, there again and
+    /// freed by munmap. put-underflow allocates and frees without migrating. teardown-busy's
     /// free comes from the child's exit, after memunmap_pages began.
     fn at_least(self) -> Counted {
-        let (pages_seen, gets, frees) = match self {
-            Healthy => (PAGES, 3 * PAGES, 2 * PAGES),
-            PutUnderflow => (1, 2, 2),
-            FreeWhileMapped => (1, 1, 2),
-            TeardownBusy => (1, 1, 1),
+        let (pages_seen, gets, inserts, puts, frees) = match self {
+            Healthy => (PAGES, 3 * PAGES, 2 * PAGES, PAGES, 2 * PAGES),
+            PutUnderflow => (1, 2, 0, 0, 2),
+            FreeWhileMapped => (1, 1, 1, 0, 2),
+            TeardownBusy => (1, 1, 1, 0, 1),
         };
         Counted {
             pgmaps: 1,
             pages_seen,
             gets,
+            inserts,
+            puts,
             frees,
-            ..Counted::default()
         }
     }
 }
