@@ -4,10 +4,11 @@
 //! "Why not boot a debug kernel?" is a fair question: CONFIG_DEBUG_VM turns the refcount
 //! assertions on (VM_BUG_ON_FOLIO in folio_get and put_page_testzero, the checks of
 //! free_zone_device_folio), CONFIG_DEBUG_PAGE_REF adds the page_ref_* tracepoints, and
-//! PAGE_OWNER the allocation stacks that bad_page prints. Each scenario boots twice: on
-//! `7.3-src` under `refwatch check`, and on `7.3-src-debug` alone, with the page_ref
-//! tracepoints enabled on the scenario's pfns and every kernel message on the console. The
-//! table is measured, not asserted: like the bench it is a comparison, not a CI gate.
+//! PAGE_OWNER the allocation stacks that bad_page prints. Each scenario boots twice: on the
+//! plain kernel under `refwatch check`, and on the debug build of the same source alone, with
+//! the page_ref tracepoints enabled on the scenario's pfns and every kernel message on the
+//! console. The tables are measured, not asserted: like the bench they are a comparison, not a
+//! CI gate.
 
 use std::fmt::Write as _;
 use std::ops::Range;
@@ -18,13 +19,38 @@ use serde::Serialize;
 
 use super::bugs::{self, Verdict};
 use super::guest::COMMAND_STARTED;
-use super::{Apt, Assets, GuestJob, Kernel, inject, kernel, run_in_vm};
+use super::{Apt, Assets, GuestJob, Kernel, inject, kernel, private, run_in_vm};
 
-/// The kernel refwatch runs on, and the same source with the debug options.
-const PLAIN: &str = "7.3-src";
-const DEBUG: &str = "7.3-src-debug";
-/// Debian's kernel whose real-bug cases (lab/bugs.rs) share PLAIN's source.
-const REAL_BUGS_OF: &str = "7.3";
+/// A kernel refwatch runs on, and the same source built with the debug options.
+struct Pair {
+    plain: &'static str,
+    debug: &'static str,
+    /// Debian's kernel whose real-bug cases (lab/bugs.rs) share this source.
+    real_bugs_of: &'static str,
+    /// The test modules' scenarios run here too (they need a build with DEVICE_PRIVATE).
+    injected: bool,
+}
+
+const PAIRS: [Pair; 2] = [
+    Pair {
+        plain: "7.3-src",
+        debug: "7.3-src-debug",
+        real_bugs_of: "7.3",
+        injected: true,
+    },
+    // For the real bugs 7.3 no longer has (truncate-busy, fixed in 6.15): refwatch on Debian's
+    // own 6.12 binary, the debug build from the same 6.12.95 source.
+    Pair {
+        plain: "6.12",
+        debug: "6.12-src-debug",
+        real_bugs_of: "6.12",
+        injected: false,
+    },
+];
+
+/// Where a device-private pgmap lands: `request_free_mem_region` takes free physical address
+/// space from the top down, far above the guest's RAM and pmem (256 GiB and up).
+const PRIVATE_PFNS: Range<u64> = (1 << 26)..(1 << 40);
 /// Everything on the console (the lab's own loglevel hides warnings), and the allocation
 /// stacks PAGE_OWNER keeps only when asked.
 const DEBUG_CMDLINE: &[&str] = &["loglevel=8", "page_owner=on"];
@@ -36,7 +62,8 @@ pub struct DebugKernelArgs {
     /// Also write every row, with all the kernel said, as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     json: Option<std::path::PathBuf>,
-    /// Only the scenarios whose name contains this.
+    /// Only the scenarios whose plain kernel and name (`7.3-src injected healthy`) contain
+    /// this.
     #[arg(long, value_name = "SUBSTR")]
     filter: Option<String>,
 }
@@ -45,16 +72,22 @@ pub struct DebugKernelArgs {
 enum Scenario {
     /// `inject SCENARIO` over the refwatch_inject module.
     Injected(&'static str),
-    /// A real bug's reproducer (`daxload bug-*`), from Debian's 7.3 row of the real-bug matrix.
+    /// `privload SCENARIO` over the refwatch_private module (device-private pages).
+    Private(private::Scenario),
+    /// A real bug's reproducer (`daxload bug-*`), from the pair's row of the real-bug matrix.
     Real(&'static bugs::Case),
 }
 
 impl Scenario {
-    fn all() -> Vec<Scenario> {
-        let injected = inject::SCENARIOS.iter().map(|s| Scenario::Injected(s));
+    fn all(pair: &Pair) -> Vec<Scenario> {
+        let injected = inject::SCENARIOS
+            .iter()
+            .map(|s| Scenario::Injected(s))
+            .chain(private::SCENARIOS.map(Scenario::Private))
+            .filter(|_| pair.injected);
         let real = bugs::CASES
             .iter()
-            .filter(|c| c.kernel == REAL_BUGS_OF)
+            .filter(|c| c.kernel == pair.real_bugs_of)
             .map(Scenario::Real);
         injected.chain(real).collect()
     }
@@ -62,6 +95,7 @@ impl Scenario {
     fn name(&self) -> String {
         match self {
             Scenario::Injected(s) => format!("injected {s}"),
+            Scenario::Private(s) => format!("injected device-private {}", s.name()),
             Scenario::Real(case) => {
                 let fs = if case.fs == bugs::Fs::Xfs {
                     " (xfs)"
@@ -77,6 +111,7 @@ impl Scenario {
     fn command(&self) -> String {
         match self {
             Scenario::Injected(s) => format!("inject {s}"),
+            Scenario::Private(s) => format!("privload {}", s.name()),
             Scenario::Real(case) => format!("daxload {}", case.reproducer.join(" ")),
         }
     }
@@ -84,6 +119,7 @@ impl Scenario {
     fn pfns(&self) -> Range<u64> {
         match self {
             Scenario::Injected(_) => inject::PFNS,
+            Scenario::Private(_) => PRIVATE_PFNS,
             Scenario::Real(case) => case.pfns(),
         }
     }
@@ -91,7 +127,7 @@ impl Scenario {
     /// What the real-bug matrix expects refwatch to say: the one fact the table takes from it.
     fn expected(&self) -> Option<Verdict> {
         match self {
-            Scenario::Injected(_) => None,
+            Scenario::Injected(_) | Scenario::Private(_) => None,
             Scenario::Real(case) => Some(case.verdict),
         }
     }
@@ -106,6 +142,11 @@ impl Scenario {
                     ..inject::module_job(&built, argv, TIMEOUT)
                 }
             }
+            Scenario::Private(_) => GuestJob {
+                may_crash: true,
+                timeout: Some(TIMEOUT),
+                ..private::module_job(kernel, apt, script)?
+            },
             Scenario::Real(case) => case.job(script, TIMEOUT),
         })
     }
@@ -257,8 +298,8 @@ fn word(text: &str) -> String {
 #[derive(Serialize)]
 struct Row {
     scenario: String,
-    plain_kernel: String,
-    debug_kernel: String,
+    plain_kernel: &'static str,
+    debug_kernel: &'static str,
     refwatch: Side,
     debug: Side,
     /// page_ref events on the scenario's pfns on the debug kernel; None when the guest did not
@@ -290,38 +331,47 @@ pub fn main(args: DebugKernelArgs) -> std::process::ExitCode {
 fn run(args: DebugKernelArgs) -> Result<()> {
     crate::setup::run()?;
     let apt = Apt::new()?;
-    let plain = Kernel::fetch(kernel::spec(PLAIN)?, &apt)?;
-    let debug = Kernel::fetch(kernel::spec(DEBUG)?, &apt)?;
     let assets = Assets::build()?;
     let mut rows = Vec::new();
-    for scenario in Scenario::all() {
-        let name = scenario.name();
-        if args.filter.as_ref().is_some_and(|f| !name.contains(f)) {
+    for pair in &PAIRS {
+        let scenarios: Vec<_> = Scenario::all(pair)
+            .into_iter()
+            .map(|s| (s.name(), s))
+            .filter(|(name, _)| {
+                let id = format!("{} {name}", pair.plain);
+                args.filter.as_ref().is_none_or(|f| id.contains(f))
+            })
+            .collect();
+        if scenarios.is_empty() {
             continue;
         }
-        crate::cmd::note(format_args!("debug-kernel: {name}"));
-        let command = scenario.command();
-        let refwatch = boot(
-            &plain,
-            &assets,
-            &scenario.job(&plain, &apt, plain_script(&command))?,
-        )?;
-        let mut job = scenario.job(&debug, &apt, debug_script(&command, &scenario.pfns()))?;
-        job.cmdline
-            .extend(DEBUG_CMDLINE.iter().map(|w| w.to_string()));
-        let (debug_side, page_ref_events) = boot_counting(&debug, &assets, &job)?;
-        rows.push(Row {
-            scenario: name,
-            plain_kernel: PLAIN.into(),
-            debug_kernel: DEBUG.into(),
-            refwatch,
-            debug: debug_side,
-            page_ref_events,
-            expected: scenario.expected().map(|v| match v {
-                Verdict::Flagged(rule) => rule.to_string(),
-                Verdict::Silent => "nothing".to_string(),
-            }),
-        });
+        let plain = Kernel::fetch(kernel::spec(pair.plain)?, &apt)?;
+        let debug = Kernel::fetch(kernel::spec(pair.debug)?, &apt)?;
+        for (name, scenario) in scenarios {
+            crate::cmd::note(format_args!("debug-kernel: {} {name}", pair.plain));
+            let command = scenario.command();
+            let refwatch = boot(
+                &plain,
+                &assets,
+                &scenario.job(&plain, &apt, plain_script(&command))?,
+            )?;
+            let mut job = scenario.job(&debug, &apt, debug_script(&command, &scenario.pfns()))?;
+            job.cmdline
+                .extend(DEBUG_CMDLINE.iter().map(|w| w.to_string()));
+            let (debug_side, page_ref_events) = boot_counting(&debug, &assets, &job)?;
+            rows.push(Row {
+                scenario: name,
+                plain_kernel: pair.plain,
+                debug_kernel: pair.debug,
+                refwatch,
+                debug: debug_side,
+                page_ref_events,
+                expected: scenario.expected().map(|v| match v {
+                    Verdict::Flagged(rule) => rule.to_string(),
+                    Verdict::Silent => "nothing".to_string(),
+                }),
+            });
+        }
     }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&rows)?)
@@ -354,17 +404,19 @@ fn boot_counting(kernel: &Kernel, assets: &Assets, job: &GuestJob) -> Result<(Si
     Ok((side, count))
 }
 
-/// The README's table.
+/// The README's tables, one per pair of kernels.
 fn markdown(rows: &[Row]) -> String {
     let mut out = String::new();
-    let (plain, debug) = rows.first().map_or((PLAIN, DEBUG), |r| {
-        (r.plain_kernel.as_str(), r.debug_kernel.as_str())
-    });
-    let _ = writeln!(
-        out,
-        "| scenario | refwatch on {plain} | {debug} says | page_ref events |\n|---|---|---|---|"
-    );
-    for row in rows {
+    for (i, row) in rows.iter().enumerate() {
+        let (plain, debug) = (row.plain_kernel, row.debug_kernel);
+        if i == 0 || rows[i - 1].plain_kernel != plain {
+            let _ = writeln!(
+                out,
+                "{}| scenario | refwatch on {plain} | {debug} says | page_ref events |\n\
+                 |---|---|---|---|",
+                if i == 0 { "" } else { "\n" }
+            );
+        }
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} |",

@@ -35,7 +35,7 @@ pub struct Case {
 
 /// The kernels built with DEVICE_PRIVATE from source, where the module builds.
 const KERNELS: &[&str] = &["7.3-src"];
-const SCENARIOS: [Scenario; 4] = [Healthy, PutUnderflow, FreeWhileMapped, TeardownBusy];
+pub const SCENARIOS: [Scenario; 4] = [Healthy, PutUnderflow, FreeWhileMapped, TeardownBusy];
 
 /// Every scenario in both attach modes.
 pub static CASES: LazyLock<Vec<Case>> = LazyLock::new(|| {
@@ -61,7 +61,7 @@ const MODULE_SOURCES: &[&str] = &["refwatch_private.c", "refwatch_private.h", "K
 const GUEST_MODULE: &str = "/lib/modules/refwatch_private.ko";
 
 impl Scenario {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Healthy => "healthy",
             PutUnderflow => "put-underflow",
@@ -141,32 +141,35 @@ impl Case {
     }
 
     fn job(&self, kernel: &Kernel) -> Result<GuestJob> {
-        if kernel.built().is_none() {
-            bail!(
-                "kernel {} is Debian's binary, without device-private pages",
-                kernel.spec.name
-            );
-        }
-        let src = paths::workspace_root().join("xtask/lab/private");
-        let ko = inject::build_module(kernel.spec, &Apt::new()?, &src, MODULE, MODULE_SOURCES)?;
-        Ok(GuestJob {
-            argv: vec![
-                "sh".into(),
-                "-c".into(),
-                checked::script(r#"privload "$SCENARIO""#),
-            ],
-            files: vec![(ko, GUEST_MODULE.to_owned())],
-            setup: vec![format!("insmod {GUEST_MODULE}")],
-            env: vec![
-                ("ATTACH".into(), self.attach.as_str().into()),
-                ("SCENARIO".into(), self.scenario.name().into()),
-            ],
-            // Boot ≈10 s, refwatch attaching and the workload (teardown-busy waits 3 s) well
-            // under a minute under TCG.
-            timeout: Some(Duration::from_secs(240)),
-            ..GuestJob::default()
-        })
+        let script = checked::script(r#"privload "$SCENARIO""#);
+        let mut job = module_job(kernel, &Apt::new()?, script)?;
+        job.env = vec![
+            ("ATTACH".into(), self.attach.as_str().into()),
+            ("SCENARIO".into(), self.scenario.name().into()),
+        ];
+        Ok(job)
     }
+}
+
+/// `script` in a guest with the module built for `kernel` and loaded.
+pub fn module_job(kernel: &Kernel, apt: &Apt, script: String) -> Result<GuestJob> {
+    if kernel.built().is_none() {
+        bail!(
+            "kernel {} is Debian's binary, without device-private pages",
+            kernel.spec.name
+        );
+    }
+    let src = paths::workspace_root().join("xtask/lab/private");
+    let ko = inject::build_module(kernel.spec, apt, &src, MODULE, MODULE_SOURCES)?;
+    Ok(GuestJob {
+        argv: vec!["sh".into(), "-c".into(), script],
+        files: vec![(ko, GUEST_MODULE.to_owned())],
+        setup: vec![format!("insmod {GUEST_MODULE}")],
+        // Boot ≈10 s, refwatch attaching and the workload (teardown-busy waits 3 s) well
+        // under a minute under TCG.
+        timeout: Some(Duration::from_secs(240)),
+        ..GuestJob::default()
+    })
 }
 
 impl VmCase for Case {
