@@ -77,15 +77,14 @@ pub fn busy_pages(
         id,
         kind,
     };
-    let nr = if pages > MAX_PAGES { MAX_PAGES } else { pages };
-    unsafe {
-        bpf_loop(
-            nr as u32,
-            busy_page as *mut c_void,
-            (&raw mut scan).cast(),
-            0,
-        )
-    };
+    each(pages, busy_page, &mut scan);
+}
+
+/// Calls `body(i, state)` for i in 0..n, at most [`MAX_PAGES`] times.
+#[inline(always)]
+fn each<T>(n: u64, body: extern "C" fn(u64, *mut c_void) -> i64, state: &mut T) {
+    let nr = if n > MAX_PAGES { MAX_PAGES } else { n };
+    unsafe { bpf_loop(nr as u32, body as *mut c_void, (state as *mut T).cast(), 0) };
 }
 
 /// The loop body: one pfn. Tail pages are skipped (a compound page's counts are its head's).
@@ -136,19 +135,7 @@ pub fn migration(common: Common, id: u8, kind: EventKind, slots: Slots, side: Mi
         kind,
         side,
     };
-    let nr = if slots.npages > MAX_PAGES {
-        MAX_PAGES
-    } else {
-        slots.npages
-    };
-    unsafe {
-        bpf_loop(
-            nr as u32,
-            migration_slot as *mut c_void,
-            (&raw mut m).cast(),
-            0,
-        )
-    };
+    each(slots.npages, migration_slot, &mut m);
 }
 
 /// The loop body: slot `i`. A slot migrated when its source was collected for migration and
