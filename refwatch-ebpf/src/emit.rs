@@ -40,7 +40,7 @@ pub fn handle<C: Args + StackIdContext>(ctx: &C, id: u8, probe: &Probe) {
             Arg::PgmapScan(_) => scan::held_pages(ctx, id, pgmap),
             _ => 0,
         };
-        pgmap_event(&common(ctx), id, probe.kind, pgmap, f);
+        pgmap_event(ctx, id, probe.kind, pgmap, f);
         return;
     }
     match probe.arg {
@@ -100,8 +100,7 @@ pub fn handle<C: Args + StackIdContext>(ctx: &C, id: u8, probe: &Probe) {
     }
     let head = page::head(page);
     let state = page::state(head);
-    let c = common(ctx);
-    discover(&c, id, state.pgmap);
+    discover(ctx, id, state.pgmap);
     let mut extra = match probe.refs {
         Refs::One | Refs::Pin => 1,
         Refs::Arg(n) | Refs::PinArg(n) => ctx.arg_u64(n),
@@ -122,7 +121,7 @@ pub fn handle<C: Args + StackIdContext>(ctx: &C, id: u8, probe: &Probe) {
     } else {
         0
     };
-    submit_page(&c, id, probe.kind, head, &state, extra, extra2, f);
+    submit_page(&common(ctx), id, probe.kind, head, &state, extra, extra2, f);
 }
 
 /// A write to a watched page's `_refcount`: the counts right after it (a data breakpoint traps
@@ -161,10 +160,10 @@ fn wanted_task() -> bool {
 
 /// Reports a pgmap created before refwatch started, the first time one of its pages is seen.
 #[inline(always)]
-pub fn discover(c: &Common, id: u8, pgmap: u64) {
+fn discover<C: Args + StackIdContext>(ctx: &C, id: u8, pgmap: u64) {
     if pgmap != 0 && unsafe { PGMAPS_SEEN.get(pgmap) }.is_none() {
         let _ = PGMAPS_SEEN.insert(pgmap, 1, 0);
-        pgmap_event(c, id, EventKind::PgmapAdd, pgmap, flags::DISCOVERED);
+        pgmap_event(ctx, id, EventKind::PgmapAdd, pgmap, flags::DISCOVERED);
     }
 }
 
@@ -213,7 +212,7 @@ fn dax_entry<C: Args + StackIdContext>(
     };
     let common = common(ctx);
     let state = page::state(page);
-    discover(&common, id, state.pgmap);
+    discover(ctx, id, state.pgmap);
     submit_page(&common, id, kind, page, &state, pages, 0, 0);
     if each_page && pages > 1 {
         scan::busy_pages(common, id, kind, first + 1, pages - 1, 0, 1);
@@ -354,7 +353,7 @@ pub fn pgmap_type_u8(pgmap: u64) -> u8 {
 /// `mapcount` its `nr_range`. One range, not a loop over all: the loop multiplied the states
 /// older verifiers (6.1 and before) walk in every program past what a TCG guest can wait for.
 #[inline(always)]
-fn pgmap_event(c: &Common, id: u8, kind: EventKind, pgmap: u64, f: u8) {
+fn pgmap_event<C: Args + StackIdContext>(ctx: &C, id: u8, kind: EventKind, pgmap: u64, f: u8) {
     let nr = page::read::<i32>(pgmap + layout!(off_pgmap_nr_range)).unwrap_or(0);
     let (first, end) = page::pgmap_first_range(pgmap).unwrap_or((0, 0));
     let o = Other {
@@ -367,7 +366,7 @@ fn pgmap_event(c: &Common, id: u8, kind: EventKind, pgmap: u64, f: u8) {
         pgmap_type: pgmap_type_u8(pgmap),
         flags: f,
     };
-    submit_other(c, id, kind, o);
+    submit_other(&common(ctx), id, kind, o);
 }
 
 /// The fields of an event about something other than one page: a pgmap, a user range.

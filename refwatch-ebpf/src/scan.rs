@@ -9,7 +9,7 @@ use refwatch_common::{EventKind, catalog::MigrationSide, event::flags};
 
 use crate::{
     args::Args,
-    emit::{Common, common, discover, submit_page},
+    emit::{Common, common, submit_page},
     layout, page,
 };
 
@@ -161,9 +161,10 @@ extern "C" fn migration_slot(i: u64, ctx: *mut c_void) -> i64 {
     if page::zone_device_flags(page).is_none() {
         return 0;
     }
+    // No pgmap discovery here (its event needs the program's context): a page event of an
+    // unknown pgmap makes the aggregator learn it, as the teardown scan's do.
     let head = page::head(page);
     let state = page::state(head);
-    discover(&m.common, m.id, state.pgmap);
     submit_page(&m.common, m.id, m.kind, head, &state, 1, 0, 0);
     0
 }
