@@ -7,8 +7,8 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use super::checked::{self, Counted, Injected};
-use super::runner::{VmCase, last_lines};
+use super::checked::{self, Counted, Expect, Injected};
+use super::runner::{self, VmCase};
 use super::{Apt, Assets, Attach, GuestJob, Kernel, VmResult, inject};
 use crate::paths;
 use anyhow::{Result, bail};
@@ -110,31 +110,15 @@ impl Scenario {
 
 impl Case {
     fn assess(&self, result: &VmResult) -> Vec<String> {
-        let injected = self.scenario.injected();
-        let outcome = checked::read(
-            result,
-            self.attach,
-            if injected.is_some() { "1" } else { "0" },
-        );
-        let mut failures = outcome.failures;
-        let done = format!("privload: {}: done", self.scenario.name());
-        if outcome.status != "0" || !outcome.log.contains(&done) {
-            failures.push(format!(
-                "privload {} failed on its own (status {}): {}",
-                self.scenario.name(),
-                outcome.status,
-                last_lines(&outcome.log, 3)
-            ));
-        }
-        if let Some(check) = outcome.check {
-            failures.extend(check.judge_findings(injected.as_ref()));
-            failures.extend(
-                check
-                    .counted("private")
-                    .shortfalls(&self.scenario.at_least(), "private"),
-            );
-        }
-        failures
+        let name = self.scenario.name();
+        let expect = Expect {
+            workload: format!("privload {name}"),
+            done: format!("privload: {name}: done"),
+            injected: self.scenario.injected(),
+            type_name: "private",
+            at_least: self.scenario.at_least(),
+        };
+        checked::assess(result, self.attach, &expect)
     }
 
     fn job(&self, kernel: &Kernel) -> Result<GuestJob> {
@@ -147,21 +131,16 @@ impl Case {
         let src = paths::workspace_root().join("xtask/lab/private");
         let ko = inject::build_module(kernel.spec, &Apt::new()?, &src, MODULE, MODULE_SOURCES)?;
         Ok(GuestJob {
-            argv: vec![
-                "sh".into(),
-                "-c".into(),
-                checked::script(r#"privload "$SCENARIO""#),
-            ],
             files: vec![(ko, GUEST_MODULE.to_owned())],
             setup: vec![format!("insmod {GUEST_MODULE}")],
-            env: vec![
-                ("ATTACH".into(), self.attach.as_str().into()),
-                ("SCENARIO".into(), self.scenario.name().into()),
-            ],
             // Boot ≈10 s, refwatch attaching and the workload (teardown-busy waits 3 s) well
             // under a minute under TCG.
-            timeout: Some(Duration::from_secs(240)),
-            ..GuestJob::default()
+            ..checked::job(
+                r#"privload "$SCENARIO""#,
+                self.attach,
+                Some(self.scenario.name()),
+                Duration::from_secs(240),
+            )
         })
     }
 }
@@ -181,7 +160,7 @@ impl VmCase for Case {
     }
 
     fn run(&self, kernel: &Kernel, assets: &Assets) -> Result<(), Vec<String>> {
-        checked::run(&self.id(), kernel, assets, self.job(kernel), |result| {
+        runner::run(&self.id(), kernel, assets, self.job(kernel), |result| {
             self.assess(result)
         })
     }
