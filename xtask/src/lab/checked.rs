@@ -15,7 +15,9 @@ use super::{Attach, GuestJob, VmResult};
 pub fn script(workload: &str) -> String {
     format!(
         r#"
-refwatch check --json --attach "$ATTACH" -- sh -c '{workload} > /out/workload.log 2>&1; echo $? > /out/workload.rc' > /out/check.json 2> /out/check.err
+refwatch check --json --attach "$ATTACH" -- \
+    sh -c '{workload} > /out/workload.log 2>&1; echo $? > /out/workload.rc' \
+    > /out/check.json 2> /out/check.err
 echo $? > /out/check.rc
 dmesg > /out/dmesg.txt
 "#

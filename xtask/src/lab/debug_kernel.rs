@@ -131,7 +131,8 @@ echo 'pfn >= {lo} && pfn < {hi}' > $t/events/page_ref/filter
 echo 1 > $t/events/page_ref/enable
 sh -c 'exec {command}' > /out/command.log 2>&1
 echo 0 > $t/events/page_ref/enable
-cat $t/per_cpu/cpu*/stats | awk '/^(entries|overrun):/ {{ n += $2 }} END {{ print n }}' > /out/page_ref.count
+cat $t/per_cpu/cpu*/stats | awk '/^(entries|overrun):/ {{ n += $2 }} END {{ print n }}' \
+    > /out/page_ref.count
 "#,
         lo = pfns.start,
         hi = pfns.end,

@@ -127,9 +127,12 @@ pub(super) fn build_module(
     let out = paths::lab_cache()?.join(name).join(spec.release);
     let ko = out.join(format!("{name}.ko"));
     let unchanged = |dir: &Path| {
-        sources
-            .iter()
-            .all(|f| matches!((std::fs::read(src.join(f)), std::fs::read(dir.join(f))), (Ok(a), Ok(b)) if a == b))
+        sources.iter().all(|f| {
+            matches!(
+                (std::fs::read(src.join(f)), std::fs::read(dir.join(f))),
+                (Ok(a), Ok(b)) if a == b
+            )
+        })
     };
     if ko.is_file() && unchanged(&out) {
         return Ok(ko);
