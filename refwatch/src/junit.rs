@@ -76,7 +76,8 @@ pub fn write(out: &mut impl Write, s: &Summary, p: &Policy) -> io::Result<()> {
             RuleOutcome::Passed { count: 0 } => writeln!(out, "/>")?,
             RuleOutcome::Passed { count } => writeln!(
                 out,
-                ">\n      <system-out>{count} findings, within --max-violations</system-out>\n    </testcase>"
+                ">\n      <system-out>{count} findings, within \
+                 --max-violations</system-out>\n    </testcase>"
             )?,
             RuleOutcome::Failed { count } => {
                 let mine: Vec<FindingOut> = s
@@ -87,7 +88,8 @@ pub fn write(out: &mut impl Write, s: &Summary, p: &Policy) -> io::Result<()> {
                     .collect();
                 writeln!(
                     out,
-                    ">\n      <failure message=\"{count} findings\" type=\"{}\">{}</failure>\n    </testcase>",
+                    ">\n      <failure message=\"{count} findings\" type=\"{}\">{}\
+                     </failure>\n    </testcase>",
                     rule,
                     escape(&render_findings(&mine, usize::MAX), false)
                 )?;

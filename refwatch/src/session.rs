@@ -84,8 +84,12 @@ pub struct Watchpoint {
 pub struct Kernel {
     pub kallsyms: Kallsyms,
     pub facts: KernelFacts,
-    /// aya's own parse of the same BTF, which fentry loads need; parsed on first use, since
-    /// kprobe mode (the default) never needs it.
+    /// The kernel's BTF as read for the facts (None where refwatch could not parse it), kept
+    /// so that aya's parse for the fentry loads does not read the file again.
+    btf_bytes: Option<Vec<u8>>,
+    /// aya's own parse of those bytes: fentry loads take the attach target's type id from it
+    /// (aya's API, FEntry::load, takes an aya::Btf). Parsed on first use: kprobe loads never
+    /// need it.
     aya_btf: std::cell::OnceCell<Option<aya::Btf>>,
 }
 
@@ -94,15 +98,16 @@ impl Kernel {
         let kallsyms = Kallsyms::read().map_err(SessionError::Kallsyms)?;
         let (btf, btf_error) = match std::fs::read(BTF_PATH) {
             Ok(bytes) => match Btf::parse(&bytes) {
-                Ok(btf) => (Some(btf), None),
+                Ok(btf) => (Some((btf, bytes)), None),
                 Err(e) => (None, Some(format!("{BTF_PATH}: {e}"))),
             },
             Err(e) => (None, Some(format!("{BTF_PATH}: {e}"))),
         };
-        let facts = KernelFacts::gather(&kallsyms, btf.as_ref(), btf_error);
+        let facts = KernelFacts::gather(&kallsyms, btf.as_ref().map(|(btf, _)| btf), btf_error);
         Ok(Self {
             kallsyms,
             facts,
+            btf_bytes: btf.map(|(_, bytes)| bytes),
             aya_btf: std::cell::OnceCell::new(),
         })
     }
@@ -110,10 +115,8 @@ impl Kernel {
     pub fn aya_btf(&self) -> Option<&aya::Btf> {
         self.aya_btf
             .get_or_init(|| {
-                self.facts
-                    .btf
-                    .then(aya::Btf::from_sys_fs)
-                    .and_then(Result::ok)
+                let bytes = self.btf_bytes.as_deref()?;
+                aya::Btf::parse(bytes, aya::Endianness::default()).ok()
             })
             .as_ref()
     }
@@ -338,6 +341,10 @@ fn load_object(
     ring_bytes: u32,
 ) -> Result<aya::Ebpf, aya::EbpfError> {
     raise_memlock();
+    // A parse of the kernel's BTF that cannot be avoided: aya 0.14's EbpfLoader::new(), its
+    // only constructor, reads and parses /sys/kernel/btf/vmlinux itself whatever `.btf()` is
+    // given after, and keeps that parse private (fentry loads cannot have it). One loader per
+    // command: `probes` loads one object for all its trials (Trial), a session one.
     EbpfLoader::new()
         .override_global(globals::LAYOUT, layout, true)
         .override_global(globals::CALLERS, callers, true)

@@ -11,7 +11,8 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// `$XDG_CACHE_HOME/refwatch` or `~/.cache/refwatch`: survives `cargo clean`, since kernels are slow to fetch.
+/// `$XDG_CACHE_HOME/refwatch` or `~/.cache/refwatch`: survives `cargo clean`, since kernels
+/// are slow to fetch.
 pub fn cache_root() -> Result<PathBuf> {
     let base = match std::env::var_os("XDG_CACHE_HOME") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),

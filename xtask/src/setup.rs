@@ -100,8 +100,8 @@ pub fn install_debian_packages(packages: &[Package]) -> Result<()> {
             .collect();
         note(format_args!(
             "setup: no apt-get here, so nothing is installed. Building refwatch needs only \
-             rustup and a C compiler (cc, as the linker); the VM lab needs these, and fetches Debian's kernels with apt-get \
-             (a Debian or Ubuntu host):\n{}",
+             rustup and a C compiler (cc, as the linker); the VM lab needs these, and fetches \
+             Debian's kernels with apt-get (a Debian or Ubuntu host):\n{}",
             needs.join("\n")
         ));
         return Ok(());

@@ -39,7 +39,7 @@ pub fn run(args: ProbesArgs) -> Result<ExitCode> {
     let plan = plan::resolve(&kernel.facts, args.attach);
     let root = privileges::missing().is_empty();
     // A real load tells whether fentry is allowed; it needs privileges and one resolved function.
-    // One object for the fentry trial and --verify (each load parses the kernel's BTF again).
+    // One object for the fentry trial and --verify: each loader parses the kernel's BTF again.
     let mut trial = None;
     let fentry = match plan.used().next() {
         _ if !root => Fentry::Unknown("needs root to try"),

@@ -86,7 +86,8 @@ pub fn run(args: RecordArgs) -> Result<ExitCode> {
             watch: attach::Aggregate::new(&session),
         };
         let stop = args.run.stop_when();
-        // A write error ends the capture; the footer is still attempted so the trace stays readable.
+        // A write error ends the capture; the footer is still attempted so the trace stays
+        // readable.
         let end = capture::capture(&mut session, &stop, &mut rec).await;
         let dropped = session.dropped();
         let calls = session.calls();

@@ -379,7 +379,11 @@ mod tests {
         /// Every value at every length, read from a buffer that goes on after it and from one
         /// that ends with it; one byte short is a cut frame.
         #[test]
-        fn varints_round_trip(v in any::<u64>(), shift in 0u32..64, tail in proptest::collection::vec(any::<u8>(), 0..12)) {
+        fn varints_round_trip(
+            v in any::<u64>(),
+            shift in 0u32..64,
+            tail in proptest::collection::vec(any::<u8>(), 0..12),
+        ) {
             let v = v >> shift;
             let mut buf = Vec::new();
             put_uvar(&mut buf, v);

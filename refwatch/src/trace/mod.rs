@@ -3,8 +3,8 @@
 //! A trace is self-describing: `refwatch report` needs nothing from the recording machine.
 //!
 //! ```text
-//! file    = magic "RFWTRACE" | version u16 LE | header_len u32 LE | header (JSON, header_len bytes)
-//!           | frame* | footer-frame?
+//! file    = magic "RFWTRACE" | version u16 LE | header_len u32 LE
+//!           | header (JSON, header_len bytes) | frame* | footer-frame?
 //! frame   = tag u8 | payload
 //! ```
 //!
@@ -12,12 +12,15 @@
 //! and the pgmap type names of this kernel), the struct layout, and the command recorded.
 //! Integers in frames are LEB128 varints; signed ones are zigzag-encoded first.
 //!
-//! | tag | frame | payload |
-//! |---|---|---|
-//! | `0x00..=0x7f` | event | see below; the tag is the catalog probe id, or `0x7f` for a watchpoint hit (`--watch`, kind `watch`, always coded with its kind) |
-//! | `0xf0` | task | `pid_tgid`, comm length, comm bytes. Tasks are numbered from 0 in order of appearance |
-//! | `0xf1` | stack | stack id (zigzag), frame count, then per frame: length, UTF-8 bytes (innermost first) |
-//! | `0xff` | footer | JSON length, [`Footer`] JSON. Always the last frame of a finished trace |
+//! The frames, by tag:
+//!
+//! - `0x00..=0x7f`, event: see below; the tag is the catalog probe id, or `0x7f` for a
+//!   watchpoint hit (`--watch`, kind `watch`, always coded with its kind).
+//! - `0xf0`, task: `pid_tgid`, comm length, comm bytes. Tasks are numbered from 0 in order of
+//!   appearance.
+//! - `0xf1`, stack: stack id (zigzag), frame count, then per frame: length, UTF-8 bytes
+//!   (innermost first).
+//! - `0xff`, footer: JSON length, [`Footer`] JSON. Always the last frame of a finished trace.
 //!
 //! A task and a stack frame come before the first event that uses them. An event is coded
 //! against the previous event (the "context"):
@@ -143,7 +146,8 @@ pub enum TraceError {
     #[error("not a refwatch trace (bad magic)")]
     BadMagic,
     #[error(
-        "trace format version {found} is not supported (this refwatch reads versions 1 to {VERSION})"
+        "trace format version {found} is not supported \
+         (this refwatch reads versions 1 to {VERSION})"
     )]
     Version { found: u16 },
     #[error("trace header is cut off")]

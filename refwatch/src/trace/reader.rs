@@ -203,7 +203,8 @@ impl<R: Read> TraceReader<R> {
                         let end = self.src.offset();
                         let inside = if end > start { " inside a frame" } else { "" };
                         self.warning = Some(format!(
-                            "trace cut off at byte {end}{inside} (no footer: recording did not finish); \
+                            "trace cut off at byte {end}{inside} \
+                             (no footer: recording did not finish); \
                              read {} events, drop count unknown",
                             self.events
                         ));

@@ -124,9 +124,10 @@ fn bad_files_are_errors() {
     ));
     let mut newer = good.clone();
     newer[8] = VERSION as u8 + 1;
-    assert!(
-        matches!(TraceReader::new(&newer[..]), Err(TraceError::Version { found }) if found == VERSION + 1)
-    );
+    assert!(matches!(
+        TraceReader::new(&newer[..]),
+        Err(TraceError::Version { found }) if found == VERSION + 1
+    ));
     let mut v0 = good.clone();
     v0[8] = 0;
     assert!(matches!(

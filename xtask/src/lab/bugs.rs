@@ -132,7 +132,8 @@ refwatch record -o /out/trace.rwt -d 600 2> /out/record.err & r=$!
 refwatch live -d 600 > /out/live.txt 2> /out/live.err & l=$!
 for i in $(seq 300); do [ -e /out/trace.rwt ] && break; sleep 0.1; done
 for i in $(seq 300); do grep -q events /out/live.txt && break; sleep 0.1; done
-refwatch check --json -- sh -c 'exec daxload {args} > /out/daxload.log 2>&1' > /out/check.json 2> /out/check.err
+refwatch check --json -- sh -c 'exec daxload {args} > /out/daxload.log 2>&1' \
+    > /out/check.json 2> /out/check.err
 echo $? > /out/check.rc
 kill -INT $r $l; wait $r; echo $? > /out/record.rc; wait $l; echo $? > /out/live.rc
 refwatch check --json --trace /out/trace.rwt > /out/check-trace.json 2> /out/check-trace.err

@@ -112,7 +112,9 @@ pub fn ensure(name: &str, release: &str, recipe: &Recipe, apt: &Apt) -> Result<B
         Command::new("sh")
             .args([
                 "-c",
-                r#"dpkg-deb --fsys-tarfile "$1" | tar -xO --wildcards './usr/src/linux-source-*.tar.xz' | xz -dc | tar -x -C "$2" --strip-components=1"#,
+                r#"dpkg-deb --fsys-tarfile "$1" |
+                    tar -xO --wildcards './usr/src/linux-source-*.tar.xz' | xz -dc |
+                    tar -x -C "$2" --strip-components=1"#,
                 "unpack",
             ])
             .arg(&deb)

@@ -1,11 +1,12 @@
 //! A workload run under `refwatch check --json` in the guest, and what its cases read back:
 //! the guest script, check's JSON, and the judging every such case shares.
 
-use anyhow::Result;
+use std::time::Duration;
+
 use serde::Deserialize;
 
-use super::runner::{last_lines, run_job};
-use super::{Assets, Attach, GuestJob, Kernel, VmResult};
+use super::runner::last_lines;
+use super::{Attach, GuestJob, VmResult};
 
 /// The guest script: `workload` (a shell command line) under `refwatch check --attach
 /// $ATTACH`, its output in /out/workload.log and its status in /out/workload.rc, check's JSON,
@@ -14,17 +15,33 @@ use super::{Assets, Attach, GuestJob, Kernel, VmResult};
 pub fn script(workload: &str) -> String {
     format!(
         r#"
-refwatch check --json --attach "$ATTACH" -- sh -c '{workload} > /out/workload.log 2>&1; echo $? > /out/workload.rc' > /out/check.json 2> /out/check.err
+refwatch check --json --attach "$ATTACH" -- \
+    sh -c '{workload} > /out/workload.log 2>&1; echo $? > /out/workload.rc' \
+    > /out/check.json 2> /out/check.err
 echo $? > /out/check.rc
 dmesg > /out/dmesg.txt
 "#
     )
 }
 
+/// The guest job running `script(workload)`, with the attach mode and, for a workload that
+/// takes one, its scenario in the environment (`$ATTACH`, `$SCENARIO`).
+pub fn job(workload: &str, attach: Attach, scenario: Option<&str>, timeout: Duration) -> GuestJob {
+    let mut env = vec![("ATTACH".into(), attach.as_str().into())];
+    env.extend(scenario.map(|s| ("SCENARIO".into(), s.into())));
+    GuestJob {
+        argv: vec!["sh".into(), "-c".into(), script(workload)],
+        env,
+        timeout: Some(timeout),
+        ..GuestJob::default()
+    }
+}
+
 /// `refwatch check --json`, the fields the cases read.
 #[derive(Deserialize)]
 pub struct Check {
     pub attach: String,
+    pub events: u64,
     pub dropped: u64,
     pub findings_total: u64,
     pub rules: Vec<Rule>,
@@ -32,11 +49,13 @@ pub struct Check {
     pub pgmaps: Vec<Pgmap>,
 }
 
-/// One rule's line of the verdict: how many findings it made.
+/// One rule's line of the verdict: how many findings it made, and whether it could check.
 #[derive(Deserialize)]
 pub struct Rule {
     pub id: String,
     pub count: u64,
+    pub state: String,
+    pub reason: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -52,6 +71,8 @@ pub struct Finding {
 pub struct FindingPgmap {
     #[serde(rename = "type")]
     pub type_name: String,
+    pub start: Option<u64>,
+    pub end: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -101,7 +122,7 @@ impl Check {
     }
 
     /// Every finding, one line each, for a failure message.
-    pub fn describe_findings(&self) -> String {
+    fn describe_findings(&self) -> String {
         self.findings
             .iter()
             .map(|f| {
@@ -145,7 +166,36 @@ pub struct Injected {
     pub module: &'static str,
 }
 
+/// Whether the stack line `line` is in `frame`, a function of `module`: gcc may split it, as
+/// in `inj_put_underflow.cold+0x38/0x5d [refwatch_inject]`.
+pub fn in_frame(line: &str, frame: &str, module: &str) -> bool {
+    line.strip_prefix(frame)
+        .is_some_and(|rest| rest.starts_with('+') || rest.starts_with(".cold+"))
+        && line.ends_with(&format!("[{module}]"))
+}
+
 impl Check {
+    /// Why the run itself is not what was asked: another attach mode, dropped events.
+    pub fn judge_run(&self, attach: Attach) -> Vec<String> {
+        let mut failures = Vec::new();
+        // fentry mode keeps a kprobe where fentry cannot go (the caller-filtered unmap probe on
+        // vm_normal_page): "fentry+kprobe".
+        if !self.attach.split('+').any(|m| m == attach.as_str()) {
+            failures.push(format!(
+                "attached with {}, asked for {}",
+                self.attach,
+                attach.as_str()
+            ));
+        }
+        if self.dropped > 0 {
+            failures.push(format!(
+                "{} of {} events dropped",
+                self.dropped, self.events
+            ));
+        }
+        failures
+    }
+
     /// None on a healthy run (`injected` None), else why the findings are not what was asked.
     pub fn judge_findings(&self, injected: Option<&Injected>) -> Option<String> {
         let Some(want) = injected else {
@@ -157,13 +207,10 @@ impl Check {
                 )
             });
         };
-        let frame = |s: &String| {
-            s.strip_prefix(want.frame)
-                .is_some_and(|rest| rest.starts_with('+') || rest.starts_with(".cold+"))
-                && s.ends_with(&format!("[{}]", want.module))
-        };
         let right = |f: &Finding| {
-            f.rule == want.rule && f.pgmap.type_name == want.type_name && f.stack.iter().any(frame)
+            f.rule == want.rule
+                && f.pgmap.type_name == want.type_name
+                && f.stack.iter().any(|s| in_frame(s, want.frame, want.module))
         };
         (self.findings_total != 1 || !self.findings.iter().all(right)).then(|| {
             format!(
@@ -186,6 +233,44 @@ pub struct Outcome {
     /// The workload's output and exit status (as text).
     pub log: String,
     pub status: String,
+}
+
+/// What a case of a workload that ends by saying it is done asks of its run.
+pub struct Expect {
+    /// The workload as a failure names it (`p2pload healthy`), and the line its output has
+    /// when it did its part.
+    pub workload: String,
+    pub done: String,
+    /// The one finding an injected bug must give; None: a healthy run, no finding.
+    pub injected: Option<Injected>,
+    /// The type of the workload's pgmaps, and what their counters must reach at least.
+    pub type_name: &'static str,
+    pub at_least: Counted,
+}
+
+/// Judges such a case: check's run, the workload's own status, the findings and the counters.
+/// check exits 1 on an injected bug, 0 on a healthy run.
+pub fn assess(result: &VmResult, attach: Attach, expect: &Expect) -> Vec<String> {
+    let want_status = if expect.injected.is_some() { "1" } else { "0" };
+    let outcome = read(result, attach, want_status);
+    let mut failures = outcome.failures;
+    if outcome.status != "0" || !outcome.log.contains(&expect.done) {
+        failures.push(format!(
+            "{} failed on its own (status {}): {}",
+            expect.workload,
+            outcome.status,
+            last_lines(&outcome.log, 3)
+        ));
+    }
+    if let Some(check) = outcome.check {
+        failures.extend(check.judge_findings(expect.injected.as_ref()));
+        failures.extend(
+            check
+                .counted(expect.type_name)
+                .shortfalls(&expect.at_least, expect.type_name),
+        );
+    }
+    failures
 }
 
 /// Reads /out: check's exit status against `want_status`, its JSON, the attach mode it used
@@ -211,17 +296,7 @@ pub fn read(result: &VmResult, attach: Attach, want_status: &str) -> Outcome {
         }
     };
     if let Some(check) = &check {
-        // fentry mode keeps a kprobe where fentry cannot go: "fentry+kprobe".
-        if !check.attach.split('+').any(|m| m == attach.as_str()) {
-            failures.push(format!(
-                "attached with {}, asked for {}",
-                check.attach,
-                attach.as_str()
-            ));
-        }
-        if check.dropped > 0 {
-            failures.push(format!("{} events dropped", check.dropped));
-        }
+        failures.extend(check.judge_run(attach));
     }
     Outcome {
         failures,
@@ -229,22 +304,4 @@ pub fn read(result: &VmResult, attach: Attach, want_status: &str) -> Outcome {
         log: read("workload.log"),
         status: read("workload.rc").trim().to_owned(),
     }
-}
-
-/// Runs a case whose job may fail to be made (a program to build, a module to load).
-pub fn run(
-    id: &str,
-    kernel: &Kernel,
-    assets: &Assets,
-    job: Result<GuestJob>,
-    assess: impl FnOnce(&VmResult) -> Vec<String>,
-) -> Result<(), Vec<String>> {
-    let job = job.map_err(|e| vec![format!("{e:#}")])?;
-    run_job(id, kernel, assets, &job, |result| {
-        let mut failures = assess(result);
-        if !failures.is_empty() {
-            failures.push(format!("console {}", result.console_log.display()));
-        }
-        failures
-    })
 }

@@ -142,11 +142,15 @@ impl Scenario {
                     ..inject::module_job(&built, argv, TIMEOUT)
                 }
             }
-            Scenario::Private(_) => GuestJob {
-                may_crash: true,
-                timeout: Some(TIMEOUT),
-                ..private::module_job(kernel, apt, script)?
-            },
+            Scenario::Private(_) => {
+                let job = GuestJob {
+                    argv: ["sh", "-c", &script].map(String::from).to_vec(),
+                    may_crash: true,
+                    timeout: Some(TIMEOUT),
+                    ..GuestJob::default()
+                };
+                private::with_module(kernel, apt, job)?
+            }
             Scenario::Real(case) => case.job(script, TIMEOUT),
         })
     }
@@ -172,7 +176,8 @@ echo 'pfn >= {lo} && pfn < {hi}' > $t/events/page_ref/filter
 echo 1 > $t/events/page_ref/enable
 sh -c 'exec {command}' > /out/command.log 2>&1
 echo 0 > $t/events/page_ref/enable
-cat $t/per_cpu/cpu*/stats | awk '/^(entries|overrun):/ {{ n += $2 }} END {{ print n }}' > /out/page_ref.count
+cat $t/per_cpu/cpu*/stats | awk '/^(entries|overrun):/ {{ n += $2 }} END {{ print n }}' \
+    > /out/page_ref.count
 "#,
         lo = pfns.start,
         hi = pfns.end,

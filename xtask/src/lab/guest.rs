@@ -209,7 +209,8 @@ fn init_script(modules: &[String], job: &GuestJob) -> String {
     } else {
         let argv: Vec<String> = job.argv.iter().map(|a| quote(a)).collect();
         format!(
-            "{} </dev/null >/lab/result/stdout 2>/lab/result/stderr\necho $? > /lab/result/status\n",
+            "{} </dev/null >/lab/result/stdout 2>/lab/result/stderr\n\
+             echo $? > /lab/result/status\n",
             argv.join(" ")
         )
     };
@@ -243,7 +244,8 @@ echo "lab: init on $(uname -r), loading modules"
 for i in $(seq 100); do [ -b /dev/pmem0 ] && [ -b /dev/vda ] && break; sleep 0.1; done
 [ -b /dev/pmem0 ] || fail "no /dev/pmem0"
 [ -b /dev/vda ] || fail "no /dev/vda"
-mkfs.ext4 -q -F -b 4096 -U {FS_UUID} -E hash_seed={FS_UUID} /dev/pmem0 || fail "mkfs.ext4 /dev/pmem0"
+mkfs.ext4 -q -F -b 4096 -U {FS_UUID} -E hash_seed={FS_UUID} /dev/pmem0 ||
+    fail "mkfs.ext4 /dev/pmem0"
 mount -t ext4 -o dax /dev/pmem0 /mnt/dax || fail "mount -o dax /dev/pmem0"
 {setup}
 cd /tmp

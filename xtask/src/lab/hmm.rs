@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::checked;
-use super::runner::{VmCase, last_lines};
+use super::runner::{self, VmCase, last_lines};
 use super::{Assets, Attach, GuestJob, Kernel, VmResult};
 use crate::cmd;
 use crate::paths;
@@ -106,13 +106,7 @@ impl Case {
             ));
         }
         if let Some(check) = outcome.check {
-            if check.findings_total > 0 {
-                failures.push(format!(
-                    "{} finding(s) on a healthy kernel: {}",
-                    check.findings_total,
-                    check.describe_findings()
-                ));
-            }
+            failures.extend(check.judge_findings(None));
             let private = check.counted("private");
             // Allocations and faults (gets), migrations there (inserts) and back (puts), frees.
             let seen = [private.gets, private.inserts, private.puts, private.frees];
@@ -147,13 +141,10 @@ impl Case {
             files.push((ko, guest));
         }
         Ok(GuestJob {
-            argv: vec!["sh".into(), "-c".into(), checked::script("hmm-tests")],
             files,
             setup,
-            env: vec![("ATTACH".into(), self.attach.as_str().into())],
             // The suite runs a few minutes under TCG with every probe attached.
-            timeout: Some(Duration::from_secs(900)),
-            ..GuestJob::default()
+            ..checked::job("hmm-tests", self.attach, None, Duration::from_secs(900))
         })
     }
 }
@@ -168,7 +159,7 @@ impl VmCase for Case {
     }
 
     fn run(&self, kernel: &Kernel, assets: &Assets) -> Result<(), Vec<String>> {
-        checked::run(&self.id(), kernel, assets, self.job(kernel), |result| {
+        runner::run(&self.id(), kernel, assets, self.job(kernel), |result| {
             self.assess(result)
         })
     }

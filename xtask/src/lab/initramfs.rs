@@ -129,7 +129,8 @@ fn shared_libraries(program: &Path) -> Result<Vec<PathBuf>> {
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|line| {
-            // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or "/lib64/ld-linux-x86-64.so.2 (0x…)"
+            // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or
+            // "/lib64/ld-linux-x86-64.so.2 (0x…)"
             let path = line.split("=>").last()?.split_whitespace().next()?;
             path.starts_with('/').then(|| PathBuf::from(path))
         })

@@ -11,11 +11,11 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use serde::Deserialize;
 
 use super::apt::Apt;
+use super::checked::{self, Check};
 use super::kernel::{self, Kernel, KernelSpec, Origin};
-use super::runner::{VmCase, run_job};
+use super::runner::{self, VmCase, last_lines};
 use super::{Assets, Attach, GuestJob, VmResult};
 use crate::cmd::{self, note};
 use crate::paths;
@@ -127,9 +127,12 @@ pub(super) fn build_module(
     let out = paths::lab_cache()?.join(name).join(spec.release);
     let ko = out.join(format!("{name}.ko"));
     let unchanged = |dir: &Path| {
-        sources
-            .iter()
-            .all(|f| matches!((std::fs::read(src.join(f)), std::fs::read(dir.join(f))), (Ok(a), Ok(b)) if a == b))
+        sources.iter().all(|f| {
+            matches!(
+                (std::fs::read(src.join(f)), std::fs::read(dir.join(f))),
+                (Ok(a), Ok(b)) if a == b
+            )
+        })
     };
     if ko.is_file() && unchanged(&out) {
         return Ok(ko);
@@ -326,11 +329,10 @@ impl Case {
     }
 
     pub fn run(&self, kernel: &Kernel, assets: &Assets) -> Result<(), Vec<String>> {
-        let built = Apt::new()
+        let job = Apt::new()
             .and_then(|apt| build(kernel.spec, &apt))
-            .map_err(|e| vec![format!("{e:#}")])?;
-        let job = job(&built, self.scenario, self.attach, Duration::from_secs(180));
-        run_job(&self.id(), kernel, assets, &job, |result| {
+            .map(|built| job(&built, self.scenario, self.attach, Duration::from_secs(180)));
+        runner::run(&self.id(), kernel, assets, job, |result| {
             self.assess(result)
         })
     }
@@ -348,14 +350,13 @@ impl Case {
                 last_lines(&log, 4)
             ));
         }
-        let check: CheckJson = match serde_json::from_slice(&result.stdout) {
+        let check: Check = match serde_json::from_slice(&result.stdout) {
             Ok(c) => c,
             Err(e) => {
                 failures.push(format!(
-                    "no check JSON on stdout ({e}); exit {}; stderr: {}; console {}",
+                    "no check JSON on stdout ({e}); exit {}; stderr: {}",
                     result.exit_code,
                     last_lines(&String::from_utf8_lossy(&result.stderr), 5),
-                    result.console_log.display()
                 ));
                 return failures;
             }
@@ -367,25 +368,7 @@ impl Case {
                 result.exit_code
             ));
         }
-        // In fentry mode the caller-filtered unmap probe (vm_normal_page) stays on kprobe, so
-        // "fentry+kprobe" is what fentry looks like on these kernels.
-        if !check
-            .attach
-            .split('+')
-            .any(|mode| mode == self.attach.as_str())
-        {
-            failures.push(format!(
-                "attached with {}, asked for {}",
-                check.attach,
-                self.attach.as_str()
-            ));
-        }
-        if check.dropped > 0 {
-            failures.push(format!(
-                "{} of {} events dropped",
-                check.dropped, check.events
-            ));
-        }
+        failures.extend(check.judge_run(self.attach));
         let (want_rule, want_count) = match expect {
             Expect::Clean => (None, 0),
             Expect::Finding { rule, count, .. } => (Some(rule), count),
@@ -443,13 +426,11 @@ impl Case {
                         "{what}: pgmap range {s:#x?}..{e:#x?} is not the module's"
                     )),
                 }
-                // gcc may split the function: `inj_put_underflow.cold+0x38/0x5d [refwatch_inject]`.
-                let in_frame = |s: &str| {
-                    s.strip_prefix(frame)
-                        .is_some_and(|rest| rest.starts_with('+') || rest.starts_with(".cold+"))
-                        && s.ends_with("[refwatch_inject]")
-                };
-                if !f.stack.iter().any(|s| in_frame(s)) {
+                if !f
+                    .stack
+                    .iter()
+                    .any(|s| checked::in_frame(s, frame, "refwatch_inject"))
+                {
                     failures.push(format!(
                         "{what}: no {frame} [refwatch_inject] frame in {:?}",
                         f.stack
@@ -457,50 +438,8 @@ impl Case {
                 }
             }
         }
-        if !failures.is_empty() {
-            failures.push(format!("console {}", result.console_log.display()));
-        }
         failures
     }
-}
-
-/// The parts of `refwatch check --json` the assertions read.
-#[derive(Deserialize)]
-struct CheckJson {
-    attach: String,
-    events: u64,
-    dropped: u64,
-    findings_total: u64,
-    rules: Vec<RuleJson>,
-    findings: Vec<FindingJson>,
-}
-
-#[derive(Deserialize)]
-struct RuleJson {
-    id: String,
-    count: u64,
-    state: String,
-    reason: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct FindingJson {
-    rule: String,
-    pfn: u64,
-    pgmap: PgmapJson,
-    #[serde(default)]
-    stack: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct PgmapJson {
-    start: Option<u64>,
-    end: Option<u64>,
-}
-
-pub fn last_lines(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join(" | ")
 }
 
 #[cfg(test)]

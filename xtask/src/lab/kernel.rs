@@ -52,7 +52,8 @@ pub const KERNELS: &[KernelSpec] = &[
         release: "6.1.0-56-amd64",
         origin: Origin::Debian {
             packages: &[("linux-image-6.1.0-56-amd64-unsigned", "6.1.192-2")],
-            // The headers' Makefile calls the host's gcc-12 (Debian 12), installed by `xtask setup`.
+            // The headers' Makefile calls the host's gcc-12 (Debian 12), installed by
+            // `xtask setup`.
             headers: &[
                 ("linux-headers-6.1.0-56-amd64", "6.1.192-2"),
                 ("linux-headers-6.1.0-56-common", "6.1.192-2"),

@@ -263,8 +263,10 @@ pub const CASES: &[Case] = &[
 /// trace comes back in /out for inspection.
 fn job(case: &Case) -> GuestJob {
     let script = format!(
-        "refwatch record -o /out/trace.rwt --attach {}{} -- daxload {} 2> /out/record.err || exit $?; \
-         refwatch stream --json --trace /out/trace.rwt > /out/events.jsonl 2> /out/stream.err || exit $?; \
+        "refwatch record -o /out/trace.rwt --attach {}{} -- daxload {} \
+         2> /out/record.err || exit $?; \
+         refwatch stream --json --trace /out/trace.rwt \
+         > /out/events.jsonl 2> /out/stream.err || exit $?; \
          refwatch check --json --trace /out/trace.rwt > /out/check.json 2> /out/check.err",
         case.attach.as_str(),
         case.with
@@ -377,7 +379,8 @@ fn healthy(check_json: &Path) -> Option<String> {
         // pgmap that a page's first event may bring along.
         Ok(c) if c.calls.values().sum::<u64>() + (c.pgmaps.len() as u64) < c.events => {
             Some(format!(
-                "refwatch check counted {} events but only these entries of the probed functions: {:?}",
+                "refwatch check counted {} events but only these entries of the probed \
+                 functions: {:?}",
                 c.events, c.calls
             ))
         }

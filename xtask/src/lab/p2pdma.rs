@@ -9,8 +9,8 @@
 
 use std::time::Duration;
 
-use super::checked::{self, Check, Counted, Injected};
-use super::runner::{VmCase, last_lines};
+use super::checked::{self, Counted, Expect, Injected};
+use super::runner::{self, VmCase};
 use super::{Apt, Assets, Attach, Disk, GuestJob, Kernel, VmResult, inject};
 use crate::paths;
 use anyhow::{Result, bail};
@@ -102,40 +102,19 @@ impl Scenario {
 
 impl Case {
     fn assess(&self, result: &VmResult) -> Vec<String> {
-        let want_status = if self.scenario == Healthy { "0" } else { "1" };
-        let outcome = checked::read(result, self.attach, want_status);
-        let mut failures = outcome.failures;
-        if outcome.status != "0" || !outcome.log.contains("p2pload: done") {
-            failures.push(format!(
-                "p2pload {} failed on its own (status {}): {}",
-                self.scenario.name(),
-                outcome.status,
-                last_lines(&outcome.log, 3)
-            ));
-        }
-        if let Some(check) = outcome.check {
-            failures.extend(self.judge(&check));
-        }
-        failures
-    }
-
-    fn judge(&self, check: &Check) -> Vec<String> {
-        let injected = (self.scenario == DoublePut).then_some(Injected {
-            rule: "free-while-mapped",
+        let expect = Expect {
+            workload: format!("p2pload {}", self.scenario.name()),
+            done: "p2pload: done".into(),
+            injected: (self.scenario == DoublePut).then_some(Injected {
+                rule: "free-while-mapped",
+                type_name: "p2pdma",
+                frame: "double_put_write",
+                module: MODULE,
+            }),
             type_name: "p2pdma",
-            frame: "double_put_write",
-            module: MODULE,
-        });
-        let mut failures: Vec<String> = check
-            .judge_findings(injected.as_ref())
-            .into_iter()
-            .collect();
-        failures.extend(
-            check
-                .counted("p2pdma")
-                .shortfalls(&self.scenario.at_least(), "p2pdma"),
-        );
-        failures
+            at_least: self.scenario.at_least(),
+        };
+        checked::assess(result, self.attach, &expect)
     }
 
     fn job(&self, kernel: &Kernel) -> Result<GuestJob> {
@@ -158,24 +137,19 @@ impl Case {
             }
         };
         Ok(GuestJob {
-            argv: vec![
-                "sh".into(),
-                "-c".into(),
-                checked::script(r#"p2pload "$SCENARIO""#),
-            ],
             files,
             setup,
-            env: vec![
-                ("ATTACH".into(), self.attach.as_str().into()),
-                ("SCENARIO".into(), self.scenario.name().into()),
-            ],
             disks: vec![Disk {
                 bytes: NVME_DISK_BYTES,
                 device: NVME.into(),
             }],
             // Boot ≈10 s, refwatch attaching and the workload well under a minute under TCG.
-            timeout: Some(Duration::from_secs(240)),
-            ..GuestJob::default()
+            ..checked::job(
+                r#"p2pload "$SCENARIO""#,
+                self.attach,
+                Some(self.scenario.name()),
+                Duration::from_secs(240),
+            )
         })
     }
 }
@@ -194,7 +168,7 @@ impl VmCase for Case {
     }
 
     fn run(&self, kernel: &Kernel, assets: &Assets) -> Result<(), Vec<String>> {
-        checked::run(&self.id(), kernel, assets, self.job(kernel), |result| {
+        runner::run(&self.id(), kernel, assets, self.job(kernel), |result| {
             self.assess(result)
         })
     }

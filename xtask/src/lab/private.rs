@@ -7,8 +7,8 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use super::checked::{self, Counted, Injected};
-use super::runner::{VmCase, last_lines};
+use super::checked::{self, Counted, Expect, Injected};
+use super::runner::{self, VmCase};
 use super::{Apt, Assets, Attach, GuestJob, Kernel, VmResult, inject};
 use crate::paths;
 use anyhow::{Result, bail};
@@ -113,46 +113,32 @@ impl Scenario {
 
 impl Case {
     fn assess(&self, result: &VmResult) -> Vec<String> {
-        let injected = self.scenario.injected();
-        let outcome = checked::read(
-            result,
-            self.attach,
-            if injected.is_some() { "1" } else { "0" },
-        );
-        let mut failures = outcome.failures;
-        let done = format!("privload: {}: done", self.scenario.name());
-        if outcome.status != "0" || !outcome.log.contains(&done) {
-            failures.push(format!(
-                "privload {} failed on its own (status {}): {}",
-                self.scenario.name(),
-                outcome.status,
-                last_lines(&outcome.log, 3)
-            ));
-        }
-        if let Some(check) = outcome.check {
-            failures.extend(check.judge_findings(injected.as_ref()));
-            failures.extend(
-                check
-                    .counted("private")
-                    .shortfalls(&self.scenario.at_least(), "private"),
-            );
-        }
-        failures
+        let name = self.scenario.name();
+        let expect = Expect {
+            workload: format!("privload {name}"),
+            done: format!("privload: {name}: done"),
+            injected: self.scenario.injected(),
+            type_name: "private",
+            at_least: self.scenario.at_least(),
+        };
+        checked::assess(result, self.attach, &expect)
     }
 
     fn job(&self, kernel: &Kernel) -> Result<GuestJob> {
-        let script = checked::script(r#"privload "$SCENARIO""#);
-        let mut job = module_job(kernel, &Apt::new()?, script)?;
-        job.env = vec![
-            ("ATTACH".into(), self.attach.as_str().into()),
-            ("SCENARIO".into(), self.scenario.name().into()),
-        ];
-        Ok(job)
+        // Boot ≈10 s, refwatch attaching and the workload (teardown-busy waits 3 s) well
+        // under a minute under TCG.
+        let job = checked::job(
+            r#"privload "$SCENARIO""#,
+            self.attach,
+            Some(self.scenario.name()),
+            Duration::from_secs(240),
+        );
+        with_module(kernel, &Apt::new()?, job)
     }
 }
 
-/// `script` in a guest with the module built for `kernel` and loaded.
-pub fn module_job(kernel: &Kernel, apt: &Apt, script: String) -> Result<GuestJob> {
+/// `job` in a guest with the module built for `kernel` and loaded.
+pub fn with_module(kernel: &Kernel, apt: &Apt, job: GuestJob) -> Result<GuestJob> {
     if kernel.built().is_none() {
         bail!(
             "kernel {} is Debian's binary, without device-private pages",
@@ -162,13 +148,9 @@ pub fn module_job(kernel: &Kernel, apt: &Apt, script: String) -> Result<GuestJob
     let src = paths::workspace_root().join("xtask/lab/private");
     let ko = inject::build_module(kernel.spec, apt, &src, MODULE, MODULE_SOURCES)?;
     Ok(GuestJob {
-        argv: vec!["sh".into(), "-c".into(), script],
         files: vec![(ko, GUEST_MODULE.to_owned())],
         setup: vec![format!("insmod {GUEST_MODULE}")],
-        // Boot ≈10 s, refwatch attaching and the workload (teardown-busy waits 3 s) well
-        // under a minute under TCG.
-        timeout: Some(Duration::from_secs(240)),
-        ..GuestJob::default()
+        ..job
     })
 }
 
@@ -187,7 +169,7 @@ impl VmCase for Case {
     }
 
     fn run(&self, kernel: &Kernel, assets: &Assets) -> Result<(), Vec<String>> {
-        checked::run(&self.id(), kernel, assets, self.job(kernel), |result| {
+        runner::run(&self.id(), kernel, assets, self.job(kernel), |result| {
             self.assess(result)
         })
     }

@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use anyhow::Result;
+
 use super::{Apt, Assets, GuestJob, Kernel, VmResult, run_in_vm};
 
 /// One case of the matrix (matrix.rs lists them all): it boots its own VM and judges it.
@@ -12,8 +14,19 @@ pub trait VmCase: Sync {
     fn run(&self, kernel: &Kernel, assets: &Assets) -> Result<(), Vec<String>>;
 }
 
-/// Runs the job of case `id` in a fresh VM (its files under runs/matrix-ID) and judges the
-/// result with `assess`; Err carries every reason the case failed.
+/// Runs the job of case `id` in a fresh VM, its files under runs/matrix-ID.
+pub fn boot(
+    id: &str,
+    kernel: &Kernel,
+    assets: &Assets,
+    job: &GuestJob,
+) -> Result<VmResult, Vec<String>> {
+    let label = format!("matrix-{}", id.replace('/', "-"));
+    run_in_vm(kernel, assets, job, &label).map_err(|e| vec![format!("{e:#}")])
+}
+
+/// Runs the job of case `id` in a fresh VM and judges the result with `assess`; Err carries
+/// every reason the case failed.
 pub fn run_job(
     id: &str,
     kernel: &Kernel,
@@ -21,14 +34,32 @@ pub fn run_job(
     job: &GuestJob,
     assess: impl FnOnce(&VmResult) -> Vec<String>,
 ) -> Result<(), Vec<String>> {
-    let label = format!("matrix-{}", id.replace('/', "-"));
-    let result = run_in_vm(kernel, assets, job, &label).map_err(|e| vec![format!("{e:#}")])?;
+    let result = boot(id, kernel, assets, job)?;
     let failures = assess(&result);
     if failures.is_empty() {
         Ok(())
     } else {
         Err(failures)
     }
+}
+
+/// Runs a case whose job may fail to be made (a program to build, a module to load); a failed
+/// case's reasons end with its console log.
+pub fn run(
+    id: &str,
+    kernel: &Kernel,
+    assets: &Assets,
+    job: Result<GuestJob>,
+    assess: impl FnOnce(&VmResult) -> Vec<String>,
+) -> Result<(), Vec<String>> {
+    let job = job.map_err(|e| vec![format!("{e:#}")])?;
+    run_job(id, kernel, assets, &job, |result| {
+        let mut failures = assess(result);
+        if !failures.is_empty() {
+            failures.push(format!("console {}", result.console_log.display()));
+        }
+        failures
+    })
 }
 
 /// Runs the cases (two VMs at a time: one TCG thread each on a 2-core machine) and returns

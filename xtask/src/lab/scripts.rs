@@ -3,8 +3,8 @@
 //! recording, the CI options, hostile names, the verifier, and the soak. A script prints
 //! `FAIL: …` lines and exits 1 on failure; the host reports those lines.
 
-use super::runner::{VmCase, last_lines};
-use super::{Assets, GuestJob, Kernel, run_in_vm};
+use super::runner::{VmCase, boot, last_lines};
+use super::{Assets, GuestJob, Kernel};
 
 pub struct ScriptCase {
     pub kernel: &'static str,
@@ -75,8 +75,7 @@ pub fn run_script(
         timeout: Some(timeout),
         ..GuestJob::default()
     };
-    let label = format!("matrix-{}", case.id().replace('/', "-"));
-    let result = run_in_vm(kernel, assets, &job, &label).map_err(|e| vec![format!("{e:#}")])?;
+    let result = boot(&case.id(), kernel, assets, &job)?;
     let stdout = String::from_utf8_lossy(&result.stdout);
     if result.exit_code == 0 {
         return Ok(stdout.into_owned());

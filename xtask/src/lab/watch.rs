@@ -8,7 +8,7 @@ use anyhow::Result;
 use serde::Deserialize;
 
 use super::inject::{self, PFNS};
-use super::runner::{VmCase, run_job};
+use super::runner::{self, VmCase, last_lines};
 use super::{Apt, Assets, Attach, Kernel, VmResult};
 
 /// The module's page 0, which every scenario maps and works on.
@@ -49,18 +49,19 @@ impl VmCase for Case {
         self.kernel
     }
     fn run(&self, kernel: &Kernel, assets: &Assets) -> Result<(), Vec<String>> {
-        let built = Apt::new()
-            .and_then(|apt| inject::build(kernel.spec, &apt))
-            .map_err(|e| vec![format!("{e:#}")])?;
         let page0 = format!("{PAGE0:#x}");
-        let job = inject::refwatch_job(
-            &built,
-            &["stream", "--json", "--watch", &page0],
-            self.scenario,
-            Attach::Auto,
-            Duration::from_secs(180),
-        );
-        run_job(&self.id(), kernel, assets, &job, assess)
+        let job = Apt::new()
+            .and_then(|apt| inject::build(kernel.spec, &apt))
+            .map(|built| {
+                inject::refwatch_job(
+                    &built,
+                    &["stream", "--json", "--watch", &page0],
+                    self.scenario,
+                    Attach::Auto,
+                    Duration::from_secs(180),
+                )
+            });
+        runner::run(&self.id(), kernel, assets, job, assess)
     }
 }
 
@@ -89,7 +90,7 @@ fn assess(result: &VmResult) -> Vec<String> {
         failures.push(format!(
             "no watch event on pfn {PAGE0:#x}; exit {}; stderr: {}",
             result.exit_code,
-            inject::last_lines(&stderr, 5)
+            last_lines(&stderr, 5)
         ));
     }
     let without_stack = watched.iter().filter(|l| l.stack.is_empty()).count();
@@ -104,9 +105,6 @@ fn assess(result: &VmResult) -> Vec<String> {
         .any(|l| l.stack.first().is_some_and(|f| f.ends_with(MODULE)))
     {
         failures.push("no watch event written inline by the module".into());
-    }
-    if !failures.is_empty() {
-        failures.push(format!("console {}", result.console_log.display()));
     }
     failures
 }
