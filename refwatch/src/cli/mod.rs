@@ -93,6 +93,11 @@ pub struct RunArgs {
     /// and left out.
     #[arg(long, value_name = "PFN", value_parser = parse_pfn)]
     pub watch: Vec<u64>,
+    /// Put no breakpoint on a page of refwatch's own accord. By default the page of each
+    /// finding gets one (and, with slots to spare, a GENERIC page holding references that no
+    /// probe sees given back) until it is freed or its pgmap torn down.
+    #[arg(long)]
+    pub no_auto_watch: bool,
     /// Stop after this many seconds.
     #[arg(short, long)]
     pub duration: Option<f64>,
