@@ -89,8 +89,8 @@ pub struct RunArgs {
     pub pid: Option<u32>,
     /// Put a hardware breakpoint on this page's refcount (repeatable, as many pages as the
     /// CPU has breakpoint slots free, four on x86-64): every change of it, inline or not,
-    /// becomes a `watch` event with its kernel stack. A page that cannot have one is reported
-    /// and left out.
+    /// becomes a `watch` event with its kernel stack, until refwatch exits or the page's pgmap
+    /// is torn down. A page that cannot have one is reported and left out.
     #[arg(long, value_name = "PFN", value_parser = parse_pfn)]
     pub watch: Vec<u64>,
     /// Put no breakpoint on a page of refwatch's own accord. By default the page of each
