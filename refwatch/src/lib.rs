@@ -20,3 +20,4 @@ pub mod session;
 pub mod summary;
 pub mod trace;
 pub mod verdict;
+pub mod watch_slots;

@@ -110,6 +110,19 @@ pub fn from_trace<R: std::io::Read + Send>(
         .collect())
 }
 
+/// The pages a watchpoint saw written in the trace, by pfn.
+pub fn watched_pages<R: std::io::Read + Send>(
+    reader: &mut TraceReader<R>,
+) -> Result<std::collections::BTreeSet<u64>, TraceError> {
+    let mut pfns = std::collections::BTreeSet::new();
+    reader.for_each_event(|ev| {
+        if ev.event_kind() == Some(EventKind::Watch) {
+            pfns.insert(ev.pfn);
+        }
+    })?;
+    Ok(pfns)
+}
+
 /// The text a developer pastes into a bug report.
 pub fn render<'a>(stories: impl IntoIterator<Item = &'a Story>) -> String {
     let mut s = String::new();
@@ -192,5 +205,22 @@ mod tests {
         assert_eq!(flagged[0].transition.kind, EventKind::Insert);
         assert_eq!(flagged[0].findings, [Rule::InsertZeroRef]);
         assert!(render(&stories).contains("finding: insert-zero-ref"));
+    }
+
+    #[test]
+    fn watched_pages_are_those_of_watch_events() {
+        let p = Probes::for_model(RefModel::ZeroBased);
+        let mut events = healthy(&p, false, 2, &[]);
+        let mut hit = *events.last().unwrap();
+        (hit.pfn, hit.probe, hit.kind) = (
+            crate::aggregate::synth::BASE_PFN + 1,
+            refwatch_common::event::WATCH_PROBE,
+            EventKind::Watch as u8,
+        );
+        events.push(hit);
+        let bytes = p.trace(&events, 0);
+        let mut reader = TraceReader::new(&bytes[..]).unwrap();
+        let watched: Vec<u64> = watched_pages(&mut reader).unwrap().into_iter().collect();
+        assert_eq!(watched, [crate::aggregate::synth::BASE_PFN + 1]);
     }
 }

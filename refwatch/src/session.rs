@@ -71,6 +71,8 @@ pub struct SessionOptions {
     pub pid: Option<u32>,
     /// Pfns whose `_refcount` gets a hardware breakpoint (`--watch`).
     pub watch: Vec<u64>,
+    /// Get breakpoints ready for pages chosen while capturing ([`Session::arm`]).
+    pub auto_watch: bool,
 }
 
 /// A `--watch` pfn and whether its breakpoints could be armed (on every online CPU).
@@ -132,8 +134,7 @@ pub struct Session {
     pub plan: Plan,
     pub kallsyms: Kallsyms,
     pub watchpoints: Vec<Watchpoint>,
-    /// The breakpoints' perf events: closing one detaches its program.
-    _breakpoints: Vec<OwnedFd>,
+    breakpoints: Breakpoints,
     symbolized: HashMap<i32, Vec<String>>,
 }
 
@@ -224,7 +225,24 @@ impl Session {
                 errors,
             });
         }
-        let (watchpoints, breakpoints) = arm_watchpoints(&mut ebpf, &layout, &opts.watch);
+        let mut breakpoints = Breakpoints::new(
+            &mut ebpf,
+            &layout,
+            opts.auto_watch || !opts.watch.is_empty(),
+        );
+        let mut asked: Vec<u64> = Vec::new();
+        for &pfn in &opts.watch {
+            if !asked.contains(&pfn) {
+                asked.push(pfn);
+            }
+        }
+        let watchpoints = asked
+            .into_iter()
+            .map(|pfn| Watchpoint {
+                pfn,
+                armed: breakpoints.arm(pfn),
+            })
+            .collect();
         let take = |ebpf: &mut aya::Ebpf, name: &'static str| {
             ebpf.take_map(name)
                 .ok_or_else(|| SessionError::Map(name, "missing".into()))
@@ -251,7 +269,7 @@ impl Session {
             // and their frames are dropped from stacks by name.
             kallsyms: Kallsyms::read().map_err(SessionError::Kallsyms)?,
             watchpoints,
-            _breakpoints: breakpoints,
+            breakpoints,
             symbolized: HashMap::new(),
         };
         // Parsing BTF and kallsyms peaks at tens of MiB that a long recording never needs
@@ -276,6 +294,17 @@ impl Session {
     /// Moves pending events into `out` without waiting (used at shutdown).
     pub fn drain(&mut self, out: &mut Vec<Event>) {
         drain(self.ring.get_mut(), out);
+    }
+
+    /// Puts a hardware breakpoint on page `pfn`'s `_refcount`, on every online CPU or none;
+    /// why not where the kernel refuses (no slot free, no kernel breakpoints).
+    pub fn arm(&mut self, pfn: u64) -> Result<(), String> {
+        self.breakpoints.arm(pfn)
+    }
+
+    /// Removes page `pfn`'s breakpoints: its slots are free again.
+    pub fn disarm(&mut self, pfn: u64) {
+        self.breakpoints.by_pfn.remove(&pfn);
     }
 
     /// Failed ring-buffer reservations, summed over CPUs.
@@ -508,44 +537,49 @@ fn breakpoint(prog_fd: RawFd, address: u64, cpu: u32) -> Result<OwnedFd, String>
     Ok(fd)
 }
 
-/// Arms a breakpoint on each pfn's `_refcount` on every online CPU (a kernel breakpoint is
-/// per CPU); a pfn that cannot have them all gets none, and says why. Returns the outcomes
-/// and the breakpoints' fds.
-fn arm_watchpoints(
-    ebpf: &mut aya::Ebpf,
-    layout: &Layout,
-    pfns: &[u64],
-) -> (Vec<Watchpoint>, Vec<OwnedFd>) {
-    let mut fds = Vec::new();
-    if pfns.is_empty() {
-        return (Vec::new(), fds);
+/// What arming a page's breakpoints needs, found once, and the breakpoints armed.
+struct Breakpoints {
+    /// The vmemmap base, the online CPUs and the watch program's fd; or why there are none.
+    setup: Result<(u64, Vec<u32>, RawFd), String>,
+    page_size: u64,
+    off_refcount: u64,
+    /// Each watched page's perf events, one per CPU: closing them detaches the program.
+    by_pfn: HashMap<u64, Vec<OwnedFd>>,
+}
+
+impl Breakpoints {
+    /// Loads the watch program and reads the vmemmap base where `wanted`.
+    fn new(ebpf: &mut aya::Ebpf, layout: &Layout, wanted: bool) -> Self {
+        let setup = if wanted {
+            vmemmap_base(ebpf, layout).and_then(|base| {
+                let cpus = aya::util::online_cpus().map_err(|(what, e)| format!("{what}: {e}"))?;
+                let prog: &mut PerfEvent = program(ebpf, globals::WATCH_PROGRAM)?;
+                prog.load().map_err(|e| error_chain(&e))?;
+                let prog_fd = prog.fd().map_err(|e| error_chain(&e))?.as_fd().as_raw_fd();
+                Ok((base, cpus, prog_fd))
+            })
+        } else {
+            Err("watchpoints are off".to_owned())
+        };
+        Self {
+            setup,
+            page_size: layout.page_size,
+            off_refcount: layout.off_refcount,
+            by_pfn: HashMap::new(),
+        }
     }
-    let setup = vmemmap_base(ebpf, layout).and_then(|base| {
-        let cpus = aya::util::online_cpus().map_err(|(what, e)| format!("{what}: {e}"))?;
-        let prog: &mut PerfEvent = program(ebpf, globals::WATCH_PROGRAM)?;
-        prog.load().map_err(|e| error_chain(&e))?;
-        let prog_fd = prog.fd().map_err(|e| error_chain(&e))?.as_fd().as_raw_fd();
-        Ok((base, cpus, prog_fd))
-    });
-    let watchpoints = pfns
-        .iter()
-        .map(|&pfn| {
-            let armed = setup.clone().and_then(|(base, cpus, prog_fd)| {
-                let address = base + pfn * layout.page_size + layout.off_refcount;
-                // All CPUs or none: a partial watch would miss writes without saying so.
-                let page_fds = cpus
-                    .iter()
-                    .map(|&cpu| {
-                        breakpoint(prog_fd, address, cpu).map_err(|e| format!("cpu {cpu}: {e}"))
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                fds.extend(page_fds);
-                Ok(())
-            });
-            Watchpoint { pfn, armed }
-        })
-        .collect();
-    (watchpoints, fds)
+
+    /// All CPUs or none: a partial watch would miss writes without saying so.
+    fn arm(&mut self, pfn: u64) -> Result<(), String> {
+        let (base, cpus, prog_fd) = self.setup.as_ref().map_err(Clone::clone)?;
+        let address = base + pfn * self.page_size + self.off_refcount;
+        let fds = cpus
+            .iter()
+            .map(|&cpu| breakpoint(*prog_fd, address, cpu).map_err(|e| format!("cpu {cpu}: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.by_pfn.insert(pfn, fds);
+        Ok(())
+    }
 }
 
 /// The vmemmap base: fixed, or (randomized at boot) read by the `vmemmap` program from a page

@@ -194,6 +194,13 @@ impl Aggregator {
         self.pages.get(pfn).map(|p| (p.refcount, p.mapped))
     }
 
+    /// Whether refwatch cannot tell `pfn`'s refcount: a page whose return to idle passes no
+    /// probe (GENERIC; P2PDMA before 6.15) with a reference seen taken and not seen given
+    /// back. Only the kernel's own count (a watchpoint, the teardown scan) says where it is.
+    pub fn untrusted(&self, pfn: u64) -> bool {
+        self.grabs.contains_key(&pfn)
+    }
+
     /// Feeds one event; returns how many findings it raised.
     pub fn observe(&mut self, ev: &Event) -> usize {
         self.events += 1;
@@ -235,10 +242,20 @@ impl Aggregator {
         }
     }
 
-    /// A watchpoint hit goes into a tracked page's history only: it is any write of the count,
+    /// A watchpoint hit goes into a tracked page's history: it is any write of the count,
     /// inline or not, so no rule judges it and refwatch's reckoning of the page stays as the
-    /// probes left it.
+    /// probes left it. One thing it does tell: on a page whose return to idle no probe sees, a
+    /// hit at idle is that return, so its last grab no longer holds it.
     fn watch(&mut self, ev: &Event) {
+        let model = self.context().model;
+        let idle = model
+            .idle(self.context().pg_type(ev.pgmap_type))
+            .unwrap_or(0);
+        if i64::from(ev.refcount) <= idle
+            && let Some(old) = self.grabs.remove(&ev.pfn)
+        {
+            self.tasks.release(old.step.task);
+        }
         let Some(page) = self.pages.get_mut(ev.pfn) else {
             return;
         };

@@ -9,6 +9,7 @@ use refwatch::{
     plan::Plan,
     session::{Kernel, Session, SessionOptions},
     summary::Summary,
+    watch_slots::{Change, Slots},
 };
 use refwatch_common::{Event, globals::Layout};
 
@@ -32,31 +33,40 @@ pub fn open(args: &RunArgs) -> Result<(Session, Option<Layout>)> {
             ring_bytes: args.ring_kib * 1024,
             pid: args.pid,
             watch: args.watch.clone(),
+            auto_watch: !args.no_auto_watch,
         },
     )?;
     // Watchpoints are extra: the probes carry on without the ones the CPU cannot give.
     for w in &session.watchpoints {
         match &w.armed {
-            Ok(()) => eprintln!("refwatch: watching pfn {:#x}'s refcount", w.pfn),
+            Ok(()) => eprintln!("refwatch: watching pfn {:#x}'s refcount (--watch)", w.pfn),
             Err(e) => eprintln!("refwatch: --watch {:#x}: no breakpoint: {e}", w.pfn),
         }
     }
     Ok((session, layout))
 }
 
-/// Feeds every event to the aggregator, and puts each finding in the kernel log as soon as
-/// its batch is read.
+/// Feeds every event to the aggregator, puts each finding in the kernel log as soon as its
+/// batch is read, and chooses the pages that get breakpoints.
 pub struct Aggregate {
     pub agg: Aggregator,
     /// None when replaying a trace: its findings belong to another kernel, or an older boot.
     announcer: Option<Announcer>,
+    /// None when replaying a trace.
+    slots: Option<Slots>,
 }
 
 impl Aggregate {
-    pub fn new(session: &Session) -> Self {
+    pub fn new(session: &Session, args: &RunArgs) -> Self {
+        let asked = session
+            .watchpoints
+            .iter()
+            .filter(|w| w.armed.is_ok())
+            .map(|w| w.pfn);
         Self {
             agg: Aggregator::new(KernelView::from_plan(&session.plan)),
             announcer: Some(Announcer::new()),
+            slots: Some(Slots::new(asked, !args.no_auto_watch)),
         }
     }
 
@@ -64,18 +74,46 @@ impl Aggregate {
         Self {
             agg: Aggregator::new(KernelView::from_plan(plan)),
             announcer: None,
+            slots: None,
         }
     }
 
-    /// Feeds a batch; returns how many findings it raised (already in the kernel log).
+    /// Feeds a batch; returns how many findings it raised (already in the kernel log). The
+    /// breakpoints it calls for are [`Self::rearm`]'s to place.
     pub fn feed(&mut self, events: &[Event]) -> u64 {
         let before = self.agg.total_findings();
         for ev in events {
+            let kept = self.agg.findings().len();
             self.agg.observe(ev);
+            if let Some(slots) = &mut self.slots {
+                slots.observe(ev, &self.agg, kept);
+            }
         }
         match &mut self.announcer {
             Some(a) => a.announce(&self.agg),
             None => self.agg.total_findings() - before,
+        }
+    }
+
+    /// Arms and releases the breakpoints the last batches called for, and says so on stderr.
+    pub fn rearm(&mut self, session: &mut Session) {
+        let Some(slots) = &mut self.slots else {
+            return;
+        };
+        while let Some(change) = slots.next_change() {
+            match change {
+                Change::Arm { pfn, why } => match session.arm(pfn) {
+                    Ok(()) => eprintln!("refwatch: watching pfn {pfn:#x}'s refcount ({why})"),
+                    Err(e) => {
+                        eprintln!("refwatch: pfn {pfn:#x} ({why}): no breakpoint: {e}");
+                        slots.refused(pfn);
+                    }
+                },
+                Change::Release { pfn, why } => {
+                    session.disarm(pfn);
+                    eprintln!("refwatch: pfn {pfn:#x}'s breakpoint released: {why}");
+                }
+            }
         }
     }
 
@@ -92,8 +130,9 @@ impl Aggregate {
 }
 
 impl Sink for Aggregate {
-    fn events(&mut self, _session: &mut Session, events: &[Event]) -> Result<bool> {
+    fn events(&mut self, session: &mut Session, events: &[Event]) -> Result<bool> {
         self.feed(events);
+        self.rearm(session);
         Ok(true)
     }
 }

@@ -64,7 +64,7 @@ fn live(args: &CheckArgs) -> Result<Summary> {
         .build()?;
     rt.block_on(async {
         let (mut session, _) = attach::open(&args.run)?;
-        let mut sink = attach::Aggregate::new(&session);
+        let mut sink = attach::Aggregate::new(&session, &args.run);
         let end = capture::capture(&mut session, &args.run.stop_when(), &mut sink).await?;
         let mut s = sink.summary(&mut session);
         s.command = (!args.run.command.is_empty()).then(|| CommandRun {

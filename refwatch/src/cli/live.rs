@@ -122,7 +122,7 @@ pub fn run(args: LiveArgs) -> Result<ExitCode> {
         let (mut session, _) = attach::open(&args.run)?;
         let tty = std::io::stdout().is_terminal();
         let mut live = Live {
-            inner: attach::Aggregate::new(&session),
+            inner: attach::Aggregate::new(&session, &args.run),
             tty,
             keys: if tty { RawStdin::new() } else { None },
             samples: VecDeque::from([(Instant::now(), 0, 0)]),

@@ -89,10 +89,15 @@ pub struct RunArgs {
     pub pid: Option<u32>,
     /// Put a hardware breakpoint on this page's refcount (repeatable, as many pages as the
     /// CPU has breakpoint slots free, four on x86-64): every change of it, inline or not,
-    /// becomes a `watch` event with its kernel stack. A page that cannot have one is reported
-    /// and left out.
+    /// becomes a `watch` event with its kernel stack, until refwatch exits or the page's pgmap
+    /// is torn down. A page that cannot have one is reported and left out.
     #[arg(long, value_name = "PFN", value_parser = parse_pfn)]
     pub watch: Vec<u64>,
+    /// Put no breakpoint on a page of refwatch's own accord. By default the page of each
+    /// finding gets one (and, with slots to spare, a GENERIC page holding references that no
+    /// probe sees given back) until it is freed or its pgmap torn down.
+    #[arg(long)]
+    pub no_auto_watch: bool,
     /// Stop after this many seconds.
     #[arg(short, long)]
     pub duration: Option<f64>,

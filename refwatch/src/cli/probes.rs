@@ -169,10 +169,12 @@ fn print_text(
     }
     match breakpoints {
         Ok(n) => println!(
-            "watch:    {n} breakpoint slot(s) free on CPU 0 (x86-64 has 4): --watch takes up \
-             to {n} page(s)"
+            "watch:    {n} breakpoint slot(s) free on CPU 0 (x86-64 has 4): --watch and the \
+             pages of findings take up to {n} page(s)"
         ),
-        Err(e) => println!("watch:    no kernel breakpoint: {e}: --watch is not available"),
+        Err(e) => println!(
+            "watch:    no kernel breakpoint: {e}: neither --watch nor auto-arming is available"
+        ),
     }
     println!("attach:   {} requested", plan.requested);
     if let Some(why) = nothing_attaches {

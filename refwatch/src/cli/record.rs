@@ -50,9 +50,12 @@ impl Sink for Recorder {
         }
         // One write per ring-buffer batch: a SIGKILL loses at most this batch.
         self.trace.flush().context("writing the trace")?;
+        let found = self.watch.feed(events);
+        // Before the sync: the next write of a finding's page may come soon.
+        self.watch.rearm(session);
         // A finding may predict a crash of this kernel: the trace up to it goes to the disk
         // now, not when the page cache would have written it.
-        if self.watch.feed(events) > 0 {
+        if found > 0 {
             self.trace.sync().context("syncing the trace")?;
         }
         Ok(true)
@@ -83,7 +86,7 @@ pub fn run(args: RecordArgs) -> Result<ExitCode> {
         let writer = TraceWriter::create(&args.output, &header, existing)?;
         let mut rec = Recorder {
             trace: writer,
-            watch: attach::Aggregate::new(&session),
+            watch: attach::Aggregate::new(&session, &args.run),
         };
         let stop = args.run.stop_when();
         // A write error ends the capture; the footer is still attempted so the trace stays

@@ -8,8 +8,8 @@ use refwatch::{output, page_story, perfetto, summary, trace::TraceReader};
 
 use super::output::OutputArgs;
 
-/// Pages with findings given their own tracks in a Perfetto file, at most: a torn-down pgmap
-/// can make thousands, and `--page` adds any other.
+/// Pages with findings, and pages watched, given their own tracks in a Perfetto file, at most
+/// (each): a torn-down pgmap can make thousands, and `--page` adds any other.
 const PERFETTO_FINDING_PAGES: usize = 64;
 
 #[derive(Args)]
@@ -24,8 +24,8 @@ pub struct ReportArgs {
     #[arg(long = "page", value_name = "PFN", value_parser = super::parse_pfn)]
     pages: Vec<u64>,
     /// Also write a Perfetto trace (ui.perfetto.dev) to FILE: a track per pgmap, refcount and
-    /// mapcount counters and every event of the pages with findings (the first 64) and of the
-    /// `--page` ones.
+    /// mapcount counters and every event of the pages with findings (the first 64), of the
+    /// pages watchpoints saw written (the first 64) and of the `--page` ones.
     #[arg(long, value_name = "FILE")]
     perfetto: Option<PathBuf>,
     #[command(flatten)]
@@ -52,6 +52,10 @@ pub fn run(args: ReportArgs) -> Result<ExitCode> {
             );
         }
         pfns.extend(with_findings.into_iter().take(PERFETTO_FINDING_PAGES));
+        let watched =
+            page_story::watched_pages(&mut TraceReader::open(&args.file).with_context(name)?)
+                .with_context(name)?;
+        pfns.extend(watched.into_iter().take(PERFETTO_FINDING_PAGES));
     }
     // The stories need a second pass: a page's first events come before its findings.
     let pfns: Vec<u64> = pfns.into_iter().collect();

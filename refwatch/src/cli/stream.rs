@@ -157,6 +157,9 @@ impl Sink for Printer {
             self.print(ev, &session.plan, &stack)?;
         }
         self.check(events, |id| session.stack(id).to_vec())?;
+        if let Some(watch) = &mut self.watch {
+            watch.rearm(session);
+        }
         self.out.flush()?;
         Ok(true)
     }
@@ -200,7 +203,7 @@ fn live(args: &StreamArgs) -> Result<ExitCode> {
     rt.block_on(async {
         let (mut session, _) = attach::open(&args.run)?;
         let printer = &mut Printer::new(args.json, args.out.open()?);
-        printer.watch = Some(attach::Aggregate::new(&session));
+        printer.watch = Some(attach::Aggregate::new(&session, &args.run));
         let end = capture::capture(&mut session, &args.run.stop_when(), printer).await?;
         let status = match end {
             End::CommandExited(s) => json!(s.code()),

@@ -2,13 +2,16 @@
 /*
  * inject - drive refwatch_inject.ko through one scenario.
  *
- *   inject [-t generic|fsdax] [-u] SCENARIO
+ *   inject [-t generic|fsdax] [-u] [-w MS] SCENARIO
  *
  * SCENARIO: healthy insert-zero-ref free-while-mapped get-from-zero
  *           put-underflow teardown-busy
  * -t  force the pgmap type (default: the scenario's natural one)
  * -u  get-from-zero/healthy: also GUP the page from user space
  *     (process_vm_readv on ourselves) while it is in the scenario state
+ * -w  wait MS milliseconds in the scenario state before putting the page
+ *     right: time for a tracer to act on what it saw (refwatch arms a
+ *     watchpoint on a finding's page)
  *
  * Exit 0 when every step behaved as the scenario expects.
  * Build: gcc -O2 -Wall -static -o inject inject.c
@@ -21,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <sys/mman.h>
 #include <sys/uio.h>
@@ -106,7 +110,7 @@ static long user_gup(void *p, size_t len)
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: inject [-t generic|fsdax] [-u] SCENARIO\n"
+	fprintf(stderr, "usage: inject [-t generic|fsdax] [-u] [-w MS] SCENARIO\n"
 		"  healthy insert-zero-ref free-while-mapped get-from-zero\n"
 		"  put-underflow teardown-busy\n");
 	exit(2);
@@ -117,18 +121,21 @@ int main(int argc, char **argv)
 	struct inj_setup s = { 0 };
 	struct inj_fire f = { 0 };
 	int opt, sc = -1, ugup = 0, i, mapped;
+	long wait_ms = 0;
 	int faulted[NPAGES];
 	volatile unsigned char *p;
 	char what[64];
 	size_t len;
 
-	while ((opt = getopt(argc, argv, "t:u")) != -1) {
+	while ((opt = getopt(argc, argv, "t:uw:")) != -1) {
 		if (opt == 't' && !strcmp(optarg, "generic"))
 			s.type = INJ_TYPE_GENERIC;
 		else if (opt == 't' && !strcmp(optarg, "fsdax"))
 			s.type = INJ_TYPE_FS_DAX;
 		else if (opt == 'u')
 			ugup = 1;
+		else if (opt == 'w')
+			wait_ms = atol(optarg);
 		else
 			usage();
 	}
@@ -258,6 +265,12 @@ int main(int argc, char **argv)
 		break;
 	}
 
+	if (wait_ms > 0) {
+		struct timespec ts = { wait_ms / 1000, wait_ms % 1000 * 1000000 };
+
+		printf("inject: waiting %ld ms before the restore\n", wait_ms);
+		nanosleep(&ts, NULL);
+	}
 	if (ioctl(fd, INJ_RESTORE))
 		perror("INJ_RESTORE");
 	show("restored");

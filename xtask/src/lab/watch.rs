@@ -1,6 +1,7 @@
-//! `--watch`: a hardware breakpoint on the refwatch_inject module's page 0 while a scenario
+//! Watchpoints: a hardware breakpoint on the refwatch_inject module's page 0 while a scenario
 //! runs must report the page's refcount changes, the ones no probe sees (inline in the module)
-//! too, each with a kernel stack through the module.
+//! too, each with a kernel stack through the module. Asked for with `--watch`, or armed by
+//! refwatch itself on the page of a finding.
 
 use std::time::Duration;
 
@@ -16,52 +17,180 @@ const PAGE0: u64 = PFNS.start;
 /// The module's source functions: a frame of one is `name+0x…/0x… [refwatch_inject]`.
 const MODULE: &str = "[refwatch_inject]";
 
+/// How page 0 comes to be watched.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Arming {
+    /// `refwatch stream --watch PAGE0`.
+    Asked,
+    /// `refwatch record` alone: refwatch arms the page when the scenario's finding is made.
+    Auto,
+}
+
 pub struct Case {
     pub kernel: &'static str,
     pub scenario: &'static str,
+    pub arming: Arming,
 }
 
-/// QEMU's TCG emulates the debug registers, so the guest has its four breakpoint slots.
-pub static CASES: [Case; 4] = [
+const fn case(kernel: &'static str, scenario: &'static str, arming: Arming) -> Case {
     Case {
-        kernel: "6.1",
-        scenario: "put-underflow",
-    },
-    Case {
-        kernel: "6.1",
-        scenario: "get-from-zero",
-    },
-    Case {
-        kernel: "7.3-src",
-        scenario: "put-underflow",
-    },
-    Case {
-        kernel: "7.3-src",
-        scenario: "get-from-zero",
-    },
+        kernel,
+        scenario,
+        arming,
+    }
+}
+
+/// QEMU's TCG emulates the debug registers, so the guest has its four breakpoint slots. The
+/// auto cases need a write of page 0 after the finding: inject's restore of the count
+/// (`set_page_count`, inline in the module) is one in each of them (not on 7.x's
+/// insert-zero-ref, whose page stays at 0).
+pub static CASES: [Case; 8] = [
+    case("6.1", "put-underflow", Arming::Asked),
+    case("6.1", "get-from-zero", Arming::Asked),
+    case("7.3-src", "put-underflow", Arming::Asked),
+    case("7.3-src", "get-from-zero", Arming::Asked),
+    case("6.1", "get-from-zero", Arming::Auto),
+    case("6.1", "insert-zero-ref", Arming::Auto),
+    case("7.3-src", "get-from-zero", Arming::Auto),
+    case("7.3-src", "put-underflow", Arming::Auto),
 ];
+
+/// How long inject waits after the finding before it restores the page: refwatch reads the
+/// event, makes the finding and arms the breakpoint in well under this even under TCG.
+const AUTO_GRACE_MS: u32 = 3000;
 
 impl VmCase for Case {
     fn id(&self) -> String {
-        format!("{}/watch-{}", self.kernel, self.scenario)
+        match self.arming {
+            Arming::Asked => format!("{}/watch-{}", self.kernel, self.scenario),
+            Arming::Auto => format!("{}/watch-auto-{}", self.kernel, self.scenario),
+        }
     }
     fn kernel(&self) -> &'static str {
         self.kernel
     }
     fn run(&self, kernel: &Kernel, assets: &Assets) -> Result<(), Vec<String>> {
-        let page0 = format!("{PAGE0:#x}");
-        let job = Apt::new()
+        let built = Apt::new()
             .and_then(|apt| inject::build(kernel.spec, &apt))
-            .map(|built| {
-                inject::refwatch_job(
+            .map_err(|e| vec![format!("{e:#}")])?;
+        let timeout = Duration::from_secs(180);
+        match self.arming {
+            Arming::Asked => {
+                let page0 = format!("{PAGE0:#x}");
+                let job = inject::refwatch_job(
                     &built,
                     &["stream", "--json", "--watch", &page0],
                     self.scenario,
                     Attach::Auto,
-                    Duration::from_secs(180),
-                )
-            });
-        runner::run(&self.id(), kernel, assets, job, assess)
+                    timeout,
+                );
+                runner::run(&self.id(), kernel, assets, Ok(job), assess)
+            }
+            Arming::Auto => {
+                let job = inject::module_job(&built, auto_script(self.scenario), timeout);
+                runner::run(&self.id(), kernel, assets, Ok(job), |r| self.assess_auto(r))
+            }
+        }
+    }
+}
+
+/// `refwatch record` without `--watch` over the scenario (waiting after its wrong step), then
+/// page 0's story from the trace.
+fn auto_script(scenario: &str) -> Vec<String> {
+    let script = format!(
+        "refwatch record -o /out/trace.rwt -- sh -c \
+           'exec inject -w {AUTO_GRACE_MS} {scenario} > /out/inject.log 2>&1' 2> /out/record.err
+         echo $? > /out/record.rc
+         refwatch report /out/trace.rwt --json --page {PAGE0:#x} > /out/page.json 2> /out/report.err"
+    );
+    vec!["sh".into(), "-c".into(), script]
+}
+
+/// An event of `report --page --json`.
+#[derive(Deserialize)]
+struct Entry {
+    kind: String,
+    #[serde(default)]
+    findings: Vec<String>,
+    #[serde(default)]
+    stack: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Story {
+    entries: Vec<Entry>,
+}
+
+impl Case {
+    /// refwatch said it armed page 0 for the scenario's finding and released it later; page
+    /// 0's story has the finding, then watch events with stacks, one written by the module.
+    fn assess_auto(&self, result: &VmResult) -> Vec<String> {
+        let read =
+            |name: &str| std::fs::read_to_string(result.out_dir.join(name)).unwrap_or_default();
+        let record_err = read("record.err");
+        let mut failures = Vec::new();
+        if read("record.rc").trim() != "0" {
+            failures.push(format!(
+                "record exit {:?}: {}",
+                read("record.rc").trim(),
+                last_lines(&record_err, 3)
+            ));
+        }
+        let armed = format!(
+            "watching pfn {PAGE0:#x}'s refcount (finding {})",
+            self.scenario
+        );
+        let released = format!("pfn {PAGE0:#x}'s breakpoint released");
+        for line in [&armed, &released] {
+            if !record_err.contains(line.as_str()) {
+                failures.push(format!(
+                    "record's stderr lacks {line:?}: {}",
+                    last_lines(&record_err, 5)
+                ));
+            }
+        }
+        let stories: Vec<Story> = match serde_json::from_str(&read("page.json")) {
+            Ok(s) => s,
+            Err(e) => {
+                failures.push(format!("page.json: {e}: {}", read("report.err").trim()));
+                return failures;
+            }
+        };
+        let entries = stories
+            .into_iter()
+            .flat_map(|s| s.entries)
+            .collect::<Vec<_>>();
+        let found = entries
+            .iter()
+            .position(|e| e.findings.iter().any(|f| f == self.scenario));
+        let watched: Vec<&Entry> = match found {
+            Some(i) => entries[i..].iter().filter(|e| e.kind == "watch").collect(),
+            None => {
+                failures.push(format!(
+                    "page {PAGE0:#x}'s story has no {} finding",
+                    self.scenario
+                ));
+                Vec::new()
+            }
+        };
+        if watched.is_empty() {
+            failures.push(format!(
+                "no watch event on page {PAGE0:#x} after the finding"
+            ));
+        }
+        if watched.iter().any(|e| e.stack.is_empty()) {
+            failures.push("a watch event without a stack".into());
+        }
+        if !watched
+            .iter()
+            .any(|e| e.stack.first().is_some_and(|f| f.ends_with(MODULE)))
+        {
+            failures.push("no watch event written inline by the module (its restore)".into());
+        }
+        if !failures.is_empty() {
+            failures.push(format!("console {}", result.console_log.display()));
+        }
+        failures
     }
 }
 
