@@ -44,9 +44,11 @@ const fn case(kernel: &'static str, scenario: &'static str, arming: Arming) -> C
 /// auto cases need a write of page 0 after the finding: inject's restore of the count
 /// (`set_page_count`, inline in the module) is one in each of them (not on 7.x's
 /// insert-zero-ref, whose page stays at 0).
-pub static CASES: [Case; 8] = [
+pub static CASES: [Case; 10] = [
     case("6.1", "put-underflow", Arming::Asked),
     case("6.1", "get-from-zero", Arming::Asked),
+    case("6.12", "put-underflow", Arming::Asked),
+    case("6.12", "get-from-zero", Arming::Auto),
     case("7.3-src", "put-underflow", Arming::Asked),
     case("7.3-src", "get-from-zero", Arming::Asked),
     case("6.1", "get-from-zero", Arming::Auto),
