@@ -11,6 +11,8 @@
 //! 3. offline analysis: a big trace made of copies of a recorded one, `refwatch report --json`
 //!    timed on the host, with its peak RSS.
 //! 4. trace size: bytes per event of the recorded traces.
+//! 5. scale: `refwatch report` on synthetic traces of whole pgmaps up to TiBs, on the host
+//!    ([`scale`]; `--only scale` runs it alone, without the VM lab).
 //!
 //! Timing is only reported here, never asserted: TCG timings depend on the host.
 
@@ -26,6 +28,8 @@ use serde_json::{Value, json};
 use crate::cmd::{self, note};
 use crate::lab::{Apt, Assets, GuestJob, Kernel, insncount::Mark, run_in_vm};
 use crate::paths;
+
+mod scale;
 
 /// bpftrace from the same Debian release as the default (6.1, bookworm) guest kernel.
 const BPFTRACE_DEB: (&str, &str) = ("bpftrace", "0.17.0-1");
@@ -44,6 +48,21 @@ pub struct BenchArgs {
     /// More kernels to measure the hot path on (one boot each), e.g. `--also 7.2`.
     #[arg(long, value_name = "KERNEL")]
     also: Vec<String>,
+    /// Measure one part alone: `scale` (host only, no VM).
+    #[arg(long, value_enum)]
+    only: Option<Part>,
+    /// pgmap sizes of the scale part, in GiB of 4 KiB pages [default: 4,16,64,256; --quick: 4,16].
+    #[arg(long, value_name = "GIB", value_delimiter = ',')]
+    scale_gib: Vec<u64>,
+    /// Another refwatch build (e.g. one from before a change) timed beside this one in the
+    /// scale part, on the same traces.
+    #[arg(long, value_name = "REFWATCH")]
+    baseline: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Part {
+    Scale,
 }
 
 struct Sizes {
@@ -97,7 +116,90 @@ pub fn main(args: BenchArgs) -> ExitCode {
     }
 }
 
+/// Builds what the host-side parts run: refwatch and bench_tool (release).
+fn build_host_tools(root: &Path) -> Result<PathBuf> {
+    cmd::run(
+        Command::new("cargo")
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "refwatch",
+                "--bin",
+                "refwatch",
+                "--example",
+                "bench_tool",
+            ])
+            .current_dir(root),
+    )?;
+    Ok(root.join("target/release/examples/bench_tool"))
+}
+
+fn scale_part(args: &BenchArgs, tool: &Path, work: &Path) -> Result<Value> {
+    let root = paths::workspace_root();
+    let gibs = match (&args.scale_gib[..], args.quick) {
+        ([], true) => vec![4, 16],
+        ([], false) => vec![4, 16, 64, 256],
+        (g, _) => g.to_vec(),
+    };
+    scale::scale(
+        &scale::Binaries {
+            tool,
+            refwatch: &root.join("target/release/refwatch"),
+            baseline: args.baseline.as_deref(),
+        },
+        work,
+        &gibs,
+    )
+}
+
+/// `--only scale`: the scale part alone, on the host.
+fn bench_scale(args: &BenchArgs) -> Result<()> {
+    let root = paths::workspace_root();
+    let work = root.join("target/bench-scale");
+    paths::create_dir(&work)?;
+    let tool = build_host_tools(&root)?;
+    let out = json!({
+        "quick": args.quick,
+        "scale": scale_part(args, &tool, &work)?,
+        "targets": targets(),
+    });
+    let mut s = String::new();
+    let mut row = |what: &str, value: String, target: &str| {
+        let _ = writeln!(s, "| {what} | {value} | {target} | host |");
+    };
+    row("figure", "value".into(), "target");
+    row("---", "---".into(), "---");
+    scale::rows(&out["scale"], &mut row);
+    print!("{s}");
+    write_json(args, &out)
+}
+
+fn targets() -> Value {
+    json!({
+        "hot_path_ratio_max": 1.02,
+        "device_dropped": 0,
+        "analysis_events_per_s_min": 20e6,
+        "trace_bytes_per_event_max": 12.0,
+        "scale_events_per_s_min": 20e6,
+        "scale_bytes_per_live_page_max": 14,
+        "scale_history_bytes_max": scale::HISTORY_BYTES,
+    })
+}
+
+fn write_json(args: &BenchArgs, out: &Value) -> Result<()> {
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(out)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        note(format_args!("figures written to {}", path.display()));
+    }
+    Ok(())
+}
+
 fn bench(args: BenchArgs) -> Result<()> {
+    if matches!(args.only, Some(Part::Scale)) {
+        return bench_scale(&args);
+    }
     crate::setup::run()?;
     // The guest's bpftrace (bookworm's .deb) runs on the host's copies of its libraries.
     crate::setup::install_debian_packages(&[("bpftrace", "bpftrace")])?;
@@ -109,19 +211,7 @@ fn bench(args: BenchArgs) -> Result<()> {
     }
     paths::create_dir(&work)?;
     let assets = Assets::build()?;
-    cmd::run(
-        Command::new("cargo")
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "refwatch",
-                "--example",
-                "bench_tool",
-            ])
-            .current_dir(&root),
-    )?;
-    let tool = root.join("target/release/examples/bench_tool");
+    let tool = build_host_tools(&root)?;
     let apt = Apt::new()?;
 
     let started = Instant::now();
@@ -137,6 +227,7 @@ fn bench(args: BenchArgs) -> Result<()> {
         &work,
         sizes.big_events,
     )?;
+    let scale = scale_part(&args, &tool, &work)?;
     note(format_args!("bench done in {:.0?}", started.elapsed()));
 
     let first = hot.first().cloned().unwrap_or(Value::Null);
@@ -146,23 +237,14 @@ fn bench(args: BenchArgs) -> Result<()> {
         "device": device,
         "analysis": analysis,
         "trace": traces,
-        "targets": {
-            "hot_path_ratio_max": 1.02,
-            "device_dropped": 0,
-            "analysis_events_per_s_min": 20e6,
-            "trace_bytes_per_event_max": 12.0,
-        },
+        "scale": scale,
+        "targets": targets(),
     });
     if hot.len() > 1 {
         out["hot_path_other_kernels"] = Value::Array(hot[1..].to_vec());
     }
     print!("{}", table(&out));
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&out)? + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
-        note(format_args!("figures written to {}", path.display()));
-    }
-    Ok(())
+    write_json(&args, &out)
 }
 
 /// Key=value pairs of the first line of `text` that starts with `prefix`.
@@ -871,10 +953,20 @@ fn report_on_copies(
             .arg(trace)
             .arg(events.to_string()),
     )?;
-    let stats = tool_stats(tool, trace)?;
     // Best of three: the figure is the analyzer's speed, not the host's noise.
+    best_report(tool, refwatch, trace, 3)
+}
+
+/// `refwatch report --json` on `trace` once (a trace too big to read thrice).
+fn report_once(tool: &Path, refwatch: &Path, trace: &Path) -> Result<Report> {
+    best_report(tool, refwatch, trace, 1)
+}
+
+/// The fastest of `runs` reports.
+fn best_report(tool: &Path, refwatch: &Path, trace: &Path, runs: usize) -> Result<Report> {
+    let stats = tool_stats(tool, trace)?;
     let mut best = (f64::MAX, 0.0, 0);
-    for _ in 0..3 {
+    for _ in 0..runs {
         let run = timed(
             Command::new(refwatch)
                 .arg("report")
@@ -1120,6 +1212,9 @@ fn table(out: &Value) -> String {
         "",
         &json!("host"),
     );
+    scale::rows(&out["scale"], &mut |what, value, target| {
+        row(what, value, target, &json!("host"))
+    });
     row(
         "trace: bytes/event",
         fmt(&t["bytes_per_event"], 2),

@@ -1,6 +1,7 @@
 //! The aggregator: a pure state machine from events to per-page/per-pgmap state and findings.
 //! No I/O and no clock, so a live capture and a recorded trace give the same answer.
 
+mod histories;
 mod pages;
 mod rules;
 mod state;
@@ -21,11 +22,11 @@ use refwatch_common::{
 };
 use serde::Serialize;
 
-use pages::Pages;
+use pages::{Page, Pages};
 use rules::PageView;
 pub use rules::{Coverage, Rule};
+use state::Step;
 pub use state::{Counters, PgmapState, Transition};
-use state::{PageState, Step};
 use tasks::Tasks;
 pub use view::KernelView;
 
@@ -140,6 +141,15 @@ impl Aggregator {
         }
     }
 
+    /// With room for `cap` page histories, to test their eviction.
+    #[cfg(test)]
+    pub(crate) fn with_history_cap(ctx: KernelView, cap: usize) -> Self {
+        Self {
+            pages: Pages::with_histories(cap),
+            ..Self::new(ctx)
+        }
+    }
+
     pub fn context(&self) -> &KernelView {
         self.ctx.as_ref().expect("built with new()")
     }
@@ -239,9 +249,9 @@ impl Aggregator {
     /// inline or not, so no rule judges it and refwatch's reckoning of the page stays as the
     /// probes left it.
     fn watch(&mut self, ev: &Event) {
-        let Some(page) = self.pages.get_mut(ev.pfn) else {
+        if self.pages.get(ev.pfn).is_none() {
             return;
-        };
+        }
         let step = Step {
             ts_ns: ev.ts_ns,
             refs: 0,
@@ -251,7 +261,7 @@ impl Aggregator {
             probe: ev.probe,
             kind: EventKind::Watch,
         };
-        self.tasks.remember(&mut page.recent, step);
+        self.pages.push_step(ev.pfn, step, &mut self.tasks);
     }
 
     fn pgmap_add(&mut self, ev: &Event) {
@@ -411,9 +421,8 @@ impl Aggregator {
     /// Who holds page `pfn`: the mappings not yet zapped (`maps`), and the references its
     /// history (or, for a page not kept live, its last grab) saw being taken.
     fn holders(&self, pfn: u64, maps: &[(u64, u64)]) -> Vec<String> {
-        let page = self.pages.get(pfn);
-        let last =
-            |kind: EventKind| page.and_then(|p| p.recent.iter().rev().find(|s| s.kind == kind));
+        let history = self.pages.history(pfn);
+        let last = |kind: EventKind| history.and_then(|h| h.iter().rev().find(|s| s.kind == kind));
         let who = |s: &Step| {
             let t = self.tasks.get(s.task);
             format!("{}/{}", crate::event::comm_str(&t.comm), t.pid_tgid >> 32)
@@ -484,10 +493,11 @@ impl Aggregator {
     /// The device PTEs a zap of `[extra, extra2)` in mm `page` clears: those inserted there.
     fn range_unmap(&mut self, ev: &Event) {
         for (_, pfn) in self.take_range(ev.page, ev.extra, ev.extra2) {
-            let Some(page) = self.pages.get_mut(pfn) else {
+            let Some(page) = self.pages.get(pfn) else {
                 continue;
             };
-            page.mapped = (page.mapped - 1).max(0);
+            self.pages
+                .set_counts(pfn, page.refcount, (page.mapped - 1).max(0));
             let step = Step {
                 ts_ns: ev.ts_ns,
                 refs: 1,
@@ -497,9 +507,8 @@ impl Aggregator {
                 probe: ev.probe,
                 kind: EventKind::Unmap,
             };
-            self.tasks.remember(&mut page.recent, step);
-            let pgmap = page.pgmap;
-            if let Some(pg) = self.pgmaps.get_mut(&pgmap) {
+            self.pages.push_step(pfn, step, &mut self.tasks);
+            if let Some(pg) = self.pgmaps.get_mut(&page.pgmap) {
                 pg.counters.count(EventKind::Unmap);
             }
             self.forget_if_idle(pfn, false);
@@ -554,8 +563,9 @@ impl Aggregator {
             Some(stale) => {
                 // The PTE was zapped where no range probe saw it (insert_pfn maps only an
                 // empty PTE): the page it named is no longer mapped there.
-                if let Some(page) = self.pages.get_mut(stale) {
-                    page.mapped = (page.mapped - 1).max(0);
+                if let Some(page) = self.pages.get(stale) {
+                    self.pages
+                        .set_counts(stale, page.refcount, (page.mapped - 1).max(0));
                 }
                 true
             }
@@ -597,25 +607,27 @@ impl Aggregator {
                 counters: Counters::default(),
             })),
         };
-        let (page, fresh) = self
+        let fresh = self
             .pages
-            .get_or_start(ev.pfn, ev.pgmap, ty, i64::from(ev.refcount));
+            .touch(ev.pfn, ev.pgmap, ty, ev.page, i64::from(ev.refcount));
         // gup_put_folio hands the same references on to __put_devmap_managed_*_refs (≤6.12):
-        // one drop seen at two nested probes, counted once.
+        // one drop seen at two nested probes, counted once. (A history is never evicted
+        // between two such consecutive events: HISTORIES other pages would need one first.)
         let nested = kind == EventKind::Put
-            && page.recent.last().is_some_and(|prev| {
-                prev.kind == EventKind::Put
-                    && self.tasks.get(prev.task).pid_tgid == ev.pid_tgid
-                    && prev.refcount == ev.refcount
-                    && CATALOG[prev.probe as usize].site != probe.site
-            });
+            && self
+                .pages
+                .history(ev.pfn)
+                .and_then(|h| h.last())
+                .is_some_and(|prev| {
+                    prev.kind == EventKind::Put
+                        && self.tasks.get(prev.task).pid_tgid == ev.pid_tgid
+                        && prev.refcount == ev.refcount
+                        && CATALOG[prev.probe as usize].site != probe.site
+                });
         if let Some(pg) = pg.filter(|_| !nested) {
             pg.counters.count(kind);
             pg.counters.pages_seen += u64::from(fresh);
         }
-        page.pgmap = ev.pgmap;
-        page.ty = ty;
-        page.page = ev.page;
         let step = Step {
             ts_ns: ev.ts_ns,
             // An insert's extra is its address where its probe knows it; it maps the page once.
@@ -630,19 +642,21 @@ impl Aggregator {
             probe: ev.probe,
             kind,
         };
-        self.tasks.remember(&mut page.recent, step);
+        self.pages.push_step(ev.pfn, step, &mut self.tasks);
+        let page = self.pages.get(ev.pfn).expect("started above");
         let view = PageView {
             ty,
             mapped: page.mapped,
             pgmap_in_teardown: teardown,
         };
         let verdict = rules::judge(ctx, probe, ev, &view);
-        advance(ctx, probe, kind, ev, page, new_mapping);
+        let after = advance(ctx, probe, kind, ev, &page, new_mapping);
+        self.pages.set_counts(ev.pfn, after.refcount, after.mapped);
         let key = verdict
             .as_ref()
             .map(|(rule, _)| (*rule, ev.pid_tgid, ev.refcount));
-        let repeat = key.is_some() && key == page.last_finding;
-        page.last_finding = key;
+        let repeat = key.is_some() && key == self.pages.last_finding(ev.pfn);
+        self.pages.set_last_finding(ev.pfn, key);
         let mut raised = 0;
         if let Some((rule, detail)) = verdict.filter(|_| !repeat) {
             let maps = if rule == Rule::TruncateBusy {
@@ -668,11 +682,17 @@ impl Aggregator {
             let pfn = ev.pfn.wrapping_add(i);
             let new = self.map_at((ev.extra2, address.wrapping_add(i * PAGE_SIZE)), pfn);
             let task = self.tasks.hold_event(ev);
-            let (page, _) = self
+            let page = ev.page.wrapping_add(i * STRUCT_PAGE);
+            // A tail already live keeps its pgmap and type; only its page is named anew.
+            let (pgmap, ty) = self
                 .pages
-                .get_or_start(pfn, ev.pgmap, ty, i64::from(ev.refcount));
-            page.page = ev.page.wrapping_add(i * STRUCT_PAGE);
-            page.mapped += i64::from(new);
+                .get(pfn)
+                .map_or((ev.pgmap, ty), |p| (p.pgmap, p.ty));
+            self.pages
+                .touch(pfn, pgmap, ty, page, i64::from(ev.refcount));
+            let now = self.pages.get(pfn).expect("touched above");
+            self.pages
+                .set_counts(pfn, now.refcount, now.mapped + i64::from(new));
             let step = Step {
                 ts_ns: ev.ts_ns,
                 refs: 1,
@@ -682,7 +702,7 @@ impl Aggregator {
                 probe: ev.probe,
                 kind: EventKind::Insert,
             };
-            self.tasks.remember(&mut page.recent, step);
+            self.pages.push_step(pfn, step, &mut self.tasks);
         }
     }
 
@@ -700,12 +720,12 @@ impl Aggregator {
         let pg = self.pgmaps().find(|p| p.address == pgmap);
         let range = pg.and_then(|p| p.range_of(pfn));
         let page = self.pages.get(pfn);
-        let recent: Vec<Transition> = match page {
-            Some(p) => p
-                .recent
+        let recent: Vec<Transition> = match self.pages.history(pfn) {
+            Some(h) => h
                 .iter()
                 .map(|s| s.transition(self.tasks.get(s.task)))
                 .collect(),
+            None if page.is_some() => Vec::new(),
             None => self
                 .grabs
                 .get(&pfn)
@@ -754,7 +774,7 @@ impl Aggregator {
     }
 }
 
-/// Moves a page's refcount and mapping estimate past the probed function (the model's
+/// A page's refcount and mapping estimate past the probed function (the model's
 /// [`RefModel::after`]); `new_mapping` is false for an insert at an address that already
 /// mapped the page.
 fn advance(
@@ -762,9 +782,9 @@ fn advance(
     probe: &Probe,
     kind: EventKind,
     ev: &Event,
-    page: &mut PageState,
+    page: &Page,
     new_mapping: bool,
-) {
+) -> Counts {
     let tracked = ctx
         .tracked
         .get(ev.probe as usize)
@@ -783,6 +803,5 @@ fn advance(
         refcount: page.refcount,
         mapped: page.mapped,
     };
-    let after = ctx.model.after(&hit, before);
-    (page.refcount, page.mapped) = (after.refcount, after.mapped);
+    ctx.model.after(&hit, before)
 }
