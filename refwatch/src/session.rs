@@ -28,6 +28,7 @@ use crate::{
     btf::Btf,
     facts::{BTF_PATH, KernelFacts, VMEMMAP_BASE},
     kallsyms::Kallsyms,
+    phases,
     plan::{self, AttachMode, Plan},
     privileges,
 };
@@ -91,9 +92,10 @@ pub struct Kernel {
 
 impl Kernel {
     pub fn inspect() -> Result<Self, SessionError> {
-        let kallsyms = Kallsyms::read().map_err(SessionError::Kallsyms)?;
+        let kallsyms =
+            phases::time(|p| &mut p.kallsyms_ms, Kallsyms::read).map_err(SessionError::Kallsyms)?;
         let (btf, btf_error) = match std::fs::read(BTF_PATH) {
-            Ok(bytes) => match Btf::parse(&bytes) {
+            Ok(bytes) => match phases::time(|p| &mut p.btf_ms, || Btf::parse(&bytes)) {
                 Ok(btf) => (Some(btf), None),
                 Err(e) => (None, Some(format!("{BTF_PATH}: {e}"))),
             },
@@ -112,7 +114,7 @@ impl Kernel {
             .get_or_init(|| {
                 self.facts
                     .btf
-                    .then(aya::Btf::from_sys_fs)
+                    .then(|| phases::time(|p| &mut p.aya_btf_ms, aya::Btf::from_sys_fs))
                     .and_then(Result::ok)
             })
             .as_ref()
@@ -246,7 +248,8 @@ impl Session {
             plan,
             // Re-read: the BPF programs and trampolines just attached have symbols of their own,
             // and their frames are dropped from stacks by name.
-            kallsyms: Kallsyms::read().map_err(SessionError::Kallsyms)?,
+            kallsyms: phases::time(|p| &mut p.kallsyms_ms, Kallsyms::read)
+                .map_err(SessionError::Kallsyms)?,
             watchpoints,
             _breakpoints: breakpoints,
             symbolized: HashMap::new(),
@@ -259,6 +262,7 @@ impl Session {
         unsafe {
             libc::malloc_trim(0)
         };
+        phases::write();
         Ok(session)
     }
 
@@ -338,12 +342,18 @@ fn load_object(
     ring_bytes: u32,
 ) -> Result<aya::Ebpf, aya::EbpfError> {
     raise_memlock();
-    EbpfLoader::new()
-        .override_global(globals::LAYOUT, layout, true)
-        .override_global(globals::CALLERS, callers, true)
-        .override_global(globals::PID_FILTER, &pid.unwrap_or(0), true)
-        .map_max_entries(globals::EVENTS, ring_bytes)
-        .load(PROGRAMS)
+    phases::count_load();
+    phases::time(
+        |p| &mut p.aya_load_ms,
+        || {
+            EbpfLoader::new()
+                .override_global(globals::LAYOUT, layout, true)
+                .override_global(globals::CALLERS, callers, true)
+                .override_global(globals::PID_FILTER, &pid.unwrap_or(0), true)
+                .map_max_entries(globals::EVENTS, ring_bytes)
+                .load(PROGRAMS)
+        },
+    )
 }
 
 /// A program's name and whether the running kernel's verifier accepted it.
@@ -608,14 +618,16 @@ fn attach(
     match mode {
         AttachMode::Kprobe => {
             let prog: &mut KProbe = program(ebpf, &format!("k_{id}"))?;
-            prog.load().map_err(|e| error_chain(&e))?;
-            prog.attach(function, 0).map_err(|e| error_chain(&e))?;
+            phases::time(|p| &mut p.verify_ms, || prog.load()).map_err(|e| error_chain(&e))?;
+            phases::time(|p| &mut p.attach_ms, || prog.attach(function, 0))
+                .map_err(|e| error_chain(&e))?;
         }
         AttachMode::Fentry => {
             let btf = kernel.aya_btf().ok_or("no kernel BTF")?;
             let prog: &mut FEntry = program(ebpf, &format!("f_{id}"))?;
-            prog.load(function, btf).map_err(|e| error_chain(&e))?;
-            prog.attach().map_err(|e| error_chain(&e))?;
+            phases::time(|p| &mut p.verify_ms, || prog.load(function, btf))
+                .map_err(|e| error_chain(&e))?;
+            phases::time(|p| &mut p.attach_ms, || prog.attach()).map_err(|e| error_chain(&e))?;
         }
         AttachMode::Auto => unreachable!("the plan expands auto into concrete modes"),
     }

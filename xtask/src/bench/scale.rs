@@ -13,8 +13,9 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::Result;
-use serde_json::{Value, json};
 
+use super::analysis::{best_report, report_on_copies};
+use super::figures::{BaselineRun, ReportRun, Scale, ScaleSize};
 use crate::cmd::{self, note};
 
 /// pages in a GiB of 4 KiB pages.
@@ -30,19 +31,19 @@ pub struct Binaries<'a> {
     pub baseline: Option<&'a Path>,
 }
 
-pub fn scale(bins: &Binaries, work: &Path, gibs: &[u64]) -> Result<Value> {
+pub fn scale(bins: &Binaries, work: &Path, gibs: &[u64]) -> Result<Scale> {
     let root = crate::paths::workspace_root();
     let facts = root.join("refwatch/tests/facts/6.1.json");
     let recorded = root.join("refwatch/tests/traces/6.1-fsdax-mmap.rwt");
-    let today = |refwatch: &Path| -> Result<Value> {
-        let r = super::report_on_copies(
+    let today = |refwatch: &Path| -> Result<ReportRun> {
+        let r = report_on_copies(
             bins.tool,
             refwatch,
             &recorded,
             &work.join("today.rwt"),
             10_000_000,
         )?;
-        Ok(figures(&r, None))
+        Ok(r.run)
     };
     let mut sizes = Vec::new();
     for &gib in gibs {
@@ -56,45 +57,40 @@ pub fn scale(bins: &Binaries, work: &Path, gibs: &[u64]) -> Result<Value> {
                 .arg(&trace)
                 .arg(pages.to_string()),
         )?;
-        let report = |refwatch: &Path| -> Result<Value> {
-            let r = super::report_once(bins.tool, refwatch, &trace)?;
-            Ok(figures(&r, Some(pages)))
+        // Once: a trace this big is not read thrice.
+        let report = |refwatch: &Path| -> Result<ReportRun> {
+            Ok(best_report(bins.tool, refwatch, &trace, 1, Some(pages))?.run)
         };
-        let this = report(bins.refwatch)?;
+        let refwatch = report(bins.refwatch)?;
         let baseline = match bins.baseline {
-            Some(b) if pages * BASELINE_BYTES_PER_PAGE <= available_bytes()? / 2 => report(b)?,
-            Some(_) => json!({ "skipped": "would not fit in half the memory available" }),
-            None => Value::Null,
+            Some(b) if pages * BASELINE_BYTES_PER_PAGE <= available_bytes()? / 2 => {
+                Some(BaselineRun::Ran(report(b)?))
+            }
+            Some(_) => Some(BaselineRun::Skipped(
+                "would not fit in half the memory available".into(),
+            )),
+            None => None,
         };
-        let bytes = std::fs::metadata(&trace)?.len();
+        let trace_bytes = std::fs::metadata(&trace)?.len();
         std::fs::remove_file(&trace)?;
-        sizes.push(json!({
-            "gib": gib,
-            "pages": pages,
-            "trace_bytes": bytes,
-            "refwatch": this,
-            "baseline": baseline,
-        }));
+        sizes.push(ScaleSize {
+            gib,
+            pages,
+            trace_bytes,
+            refwatch,
+            baseline,
+        });
     }
-    Ok(json!({
-        "host": "this machine (release build)",
-        "workload": "one process maps a whole fsdax pgmap, pins and unpins every page, unmaps it (6.1 plan)",
-        "today": today(bins.refwatch)?,
-        "today_baseline": bins.baseline.map(today).transpose()?,
-        "sizes": sizes,
-    }))
-}
-
-/// Events/s, CPU, peak RSS of one report; bytes of RSS per page where the trace keeps
-/// `pages` live at its peak.
-fn figures(r: &super::Report, pages: Option<u64>) -> Value {
-    json!({
-        "events": r.events,
-        "seconds": r.secs,
-        "events_per_s": r.events as f64 / r.secs,
-        "events_per_cpu_s": r.events as f64 / r.cpu,
-        "peak_rss_mib": r.rss_mib,
-        "rss_bytes_per_page": pages.map(|p| r.rss_mib * 1048576.0 / p as f64),
+    Ok(Scale {
+        host: "this machine (release build)".into(),
+        workload:
+            "one process maps a whole fsdax pgmap, pins and unpins every page, unmaps it (6.1 plan)"
+                .into(),
+        today: today(bins.refwatch)?,
+        today_baseline: bins.baseline.map(today).transpose()?,
+        sizes,
+        target: "≥ 20 M events/s; ≤ 14 bytes/page + 35 MiB of histories (+ ≤6.14 mapping table)"
+            .into(),
     })
 }
 
@@ -107,50 +103,4 @@ fn available_bytes() -> Result<u64> {
         .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
         .unwrap_or(0);
     Ok(kib * 1024)
-}
-
-/// The table's rows for the scale part.
-pub fn rows(s: &Value, row: &mut impl FnMut(&str, String, &str)) {
-    let cell = |v: &Value| {
-        if let Some(why) = v["skipped"].as_str() {
-            return format!("skipped: {why}");
-        }
-        format!(
-            "{} events/s ({} per CPU-s), peak RSS {} MiB{}",
-            super::fmt(&v["events_per_s"], 0),
-            super::fmt(&v["events_per_cpu_s"], 0),
-            super::fmt(&v["peak_rss_mib"], 1),
-            v["rss_bytes_per_page"]
-                .as_f64()
-                .map_or(String::new(), |b| format!(", {b:.1} bytes/page"))
-        )
-    };
-    row(
-        "scale: today's analysis trace (10 M events); baseline",
-        format!(
-            "{}; {}",
-            cell(&s["today"]),
-            if s["today_baseline"].is_null() {
-                "n/a".into()
-            } else {
-                cell(&s["today_baseline"])
-            }
-        ),
-        "≥ 20 M events/s",
-    );
-    for size in s["sizes"].as_array().into_iter().flatten() {
-        let base = if size["baseline"].is_null() {
-            String::new()
-        } else {
-            format!("; baseline {}", cell(&size["baseline"]))
-        };
-        row(
-            &format!(
-                "scale: {} GiB pgmap, {} pages all live",
-                size["gib"], size["pages"]
-            ),
-            format!("{}{base}", cell(&size["refwatch"])),
-            "≥ 20 M events/s; ≤ 14 bytes/page + 35 MiB of histories (+ ≤6.14 mapping table)",
-        );
-    }
 }
