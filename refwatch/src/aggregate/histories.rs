@@ -3,10 +3,7 @@
 //! (clock eviction: a ring touched since the hand last passed it gets a second chance). Their
 //! counts stay in [`super::pages::Pages`]; a finding on such a page shows the steps since.
 
-use super::{
-    state::{Ring, Step},
-    tasks::Tasks,
-};
+use super::state::{Ring, Step};
 
 /// The cap: 65,536 rings of about 530 bytes, 35 MiB, whatever the size of the devices.
 pub const HISTORIES: usize = 1 << 16;
@@ -45,14 +42,19 @@ impl Histories {
         &self.rings[i as usize]
     }
 
-    /// Appends `step` to ring `i`, releasing the task of the step it pushes out.
-    pub fn push(&mut self, i: u32, step: Step, tasks: &mut Tasks) {
+    /// Appends `step` to ring `i`.
+    pub fn push(&mut self, i: u32, step: Step) {
         self.touched[i as usize] = true;
-        tasks.remember(&mut self.rings[i as usize], step);
+        self.rings[i as usize].push(step);
+    }
+
+    /// The tasks of every step remembered (for [`super::tasks::Tasks::sweep`]).
+    pub fn tasks(&self) -> impl Iterator<Item = u32> + '_ {
+        self.rings.iter().flat_map(|r| r.iter().map(|s| s.task))
     }
 
     /// An empty ring for page `owner`, and the page whose ring it was when the pool is full.
-    pub fn take(&mut self, owner: u64, tasks: &mut Tasks) -> (u32, Option<u64>) {
+    pub fn take(&mut self, owner: u64) -> (u32, Option<u64>) {
         if let Some(i) = self.free.pop() {
             self.owners[i as usize] = owner;
             return (i, None);
@@ -68,22 +70,15 @@ impl Histories {
         }
         let i = self.hand;
         self.hand = (i + 1) % self.cap;
-        self.clear(i, tasks);
+        self.rings[i].clear();
         let evicted = std::mem::replace(&mut self.owners[i], owner);
         (i as u32, Some(evicted))
     }
 
     /// Gives ring `i` back (its page went idle).
-    pub fn give_back(&mut self, i: u32, tasks: &mut Tasks) {
-        self.clear(i as usize, tasks);
+    pub fn give_back(&mut self, i: u32) {
+        self.rings[i as usize].clear();
         self.touched[i as usize] = false;
         self.free.push(i);
-    }
-
-    fn clear(&mut self, i: usize, tasks: &mut Tasks) {
-        for step in self.rings[i].iter() {
-            tasks.release(step.task);
-        }
-        self.rings[i].clear();
     }
 }

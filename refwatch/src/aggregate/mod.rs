@@ -2,6 +2,7 @@
 //! No I/O and no clock, so a live capture and a recorded trace give the same answer.
 
 mod histories;
+mod mappings;
 mod pages;
 mod rules;
 mod state;
@@ -22,6 +23,7 @@ use refwatch_common::{
 };
 use serde::Serialize;
 
+use mappings::Mappings;
 use pages::{Page, Pages};
 use rules::PageView;
 pub use rules::{Coverage, Rule};
@@ -86,7 +88,7 @@ pub struct Aggregator {
     retired: Vec<PgmapState>,
     /// Device PTEs by (mm, user address) → pfn, where unmaps come as zapped ranges
     /// ([`KernelView::keyed`]): bounded by the device pages mapped.
-    mappings: BTreeMap<(u64, u64), u64>,
+    mappings: Mappings,
     /// Pages the teardown scan found held, until their pgmap's event comes.
     held: Vec<Held>,
     /// The last reference seen taken on each page of a type whose return to idle no probe
@@ -207,6 +209,10 @@ impl Aggregator {
     /// Feeds one event; returns how many findings it raised.
     pub fn observe(&mut self, ev: &Event) -> usize {
         self.events += 1;
+        if self.tasks.due() {
+            let grabs = self.grabs.values().map(|g| g.step.task);
+            self.tasks.sweep(self.pages.held_tasks().chain(grabs));
+        }
         let Some(kind) = ev.event_kind() else {
             return 0;
         };
@@ -261,7 +267,7 @@ impl Aggregator {
             probe: ev.probe,
             kind: EventKind::Watch,
         };
-        self.pages.push_step(ev.pfn, step, &mut self.tasks);
+        self.pages.push_step(ev.pfn, step);
     }
 
     fn pgmap_add(&mut self, ev: &Event) {
@@ -317,25 +323,15 @@ impl Aggregator {
             finding.page = busy.page;
             self.raise(finding);
         }
-        let grabs = std::mem::take(&mut self.grabs);
-        self.grabs = grabs
-            .into_iter()
-            .filter(|(_, grab)| {
-                let gone = grab.pgmap == ev.pgmap;
-                if gone {
-                    self.tasks.release(grab.step.task);
-                }
-                !gone
-            })
-            .collect();
+        self.grabs.retain(|_, grab| grab.pgmap != ev.pgmap);
         let gone: std::collections::HashSet<u64> = self
             .pages
             .iter()
             .filter(|(_, p)| p.pgmap == ev.pgmap)
             .map(|(pfn, _)| pfn)
             .collect();
-        self.mappings.retain(|_, pfn| !gone.contains(pfn));
-        self.pages.retain(|p| p.pgmap != ev.pgmap, &mut self.tasks);
+        self.mappings.retain(|pfn| !gone.contains(&pfn));
+        self.pages.retain(|p| p.pgmap != ev.pgmap);
         if let Some(mut pg) = self.pgmaps.remove(&ev.pgmap) {
             pg.teardown = true;
             if self.retired.len() == RETIRED {
@@ -412,7 +408,7 @@ impl Aggregator {
     /// not zapped.
     fn mappings_of(&self, wanted: impl Fn(u64) -> bool) -> BTreeMap<u64, Vec<(u64, u64)>> {
         let mut maps: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
-        for (&at, &pfn) in self.mappings.iter().filter(|(_, pfn)| wanted(**pfn)) {
+        for (at, pfn) in self.mappings.iter().filter(|&(_, pfn)| wanted(pfn)) {
             maps.entry(pfn).or_default().push(at);
         }
         maps
@@ -473,26 +469,21 @@ impl Aggregator {
                 probe: ev.probe,
                 kind,
             };
-            if let Some(old) = self.grabs.insert(
+            self.grabs.insert(
                 ev.pfn,
                 Grab {
                     pgmap: ev.pgmap,
                     step,
                 },
-            ) {
-                self.tasks.release(old.step.task);
-            }
-        } else if !held
-            && i64::from(ev.refcount) <= idle
-            && let Some(old) = self.grabs.remove(&ev.pfn)
-        {
-            self.tasks.release(old.step.task);
+            );
+        } else if !held && i64::from(ev.refcount) <= idle {
+            self.grabs.remove(&ev.pfn);
         }
     }
 
     /// The device PTEs a zap of `[extra, extra2)` in mm `page` clears: those inserted there.
     fn range_unmap(&mut self, ev: &Event) {
-        for (_, pfn) in self.take_range(ev.page, ev.extra, ev.extra2) {
+        for (_, pfn) in self.mappings.take_range(ev.page, ev.extra, ev.extra2) {
             let Some(page) = self.pages.get(pfn) else {
                 continue;
             };
@@ -507,7 +498,7 @@ impl Aggregator {
                 probe: ev.probe,
                 kind: EventKind::Unmap,
             };
-            self.pages.push_step(pfn, step, &mut self.tasks);
+            self.pages.push_step(pfn, step);
             if let Some(pg) = self.pgmaps.get_mut(&page.pgmap) {
                 pg.counters.count(EventKind::Unmap);
             }
@@ -518,25 +509,9 @@ impl Aggregator {
     /// mremap: the device PTEs of `[extra, extra2)` in mm `page` move to `pfn` onwards.
     fn range_move(&mut self, ev: &Event) {
         let (mm, start, to) = (ev.page, ev.extra, ev.pfn);
-        for ((_, at), pfn) in self.take_range(mm, start, ev.extra2) {
+        for ((_, at), pfn) in self.mappings.take_range(mm, start, ev.extra2) {
             self.map_at((mm, to.wrapping_add(at - start)), pfn);
         }
-    }
-
-    /// Removes and returns the mappings of `[start, end)` in `mm` (in O(k log n): a split and
-    /// a merge would move the whole table at every zap).
-    fn take_range(&mut self, mm: u64, start: u64, end: u64) -> Vec<((u64, u64), u64)> {
-        if start >= end {
-            return Vec::new();
-        }
-        let keys: Vec<(u64, u64)> = self
-            .mappings
-            .range((mm, start)..(mm, end))
-            .map(|(k, _)| *k)
-            .collect();
-        keys.into_iter()
-            .filter_map(|k| Some((k, self.mappings.remove(&k)?)))
-            .collect()
     }
 
     /// Drops a page whose state says nothing any more: idle (where that is visible) and
@@ -551,7 +526,7 @@ impl Aggregator {
             _ => true,
         };
         if teardown || (idle_now && page.mapped <= 0) {
-            self.pages.remove(pfn, &mut self.tasks);
+            self.pages.remove(pfn);
         }
     }
 
@@ -642,7 +617,7 @@ impl Aggregator {
             probe: ev.probe,
             kind,
         };
-        self.pages.push_step(ev.pfn, step, &mut self.tasks);
+        self.pages.push_step(ev.pfn, step);
         let page = self.pages.get(ev.pfn).expect("started above");
         let view = PageView {
             ty,
@@ -702,7 +677,7 @@ impl Aggregator {
                 probe: ev.probe,
                 kind: EventKind::Insert,
             };
-            self.pages.push_step(pfn, step, &mut self.tasks);
+            self.pages.push_step(pfn, step);
         }
     }
 

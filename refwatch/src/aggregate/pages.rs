@@ -12,7 +12,6 @@ use super::{
     Rule, STRUCT_PAGE,
     histories::Histories,
     state::{Ring, Step},
-    tasks::Tasks,
 };
 
 /// pfns are well-spread integers: a multiplicative (Fx-style) hash is enough, where SipHash
@@ -269,21 +268,20 @@ impl Pages {
     }
 
     /// Appends a step to a live page's history, taking one from the pool if it has none.
-    pub fn push_step(&mut self, pfn: u64, step: Step, tasks: &mut Tasks) {
+    pub fn push_step(&mut self, pfn: u64, step: Step) {
         let Some((c, lane)) = self.at(pfn) else {
-            tasks.release(step.task);
             return;
         };
         let mut h = self.chunks[c].lanes[lane].history;
         if h == NONE {
             let evicted;
-            (h, evicted) = self.histories.take(pfn, tasks);
+            (h, evicted) = self.histories.take(pfn);
             if let Some((ec, elane)) = evicted.and_then(|e| self.at(e)) {
                 self.chunks[ec].lanes[elane].history = NONE;
             }
             self.chunks[c].lanes[lane].history = h;
         }
-        self.histories.push(h, step, tasks);
+        self.histories.push(h, step);
     }
 
     pub fn last_finding(&self, pfn: u64) -> Option<LastFinding> {
@@ -305,8 +303,13 @@ impl Pages {
         }
     }
 
-    /// Forgets a page that went idle, and the tasks its history held.
-    pub fn remove(&mut self, pfn: u64, tasks: &mut Tasks) {
+    /// The tasks the histories' steps hold.
+    pub fn held_tasks(&self) -> impl Iterator<Item = u32> + '_ {
+        self.histories.tasks()
+    }
+
+    /// Forgets a page that went idle.
+    pub fn remove(&mut self, pfn: u64) {
         let Some((c, lane)) = self.at(pfn) else {
             return;
         };
@@ -319,7 +322,7 @@ impl Pages {
             self.last.set(None);
         }
         if h != NONE {
-            self.histories.give_back(h, tasks);
+            self.histories.give_back(h);
         }
         self.live -= 1;
         if !self.odd.is_empty() {
@@ -329,14 +332,14 @@ impl Pages {
     }
 
     /// Forgets the pages for which `keep` is false.
-    pub fn retain(&mut self, keep: impl Fn(&Page) -> bool, tasks: &mut Tasks) {
+    pub fn retain(&mut self, keep: impl Fn(&Page) -> bool) {
         let gone: Vec<u64> = self
             .iter()
             .filter(|(_, p)| !keep(p))
             .map(|(pfn, _)| pfn)
             .collect();
         for pfn in gone {
-            self.remove(pfn, tasks);
+            self.remove(pfn);
         }
     }
 }

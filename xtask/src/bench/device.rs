@@ -10,6 +10,7 @@ use anyhow::Result;
 use super::Sizes;
 use super::figures::{Attach, Delivered, Device, Storm, TARGETS};
 use super::guest::{fields, run_job, trace_stats};
+use super::stats::HostLoad;
 use crate::lab::{Apt, Assets, GuestJob, Kernel};
 
 /// Ring sizes tried, largest first, until drops appear.
@@ -51,6 +52,7 @@ pub fn device(
         timeout: Some(Duration::from_secs(900)),
         ..GuestJob::default()
     };
+    let host = HostLoad::start()?;
     let out = run_job(
         &kernel,
         assets,
@@ -59,6 +61,7 @@ pub fn device(
         work,
         &format!("device-{name}"),
     )?;
+    let host_other_cores = host.others_cores()?;
     let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap_or_default();
 
     // The storm's own time from benchload's line; events and drops from the trace's footer.
@@ -111,6 +114,7 @@ pub fn device(
         untraced_seconds: fields(&read("storm-base.txt"), "storm ")
             .and_then(|f| f.get("seconds").copied()),
         workload: storm,
+        host_other_cores,
         storms,
         ring_sweep,
         smallest_ring_kib_without_drops,

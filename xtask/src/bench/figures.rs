@@ -189,6 +189,8 @@ pub struct Device {
     pub kernel: String,
     pub workload: String,
     pub untraced_seconds: Option<f64>,
+    /// Cores other processes kept busy on average during the boot.
+    pub host_other_cores: f64,
     /// The storm in each attach mode, default ring.
     pub storms: Vec<Storm>,
     /// kprobe, smaller and smaller rings.
@@ -233,6 +235,8 @@ pub struct Delivered {
 pub struct Startup {
     pub kernel: String,
     pub repetitions: usize,
+    /// Cores other processes kept busy on average during the boot: TCG's clock is the host's.
+    pub host_other_cores: f64,
     pub tools: Vec<StartupTool>,
     pub target: String,
 }

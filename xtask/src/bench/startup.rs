@@ -12,7 +12,7 @@ use refwatch_common::startup::{PHASES_ENV, Phases};
 use super::Sizes;
 use super::figures::{Attach, Startup, StartupTool};
 use super::guest::{bpftrace_job_files, run_job};
-use super::stats::median;
+use super::stats::{HostLoad, median};
 use crate::lab::{Apt, Assets, GuestJob, Kernel};
 
 /// A tracer started under `benchload stamp`, whose command is `benchload stamp` too.
@@ -87,6 +87,7 @@ pub fn startup(
         timeout: Some(Duration::from_secs(1800)),
         ..GuestJob::default()
     };
+    let host = HostLoad::start()?;
     let out = run_job(
         &kernel,
         assets,
@@ -95,6 +96,7 @@ pub fn startup(
         work,
         &format!("startup-{name}"),
     )?;
+    let host_other_cores = host.others_cores()?;
     let tools = tracers
         .iter()
         .map(|&t| measured(t, &out, sizes.startup_reps))
@@ -110,6 +112,7 @@ pub fn startup(
     Ok(Startup {
         kernel: kernel.spec.release.to_owned(),
         repetitions: sizes.startup_reps,
+        host_other_cores,
         tools,
         target: "refwatch below bpftrace".into(),
     })

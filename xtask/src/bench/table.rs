@@ -107,17 +107,7 @@ fn hot_rows(t: &mut Table, h: &HotPath) {
         "",
         k,
     );
-    if h.host_other_cores > BUSY_HOST_CORES {
-        t.row(
-            "hot path: WARNING, other host processes",
-            format!(
-                "{:.2} cores busy on average: ratios unreliable",
-                h.host_other_cores
-            ),
-            "quiet host",
-            k,
-        );
-    }
+    busy_row(t, "hot path", h.host_other_cores, k);
     t.row(
         "hot path: entries per churn round",
         format!(
@@ -184,6 +174,7 @@ fn hot_rows(t: &mut Table, h: &HotPath) {
 
 fn device_rows(t: &mut Table, d: &Device) {
     let k = d.kernel.as_str();
+    busy_row(t, "device", d.host_other_cores, k);
     for mode in Attach::ALL {
         let cell = match d.storm(mode) {
             Some(s) => match (&s.delivered, &s.error) {
@@ -228,7 +219,20 @@ fn device_rows(t: &mut Table, d: &Device) {
     t.row("device: first drops", limit, "", k);
 }
 
+/// A row saying the host was busy during a boot whose figures are wall-clock times.
+fn busy_row(t: &mut Table, part: &str, cores: f64, kernel: &str) {
+    if cores > BUSY_HOST_CORES {
+        t.row(
+            &format!("{part}: WARNING, other host processes"),
+            format!("{cores:.2} cores busy on average: wall-clock figures unreliable"),
+            "quiet host",
+            kernel,
+        );
+    }
+}
+
 fn startup_rows(t: &mut Table, s: &Startup) {
+    busy_row(t, "startup", s.host_other_cores, &s.kernel);
     for tool in &s.tools {
         let what = match tool.attach {
             Some(mode) => format!("startup: exec to attached, {} --attach {mode}", tool.tool),
