@@ -19,6 +19,8 @@ pub struct Phases {
     pub aya_btf_ms: f64,
     /// Program loads: the kernel's verifier.
     pub verify_ms: f64,
+    /// The catalog id of the probe whose program took the verifier longest, and how long.
+    pub slowest_verify: Option<(u8, f64)>,
     /// Attaching the loaded programs (kprobe creation, fentry trampolines).
     pub attach_ms: f64,
     /// From the first phase's start until the probes are attached.

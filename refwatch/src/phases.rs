@@ -18,6 +18,20 @@ pub fn time<T>(field: fn(&mut Phases) -> &mut f64, f: impl FnOnce() -> T) -> T {
     out
 }
 
+/// Runs `f`, the load (verification) of probe `id`'s program, timed as such.
+pub fn verify<T>(id: u8, f: impl FnOnce() -> T) -> T {
+    let started = Instant::now();
+    let out = time(|p| &mut p.verify_ms, f);
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    let mut phases = PHASES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = phases.as_mut()
+        && p.slowest_verify.is_none_or(|(_, slowest)| ms > slowest)
+    {
+        p.slowest_verify = Some((id, ms));
+    }
+    out
+}
+
 /// Counts one load of the eBPF object.
 pub fn count_load() {
     let mut phases = PHASES.lock().unwrap_or_else(|e| e.into_inner());

@@ -618,15 +618,14 @@ fn attach(
     match mode {
         AttachMode::Kprobe => {
             let prog: &mut KProbe = program(ebpf, &format!("k_{id}"))?;
-            phases::time(|p| &mut p.verify_ms, || prog.load()).map_err(|e| error_chain(&e))?;
+            phases::verify(id, || prog.load()).map_err(|e| error_chain(&e))?;
             phases::time(|p| &mut p.attach_ms, || prog.attach(function, 0))
                 .map_err(|e| error_chain(&e))?;
         }
         AttachMode::Fentry => {
             let btf = kernel.aya_btf().ok_or("no kernel BTF")?;
             let prog: &mut FEntry = program(ebpf, &format!("f_{id}"))?;
-            phases::time(|p| &mut p.verify_ms, || prog.load(function, btf))
-                .map_err(|e| error_chain(&e))?;
+            phases::verify(id, || prog.load(function, btf)).map_err(|e| error_chain(&e))?;
             phases::time(|p| &mut p.attach_ms, || prog.attach()).map_err(|e| error_chain(&e))?;
         }
         AttachMode::Auto => unreachable!("the plan expands auto into concrete modes"),

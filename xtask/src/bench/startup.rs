@@ -158,7 +158,7 @@ fn measured(t: Tracer, out: &Path, reps: usize) -> StartupTool {
     }
 }
 
-/// The median of each phase over the repetitions.
+/// The median of each phase over the repetitions (the slowest program: the first one's).
 fn median_phases(runs: &[Phases]) -> Option<Phases> {
     let first = *runs.first()?;
     let fields: [fn(&mut Phases) -> &mut f64; 7] = [

@@ -260,6 +260,12 @@ fn startup_rows(t: &mut Table, s: &Startup) {
                 p.attach_ms,
                 p.open_ms
             );
+            if let Some((id, ms)) = p.slowest_verify {
+                let function = refwatch_common::CATALOG
+                    .get(usize::from(id))
+                    .map_or("?", |e| e.function);
+                let _ = write!(cell, " (slowest to verify: {function}'s, {ms:.0} ms)");
+            }
         }
         let target = if tool.attach.is_some() {
             s.target.as_str()
