@@ -58,8 +58,9 @@ pub struct BenchArgs {
     /// Every lab kernel from Debian's packages: 5.10, 6.1, 6.12, 7.2, 7.3.
     #[arg(long, conflicts_with = "kernels")]
     all_kernels: bool,
-    /// Measure one part alone: `scale` (host only, no VM) or `startup` (with the device part
-    /// first where no storm trace of that kernel is left from an earlier run).
+    /// Measure one part alone: `scale` (host only, no VM), or `startup` or `hot-path` (with
+    /// the device part first where no storm trace of that kernel is left from an earlier run:
+    /// bpftrace's probe set comes from it).
     #[arg(long, value_enum)]
     only: Option<Part>,
     /// pgmap sizes of the scale part, in GiB of 4 KiB pages [default: 4,16,64,256; --quick: 4,16].
@@ -75,6 +76,7 @@ pub struct BenchArgs {
 enum Part {
     Scale,
     Startup,
+    HotPath,
 }
 
 struct Sizes {
@@ -207,7 +209,7 @@ fn bench(args: BenchArgs) -> Result<()> {
     crate::setup::install_debian_packages(&[("bpftrace", "bpftrace")])?;
     let sizes = Sizes::new(args.quick);
     let work = root.join("target/bench");
-    // `--only startup` reuses the storm traces an earlier run left (bpftrace's probe set).
+    // `--only startup|hot-path` reuses the storm traces an earlier run left (bpftrace's probes).
     if work.exists() && args.only.is_none() {
         std::fs::remove_dir_all(&work)?;
     }
@@ -228,10 +230,12 @@ fn bench(args: BenchArgs) -> Result<()> {
             out.device
                 .push(device::device(kernel, &apt, &assets, &sizes, &work, &tool)?);
         }
-        out.startup.push(startup::startup(
-            kernel, &apt, &assets, &sizes, &work, &tool,
-        )?);
-        if args.only.is_none() {
+        if matches!(args.only, None | Some(Part::Startup)) {
+            out.startup.push(startup::startup(
+                kernel, &apt, &assets, &sizes, &work, &tool,
+            )?);
+        }
+        if matches!(args.only, None | Some(Part::HotPath)) {
             out.hot_path.push(hot_path::hot_path(
                 kernel, &apt, &assets, &sizes, &work, &tool,
             )?);
