@@ -135,7 +135,7 @@ fn measured(t: Tracer, out: &Path, reps: usize) -> StartupTool {
             _ => {
                 error.get_or_insert_with(|| {
                     let tail: Vec<&str> = text.lines().rev().take(3).collect();
-                    format!("repetition {rep}: {}", tail.join(" | "))
+                    format!("repetition {rep}: {}", tail.join("; "))
                 });
             }
         }
