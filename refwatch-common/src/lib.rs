@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod event;
 pub mod globals;
 pub mod model;
+pub mod startup;
 pub mod version;
 
 pub use catalog::{Arg, At, CATALOG, Probe, Refs, Site};

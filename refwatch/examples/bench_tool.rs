@@ -10,6 +10,11 @@
 //!   record adds to put findings in the kernel log, syncing the file at each), 5 rounds each,
 //!   interleaved; then one write and sync of the file alone (what a finding adds). JSON
 //!   {events, write_ns_per_event, rules_ns_per_event, ratio, findings, sync_ms}.
+//! - `scale FACTS OUT PAGES`: a synthetic trace of one process mapping a fsdax pgmap of
+//!   PAGES pages whole (one insert per page), pinning and unpinning every page through GUP,
+//!   then unmapping it (one range zap) before the pgmap's teardown: every page live at once at
+//!   the peak. The plan is today's for the kernel of FACTS (`refwatch probes --facts`, e.g.
+//!   refwatch/tests/facts/6.1.json: range zaps), all of it attached in kprobe mode.
 //! - `bpftrace TRACE`: a bpftrace script hooking the functions the trace's recording attached,
 //!   with the same in-kernel filter as refwatch (the page's zone bits == ZONE_DEVICE), that
 //!   counts device hits per probe. Prints "ready" once attached.
@@ -18,8 +23,10 @@ use std::{fmt::Write as _, path::Path, process::ExitCode};
 
 use anyhow::{Context, Result, bail};
 use refwatch::{
+    facts::KernelFacts,
     output::Existing,
-    trace::{Footer, TraceReader, TraceWriter},
+    plan::{self, AttachMode, Resolution},
+    trace::{Footer, Header, TraceReader, TraceWriter},
 };
 use refwatch_common::{Arg, At, CATALOG, Event, EventKind};
 
@@ -34,8 +41,12 @@ fn main() -> ExitCode {
             .and_then(|n| replicate(Path::new(input), Path::new(output), n)),
         ["bpftrace", trace] => bpftrace(Path::new(trace)),
         ["rerecord", trace, output] => rerecord(Path::new(trace), Path::new(output)),
+        ["scale", template, output, pages] => pages
+            .parse()
+            .context("PAGES")
+            .and_then(|n| scale(Path::new(template), Path::new(output), n)),
         _ => Err(anyhow::anyhow!(
-            "usage: bench_tool stats TRACE | replicate IN OUT EVENTS | rerecord TRACE OUT | bpftrace TRACE"
+            "usage: bench_tool stats TRACE | replicate IN OUT EVENTS | rerecord TRACE OUT | scale TEMPLATE OUT PAGES | bpftrace TRACE"
         )),
     };
     match result {
@@ -220,6 +231,133 @@ fn replicate(input: &Path, output: &Path, target: u64) -> Result<()> {
         output.display()
     );
     Ok(())
+}
+
+/// See the module doc. The events are those of a healthy 6.1 kernel (FS_DAX idle at 1; a
+/// PTE insert takes no reference).
+fn scale(facts: &Path, output: &Path, pages: u64) -> Result<()> {
+    const MAP: u64 = 0x7f00_0000_0000;
+    let facts: KernelFacts = serde_json::from_str(
+        &std::fs::read_to_string(facts).with_context(|| facts.display().to_string())?,
+    )?;
+    let mut plan = plan::resolve(&facts, AttachMode::Kprobe);
+    for p in &mut plan.probes {
+        if p.resolution == Resolution::Use {
+            p.attached = Some(Ok(AttachMode::Kprobe));
+        }
+    }
+    let probe = |function: &str| -> Result<u8> {
+        plan.attached()
+            .find(|p| p.function == function)
+            .map(|p| p.id)
+            .with_context(|| format!("{} does not use {function}", facts.release))
+    };
+    let add = probe("memremap_pages")?;
+    let insert = probe("__vm_insert_mixed")?;
+    let get = probe("try_grab_page")?;
+    let put = probe("__put_devmap_managed_page_refs")?;
+    let zap = probe("unmap_page_range")?;
+    let remove = probe("memunmap_pages")?;
+    let fsdax = plan
+        .pgmap_types
+        .iter()
+        .find(|(_, name)| *name == "fsdax")
+        .map(|(&raw, _)| raw)
+        .context("no fsdax pgmap type in the facts")?;
+    let header = Header {
+        kernel: facts.release.clone(),
+        layout: facts.layout.clone().ok(),
+        plan,
+        command: vec![format!("bench_tool scale {pages}")],
+        synthetic: true,
+    };
+    let mut w = Synth {
+        w: TraceWriter::create(output, &header, Existing::Replace)?,
+        ts: 0,
+        pgmap_type: fsdax,
+    };
+    let end = Synth::BASE_PFN + pages;
+    w.emit(add, EventKind::PgmapAdd, 0, 0, (Synth::BASE_PFN, end))?;
+    let pfns = || Synth::BASE_PFN..end;
+    for (i, pfn) in pfns().enumerate() {
+        let at = MAP + i as u64 * 4096;
+        w.emit(insert, EventKind::Insert, pfn, 1, (at, Synth::MM))?;
+    }
+    // One reference each, no GUP flags.
+    for pfn in pfns() {
+        w.emit(get, EventKind::Get, pfn, 1, (1, 0))?;
+    }
+    for pfn in pfns() {
+        w.emit(put, EventKind::Put, pfn, 2, (1, 0))?;
+    }
+    // munmap: one zap of the whole VMA, its mm in `page`.
+    w.emit(zap, EventKind::Unmap, 0, 0, (MAP, MAP + pages * 4096))?;
+    w.emit(remove, EventKind::PgmapRemove, 0, 0, (Synth::BASE_PFN, end))?;
+    let n = w.w.events();
+    w.w.finish(Footer {
+        end: "synthetic".into(),
+        ..Footer::default()
+    })?;
+    eprintln!("{}: {n} events over {pages} pages", output.display());
+    Ok(())
+}
+
+/// Writes the events of `bench_tool scale`: one task, one stack, 100 ns apart.
+struct Synth {
+    w: TraceWriter<std::io::BufWriter<std::fs::File>>,
+    ts: u64,
+    pgmap_type: u8,
+}
+
+impl Synth {
+    const BASE_PFN: u64 = 0x100_0000;
+    const VMEMMAP: u64 = 0xffff_ea00_0000_0000;
+    const PGMAP: u64 = 0xffff_8881_0000_2000;
+    const MM: u64 = 0xffff_8881_0a3c_4400;
+
+    /// A page event of `pfn` (0: a pgmap or range event) with `extra`, `extra2`.
+    fn emit(
+        &mut self,
+        probe: u8,
+        kind: EventKind,
+        pfn: u64,
+        refcount: i32,
+        (extra, extra2): (u64, u64),
+    ) -> Result<()> {
+        self.ts += 100;
+        let range = kind == EventKind::Unmap;
+        let mut comm = [0u8; 16];
+        comm[..5].copy_from_slice(b"scale");
+        let ev = Event {
+            ts_ns: self.ts,
+            pid_tgid: 4242 << 32 | 4242,
+            pfn,
+            page: match (range, pfn) {
+                (true, _) => Self::MM,
+                (false, 0) => 0,
+                (false, _) => Self::VMEMMAP + pfn * 64,
+            },
+            pgmap: if range { 0 } else { Self::PGMAP },
+            extra,
+            extra2,
+            refcount,
+            mapcount: 0,
+            stack_id: 1,
+            cpu: 0,
+            probe,
+            kind: kind as u8,
+            pgmap_type: if range {
+                refwatch_common::event::PGMAP_TYPE_UNKNOWN
+            } else {
+                self.pgmap_type
+            },
+            flags: 0,
+            _pad: [0; 6],
+            comm,
+        };
+        self.w.event(&ev, |_| vec!["bench_tool scale".into()])?;
+        Ok(())
+    }
 }
 
 fn bpftrace(path: &Path) -> Result<()> {

@@ -14,6 +14,7 @@ pub mod mechanisms;
 pub mod output;
 pub mod page_story;
 pub mod perfetto;
+pub mod phases;
 pub mod plan;
 pub mod privileges;
 pub mod session;

@@ -28,6 +28,7 @@ use crate::{
     btf::Btf,
     facts::{BTF_PATH, KernelFacts, VMEMMAP_BASE},
     kallsyms::Kallsyms,
+    phases,
     plan::{self, AttachMode, Plan},
     privileges,
 };
@@ -97,9 +98,10 @@ pub struct Kernel {
 
 impl Kernel {
     pub fn inspect() -> Result<Self, SessionError> {
-        let kallsyms = Kallsyms::read().map_err(SessionError::Kallsyms)?;
+        let kallsyms =
+            phases::time(|p| &mut p.kallsyms_ms, Kallsyms::read).map_err(SessionError::Kallsyms)?;
         let (btf, btf_error) = match std::fs::read(BTF_PATH) {
-            Ok(bytes) => match Btf::parse(&bytes) {
+            Ok(bytes) => match phases::time(|p| &mut p.btf_ms, || Btf::parse(&bytes)) {
                 Ok(btf) => (Some((btf, bytes)), None),
                 Err(e) => (None, Some(format!("{BTF_PATH}: {e}"))),
             },
@@ -118,7 +120,11 @@ impl Kernel {
         self.aya_btf
             .get_or_init(|| {
                 let bytes = self.btf_bytes.as_deref()?;
-                aya::Btf::parse(bytes, aya::Endianness::default()).ok()
+                phases::time(
+                    |p| &mut p.aya_btf_ms,
+                    || aya::Btf::parse(bytes, aya::Endianness::default()),
+                )
+                .ok()
             })
             .as_ref()
     }
@@ -267,7 +273,8 @@ impl Session {
             plan,
             // Re-read: the BPF programs and trampolines just attached have symbols of their own,
             // and their frames are dropped from stacks by name.
-            kallsyms: Kallsyms::read().map_err(SessionError::Kallsyms)?,
+            kallsyms: phases::time(|p| &mut p.kallsyms_ms, Kallsyms::read)
+                .map_err(SessionError::Kallsyms)?,
             watchpoints,
             breakpoints,
             symbolized: HashMap::new(),
@@ -280,6 +287,7 @@ impl Session {
         unsafe {
             libc::malloc_trim(0)
         };
+        phases::write();
         Ok(session)
     }
 
@@ -374,12 +382,18 @@ fn load_object(
     // only constructor, reads and parses /sys/kernel/btf/vmlinux itself whatever `.btf()` is
     // given after, and keeps that parse private (fentry loads cannot have it). One loader per
     // command: `probes` loads one object for all its trials (Trial), a session one.
-    EbpfLoader::new()
-        .override_global(globals::LAYOUT, layout, true)
-        .override_global(globals::CALLERS, callers, true)
-        .override_global(globals::PID_FILTER, &pid.unwrap_or(0), true)
-        .map_max_entries(globals::EVENTS, ring_bytes)
-        .load(PROGRAMS)
+    phases::count_load();
+    phases::time(
+        |p| &mut p.aya_load_ms,
+        || {
+            EbpfLoader::new()
+                .override_global(globals::LAYOUT, layout, true)
+                .override_global(globals::CALLERS, callers, true)
+                .override_global(globals::PID_FILTER, &pid.unwrap_or(0), true)
+                .map_max_entries(globals::EVENTS, ring_bytes)
+                .load(PROGRAMS)
+        },
+    )
 }
 
 /// A program's name and whether the running kernel's verifier accepted it.
@@ -649,14 +663,15 @@ fn attach(
     match mode {
         AttachMode::Kprobe => {
             let prog: &mut KProbe = program(ebpf, &format!("k_{id}"))?;
-            prog.load().map_err(|e| error_chain(&e))?;
-            prog.attach(function, 0).map_err(|e| error_chain(&e))?;
+            phases::verify(id, || prog.load()).map_err(|e| error_chain(&e))?;
+            phases::time(|p| &mut p.attach_ms, || prog.attach(function, 0))
+                .map_err(|e| error_chain(&e))?;
         }
         AttachMode::Fentry => {
             let btf = kernel.aya_btf().ok_or("no kernel BTF")?;
             let prog: &mut FEntry = program(ebpf, &format!("f_{id}"))?;
-            prog.load(function, btf).map_err(|e| error_chain(&e))?;
-            prog.attach().map_err(|e| error_chain(&e))?;
+            phases::verify(id, || prog.load(function, btf)).map_err(|e| error_chain(&e))?;
+            phases::time(|p| &mut p.attach_ms, || prog.attach()).map_err(|e| error_chain(&e))?;
         }
         AttachMode::Auto => unreachable!("the plan expands auto into concrete modes"),
     }

@@ -1,6 +1,8 @@
 //! The aggregator: a pure state machine from events to per-page/per-pgmap state and findings.
 //! No I/O and no clock, so a live capture and a recorded trace give the same answer.
 
+mod histories;
+mod mappings;
 mod pages;
 mod rules;
 mod state;
@@ -21,11 +23,12 @@ use refwatch_common::{
 };
 use serde::Serialize;
 
-use pages::Pages;
+use mappings::Mappings;
+use pages::{Page, Pages};
 use rules::PageView;
 pub use rules::{Coverage, Rule};
+use state::Step;
 pub use state::{Counters, PgmapState, Transition};
-use state::{PageState, Step};
 use tasks::Tasks;
 pub use view::KernelView;
 
@@ -85,7 +88,7 @@ pub struct Aggregator {
     retired: Vec<PgmapState>,
     /// Device PTEs by (mm, user address) → pfn, where unmaps come as zapped ranges
     /// ([`KernelView::keyed`]): bounded by the device pages mapped.
-    mappings: BTreeMap<(u64, u64), u64>,
+    mappings: Mappings,
     /// Pages the teardown scan found held, until their pgmap's event comes.
     held: Vec<Held>,
     /// The last reference seen taken on each page of a type whose return to idle no probe
@@ -137,6 +140,15 @@ impl Aggregator {
         Self {
             ctx: Some(ctx),
             ..Self::default()
+        }
+    }
+
+    /// With room for `cap` page histories, to test their eviction.
+    #[cfg(test)]
+    pub(crate) fn with_history_cap(ctx: KernelView, cap: usize) -> Self {
+        Self {
+            pages: Pages::with_histories(cap),
+            ..Self::new(ctx)
         }
     }
 
@@ -204,6 +216,10 @@ impl Aggregator {
     /// Feeds one event; returns how many findings it raised.
     pub fn observe(&mut self, ev: &Event) -> usize {
         self.events += 1;
+        if self.tasks.due() {
+            let grabs = self.grabs.values().map(|g| g.step.task);
+            self.tasks.sweep(self.pages.held_tasks().chain(grabs));
+        }
         let Some(kind) = ev.event_kind() else {
             return 0;
         };
@@ -251,14 +267,12 @@ impl Aggregator {
         let idle = model
             .idle(self.context().pg_type(ev.pgmap_type))
             .unwrap_or(0);
-        if i64::from(ev.refcount) <= idle
-            && let Some(old) = self.grabs.remove(&ev.pfn)
-        {
-            self.tasks.release(old.step.task);
+        if i64::from(ev.refcount) <= idle {
+            self.grabs.remove(&ev.pfn);
         }
-        let Some(page) = self.pages.get_mut(ev.pfn) else {
+        if self.pages.get(ev.pfn).is_none() {
             return;
-        };
+        }
         let step = Step {
             ts_ns: ev.ts_ns,
             refs: 0,
@@ -268,7 +282,7 @@ impl Aggregator {
             probe: ev.probe,
             kind: EventKind::Watch,
         };
-        self.tasks.remember(&mut page.recent, step);
+        self.pages.push_step(ev.pfn, step);
     }
 
     fn pgmap_add(&mut self, ev: &Event) {
@@ -324,25 +338,15 @@ impl Aggregator {
             finding.page = busy.page;
             self.raise(finding);
         }
-        let grabs = std::mem::take(&mut self.grabs);
-        self.grabs = grabs
-            .into_iter()
-            .filter(|(_, grab)| {
-                let gone = grab.pgmap == ev.pgmap;
-                if gone {
-                    self.tasks.release(grab.step.task);
-                }
-                !gone
-            })
-            .collect();
+        self.grabs.retain(|_, grab| grab.pgmap != ev.pgmap);
         let gone: std::collections::HashSet<u64> = self
             .pages
             .iter()
             .filter(|(_, p)| p.pgmap == ev.pgmap)
             .map(|(pfn, _)| pfn)
             .collect();
-        self.mappings.retain(|_, pfn| !gone.contains(pfn));
-        self.pages.retain(|p| p.pgmap != ev.pgmap, &mut self.tasks);
+        self.mappings.retain(|pfn| !gone.contains(&pfn));
+        self.pages.retain(|p| p.pgmap != ev.pgmap);
         if let Some(mut pg) = self.pgmaps.remove(&ev.pgmap) {
             pg.teardown = true;
             if self.retired.len() == RETIRED {
@@ -419,7 +423,7 @@ impl Aggregator {
     /// not zapped.
     fn mappings_of(&self, wanted: impl Fn(u64) -> bool) -> BTreeMap<u64, Vec<(u64, u64)>> {
         let mut maps: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
-        for (&at, &pfn) in self.mappings.iter().filter(|(_, pfn)| wanted(**pfn)) {
+        for (at, pfn) in self.mappings.iter().filter(|&(_, pfn)| wanted(pfn)) {
             maps.entry(pfn).or_default().push(at);
         }
         maps
@@ -428,9 +432,8 @@ impl Aggregator {
     /// Who holds page `pfn`: the mappings not yet zapped (`maps`), and the references its
     /// history (or, for a page not kept live, its last grab) saw being taken.
     fn holders(&self, pfn: u64, maps: &[(u64, u64)]) -> Vec<String> {
-        let page = self.pages.get(pfn);
-        let last =
-            |kind: EventKind| page.and_then(|p| p.recent.iter().rev().find(|s| s.kind == kind));
+        let history = self.pages.history(pfn);
+        let last = |kind: EventKind| history.and_then(|h| h.iter().rev().find(|s| s.kind == kind));
         let who = |s: &Step| {
             let t = self.tasks.get(s.task);
             format!("{}/{}", crate::event::comm_str(&t.comm), t.pid_tgid >> 32)
@@ -481,30 +484,26 @@ impl Aggregator {
                 probe: ev.probe,
                 kind,
             };
-            if let Some(old) = self.grabs.insert(
+            self.grabs.insert(
                 ev.pfn,
                 Grab {
                     pgmap: ev.pgmap,
                     step,
                 },
-            ) {
-                self.tasks.release(old.step.task);
-            }
-        } else if !held
-            && i64::from(ev.refcount) <= idle
-            && let Some(old) = self.grabs.remove(&ev.pfn)
-        {
-            self.tasks.release(old.step.task);
+            );
+        } else if !held && i64::from(ev.refcount) <= idle {
+            self.grabs.remove(&ev.pfn);
         }
     }
 
     /// The device PTEs a zap of `[extra, extra2)` in mm `page` clears: those inserted there.
     fn range_unmap(&mut self, ev: &Event) {
-        for (_, pfn) in self.take_range(ev.page, ev.extra, ev.extra2) {
-            let Some(page) = self.pages.get_mut(pfn) else {
+        for (_, pfn) in self.mappings.take_range(ev.page, ev.extra, ev.extra2) {
+            let Some(page) = self.pages.get(pfn) else {
                 continue;
             };
-            page.mapped = (page.mapped - 1).max(0);
+            self.pages
+                .set_counts(pfn, page.refcount, (page.mapped - 1).max(0));
             let step = Step {
                 ts_ns: ev.ts_ns,
                 refs: 1,
@@ -514,9 +513,8 @@ impl Aggregator {
                 probe: ev.probe,
                 kind: EventKind::Unmap,
             };
-            self.tasks.remember(&mut page.recent, step);
-            let pgmap = page.pgmap;
-            if let Some(pg) = self.pgmaps.get_mut(&pgmap) {
+            self.pages.push_step(pfn, step);
+            if let Some(pg) = self.pgmaps.get_mut(&page.pgmap) {
                 pg.counters.count(EventKind::Unmap);
             }
             self.forget_if_idle(pfn, false);
@@ -526,25 +524,9 @@ impl Aggregator {
     /// mremap: the device PTEs of `[extra, extra2)` in mm `page` move to `pfn` onwards.
     fn range_move(&mut self, ev: &Event) {
         let (mm, start, to) = (ev.page, ev.extra, ev.pfn);
-        for ((_, at), pfn) in self.take_range(mm, start, ev.extra2) {
+        for ((_, at), pfn) in self.mappings.take_range(mm, start, ev.extra2) {
             self.map_at((mm, to.wrapping_add(at - start)), pfn);
         }
-    }
-
-    /// Removes and returns the mappings of `[start, end)` in `mm` (in O(k log n): a split and
-    /// a merge would move the whole table at every zap).
-    fn take_range(&mut self, mm: u64, start: u64, end: u64) -> Vec<((u64, u64), u64)> {
-        if start >= end {
-            return Vec::new();
-        }
-        let keys: Vec<(u64, u64)> = self
-            .mappings
-            .range((mm, start)..(mm, end))
-            .map(|(k, _)| *k)
-            .collect();
-        keys.into_iter()
-            .filter_map(|k| Some((k, self.mappings.remove(&k)?)))
-            .collect()
     }
 
     /// Drops a page whose state says nothing any more: idle (where that is visible) and
@@ -559,7 +541,7 @@ impl Aggregator {
             _ => true,
         };
         if teardown || (idle_now && page.mapped <= 0) {
-            self.pages.remove(pfn, &mut self.tasks);
+            self.pages.remove(pfn);
         }
     }
 
@@ -571,8 +553,9 @@ impl Aggregator {
             Some(stale) => {
                 // The PTE was zapped where no range probe saw it (insert_pfn maps only an
                 // empty PTE): the page it named is no longer mapped there.
-                if let Some(page) = self.pages.get_mut(stale) {
-                    page.mapped = (page.mapped - 1).max(0);
+                if let Some(page) = self.pages.get(stale) {
+                    self.pages
+                        .set_counts(stale, page.refcount, (page.mapped - 1).max(0));
                 }
                 true
             }
@@ -614,25 +597,27 @@ impl Aggregator {
                 counters: Counters::default(),
             })),
         };
-        let (page, fresh) = self
+        let fresh = self
             .pages
-            .get_or_start(ev.pfn, ev.pgmap, ty, i64::from(ev.refcount));
+            .touch(ev.pfn, ev.pgmap, ty, ev.page, i64::from(ev.refcount));
         // gup_put_folio hands the same references on to __put_devmap_managed_*_refs (≤6.12):
-        // one drop seen at two nested probes, counted once.
+        // one drop seen at two nested probes, counted once. (A history is never evicted
+        // between two such consecutive events: HISTORIES other pages would need one first.)
         let nested = kind == EventKind::Put
-            && page.recent.last().is_some_and(|prev| {
-                prev.kind == EventKind::Put
-                    && self.tasks.get(prev.task).pid_tgid == ev.pid_tgid
-                    && prev.refcount == ev.refcount
-                    && CATALOG[prev.probe as usize].site != probe.site
-            });
+            && self
+                .pages
+                .history(ev.pfn)
+                .and_then(|h| h.last())
+                .is_some_and(|prev| {
+                    prev.kind == EventKind::Put
+                        && self.tasks.get(prev.task).pid_tgid == ev.pid_tgid
+                        && prev.refcount == ev.refcount
+                        && CATALOG[prev.probe as usize].site != probe.site
+                });
         if let Some(pg) = pg.filter(|_| !nested) {
             pg.counters.count(kind);
             pg.counters.pages_seen += u64::from(fresh);
         }
-        page.pgmap = ev.pgmap;
-        page.ty = ty;
-        page.page = ev.page;
         let step = Step {
             ts_ns: ev.ts_ns,
             // An insert's extra is its address where its probe knows it; it maps the page once.
@@ -647,19 +632,21 @@ impl Aggregator {
             probe: ev.probe,
             kind,
         };
-        self.tasks.remember(&mut page.recent, step);
+        self.pages.push_step(ev.pfn, step);
+        let page = self.pages.get(ev.pfn).expect("started above");
         let view = PageView {
             ty,
             mapped: page.mapped,
             pgmap_in_teardown: teardown,
         };
         let verdict = rules::judge(ctx, probe, ev, &view);
-        advance(ctx, probe, kind, ev, page, new_mapping);
+        let after = advance(ctx, probe, kind, ev, &page, new_mapping);
+        self.pages.set_counts(ev.pfn, after.refcount, after.mapped);
         let key = verdict
             .as_ref()
             .map(|(rule, _)| (*rule, ev.pid_tgid, ev.refcount));
-        let repeat = key.is_some() && key == page.last_finding;
-        page.last_finding = key;
+        let repeat = key.is_some() && key == self.pages.last_finding(ev.pfn);
+        self.pages.set_last_finding(ev.pfn, key);
         let mut raised = 0;
         if let Some((rule, detail)) = verdict.filter(|_| !repeat) {
             let maps = if rule == Rule::TruncateBusy {
@@ -685,11 +672,17 @@ impl Aggregator {
             let pfn = ev.pfn.wrapping_add(i);
             let new = self.map_at((ev.extra2, address.wrapping_add(i * PAGE_SIZE)), pfn);
             let task = self.tasks.hold_event(ev);
-            let (page, _) = self
+            let page = ev.page.wrapping_add(i * STRUCT_PAGE);
+            // A tail already live keeps its pgmap and type; only its page is named anew.
+            let (pgmap, ty) = self
                 .pages
-                .get_or_start(pfn, ev.pgmap, ty, i64::from(ev.refcount));
-            page.page = ev.page.wrapping_add(i * STRUCT_PAGE);
-            page.mapped += i64::from(new);
+                .get(pfn)
+                .map_or((ev.pgmap, ty), |p| (p.pgmap, p.ty));
+            self.pages
+                .touch(pfn, pgmap, ty, page, i64::from(ev.refcount));
+            let now = self.pages.get(pfn).expect("touched above");
+            self.pages
+                .set_counts(pfn, now.refcount, now.mapped + i64::from(new));
             let step = Step {
                 ts_ns: ev.ts_ns,
                 refs: 1,
@@ -699,7 +692,7 @@ impl Aggregator {
                 probe: ev.probe,
                 kind: EventKind::Insert,
             };
-            self.tasks.remember(&mut page.recent, step);
+            self.pages.push_step(pfn, step);
         }
     }
 
@@ -717,12 +710,12 @@ impl Aggregator {
         let pg = self.pgmaps().find(|p| p.address == pgmap);
         let range = pg.and_then(|p| p.range_of(pfn));
         let page = self.pages.get(pfn);
-        let recent: Vec<Transition> = match page {
-            Some(p) => p
-                .recent
+        let recent: Vec<Transition> = match self.pages.history(pfn) {
+            Some(h) => h
                 .iter()
                 .map(|s| s.transition(self.tasks.get(s.task)))
                 .collect(),
+            None if page.is_some() => Vec::new(),
             None => self
                 .grabs
                 .get(&pfn)
@@ -771,7 +764,7 @@ impl Aggregator {
     }
 }
 
-/// Moves a page's refcount and mapping estimate past the probed function (the model's
+/// A page's refcount and mapping estimate past the probed function (the model's
 /// [`RefModel::after`]); `new_mapping` is false for an insert at an address that already
 /// mapped the page.
 fn advance(
@@ -779,9 +772,9 @@ fn advance(
     probe: &Probe,
     kind: EventKind,
     ev: &Event,
-    page: &mut PageState,
+    page: &Page,
     new_mapping: bool,
-) {
+) -> Counts {
     let tracked = ctx
         .tracked
         .get(ev.probe as usize)
@@ -800,6 +793,5 @@ fn advance(
         refcount: page.refcount,
         mapped: page.mapped,
     };
-    let after = ctx.model.after(&hit, before);
-    (page.refcount, page.mapped) = (after.refcount, after.mapped);
+    ctx.model.after(&hit, before)
 }

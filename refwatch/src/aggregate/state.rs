@@ -1,5 +1,6 @@
-//! Per-page and per-pgmap state. Pages are kept only while live (above idle or mapped), so
-//! memory follows the number of busy device pages, not the size of the devices.
+//! What pages remember of their events, and per-pgmap state. Pages are kept only while live
+//! (above idle or mapped, [`super::pages`]), so memory follows the number of busy device
+//! pages, not the size of the devices.
 
 use refwatch_common::{EventKind, event::probe_function};
 use serde::Serialize;
@@ -129,51 +130,6 @@ impl Ring {
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = &Step> {
         let first = usize::from(self.next) + RING - usize::from(self.len);
         (first..first + usize::from(self.len)).map(|i| &self.steps[i % RING])
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct PageState {
-    pub pgmap: u64,
-    /// The `struct page *` events named it by.
-    pub page: u64,
-    pub ty: MemoryType,
-    /// Refcount after the last event: its entry value plus what the function does.
-    pub refcount: i64,
-    /// Mappings not yet unmapped at levels whose unmaps are probed (≤6.12 shadow count), or
-    /// the kernel's mapcount after the last anchoring event (7.x).
-    pub mapped: i64,
-    /// The finding raised by the previous event of this page, to report a breach seen by
-    /// nested probes (gup_put_folio → __put_devmap_managed_*) once.
-    pub last_finding: Option<(super::Rule, u64, i32)>,
-    pub recent: Ring,
-}
-
-impl PageState {
-    /// A slot for [`Self::start`].
-    pub fn new() -> Self {
-        Self {
-            pgmap: 0,
-            page: 0,
-            ty: MemoryType::Unknown,
-            refcount: 0,
-            mapped: 0,
-            last_finding: None,
-            recent: Ring::new(),
-        }
-    }
-
-    /// A page going live, in a new slot or in that of a page that went idle: the old steps
-    /// are left in place as dead bytes (rewriting 512 bytes per page showed in profiles).
-    pub fn start(&mut self, pgmap: u64, ty: MemoryType, refcount: i64) {
-        (
-            self.pgmap,
-            self.ty,
-            self.refcount,
-            self.mapped,
-            self.last_finding,
-        ) = (pgmap, ty, refcount, 0, None);
-        self.recent.clear();
     }
 }
 

@@ -1,9 +1,12 @@
 //! The tasks that page histories refer to, by index: a remembered [`super::state::Step`] holds
 //! a `u32` instead of the event's pid_tgid and 16-byte comm.
 //!
-//! Each entry counts the steps holding it. Unused entries are reclaimed lazily, when the table
-//! has doubled since the last sweep, so it stays bounded by the steps of live pages (pids come
-//! and go over a long capture) without a hash update every time a page goes idle.
+//! Entries are not counted per step: forgetting a page or evicting its history then writes its
+//! ring's header and reads none of its steps (at pmem scale the evictions' reads of cold rings
+//! were 40 % of `report`'s time). Instead, when the table has doubled since the last sweep,
+//! the aggregator marks the entries its histories and grabs still hold ([`Tasks::sweep`]) and
+//! the rest are reused, so the table stays bounded by the steps remembered (pids come and go
+//! over a long capture).
 
 use std::collections::HashMap;
 
@@ -18,7 +21,7 @@ pub struct Task {
 
 #[derive(Clone, Debug, Default)]
 pub struct Tasks {
-    entries: Vec<(Task, u32)>,
+    entries: Vec<Task>,
     index: HashMap<Task, u32>,
     /// Entries swept and not yet reused (out of `index`).
     free: Vec<u32>,
@@ -29,21 +32,20 @@ pub struct Tasks {
 }
 
 impl Tasks {
-    /// The index of `task`, counted as held once more.
+    /// The index of `task`, valid until a sweep that does not find it held.
     pub fn hold(&mut self, task: Task) -> u32 {
         let i = match self.last {
-            Some(i) if self.entries[i as usize].0 == task => i,
+            Some(i) if self.entries[i as usize] == task => i,
             _ => match self.index.get(&task) {
                 Some(&i) => i,
                 None => self.insert(task),
             },
         };
-        self.entries[i as usize].1 += 1;
         self.last = Some(i);
         i
     }
 
-    /// The index of the task that ran `ev`, counted as held once more.
+    /// The index of the task that ran `ev`.
     pub fn hold_event(&mut self, ev: &refwatch_common::Event) -> u32 {
         self.hold(Task {
             pid_tgid: ev.pid_tgid,
@@ -51,49 +53,44 @@ impl Tasks {
         })
     }
 
-    /// Puts `step` into a page's history, letting go of the task of the step it pushes out.
-    pub fn remember(&mut self, ring: &mut super::state::Ring, step: super::state::Step) {
-        if let Some(old) = ring.push(step) {
-            self.release(old.task);
-        }
-    }
-
-    /// One holder of entry `i` is gone.
-    pub fn release(&mut self, i: u32) {
-        self.entries[i as usize].1 -= 1;
-    }
-
     pub fn get(&self, i: u32) -> &Task {
-        &self.entries[i as usize].0
+        &self.entries[i as usize]
     }
 
-    fn insert(&mut self, task: Task) -> u32 {
-        if self.free.is_empty() && self.entries.len() >= self.limit {
-            self.sweep();
+    /// Whether the table is full: the aggregator sweeps it before its next event.
+    pub fn due(&self) -> bool {
+        self.free.is_empty() && self.entries.len() >= self.limit
+    }
+
+    /// Frees every entry not in `held` (the tasks of every step still remembered).
+    pub fn sweep(&mut self, held: impl Iterator<Item = u32>) {
+        let mut marked = vec![false; self.entries.len()];
+        for i in held {
+            marked[i as usize] = true;
         }
-        let i = match self.free.pop() {
-            Some(i) => {
-                self.entries[i as usize] = (task, 0);
-                i
-            }
-            None => {
-                self.entries.push((task, 0));
-                (self.entries.len() - 1) as u32
-            }
-        };
-        self.index.insert(task, i);
-        i
-    }
-
-    /// Frees every unheld entry (none is in `free` now: sweeps run only when it is empty).
-    fn sweep(&mut self) {
-        for (i, (task, holders)) in self.entries.iter().enumerate() {
-            if *holders == 0 {
+        self.free.clear();
+        for (i, task) in self.entries.iter().enumerate() {
+            if !marked[i] {
                 self.index.remove(task);
                 self.free.push(i as u32);
             }
         }
         self.last = None;
         self.limit = MIN_SWEEP.max(2 * (self.entries.len() - self.free.len()));
+    }
+
+    fn insert(&mut self, task: Task) -> u32 {
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.entries[i as usize] = task;
+                i
+            }
+            None => {
+                self.entries.push(task);
+                (self.entries.len() - 1) as u32
+            }
+        };
+        self.index.insert(task, i);
+        i
     }
 }

@@ -175,6 +175,35 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// With room for one history, every page's is evicted by the next page touched: the same
+    /// findings, on the same events, with the page's steps since it got one back.
+    #[test]
+    fn findings_survive_evicted_histories(model in model(), generic in any::<bool>(), pages in 2..5usize,
+                                          ops in prop::collection::vec(op(), 0..80),
+                                          rule in prop::sample::select(Rule::value_variants().to_vec()), at in any::<Index>()) {
+        let p = Probes::for_model(model);
+        let mut events = healthy(&p, generic, pages, &ops);
+        inject(&p, &mut events, rule, &|n| at.index(n), generic);
+        let full = run(&p, &events);
+        let mut small = Aggregator::with_history_cap(p.context(), 1);
+        for ev in &events {
+            small.observe(ev);
+        }
+        let key = |a: &Aggregator| -> Vec<(Rule, u64, u64, String)> {
+            a.findings().iter().map(|f| (f.rule, f.pfn, f.ts_ns, f.detail.clone())).collect()
+        };
+        prop_assert_eq!(key(&full), key(&small));
+        for (f, s) in full.findings().iter().zip(small.findings()) {
+            prop_assert!(f.recent.ends_with(&s.recent));
+        }
+        let counters = |a: &Aggregator| a.pgmaps().map(|p| p.counters.clone()).collect::<Vec<_>>();
+        prop_assert_eq!(counters(&full), counters(&small));
+    }
+}
+
 #[test]
 fn rules_without_their_probes_are_unchecked() {
     let p = Probes::for_model(RefModel::FsdaxOneBased);

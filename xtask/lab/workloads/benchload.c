@@ -17,6 +17,10 @@
  *       page in, then PASSES times pin and release every page through GUP (one
  *       process_vm_readv over the whole mapping), then unmap.
  *       prints "storm seconds=S pages=N passes=P"
+ *   benchload stamp [COMMAND ARGS...]
+ *       start-up timing: prints "stamp seconds=S" (CLOCK_MONOTONIC), then execs COMMAND if
+ *       given. `benchload stamp TRACER ... -- benchload stamp` times exec to the moment the
+ *       tracer lets its command start.
  * Built statically by `cargo xtask` and installed in the guest at /usr/lib/refwatch-lab. */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -157,6 +161,13 @@ int main(int argc, char **argv)
 		return zap(atol(argv[2]), (size_t)atol(argv[3]) << 20);
 	if (argc == 4 && !strcmp(argv[1], "storm"))
 		return storm(atol(argv[2]), (size_t)atol(argv[3]) << 20);
-	fprintf(stderr, "usage: benchload churn ROUNDS MIB [BLOCKDEV] | zap ROUNDS MIB | storm PASSES MIB\n");
+	if (argc >= 2 && !strcmp(argv[1], "stamp")) {
+		printf("stamp seconds=%.6f\n", now());
+		if (argc == 2)
+			return 0;
+		execvp(argv[2], argv + 2);
+		die(argv[2]);
+	}
+	fprintf(stderr, "usage: benchload churn ROUNDS MIB [BLOCKDEV] | zap ROUNDS MIB | storm PASSES MIB | stamp [COMMAND...]\n");
 	return 2;
 }

@@ -1,0 +1,84 @@
+//! The page histories, a pool of at most [`HISTORIES`] rings: a page's last steps are for
+//! findings to show, and no rule reads them, so the pages touched longest ago give theirs up
+//! (clock eviction: a ring touched since the hand last passed it gets a second chance). Their
+//! counts stay in [`super::pages::Pages`]; a finding on such a page shows the steps since.
+
+use super::state::{Ring, Step};
+
+/// The cap: 65,536 rings of about 530 bytes, 35 MiB, whatever the size of the devices.
+pub const HISTORIES: usize = 1 << 16;
+
+#[derive(Clone, Debug)]
+pub struct Histories {
+    rings: Vec<Ring>,
+    /// The pfn each ring belongs to.
+    owners: Vec<u64>,
+    /// Touched since the clock hand passed.
+    touched: Vec<bool>,
+    free: Vec<u32>,
+    hand: usize,
+    cap: usize,
+}
+
+impl Default for Histories {
+    fn default() -> Self {
+        Self::with_cap(HISTORIES)
+    }
+}
+
+impl Histories {
+    pub fn with_cap(cap: usize) -> Self {
+        Self {
+            rings: Vec::new(),
+            owners: Vec::new(),
+            touched: Vec::new(),
+            free: Vec::new(),
+            hand: 0,
+            cap: cap.max(1),
+        }
+    }
+
+    pub fn get(&self, i: u32) -> &Ring {
+        &self.rings[i as usize]
+    }
+
+    /// Appends `step` to ring `i`.
+    pub fn push(&mut self, i: u32, step: Step) {
+        self.touched[i as usize] = true;
+        self.rings[i as usize].push(step);
+    }
+
+    /// The tasks of every step remembered (for [`super::tasks::Tasks::sweep`]).
+    pub fn tasks(&self) -> impl Iterator<Item = u32> + '_ {
+        self.rings.iter().flat_map(|r| r.iter().map(|s| s.task))
+    }
+
+    /// An empty ring for page `owner`, and the page whose ring it was when the pool is full.
+    pub fn take(&mut self, owner: u64) -> (u32, Option<u64>) {
+        if let Some(i) = self.free.pop() {
+            self.owners[i as usize] = owner;
+            return (i, None);
+        }
+        if self.rings.len() < self.cap {
+            self.rings.push(Ring::new());
+            self.owners.push(owner);
+            self.touched.push(false);
+            return ((self.rings.len() - 1) as u32, None);
+        }
+        while std::mem::take(&mut self.touched[self.hand]) {
+            self.hand = (self.hand + 1) % self.cap;
+        }
+        let i = self.hand;
+        self.hand = (i + 1) % self.cap;
+        self.rings[i].clear();
+        let evicted = std::mem::replace(&mut self.owners[i], owner);
+        (i as u32, Some(evicted))
+    }
+
+    /// Gives ring `i` back (its page went idle).
+    pub fn give_back(&mut self, i: u32) {
+        self.rings[i as usize].clear();
+        self.touched[i as usize] = false;
+        self.free.push(i);
+    }
+}

@@ -1,0 +1,151 @@
+//! Running a bench job in the VM lab, and what the guest's tools need: bpftrace's files and
+//! its script, traces' stats, the workloads' result lines.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use super::figures::TraceStats;
+use crate::cmd;
+use crate::lab::{Apt, Assets, GuestJob, Kernel, run_in_vm};
+use crate::paths;
+
+/// bpftrace from the same Debian release as the default (6.1, bookworm) guest kernel.
+const BPFTRACE_DEB: (&str, &str) = ("bpftrace", "0.17.0-1");
+
+/// Runs `script` in `job` (its files, setup, limits) and collects its output under `work/name`.
+pub fn run_job(
+    kernel: &Kernel,
+    assets: &Assets,
+    script: &str,
+    mut job: GuestJob,
+    work: &Path,
+    name: &str,
+) -> Result<PathBuf> {
+    let host_script = work.join(format!("{name}.sh"));
+    std::fs::write(&host_script, script)?;
+    job.files.push((host_script, "/bench/run.sh".into()));
+    job.argv = vec!["sh".into(), "/bench/run.sh".into()];
+    let label = format!("bench-{name}-{}", std::process::id());
+    let result = run_in_vm(kernel, assets, &job, &label)?;
+    let out = work.join(name);
+    paths::create_dir(&out)?;
+    if result.out_dir.is_dir() {
+        cmd::run(
+            Command::new("cp")
+                .arg("-a")
+                .arg("-T")
+                .arg(&result.out_dir)
+                .arg(&out),
+        )?;
+    }
+    std::fs::write(out.join("stdout"), &result.stdout)?;
+    std::fs::write(out.join("stderr"), &result.stderr)?;
+    if result.exit_code != 0 {
+        bail!(
+            "the {name} job exited {} in the guest:\n{}",
+            result.exit_code,
+            String::from_utf8_lossy(&result.stderr)
+        );
+    }
+    Ok(out)
+}
+
+/// Key=value pairs of the first line of `text` that starts with `prefix` (benchload's result
+/// lines, e.g. "storm seconds=S pages=N").
+pub fn fields(text: &str, prefix: &str) -> Option<BTreeMap<String, f64>> {
+    let line = text.lines().find(|l| l.starts_with(prefix))?;
+    Some(
+        line.split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
+            .collect(),
+    )
+}
+
+/// `bench_tool stats` of a trace: its kernel, events, and the footer's drops and calls.
+pub fn trace_stats(tool: &Path, trace: &Path) -> Result<TraceStats> {
+    serde_json::from_str(&cmd::output(Command::new(tool).arg("stats").arg(trace))?)
+        .with_context(|| format!("bench_tool stats {}", trace.display()))
+}
+
+/// The storm trace recorded on `kernel` in the device part, which the bpftrace script is
+/// derived from (its plan and layout).
+pub fn reference_trace(work: &Path, kernel: &str) -> PathBuf {
+    work.join(format!("device-{kernel}/storm-kprobe.rwt"))
+}
+
+/// bpftrace's script with refwatch's probe set and filter on `kernel`, at a guest path, and
+/// bpftrace's files; or why bpftrace cannot run there.
+pub fn bpftrace_job_files(
+    tool: &Path,
+    apt: &Apt,
+    work: &Path,
+    kernel: &str,
+) -> Result<Result<Vec<(PathBuf, String)>, String>> {
+    let reference = reference_trace(work, kernel);
+    let release = crate::lab::kernel_spec(kernel)?.release;
+    if !reference.exists()
+        || trace_stats(tool, &reference)
+            .map(|s| s.kernel)
+            .ok()
+            .as_deref()
+            != Some(release)
+    {
+        return Ok(Err(format!(
+            "no trace recorded on {kernel} to derive the probe set from"
+        )));
+    }
+    let script = cmd::output(Command::new(tool).arg("bpftrace").arg(&reference))?;
+    let host = work.join(format!("refwatch-{kernel}.bt"));
+    std::fs::write(&host, script)?;
+    let mut files = vec![(host, "/bench/refwatch.bt".to_owned())];
+    match bpftrace_files(apt) {
+        Ok(f) => files.extend(f),
+        Err(e) => return Ok(Err(format!("{e:#}"))),
+    }
+    Ok(Ok(files))
+}
+
+/// The bookworm bpftrace .deb unpacked in the lab cache; its libraries come from the host
+/// (a Debian 12 host, the same release), found with ldd.
+fn bpftrace_files(apt: &Apt) -> Result<Vec<(PathBuf, String)>> {
+    let (name, version) = BPFTRACE_DEB;
+    let tree = paths::lab_cache()?
+        .join("tools")
+        .join(format!("{name}-{version}"));
+    let binary = tree.join("usr/bin/bpftrace");
+    if !binary.exists() {
+        crate::lab::extract_packages(apt, &[BPFTRACE_DEB], &tree)?;
+    }
+    let ldd = Command::new("ldd")
+        .arg(&binary)
+        .output()
+        .context("running ldd")?;
+    let listing = String::from_utf8_lossy(&ldd.stdout);
+    let missing: Vec<&str> = listing
+        .lines()
+        .filter(|l| l.contains("not found"))
+        .map(str::trim)
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "host lacks bpftrace's libraries ({}); `apt-get install bpftrace` provides them",
+            missing.join(", ")
+        );
+    }
+    let mut files = vec![(binary, "/usr/bin/bpftrace".to_owned())];
+    for line in listing.lines() {
+        if let Some(path) = line
+            .split("=>")
+            .last()
+            .and_then(|p| p.split_whitespace().next())
+            .filter(|p| p.starts_with('/'))
+        {
+            files.push((PathBuf::from(path), path.to_owned()));
+        }
+    }
+    Ok(files)
+}
