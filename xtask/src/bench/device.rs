@@ -2,16 +2,13 @@
 //! in each attach mode, then with smaller and smaller rings until events are dropped.
 
 use std::fmt::Write as _;
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
 
-use super::Sizes;
 use super::figures::{Attach, Delivered, Device, Storm, TARGETS};
-use super::guest::{fields, run_job, trace_stats};
-use super::stats::HostLoad;
-use crate::lab::{Apt, Assets, GuestJob, Kernel};
+use super::guest::{Bench, Measured, fields, trace_stats};
+use crate::lab::GuestJob;
 
 /// Ring sizes tried, largest first, until drops appear.
 const RINGS_KIB: &[u32] = &[4096, 256, 64, 16, 4];
@@ -19,15 +16,9 @@ const RINGS_KIB: &[u32] = &[4096, 256, 64, 16, 4];
 /// The traces kept from the device boot (the trace-size figure reads them).
 pub const TRACES: &[&str] = &["storm-kprobe.rwt", "storm-fentry.rwt", "gup.rwt"];
 
-pub fn device(
-    name: &str,
-    apt: &Apt,
-    assets: &Assets,
-    sizes: &Sizes,
-    work: &Path,
-    tool: &Path,
-) -> Result<Device> {
-    let kernel = Kernel::fetch(crate::lab::kernel_spec(name)?, apt)?;
+pub fn device(bench: &Bench, name: &str) -> Result<Device> {
+    let kernel = bench.kernel(name)?;
+    let sizes = bench.sizes;
     let storm = format!("benchload storm {} {}", sizes.storm_passes, sizes.storm_mib);
     let mut script = String::from("cd /tmp\n");
     writeln!(script, "{storm} > /out/storm-base.txt 2>&1")?;
@@ -52,23 +43,17 @@ pub fn device(
         timeout: Some(Duration::from_secs(900)),
         ..GuestJob::default()
     };
-    let host = HostLoad::start()?;
-    let out = run_job(
-        &kernel,
-        assets,
-        &script,
-        job,
-        work,
-        &format!("device-{name}"),
-    )?;
-    let host_other_cores = host.others_cores()?;
+    let Measured {
+        out,
+        host_other_cores,
+    } = bench.measure(&kernel, &script, job, &format!("device-{name}"))?;
     let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap_or_default();
 
     // The storm's own time from benchload's line; events and drops from the trace's footer.
     let run = |stem: &str, attach: Attach, ring_kib: Option<u32>| -> Storm {
         let text = read(&format!("{stem}.txt"));
         let secs = fields(&text, "storm ").and_then(|f| f.get("seconds").copied());
-        let stats = trace_stats(tool, &out.join(format!("{stem}.rwt")));
+        let stats = trace_stats(bench.tool, &out.join(format!("{stem}.rwt")));
         let (delivered, error) = match (secs, stats) {
             (Some(seconds), Ok(st)) => {
                 let dropped = st.dropped.unwrap_or(0);

@@ -7,7 +7,9 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+use super::Sizes;
 use super::figures::TraceStats;
+use super::stats::HostLoad;
 use crate::cmd;
 use crate::lab::{Apt, Assets, GuestJob, Kernel, run_in_vm};
 use crate::paths;
@@ -15,42 +17,91 @@ use crate::paths;
 /// bpftrace from the same Debian release as the default (6.1, bookworm) guest kernel.
 const BPFTRACE_DEB: (&str, &str) = ("bpftrace", "0.17.0-1");
 
-/// Runs `script` in `job` (its files, setup, limits) and collects its output under `work/name`.
-pub fn run_job(
-    kernel: &Kernel,
-    assets: &Assets,
-    script: &str,
-    mut job: GuestJob,
-    work: &Path,
-    name: &str,
-) -> Result<PathBuf> {
-    let host_script = work.join(format!("{name}.sh"));
-    std::fs::write(&host_script, script)?;
-    job.files.push((host_script, "/bench/run.sh".into()));
-    job.argv = vec!["sh".into(), "/bench/run.sh".into()];
-    let label = format!("bench-{name}-{}", std::process::id());
-    let result = run_in_vm(kernel, assets, &job, &label)?;
-    let out = work.join(name);
-    paths::create_dir(&out)?;
-    if result.out_dir.is_dir() {
-        cmd::run(
-            Command::new("cp")
-                .arg("-a")
-                .arg("-T")
-                .arg(&result.out_dir)
-                .arg(&out),
-        )?;
+/// What every VM part of the bench runs with.
+pub struct Bench<'a> {
+    pub apt: &'a Apt,
+    pub assets: &'a Assets,
+    pub sizes: &'a Sizes,
+    /// Where the jobs' scripts and outputs go.
+    pub work: &'a Path,
+    /// bench_tool.
+    pub tool: &'a Path,
+}
+
+/// A job's output directory, and the host's load besides it while it ran.
+pub struct Measured {
+    pub out: PathBuf,
+    pub host_other_cores: f64,
+}
+
+impl Bench<'_> {
+    /// The lab kernel `name`, fetched.
+    pub fn kernel(&self, name: &str) -> Result<Kernel> {
+        Kernel::fetch(crate::lab::kernel_spec(name)?, self.apt)
     }
-    std::fs::write(out.join("stdout"), &result.stdout)?;
-    std::fs::write(out.join("stderr"), &result.stderr)?;
-    if result.exit_code != 0 {
-        bail!(
-            "the {name} job exited {} in the guest:\n{}",
-            result.exit_code,
-            String::from_utf8_lossy(&result.stderr)
-        );
+
+    /// Boots `kernel` on `script` in `job` (its files, setup, limits), collects the output
+    /// under `work/name` and measures the host's other load meanwhile.
+    pub fn measure(
+        &self,
+        kernel: &Kernel,
+        script: &str,
+        mut job: GuestJob,
+        name: &str,
+    ) -> Result<Measured> {
+        let host = HostLoad::start()?;
+        let host_script = self.work.join(format!("{name}.sh"));
+        std::fs::write(&host_script, script)?;
+        job.files.push((host_script, "/bench/run.sh".into()));
+        job.argv = vec!["sh".into(), "/bench/run.sh".into()];
+        let label = format!("bench-{name}-{}", std::process::id());
+        let result = run_in_vm(kernel, self.assets, &job, &label)?;
+        let out = self.work.join(name);
+        result.copy_out(&out)?;
+        std::fs::write(out.join("stdout"), &result.stdout)?;
+        std::fs::write(out.join("stderr"), &result.stderr)?;
+        if result.exit_code != 0 {
+            bail!(
+                "the {name} job exited {} in the guest:\n{}",
+                result.exit_code,
+                String::from_utf8_lossy(&result.stderr)
+            );
+        }
+        Ok(Measured {
+            out,
+            host_other_cores: host.others_cores()?,
+        })
     }
-    Ok(out)
+
+    /// bpftrace's script with refwatch's probe set and filter on `kernel`, at a guest path,
+    /// and bpftrace's files; or why bpftrace cannot run there.
+    pub fn bpftrace_job_files(
+        &self,
+        kernel: &str,
+    ) -> Result<Result<Vec<(PathBuf, String)>, String>> {
+        let reference = reference_trace(self.work, kernel);
+        let release = crate::lab::kernel_spec(kernel)?.release;
+        if !reference.exists()
+            || trace_stats(self.tool, &reference)
+                .map(|s| s.kernel)
+                .ok()
+                .as_deref()
+                != Some(release)
+        {
+            return Ok(Err(format!(
+                "no trace recorded on {kernel} to derive the probe set from"
+            )));
+        }
+        let script = cmd::output(Command::new(self.tool).arg("bpftrace").arg(&reference))?;
+        let host = self.work.join(format!("refwatch-{kernel}.bt"));
+        std::fs::write(&host, script)?;
+        let mut files = vec![(host, "/bench/refwatch.bt".to_owned())];
+        match bpftrace_files(self.apt) {
+            Ok(f) => files.extend(f),
+            Err(e) => return Ok(Err(format!("{e:#}"))),
+        }
+        Ok(Ok(files))
+    }
 }
 
 /// Key=value pairs of the first line of `text` that starts with `prefix` (benchload's result
@@ -75,38 +126,6 @@ pub fn trace_stats(tool: &Path, trace: &Path) -> Result<TraceStats> {
 /// derived from (its plan and layout).
 pub fn reference_trace(work: &Path, kernel: &str) -> PathBuf {
     work.join(format!("device-{kernel}/storm-kprobe.rwt"))
-}
-
-/// bpftrace's script with refwatch's probe set and filter on `kernel`, at a guest path, and
-/// bpftrace's files; or why bpftrace cannot run there.
-pub fn bpftrace_job_files(
-    tool: &Path,
-    apt: &Apt,
-    work: &Path,
-    kernel: &str,
-) -> Result<Result<Vec<(PathBuf, String)>, String>> {
-    let reference = reference_trace(work, kernel);
-    let release = crate::lab::kernel_spec(kernel)?.release;
-    if !reference.exists()
-        || trace_stats(tool, &reference)
-            .map(|s| s.kernel)
-            .ok()
-            .as_deref()
-            != Some(release)
-    {
-        return Ok(Err(format!(
-            "no trace recorded on {kernel} to derive the probe set from"
-        )));
-    }
-    let script = cmd::output(Command::new(tool).arg("bpftrace").arg(&reference))?;
-    let host = work.join(format!("refwatch-{kernel}.bt"));
-    std::fs::write(&host, script)?;
-    let mut files = vec![(host, "/bench/refwatch.bt".to_owned())];
-    match bpftrace_files(apt) {
-        Ok(f) => files.extend(f),
-        Err(e) => return Ok(Err(format!("{e:#}"))),
-    }
-    Ok(Ok(files))
 }
 
 /// The bookworm bpftrace .deb unpacked in the lab cache; its libraries come from the host

@@ -4,26 +4,18 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use super::Sizes;
 use super::figures::{HotPath, HotTracer, Instructions, Variant};
-use super::guest::{bpftrace_job_files, fields, run_job, trace_stats};
-use super::stats::{HostLoad, median};
-use crate::lab::{Apt, Assets, GuestJob, Kernel, insncount::Mark};
+use super::guest::{Bench, Measured, fields, trace_stats};
+use super::stats::median;
+use crate::lab::{GuestJob, insncount::Mark};
 
-pub fn hot_path(
-    name: &str,
-    apt: &Apt,
-    assets: &Assets,
-    sizes: &Sizes,
-    work: &Path,
-    tool: &Path,
-) -> Result<HotPath> {
-    let kernel = Kernel::fetch(crate::lab::kernel_spec(name)?, apt)?;
+pub fn hot_path(bench: &Bench, name: &str) -> Result<HotPath> {
+    let kernel = bench.kernel(name)?;
+    let sizes = bench.sizes;
     let label = format!("hot-{name}");
     // On one vCPU: a process that ran on both pays TLB-shootdown IPIs at munmap, which moved
     // whole runs' instruction counts by up to 20 % depending on where the scheduler put it.
@@ -49,7 +41,7 @@ pub fn hot_path(
         ));
         files.push((ko, guest));
     }
-    let mut bpftrace_reason = match bpftrace_job_files(tool, apt, work, name)? {
+    let mut bpftrace_reason = match bench.bpftrace_job_files(name)? {
         Ok(f) => {
             files.extend(f);
             None
@@ -80,10 +72,10 @@ pub fn hot_path(
         }
     }
     writeln!(script, "exit 0")?;
-    let marks_file = work.join(format!("{label}.marks"));
+    let marks_file = bench.work.join(format!("{label}.marks"));
     let plugin = format!(
         "{},out={}",
-        crate::lab::insncount::build(apt)?.display(),
+        crate::lab::insncount::build(bench.apt)?.display(),
         marks_file.display()
     );
     let job = GuestJob {
@@ -93,9 +85,10 @@ pub fn hot_path(
         timeout: Some(Duration::from_secs(2400)),
         ..GuestJob::default()
     };
-    let host = HostLoad::start()?;
-    let out = run_job(&kernel, assets, &script, job, work, &label)?;
-    let others = host.others_cores()?;
+    let Measured {
+        out,
+        host_other_cores,
+    } = bench.measure(&kernel, &script, job, &label)?;
     let stdout = std::fs::read_to_string(out.join("stdout"))?;
     let results = results(&stdout, &variants);
     let warmup_rounds = (sizes.churn_rounds + sizes.zap_rounds) as usize;
@@ -140,7 +133,7 @@ pub fn hot_path(
     let base_median = typical(Variant::Base, "churn");
     // Entries of the probed functions in one churn round, from the kprobe recording's footer
     // (its own start and exit included: an upper bound). The same for every tracer.
-    let entries_per_round = trace_stats(tool, &out.join("kprobe-churn.rwt"))
+    let entries_per_round = trace_stats(bench.tool, &out.join("kprobe-churn.rwt"))
         .ok()
         .and_then(|st| st.calls)
         .map(|c| c.values().sum::<u64>() as f64 / f64::from(sizes.churn_rounds));
@@ -184,7 +177,7 @@ pub fn hot_path(
         baseline_s: base_median,
         baseline_round_s: base_round,
         churn_entries_per_round: entries_per_round,
-        host_other_cores: others,
+        host_other_cores,
         instructions: Instructions {
             estimator:
                 "median guest instructions per round on the workload's vCPU (QEMU TCG plugin)"

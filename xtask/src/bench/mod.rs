@@ -223,22 +223,25 @@ fn bench(args: BenchArgs) -> Result<()> {
         args.kernels.clone()
     };
 
+    let bench = guest::Bench {
+        apt: &apt,
+        assets: &assets,
+        sizes: &sizes,
+        work: &work,
+        tool: &tool,
+    };
+
     let started = Instant::now();
     for kernel in &kernels {
         let reference = guest::reference_trace(&work, kernel);
         if args.only.is_none() || !reference.exists() {
-            out.device
-                .push(device::device(kernel, &apt, &assets, &sizes, &work, &tool)?);
+            out.device.push(device::device(&bench, kernel)?);
         }
         if matches!(args.only, None | Some(Part::Startup)) {
-            out.startup.push(startup::startup(
-                kernel, &apt, &assets, &sizes, &work, &tool,
-            )?);
+            out.startup.push(startup::startup(&bench, kernel)?);
         }
         if matches!(args.only, None | Some(Part::HotPath)) {
-            out.hot_path.push(hot_path::hot_path(
-                kernel, &apt, &assets, &sizes, &work, &tool,
-            )?);
+            out.hot_path.push(hot_path::hot_path(&bench, kernel)?);
         }
     }
     if args.only.is_none() {

@@ -9,11 +9,10 @@ use std::time::Duration;
 use anyhow::Result;
 use refwatch_common::startup::{PHASES_ENV, Phases};
 
-use super::Sizes;
 use super::figures::{Attach, Startup, StartupTool};
-use super::guest::{bpftrace_job_files, run_job};
-use super::stats::{HostLoad, median};
-use crate::lab::{Apt, Assets, GuestJob, Kernel};
+use super::guest::{Bench, Measured};
+use super::stats::median;
+use crate::lab::GuestJob;
 
 /// A tracer started under `benchload stamp`, whose command is `benchload stamp` too.
 #[derive(Clone, Copy, PartialEq)]
@@ -44,21 +43,15 @@ impl Tracer {
     }
 }
 
-pub fn startup(
-    name: &str,
-    apt: &Apt,
-    assets: &Assets,
-    sizes: &Sizes,
-    work: &Path,
-    tool: &Path,
-) -> Result<Startup> {
-    let kernel = Kernel::fetch(crate::lab::kernel_spec(name)?, apt)?;
+pub fn startup(bench: &Bench, name: &str) -> Result<Startup> {
+    let kernel = bench.kernel(name)?;
+    let sizes = bench.sizes;
     let mut tracers = vec![
         Tracer::Refwatch(Attach::Kprobe),
         Tracer::Refwatch(Attach::Fentry),
     ];
     let mut files = Vec::new();
-    let bpftrace_reason = match bpftrace_job_files(tool, apt, work, name)? {
+    let bpftrace_reason = match bench.bpftrace_job_files(name)? {
         Ok(f) => {
             files = f;
             tracers.push(Tracer::Bpftrace);
@@ -87,16 +80,10 @@ pub fn startup(
         timeout: Some(Duration::from_secs(1800)),
         ..GuestJob::default()
     };
-    let host = HostLoad::start()?;
-    let out = run_job(
-        &kernel,
-        assets,
-        &script,
-        job,
-        work,
-        &format!("startup-{name}"),
-    )?;
-    let host_other_cores = host.others_cores()?;
+    let Measured {
+        out,
+        host_other_cores,
+    } = bench.measure(&kernel, &script, job, &format!("startup-{name}"))?;
     let tools = tracers
         .iter()
         .map(|&t| measured(t, &out, sizes.startup_reps))

@@ -22,17 +22,15 @@ mod workloads;
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 pub use apt::Apt;
 pub use guest::{Assets, Disk, GuestJob};
 pub use kernel::{Kernel, extract_packages, spec as kernel_spec};
 pub use vm::{PMEM_PFNS, VmResult, run_in_vm};
-
-use crate::cmd;
 
 /// Exit status for "the lab itself failed" (boot, fetch, build), as git bisect run uses it.
 pub const INFRA_FAILURE: u8 = 125;
@@ -166,17 +164,7 @@ fn lab(args: LabArgs) -> Result<ExitCode> {
     std::io::stdout().write_all(&result.stdout)?;
     std::io::stderr().write_all(&result.stderr)?;
     if let Some(dir) = args.output {
-        crate::paths::create_dir(&dir)?;
-        if result.out_dir.is_dir() {
-            cmd::run(
-                Command::new("cp")
-                    .arg("-a")
-                    .arg("-T")
-                    .arg(&result.out_dir)
-                    .arg(&dir),
-            )
-            .with_context(|| format!("copying the guest's /out to {}", dir.display()))?;
-        }
+        result.copy_out(&dir)?;
     }
     // Exit statuses above 255 cannot come from a shell; clamp rather than wrap.
     Ok(ExitCode::from(

@@ -35,6 +35,24 @@ pub struct VmResult {
     pub console_log: PathBuf,
 }
 
+impl VmResult {
+    /// Copies what the guest left under /out into `to`, created (empty when it left nothing).
+    pub fn copy_out(&self, to: &Path) -> Result<()> {
+        paths::create_dir(to)?;
+        if self.out_dir.is_dir() {
+            cmd::run(
+                Command::new("cp")
+                    .arg("-a")
+                    .arg("-T")
+                    .arg(&self.out_dir)
+                    .arg(to),
+            )
+            .with_context(|| format!("copying the guest's /out to {}", to.display()))?;
+        }
+        Ok(())
+    }
+}
+
 enum Boot {
     /// The guest wrote a result (the command ran, or the lab's /init reported an error).
     Finished,
