@@ -46,7 +46,8 @@ fn main() -> ExitCode {
             .context("PAGES")
             .and_then(|n| scale(Path::new(template), Path::new(output), n)),
         _ => Err(anyhow::anyhow!(
-            "usage: bench_tool stats TRACE | replicate IN OUT EVENTS | rerecord TRACE OUT | scale TEMPLATE OUT PAGES | bpftrace TRACE"
+            "usage: bench_tool stats TRACE | replicate IN OUT EVENTS | rerecord TRACE OUT | \
+             scale TEMPLATE OUT PAGES | bpftrace TRACE"
         )),
     };
     match result {
@@ -409,7 +410,8 @@ fn bpftrace(path: &Path) -> Result<()> {
             Arg::Range { vma, .. } | Arg::Move { vma, .. } => {
                 writeln!(
                     s,
-                    "kprobe:{} {{ if (@mms[*(uint64 *)(arg{vma} + {})]) {{ @range[probe] = count(); }} }}",
+                    "kprobe:{} {{ if (@mms[*(uint64 *)(arg{vma} + {})]) \
+                     {{ @range[probe] = count(); }} }}",
                     probe.function, layout.off_vma_mm
                 )?;
                 continue;

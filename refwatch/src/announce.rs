@@ -120,7 +120,8 @@ impl Announcer {
             && !std::mem::replace(&mut self.warned, true)
         {
             eprintln!(
-                "refwatch: warning: findings cannot go to the kernel log ({e}); they are only in refwatch's output"
+                "refwatch: warning: findings cannot go to the kernel log ({e}); \
+                 they are only in refwatch's output"
             );
         }
     }
@@ -168,7 +169,14 @@ mod tests {
         ];
         let l = lines(&f);
         assert_eq!(l.len(), 2);
-        assert!(l[0].starts_with("refwatch: teardown-busy pfn 0x40002 page 0xffffea0001000080 (+1 more pages in pfn 0x40000-0x40002)"), "{}", l[0]);
+        assert!(
+            l[0].starts_with(
+                "refwatch: teardown-busy pfn 0x40002 page 0xffffea0001000080 \
+                 (+1 more pages in pfn 0x40000-0x40002)"
+            ),
+            "{}",
+            l[0]
+        );
         assert!(
             l[0].contains("pgmap 0xffff888100002000 (generic) task daxload/7: memunmap_pages"),
             "{}",

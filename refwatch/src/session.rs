@@ -37,7 +37,11 @@ static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
-    #[error("refwatch needs root or {}: missing {}", "CAP_BPF+CAP_PERFMON+CAP_SYSLOG", .0.join(", "))]
+    #[error(
+        "refwatch needs root or {}: missing {}",
+        "CAP_BPF+CAP_PERFMON+CAP_SYSLOG",
+        .0.join(", ")
+    )]
     Privileges(Vec<&'static str>),
     #[error("cannot read /proc/kallsyms: {0}")]
     Kallsyms(std::io::Error),
@@ -436,9 +440,9 @@ impl<'k> Trial<'k> {
     }
 
     /// Loads (verifies) the kprobe program of every catalog entry that applies to the running
-    /// kernel's version, the watchpoint programs, and, in `fentry` (function names by catalog id), the fentry program
-    /// of each of those functions: the object's programs must pass the verifier of the
-    /// running kernel even where it cannot attach them. Name → outcome.
+    /// kernel's version, the watchpoint programs, and, in `fentry` (function names by catalog
+    /// id), the fentry program of each of those functions: the object's programs must pass the
+    /// verifier of the running kernel even where it cannot attach them. Name → outcome.
     pub fn verify(mut self, fentry: &[(u8, &str)]) -> Vec<VerifyOutcome> {
         let version = self.kernel.facts.version;
         let mut outcomes: Vec<_> = (0..refwatch_common::CATALOG.len())

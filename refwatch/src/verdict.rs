@@ -219,7 +219,11 @@ mod tests {
         let v = decide(&idle, &p);
         assert_eq!(v.exit_code(), EXIT_INCONCLUSIVE);
         assert!(
-            matches!(&v, Verdict::Inconclusive { reasons, .. } if reasons[0].starts_with("no device memory seen")),
+            matches!(
+                &v,
+                Verdict::Inconclusive { reasons, .. }
+                    if reasons[0].starts_with("no device memory seen")
+            ),
             "{v:?}"
         );
         p.allow_idle = true;
@@ -279,7 +283,10 @@ mod tests {
             .find(|(r, _)| *r == Rule::FreeWhileMapped)
             .unwrap();
         assert!(
-            matches!(&free.1, RuleOutcome::Skipped(why) if why.starts_with("unchecked on this kernel")),
+            matches!(
+                &free.1,
+                RuleOutcome::Skipped(why) if why.starts_with("unchecked on this kernel")
+            ),
             "{free:?}"
         );
         let dropped = rule_outcomes(&summary(RefModel::ZeroBased, false, 2), &policy(0, &[]));

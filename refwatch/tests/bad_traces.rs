@@ -54,7 +54,8 @@ fn refwatch(args: &[&str]) -> Outcome {
     o
 }
 
-/// A finished trace (with footer) holding the fixture's whole frames: (bytes, events, header length).
+/// A finished trace (with footer) holding the fixture's whole frames: (bytes, events, header
+/// length).
 fn finished_trace() -> (Vec<u8>, u64, usize) {
     let mut r = TraceReader::open(Path::new(FIXTURE)).unwrap();
     let mut events = Vec::new();

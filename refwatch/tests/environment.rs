@@ -107,7 +107,10 @@ fn non_root_attaching_commands_name_the_missing_capabilities() {
         let Some(o) = as_nobody(args) else { return };
         assert_eq!(o.code, 2, "refwatch {args:?}: {}", o.stderr);
         assert!(
-            o.stderr.contains("needs root or CAP_BPF+CAP_PERFMON+CAP_SYSLOG: missing CAP_BPF, CAP_PERFMON, CAP_SYSLOG"),
+            o.stderr.contains(
+                "needs root or CAP_BPF+CAP_PERFMON+CAP_SYSLOG: \
+                 missing CAP_BPF, CAP_PERFMON, CAP_SYSLOG"
+            ),
             "refwatch {args:?}: {}",
             o.stderr
         );

@@ -1,6 +1,7 @@
 //! Golden tests: `refwatch report` on traces recorded in the VM lab (`cargo xtask test` leaves
 //! them in ~/.cache/refwatch/lab/runs/*/result/out/trace.rwt). The report must not drift
-//! unnoticed; after an intended change, regenerate with `REFWATCH_BLESS=1 cargo test --test golden`.
+//! unnoticed; after an intended change, regenerate with
+//! `REFWATCH_BLESS=1 cargo test --test golden`.
 
 use std::path::PathBuf;
 

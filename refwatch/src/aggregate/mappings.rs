@@ -167,7 +167,8 @@ mod tests {
                     }
                     Op::Take(mm, s, e) => {
                         let want: Vec<_> = if s < e {
-                            let keys: Vec<_> = tree.range((mm, s)..(mm, e)).map(|(k, _)| *k).collect();
+                            let keys: Vec<_> =
+                                tree.range((mm, s)..(mm, e)).map(|(k, _)| *k).collect();
                             keys.into_iter().map(|k| (k, tree.remove(&k).unwrap())).collect()
                         } else {
                             Vec::new()

@@ -156,9 +156,14 @@ proptest! {
     }
 
     #[test]
-    fn injected_breaches_are_found_once(model in model(), generic in any::<bool>(), pages in 1..5usize,
-                                        ops in prop::collection::vec(op(), 0..80),
-                                        rule in prop::sample::select(Rule::value_variants().to_vec()), at in any::<Index>()) {
+    fn injected_breaches_are_found_once(
+        model in model(),
+        generic in any::<bool>(),
+        pages in 1..5usize,
+        ops in prop::collection::vec(op(), 0..80),
+        rule in prop::sample::select(Rule::value_variants().to_vec()),
+        at in any::<Index>(),
+    ) {
         let p = Probes::for_model(model);
         let mut events = healthy(&p, generic, pages, &ops);
         let pfn = inject(&p, &mut events, rule, &|n| at.index(n), generic);
@@ -181,9 +186,14 @@ proptest! {
     /// With room for one history, every page's is evicted by the next page touched: the same
     /// findings, on the same events, with the page's steps since it got one back.
     #[test]
-    fn findings_survive_evicted_histories(model in model(), generic in any::<bool>(), pages in 2..5usize,
-                                          ops in prop::collection::vec(op(), 0..80),
-                                          rule in prop::sample::select(Rule::value_variants().to_vec()), at in any::<Index>()) {
+    fn findings_survive_evicted_histories(
+        model in model(),
+        generic in any::<bool>(),
+        pages in 2..5usize,
+        ops in prop::collection::vec(op(), 0..80),
+        rule in prop::sample::select(Rule::value_variants().to_vec()),
+        at in any::<Index>(),
+    ) {
         let p = Probes::for_model(model);
         let mut events = healthy(&p, generic, pages, &ops);
         inject(&p, &mut events, rule, &|n| at.index(n), generic);
@@ -218,9 +228,10 @@ fn rules_without_their_probes_are_unchecked() {
         [p.insert, p.get, p.free, p.remove],
         Default::default(),
     );
-    assert!(
-        matches!(no_unmap.coverage(Rule::FreeWhileMapped), Coverage::Unchecked(r) if r.contains("unmap"))
-    );
+    assert!(matches!(
+        no_unmap.coverage(Rule::FreeWhileMapped),
+        Coverage::Unchecked(r) if r.contains("unmap")
+    ));
     assert!(matches!(
         no_unmap.coverage(Rule::PutUnderflow),
         Coverage::Checked

@@ -25,13 +25,15 @@ pub fn device(bench: &Bench, name: &str) -> Result<Device> {
     for mode in Attach::ALL {
         writeln!(
             script,
-            "refwatch record -o /out/storm-{mode}.rwt --attach {mode} -- {storm} > /out/storm-{mode}.txt 2>&1"
+            "refwatch record -o /out/storm-{mode}.rwt --attach {mode} -- {storm} \
+             > /out/storm-{mode}.txt 2>&1"
         )?;
     }
     for kib in RINGS_KIB {
         writeln!(
             script,
-            "refwatch record -o /out/ring-{kib}.rwt --attach kprobe --ring-kib {kib} -- {storm} > /out/ring-{kib}.txt 2>&1"
+            "refwatch record -o /out/ring-{kib}.rwt --attach kprobe --ring-kib {kib} -- {storm} \
+             > /out/ring-{kib}.txt 2>&1"
         )?;
     }
     writeln!(

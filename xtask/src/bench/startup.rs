@@ -34,10 +34,12 @@ impl Tracer {
         let name = self.name();
         match self {
             Tracer::Refwatch(mode) => format!(
-                "{PHASES_ENV}=/out/{name}-{rep}.json benchload stamp refwatch check --attach {mode} -- benchload stamp > /out/{name}-{rep}.txt 2>&1"
+                "{PHASES_ENV}=/out/{name}-{rep}.json benchload stamp \
+                 refwatch check --attach {mode} -- benchload stamp > /out/{name}-{rep}.txt 2>&1"
             ),
             Tracer::Bpftrace => format!(
-                "benchload stamp bpftrace -c 'benchload stamp' /bench/refwatch.bt > /out/{name}-{rep}.txt 2>&1"
+                "benchload stamp bpftrace -c 'benchload stamp' /bench/refwatch.bt \
+                 > /out/{name}-{rep}.txt 2>&1"
             ),
         }
     }

@@ -135,7 +135,8 @@ fn hot_rows(t: &mut Table, h: &HotPath) {
     }
     for r in &h.tracers {
         let cell = format!(
-            "{}× in instructions ({} per unmap-probe entry; all vCPUs {}×); wall clock {}× (median of runs {}×; {}× from entries at {} ns each)",
+            "{}× in instructions ({} per unmap-probe entry; all vCPUs {}×); \
+             wall clock {}× (median of runs {}×; {}× from entries at {} ns each)",
             num(r.insn_ratio, 4),
             num(r.insn_per_entry, 0),
             num(r.insn_ratio_all_vcpus, 4),
@@ -250,7 +251,8 @@ fn startup_rows(t: &mut Table, s: &Startup) {
         if let Some(p) = &tool.phases {
             let _ = write!(
                 cell,
-                "; phases: kallsyms {:.0}, BTF {:.0}, aya load ×{} {:.0}, aya BTF {:.0}, verifier {:.0}, attach {:.0}, open {:.0} ms",
+                "; phases: kallsyms {:.0}, BTF {:.0}, aya load ×{} {:.0}, aya BTF {:.0}, \
+                 verifier {:.0}, attach {:.0}, open {:.0} ms",
                 p.kallsyms_ms,
                 p.btf_ms,
                 p.aya_loads,

@@ -103,7 +103,8 @@ fn auto_script(scenario: &str) -> Vec<String> {
         "refwatch record -o /out/trace.rwt -- sh -c \
            'exec inject -w {AUTO_GRACE_MS} {scenario} > /out/inject.log 2>&1' 2> /out/record.err
          echo $? > /out/record.rc
-         refwatch report /out/trace.rwt --json --page {PAGE0:#x} > /out/page.json 2> /out/report.err"
+         refwatch report /out/trace.rwt --json --page {PAGE0:#x} \
+         > /out/page.json 2> /out/report.err"
     );
     vec!["sh".into(), "-c".into(), script]
 }
