@@ -55,7 +55,8 @@ impl Attach {
 #[derive(clap::Args)]
 pub struct LabArgs {
     /// Kernel short name: Debian's 5.10, 6.1, 6.12, 7.2, 7.3, or 6.12-src, 7.3-src built by the
-    /// lab from Debian's source with device-private pages, P2PDMA and the HMM test driver.
+    /// lab from Debian's source with device-private pages, P2PDMA and the HMM test driver
+    /// (6.12-src-debug and 7.3-src-debug: the same with the kernel's refcount debugging).
     #[arg(long, default_value = "6.1")]
     kernel: String,
     /// Host file or directory to copy into the guest's /include (on PATH).
