@@ -30,6 +30,32 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// A healthy stream of an era with one breach of `rule` planted, and the pfn it concerns
+/// (None where the stream had no place for it).
+#[derive(Debug)]
+struct Breached {
+    model: RefModel,
+    events: Vec<Event>,
+    rule: Rule,
+    pfn: Option<u64>,
+}
+
+prop_compose! {
+    fn breached(min_pages: usize)(
+        model in model(),
+        generic in any::<bool>(),
+        pages in min_pages..5usize,
+        ops in prop::collection::vec(op(), 0..80),
+        rule in prop::sample::select(Rule::value_variants().to_vec()),
+        at in any::<Index>(),
+    ) -> Breached {
+        let p = Probes::for_model(model);
+        let mut events = healthy(&p, generic, pages, &ops);
+        let pfn = inject(&p, &mut events, rule, &|n| at.index(n), generic);
+        Breached { model, events, rule, pfn }
+    }
+}
+
 fn run(p: &Probes, events: &[Event]) -> Aggregator {
     let mut agg = Aggregator::new(p.context());
     for ev in events {
@@ -156,17 +182,9 @@ proptest! {
     }
 
     #[test]
-    fn injected_breaches_are_found_once(
-        model in model(),
-        generic in any::<bool>(),
-        pages in 1..5usize,
-        ops in prop::collection::vec(op(), 0..80),
-        rule in prop::sample::select(Rule::value_variants().to_vec()),
-        at in any::<Index>(),
-    ) {
+    fn injected_breaches_are_found_once(b in breached(1)) {
+        let Breached { model, events, rule, pfn } = b;
         let p = Probes::for_model(model);
-        let mut events = healthy(&p, generic, pages, &ops);
-        let pfn = inject(&p, &mut events, rule, &|n| at.index(n), generic);
         let agg = run(&p, &events);
         match pfn {
             None => prop_assert!(agg.findings().is_empty()),
@@ -186,17 +204,9 @@ proptest! {
     /// With room for one history, every page's is evicted by the next page touched: the same
     /// findings, on the same events, with the page's steps since it got one back.
     #[test]
-    fn findings_survive_evicted_histories(
-        model in model(),
-        generic in any::<bool>(),
-        pages in 2..5usize,
-        ops in prop::collection::vec(op(), 0..80),
-        rule in prop::sample::select(Rule::value_variants().to_vec()),
-        at in any::<Index>(),
-    ) {
-        let p = Probes::for_model(model);
-        let mut events = healthy(&p, generic, pages, &ops);
-        inject(&p, &mut events, rule, &|n| at.index(n), generic);
+    fn findings_survive_evicted_histories(b in breached(2)) {
+        let p = Probes::for_model(b.model);
+        let events = b.events;
         let full = run(&p, &events);
         let mut small = Aggregator::with_history_cap(p.context(), 1);
         for ev in &events {
