@@ -265,7 +265,17 @@ impl Session {
             .map_err(|e| SessionError::Map(globals::CALLS, e.to_string()))?;
         let stacks = StackTraceMap::try_from(take(&mut ebpf, globals::STACKS)?)
             .map_err(|e| SessionError::Map(globals::STACKS, e.to_string()))?;
-        drop(kernel);
+        let Kernel { mut kallsyms, .. } = kernel;
+        // fentry programs and their trampolines are frames of the stacks they take, dropped by
+        // name: read their symbols, which did not exist at the first read. kprobe and perf_event
+        // programs unwind from the probed context and never see their own frames.
+        if plan
+            .attached()
+            .any(|p| p.attached == Some(Ok(AttachMode::Fentry)))
+        {
+            phases::time(|p| &mut p.kallsyms_ms, || kallsyms.reread_bpf())
+                .map_err(SessionError::Kallsyms)?;
+        }
         let session = Self {
             _ebpf: ebpf,
             // SAFETY: the ring buffer owns its fd and outlives the registration (both are moved
@@ -275,10 +285,7 @@ impl Session {
             calls,
             stacks,
             plan,
-            // Re-read: the BPF programs and trampolines just attached have symbols of their own,
-            // and their frames are dropped from stacks by name.
-            kallsyms: phases::time(|p| &mut p.kallsyms_ms, Kallsyms::read)
-                .map_err(SessionError::Kallsyms)?,
+            kallsyms,
             watchpoints,
             breakpoints,
             symbolized: HashMap::new(),

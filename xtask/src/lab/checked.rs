@@ -193,6 +193,16 @@ impl Check {
                 self.dropped, self.events
             ));
         }
+        // fentry programs and trampolines are frames of the stacks they take: refwatch drops
+        // them by their kallsyms module, read after attaching.
+        if let Some(own) = self
+            .findings
+            .iter()
+            .flat_map(|f| &f.stack)
+            .find(|s| s.ends_with("[bpf]"))
+        {
+            failures.push(format!("refwatch's own frame on a finding's stack: {own}"));
+        }
         failures
     }
 
