@@ -7,7 +7,8 @@ pub const PHASES_ENV: &str = "REFWATCH_PHASES";
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Phases {
-    /// Reading /proc/kallsyms (before the plan, and again once attached).
+    /// Reading /proc/kallsyms: before the plan, and again for the BPF symbols alone once fentry
+    /// programs are attached.
     pub kallsyms_ms: f64,
     /// refwatch's own parse of /sys/kernel/btf/vmlinux.
     pub btf_ms: f64,
