@@ -208,7 +208,7 @@ proptest! {
         let p = Probes::for_model(b.model);
         let events = b.events;
         let full = run(&p, &events);
-        let mut small = Aggregator::with_history_cap(p.context(), 1);
+        let mut small = Aggregator::with_history_cap(p.context(), 1, true);
         for ev in &events {
             small.observe(ev);
         }
@@ -221,6 +221,58 @@ proptest! {
         }
         let counters = |a: &Aggregator| a.pgmaps().map(|p| p.counters.clone()).collect::<Vec<_>>();
         prop_assert_eq!(counters(&full), counters(&small));
+    }
+}
+
+/// Sweeps of one op over a range of pages, as a workload walking its mapping does: what puts
+/// whole chunks of pages in one state.
+fn sweeps() -> impl Strategy<Value = Vec<Op>> {
+    let sweep = (0..4u8, 0..48usize, 1..48usize, any::<bool>());
+    prop::collection::vec(sweep, 0..12).prop_map(|sweeps| {
+        sweeps
+            .into_iter()
+            .flat_map(|(kind, first, len, spec)| {
+                (first..first + len).map(move |i| match kind {
+                    0 => Op::Map(i),
+                    1 => Op::Grab(i, spec),
+                    2 => Op::Release(i),
+                    _ => Op::Unmap(i),
+                })
+            })
+            .collect()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Pages in runs instead of chunks: the same findings (steps and holders included), on
+    /// the same events, the same counters and the same pages left, with any history pool.
+    #[test]
+    fn runs_change_no_finding(
+        model in model(),
+        generic in any::<bool>(),
+        pages in 16..48usize,
+        ops in sweeps(),
+        rule in prop::sample::select(Rule::value_variants().to_vec()),
+        at in any::<Index>(),
+        cap in 1..40usize,
+    ) {
+        let p = Probes::for_model(model);
+        let mut events = healthy(&p, generic, pages, &ops);
+        inject(&p, &mut events, rule, &|n| at.index(n), generic);
+        let mut runs = Aggregator::with_history_cap(p.context(), cap, true);
+        let mut plain = Aggregator::with_history_cap(p.context(), cap, false);
+        for ev in &events {
+            prop_assert_eq!(runs.observe(ev), plain.observe(ev));
+            prop_assert_eq!(runs.live_pages(), plain.live_pages());
+        }
+        prop_assert_eq!(runs.findings(), plain.findings());
+        let counters = |a: &Aggregator| a.pgmaps().map(|p| p.counters.clone()).collect::<Vec<_>>();
+        prop_assert_eq!(counters(&runs), counters(&plain));
+        for pfn in super::synth::BASE_PFN..super::synth::BASE_PFN + pages as u64 {
+            prop_assert_eq!(runs.page_counts(pfn), plain.page_counts(pfn));
+        }
     }
 }
 
