@@ -47,6 +47,7 @@ type PfnMap<V> = HashMap<u64, V, BuildHasherDefault<PfnHasher>>;
 
 /// Pages per chunk.
 pub const LANES: u64 = 16;
+const _: () = assert!(LANES == 16, "a history's owner keeps the lane in 4 bits");
 /// A lane without a history.
 const NONE: u32 = u32::MAX;
 
@@ -448,10 +449,13 @@ impl Pages {
         let mut h = self.chunks[c].lanes[lane].history;
         if h == NONE {
             let evicted;
-            (h, evicted) = self.histories.take(pfn);
+            (h, evicted) = self.histories.take(owner(c, lane));
             self.chunks[c].lanes[lane].history = h;
-            // A page with a history is in a chunk: the evicted one's may fold now.
-            if let Some((ec, elane)) = evicted.and_then(|e| self.at(e)) {
+            // A page holding a history stays in its chunk (no fold, no removal without giving
+            // the history back): the owner names its lane without a lookup. Its chunk may
+            // fold now.
+            if let Some(e) = evicted {
+                let (ec, elane) = lane_of(e);
                 self.chunks[ec].lanes[elane].history = NONE;
                 self.fold(ec);
             }
@@ -531,6 +535,15 @@ impl Pages {
             self.remove(pfn);
         }
     }
+}
+
+/// A history's owner: chunk `c`, `lane`.
+fn owner(c: usize, lane: usize) -> u64 {
+    ((c as u64) << 4) | lane as u64
+}
+
+fn lane_of(owner: u64) -> (usize, usize) {
+    ((owner >> 4) as usize, (owner & 0xf) as usize)
 }
 
 /// Page `pfn` of the run starting at chunk number `start`.
