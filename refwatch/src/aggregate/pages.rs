@@ -177,6 +177,12 @@ impl Pages {
         self.live
     }
 
+    /// Chunks in use and runs (for tests that the workloads they build fold).
+    #[cfg(test)]
+    pub fn shape(&self) -> (usize, usize) {
+        (self.index.len(), self.runs.len())
+    }
+
     fn chunk_of(&self, pfn: u64) -> Option<u32> {
         let no = pfn / LANES;
         if let Some((last_no, i)) = self.last.get()

@@ -276,6 +276,23 @@ proptest! {
     }
 }
 
+/// The sweeps the property test above builds do put pages in runs: 64 pages mapped in order
+/// with room for one history leave three chunks folded into one run and the last one whole.
+#[test]
+fn a_mapping_sweep_folds_into_a_run() {
+    let p = Probes::for_model(RefModel::FsdaxOneBased);
+    let mut sim = super::synth::Sim::new(&p, false, 64);
+    for i in 0..64 {
+        sim.apply(Op::Map(i));
+    }
+    let mut agg = Aggregator::with_history_cap(p.context(), 1, true);
+    for ev in &sim.out {
+        agg.observe(ev);
+    }
+    assert_eq!(agg.live_pages(), 64);
+    assert_eq!(agg.pages.shape(), (1, 1));
+}
+
 #[test]
 fn rules_without_their_probes_are_unchecked() {
     let p = Probes::for_model(RefModel::FsdaxOneBased);
