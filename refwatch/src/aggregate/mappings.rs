@@ -1,12 +1,16 @@
 //! Device PTEs by (mm, user address) → pfn, where unmaps come as zapped ranges: in chunks of
 //! [`SPAN`] consecutive pages of one mm, so a workload mapping a whole device costs about 9
-//! bytes a mapping instead of a tree node per PTE (about 96), and a range zap walks chunks.
+//! bytes a mapping instead of a tree node per PTE (about 96), and a range zap walks chunks;
+//! whole chunks mapping consecutive pfns fold into runs, one entry each whatever their
+//! length, so that mapping a device linearly costs memory by its stretches, not its size.
 
 use std::collections::BTreeMap;
 
 /// Pages per chunk.
 const SPAN: u64 = 16;
 const PAGE_SHIFT: u32 = 12;
+/// Every lane mapped.
+const FULL: u16 = u16::MAX;
 
 /// The pfns of [`SPAN`] consecutive pages of one mm; a bit per mapped one.
 #[derive(Clone, Debug)]
@@ -15,16 +19,37 @@ struct Chunk {
     pfns: [u64; SPAN as usize],
 }
 
+impl Chunk {
+    /// Every lane mapped, to `pfn0` onwards.
+    fn linear(pfn0: u64) -> Self {
+        Self {
+            mapped: FULL,
+            pfns: std::array::from_fn(|l| pfn0.wrapping_add(l as u64)),
+        }
+    }
+}
+
+/// `chunks` whole chunks of one mm, their pages mapping `pfn0` onwards.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    chunks: u64,
+    pfn0: u64,
+}
+
+type Key = (u64, u64);
+
 #[derive(Clone, Debug, Default)]
 pub struct Mappings {
     /// By (mm, address >> (PAGE_SHIFT + 4)).
-    chunks: BTreeMap<(u64, u64), Chunk>,
+    chunks: BTreeMap<Key, Chunk>,
+    /// By the key of their first chunk; never one of `chunks`' keys.
+    runs: BTreeMap<Key, Run>,
     /// Addresses not page-aligned (only a corrupt trace has them), by (mm, address).
-    odd: BTreeMap<(u64, u64), u64>,
+    odd: BTreeMap<Key, u64>,
 }
 
 /// The chunk key and lane of a page-aligned address.
-fn split((mm, address): (u64, u64)) -> ((u64, u64), usize) {
+fn split((mm, address): Key) -> (Key, usize) {
     let page = address >> PAGE_SHIFT;
     ((mm, page / SPAN), (page % SPAN) as usize)
 }
@@ -35,11 +60,22 @@ fn aligned(address: u64) -> bool {
 
 impl Mappings {
     /// Maps `at` to `pfn`; returns the pfn it mapped before, if any.
-    pub fn insert(&mut self, at: (u64, u64), pfn: u64) -> Option<u64> {
+    pub fn insert(&mut self, at: Key, pfn: u64) -> Option<u64> {
         if !aligned(at.1) {
             return self.odd.insert(at, pfn);
         }
         let (key, lane) = split(at);
+        if !self.chunks.contains_key(&key)
+            && let Some((start, run)) = self.run_of(key)
+        {
+            let old = run
+                .pfn0
+                .wrapping_add((key.1 - start.1) * SPAN + lane as u64);
+            if old == pfn {
+                return Some(old);
+            }
+            self.unfold(start, run, key);
+        }
         let chunk = self.chunks.entry(key).or_insert(Chunk {
             mapped: 0,
             pfns: [0; SPAN as usize],
@@ -47,20 +83,94 @@ impl Mappings {
         let old = (chunk.mapped & (1 << lane) != 0).then_some(chunk.pfns[lane]);
         chunk.mapped |= 1 << lane;
         chunk.pfns[lane] = pfn;
+        if chunk.mapped == FULL && Chunk::linear(chunk.pfns[0]).pfns == chunk.pfns {
+            self.fold(key);
+        }
         old
     }
 
-    /// Removes and returns the mappings of `[start, end)` in `mm`, in address order.
-    pub fn take_range(&mut self, mm: u64, start: u64, end: u64) -> Vec<((u64, u64), u64)> {
+    /// The run holding chunk `key`, by its first chunk's key.
+    fn run_of(&self, key: Key) -> Option<(Key, Run)> {
+        if self.runs.is_empty() {
+            return None;
+        }
+        let (&start, &run) = self.runs.range(..=key).next_back()?;
+        (start.0 == key.0 && key.1 - start.1 < run.chunks).then_some((start, run))
+    }
+
+    /// Takes chunk `key` out of `run` (starting at `start`) as a chunk of its own.
+    fn unfold(&mut self, start: Key, run: Run, key: Key) {
+        let at = key.1 - start.1;
+        if at > 0 {
+            self.runs.get_mut(&start).expect("a run").chunks = at;
+        } else {
+            self.runs.remove(&start);
+        }
+        if at + 1 < run.chunks {
+            let rest = Run {
+                chunks: run.chunks - at - 1,
+                pfn0: run.pfn0.wrapping_add((at + 1) * SPAN),
+            };
+            self.runs.insert((key.0, key.1 + 1), rest);
+        }
+        let pfn0 = run.pfn0.wrapping_add(at * SPAN);
+        self.chunks.insert(key, Chunk::linear(pfn0));
+    }
+
+    /// Folds the full, linear chunk `key` into a run, joining its neighbours where they go on.
+    fn fold(&mut self, key: Key) {
+        let chunk = self.chunks.remove(&key).expect("a chunk");
+        let mut run = Run {
+            chunks: 1,
+            pfn0: chunk.pfns[0],
+        };
+        let mut start = key;
+        if let Some((&s, prev)) = self.runs.range(..key).next_back()
+            && s.0 == key.0
+            && s.1 + prev.chunks == key.1
+            && prev.pfn0.wrapping_add(prev.chunks * SPAN) == run.pfn0
+        {
+            (start, run.chunks, run.pfn0) = (s, prev.chunks + 1, prev.pfn0);
+        }
+        let next_key = (key.0, key.1 + 1);
+        if let Some(next) = self.runs.get(&next_key).copied()
+            && chunk.pfns[0].wrapping_add(SPAN) == next.pfn0
+        {
+            self.runs.remove(&next_key);
+            run.chunks += next.chunks;
+        }
+        self.runs.insert(start, run);
+    }
+
+    /// Removes and returns the mappings of `[start, end)` in `mm`, in address order: the first
+    /// `limit` or so (whole chunks) where every address is page-aligned, all of them otherwise.
+    pub fn take_range(&mut self, mm: u64, start: u64, end: u64, limit: usize) -> Vec<(Key, u64)> {
         if start >= end {
             return Vec::new();
         }
+        let limit = if self.odd.is_empty() {
+            limit
+        } else {
+            usize::MAX
+        };
         let mut out = Vec::new();
-        let first = split((mm, start)).0;
+        let mut cursor = split((mm, start)).0;
         let last = split((mm, end - 1)).0;
-        let keys: Vec<(u64, u64)> = self.chunks.range(first..=last).map(|(k, _)| *k).collect();
-        for key in keys {
-            let chunk = self.chunks.get_mut(&key).expect("listed above");
+        while out.len() < limit && cursor <= last {
+            let next = self.chunks.range(cursor..=last).next().map(|(k, _)| *k);
+            // A run before the next chunk gives its first chunk in range back.
+            let run = self
+                .run_of(cursor)
+                .or_else(|| self.runs.range(cursor..=last).next().map(|(k, r)| (*k, *r)));
+            if let Some((s, run)) = run {
+                let key = s.max(cursor);
+                if next.is_none_or(|n| key < n) {
+                    self.unfold(s, run, key);
+                }
+            }
+            let Some((&key, chunk)) = self.chunks.range_mut(cursor..=last).next() else {
+                break;
+            };
             for lane in 0..SPAN as usize {
                 let address = (key.1 * SPAN + lane as u64) << PAGE_SHIFT;
                 if chunk.mapped & (1 << lane) != 0 && (start..end).contains(&address) {
@@ -71,9 +181,10 @@ impl Mappings {
             if chunk.mapped == 0 {
                 self.chunks.remove(&key);
             }
+            cursor = (mm, key.1 + 1);
         }
         if !self.odd.is_empty() {
-            let odd: Vec<(u64, u64)> = self
+            let odd: Vec<Key> = self
                 .odd
                 .range((mm, start)..(mm, end))
                 .map(|(k, _)| *k)
@@ -88,23 +199,33 @@ impl Mappings {
     }
 
     /// Every mapping, in (mm, address) order.
-    pub fn iter(&self) -> impl Iterator<Item = ((u64, u64), u64)> + '_ {
-        let mut all: Vec<((u64, u64), u64)> = self
+    pub fn iter(&self) -> impl Iterator<Item = (Key, u64)> + '_ {
+        let lanes = |(mm, no): Key, chunk: &Chunk| {
+            (0..SPAN as usize)
+                .filter(|lane| chunk.mapped & (1 << lane) != 0)
+                .map(|lane| {
+                    (
+                        (mm, (no * SPAN + lane as u64) << PAGE_SHIFT),
+                        chunk.pfns[lane],
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut all: Vec<(Key, u64)> = self
             .chunks
             .iter()
-            .flat_map(|(&(mm, no), chunk)| {
-                (0..SPAN as usize)
-                    .filter(move |lane| chunk.mapped & (1 << lane) != 0)
-                    .map(move |lane| {
-                        (
-                            (mm, (no * SPAN + lane as u64) << PAGE_SHIFT),
-                            chunk.pfns[lane],
-                        )
-                    })
-            })
+            .flat_map(|(&key, chunk)| lanes(key, chunk))
+            .chain(self.runs.iter().flat_map(|(&(mm, first), run)| {
+                (0..run.chunks).flat_map(move |c| {
+                    lanes(
+                        (mm, first + c),
+                        &Chunk::linear(run.pfn0.wrapping_add(c * SPAN)),
+                    )
+                })
+            }))
             .chain(self.odd.iter().map(|(&k, &pfn)| (k, pfn)))
             .collect();
-        if !self.odd.is_empty() {
+        if !self.odd.is_empty() || !self.runs.is_empty() {
             all.sort_unstable_by_key(|&(k, _)| k);
         }
         all.into_iter()
@@ -112,6 +233,19 @@ impl Mappings {
 
     /// Keeps the mappings of the pfns `keep` says yes to.
     pub fn retain(&mut self, keep: impl Fn(u64) -> bool) {
+        let runs: Vec<(Key, Run)> = self.runs.iter().map(|(&k, &r)| (k, r)).collect();
+        for ((mm, first), run) in runs {
+            let pfns = || (0..run.chunks * SPAN).map(|i| run.pfn0.wrapping_add(i));
+            if pfns().all(&keep) {
+                continue;
+            }
+            // Some go: its chunks are sorted out one by one below.
+            self.runs.remove(&(mm, first));
+            for c in 0..run.chunks {
+                let pfn0 = run.pfn0.wrapping_add(c * SPAN);
+                self.chunks.insert((mm, first + c), Chunk::linear(pfn0));
+            }
+        }
         self.chunks.retain(|_, chunk| {
             for lane in 0..SPAN as usize {
                 if chunk.mapped & (1 << lane) != 0 && !keep(chunk.pfns[lane]) {
@@ -133,7 +267,9 @@ mod tests {
     #[derive(Clone, Debug)]
     enum Op {
         Insert(u64, u64, u64),
-        Take(u64, u64, u64),
+        /// Inserts of `len` pages from page `first` on, mapping `pfn` onwards.
+        Sweep(u64, u64, u64, u64),
+        Take(u64, u64, u64, usize),
         Retain(u64),
     }
 
@@ -149,7 +285,10 @@ mod tests {
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             4 => (0u64..2, address(), 0u64..8).prop_map(|(mm, a, pfn)| Op::Insert(mm, a, pfn)),
-            1 => (0u64..2, address(), address()).prop_map(|(mm, s, e)| Op::Take(mm, s, e)),
+            2 => (0u64..2, 0u64..80, 1u64..80, 0u64..3)
+                .prop_map(|(mm, first, len, pfn)| Op::Sweep(mm, first, len, pfn * 16)),
+            1 => (0u64..2, address(), address(), 1usize..40)
+                .prop_map(|(mm, s, e, limit)| Op::Take(mm, s, e, limit)),
             1 => (0u64..8).prop_map(Op::Retain),
         ]
     }
@@ -165,15 +304,25 @@ mod tests {
                     Op::Insert(mm, a, pfn) => {
                         prop_assert_eq!(m.insert((mm, a), pfn), tree.insert((mm, a), pfn));
                     }
-                    Op::Take(mm, s, e) => {
-                        let want: Vec<_> = if s < e {
-                            let keys: Vec<_> =
-                                tree.range((mm, s)..(mm, e)).map(|(k, _)| *k).collect();
-                            keys.into_iter().map(|k| (k, tree.remove(&k).unwrap())).collect()
+                    Op::Sweep(mm, first, len, pfn) => {
+                        for i in 0..len {
+                            let at = (mm, ((first + i) << PAGE_SHIFT) + 0x7f_0000_0000);
+                            prop_assert_eq!(m.insert(at, pfn + i), tree.insert(at, pfn + i));
+                        }
+                    }
+                    Op::Take(mm, s, e, limit) => {
+                        let all: Vec<_> = if s < e {
+                            tree.range((mm, s)..(mm, e)).map(|(&k, &v)| (k, v)).collect()
                         } else {
                             Vec::new()
                         };
-                        prop_assert_eq!(m.take_range(mm, s, e), want);
+                        let got = m.take_range(mm, s, e, limit);
+                        // A prefix in address order: at least `limit` of them, whole chunks.
+                        prop_assert!(got.len() >= limit.min(all.len()));
+                        prop_assert_eq!(&got[..], &all[..got.len()]);
+                        for (k, _) in got {
+                            tree.remove(&k);
+                        }
                     }
                     Op::Retain(gone) => {
                         m.retain(|pfn| pfn != gone);

