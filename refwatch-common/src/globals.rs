@@ -152,6 +152,8 @@ pub const LAYOUT: &str = "LAYOUT";
 pub const CALLERS: &str = "CALLERS";
 /// `u32`: the process (tgid) whose task context page events must come from; 0: any.
 pub const PID_FILTER: &str = "PID_FILTER";
+/// `u32`: 1 when events carry no kernel stack (`--no-stacks`); 0: every event takes one.
+pub const NO_STACKS: &str = "NO_STACKS";
 
 /// Map names.
 pub const EVENTS: &str = "EVENTS";

@@ -230,10 +230,16 @@ pub struct Common {
 
 #[inline(always)]
 pub fn common<C: StackIdContext>(ctx: &C) -> Common {
+    // The unwind is most of what a probe hit costs the workload (docs/performance.md).
+    let no_stacks = unsafe { core::ptr::read_volatile(&raw const crate::NO_STACKS) } != 0;
     Common {
         ts_ns: unsafe { bpf_ktime_get_ns() },
         pid_tgid: bpf_get_current_pid_tgid(),
-        stack_id: ctx.get_stackid(&STACKS, 0).map_or(-1, |s| s as i32),
+        stack_id: if no_stacks {
+            -1
+        } else {
+            ctx.get_stackid(&STACKS, 0).map_or(-1, |s| s as i32)
+        },
         cpu: unsafe { bpf_get_smp_processor_id() } as u16,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     }

@@ -31,6 +31,10 @@ static CALLERS: Callers = Callers {
 #[unsafe(no_mangle)]
 static PID_FILTER: u32 = 0;
 
+/// `refwatch --no-stacks`: see [`emit::common`].
+#[unsafe(no_mangle)]
+static NO_STACKS: u32 = 0;
+
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 

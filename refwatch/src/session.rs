@@ -78,6 +78,8 @@ pub struct SessionOptions {
     pub watch: Vec<u64>,
     /// Get breakpoints ready for pages chosen while capturing ([`Session::arm`]).
     pub auto_watch: bool,
+    /// Events carry kernel stacks (`--no-stacks` turns them off).
+    pub stacks: bool,
 }
 
 /// A `--watch` pfn and whether its breakpoints could be armed (on every online CPU).
@@ -198,7 +200,7 @@ impl Session {
                 callers.range[entry.id as usize] = [lo, hi];
             }
         }
-        let mut ebpf = load_object(&layout, &callers, opts.pid, opts.ring_bytes)?;
+        let mut ebpf = load_object(&layout, &callers, opts.into(), opts.ring_bytes)?;
         // Error -> functions that failed with it: one line for a refusal they all share.
         let mut errors: Vec<(String, Vec<String>)> = Vec::new();
         for entry in plan
@@ -382,12 +384,28 @@ fn idle_one_types(plan: &Plan) -> u64 {
         .fold(0, |mask, (&raw, _)| mask | 1 << raw)
 }
 
+/// What the programs filter and take, as their frozen globals.
+struct Switches {
+    pid: Option<u32>,
+    stacks: bool,
+}
+
+impl From<&SessionOptions> for Switches {
+    fn from(opts: &SessionOptions) -> Self {
+        Self {
+            pid: opts.pid,
+            stacks: opts.stacks,
+        }
+    }
+}
+
 fn load_object(
     layout: &Layout,
     callers: &Callers,
-    pid: Option<u32>,
+    switches: Switches,
     ring_bytes: u32,
 ) -> Result<aya::Ebpf, aya::EbpfError> {
+    let Switches { pid, stacks } = switches;
     raise_memlock();
     // A parse of the kernel's BTF that cannot be avoided: aya 0.14's EbpfLoader::new(), its
     // only constructor, reads and parses /sys/kernel/btf/vmlinux itself whatever `.btf()` is
@@ -401,6 +419,7 @@ fn load_object(
                 .override_global(globals::LAYOUT, layout, true)
                 .override_global(globals::CALLERS, callers, true)
                 .override_global(globals::PID_FILTER, &pid.unwrap_or(0), true)
+                .override_global(globals::NO_STACKS, &u32::from(!stacks), true)
                 .map_max_entries(globals::EVENTS, ring_bytes)
                 .load(PROGRAMS)
         },
@@ -421,12 +440,15 @@ pub struct Trial<'k> {
 impl<'k> Trial<'k> {
     pub fn load(kernel: &'k Kernel) -> Result<Self, SessionError> {
         let layout = kernel.facts.layout.clone().unwrap_or(Layout::PLACEHOLDER);
-        // A pid filter on: the verifier knows the frozen globals, and with 0 it would prune
-        // the filter's helper call instead of checking it.
+        // A pid filter and stacks on: the verifier knows the frozen globals, and would prune
+        // the helper calls they guard instead of checking them.
         let ebpf = load_object(
             &layout.with_vmemmap_base(0),
             &Callers::default(),
-            Some(1),
+            Switches {
+                pid: Some(1),
+                stacks: true,
+            },
             globals::DEFAULT_RING_BYTES,
         )?;
         Ok(Self { kernel, ebpf })

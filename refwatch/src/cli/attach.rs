@@ -34,6 +34,7 @@ pub fn open(args: &RunArgs) -> Result<(Session, Option<Layout>)> {
             pid: args.pid,
             watch: args.watch.clone(),
             auto_watch: !args.no_auto_watch,
+            stacks: !args.no_stacks,
         },
     )?;
     // Watchpoints are extra: the probes carry on without the ones the CPU cannot give.

@@ -98,6 +98,11 @@ pub struct RunArgs {
     /// probe sees given back) until it is freed or its pgmap torn down.
     #[arg(long)]
     pub no_auto_watch: bool,
+    /// Take no kernel stack with events. The unwind is most of what refwatch costs a
+    /// workload that makes device events quickly (a GUP pin storm: about half); findings,
+    /// histories and watch hits then show no stack.
+    #[arg(long)]
+    pub no_stacks: bool,
     /// Stop after this many seconds.
     #[arg(short, long)]
     pub duration: Option<f64>,

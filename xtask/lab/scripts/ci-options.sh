@@ -25,3 +25,12 @@ n=$(grep -c '"kind":"insert"' /out/pid.jsonl)
 [ "$n" -ge 4096 ] || fail "record -p saw $n inserts of its process, expected >= 4096"
 others=$(grep '"kind":"\(insert\|get\|put\|free\|unmap\)"' /out/pid.jsonl | grep -vc "\"tgid\":$p,")
 [ "$others" = 0 ] || fail "record -p kept $others page events of other processes: $(grep -v "\"tgid\":$p," /out/pid.jsonl | grep '"kind":"\(insert\|get\)"' | head -2)"
+# --no-stacks: the same events, none with the kernel stack each has by default.
+refwatch record -o /out/nostacks.rwt --no-stacks -- daxload fsdax-mmap > /dev/null 2> /out/nostacks.err || fail "record --no-stacks exit $?: $(tail -3 /out/nostacks.err)"
+refwatch stream --json --trace /out/nostacks.rwt > /out/nostacks.jsonl 2>&1
+refwatch stream --json --trace /out/s.rwt > /out/s.jsonl 2>&1
+n=$(grep -c '"kind":"insert"' /out/nostacks.jsonl)
+[ "$n" -ge 4096 ] || fail "record --no-stacks saw $n inserts, expected >= 4096"
+grep -q '"kind":"insert".*"stack":\["__vm_insert_mixed' /out/s.jsonl || fail "record without --no-stacks: an insert with no stack: $(grep -m1 '"kind":"insert"' /out/s.jsonl)"
+with=$(grep -c '"stack":\["' /out/nostacks.jsonl)
+[ "$with" = 0 ] || fail "record --no-stacks: $with events with a stack: $(grep -m1 '"stack":\["' /out/nostacks.jsonl)"
