@@ -12,16 +12,20 @@ run() { # variant rep …
 	kill $watchdog 2>/dev/null
 }
 # Starts bpftrace on SCRIPT, its output in /tmp/bt.out; returns 1 (and sets BT_OK=0, printing
-# BPFTRACE_FAILED) if it is not ready in 2 min.
+# BPFTRACE_FAILED) if it is not ready in 2 min, twice.
 start_bpftrace() { # script rep
-	bpftrace "$1" > /tmp/bt.out 2>&1 &
-	bt=$!
-	i=0
-	# It is ready in about 15 s; bookworm's bpftrace 0.17 once sat idle, never ready.
-	while ! grep -q '^ready' /tmp/bt.out && kill -0 $bt 2>/dev/null && [ $i -lt 480 ]; do sleep 0.25; i=$((i+1)); done
-	grep -q '^ready' /tmp/bt.out && return 0
+	for attempt in 1 2; do
+		bpftrace "$1" > /tmp/bt.out 2>&1 &
+		bt=$!
+		i=0
+		# It is ready in about 15 s; bookworm's bpftrace 0.17 sometimes sits idle, never
+		# ready: it gets a second start.
+		while ! grep -q '^ready' /tmp/bt.out && kill -0 $bt 2>/dev/null && [ $i -lt 480 ]; do sleep 0.25; i=$((i+1)); done
+		grep -q '^ready' /tmp/bt.out && return 0
+		stop_bpftrace
+		echo "lab: bpftrace not ready (attempt $attempt, repetition $2)" > /dev/console
+	done
 	BT_OK=0
-	stop_bpftrace
 	echo "BPFTRACE_FAILED repetition $2: $(grep -v '^$' /tmp/bt.out | tail -n 3 | tr '\n' ' ')"
 	cp /tmp/bt.out /out/bpftrace-failed.log
 	return 1
