@@ -174,6 +174,7 @@ pub fn device(bench: &Bench, name: &str) -> Result<Device> {
                     DeviceTracer {
                         variant: v,
                         attach: v.attach(),
+                        rounds: seconds.get(&(v, work)).map_or(0, Vec::len),
                         insn_ratio: c.and_then(|c| c.own.ratio((v, work), base)),
                         insn_ratio_all_vcpus: c.and_then(|c| c.all.ratio((v, work), base)),
                         insn_per_event: c.and_then(|c| added(c, true)),

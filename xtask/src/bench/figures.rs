@@ -324,6 +324,8 @@ pub struct DeviceLoad {
 pub struct DeviceTracer {
     pub variant: DeviceVariant,
     pub attach: Option<Attach>,
+    /// Rounds measured (fewer than the repetitions where a tracer stopped starting).
+    pub rounds: usize,
     /// Guest instructions on the workload's vCPU: the figure judged.
     pub insn_ratio: Option<f64>,
     pub insn_ratio_all_vcpus: Option<f64>,

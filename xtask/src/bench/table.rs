@@ -193,12 +193,14 @@ fn device_rows(t: &mut Table, d: &Device) {
         );
         for r in &load.tracers {
             let mut cell = format!(
-                "{}× in instructions (all vCPUs {}×; per event {} / {}); wall clock {}×",
+                "{}× in instructions (all vCPUs {}×; per event {} / {}); wall clock {}×; \
+                 {} rounds",
                 num(r.insn_ratio, 3),
                 num(r.insn_ratio_all_vcpus, 3),
                 num(r.insn_per_event, 0),
                 num(r.insn_per_event_all_vcpus, 0),
-                num(r.time_ratio, 3)
+                num(r.time_ratio, 3),
+                r.rounds
             );
             if let Some(x) = &r.delivered {
                 let _ = write!(
