@@ -15,7 +15,7 @@ use super::figures::{
     Attach, Delivered, Device, DeviceLoad, DeviceTracer, DeviceVariant, Storm, TARGETS, Workload,
 };
 use super::guest::{self, Bench, Measured, fields, trace_stats};
-use super::insns::{self, Counted};
+use super::insns::{self, Counted, Rounds};
 use super::stats::median;
 use crate::lab::GuestJob;
 
@@ -124,7 +124,6 @@ pub fn device(bench: &Bench, name: &str) -> Result<Device> {
     for &(v, w, s) in &results {
         seconds.entry((v, w)).or_default().push(s);
     }
-    let typical_s = |r: Round| seconds.get(&r).cloned().and_then(median);
     // Why a peer has no rows: its files, or what the guest said when it failed to start.
     let failed = |prefix: &str| {
         stdout
@@ -132,97 +131,32 @@ pub fn device(bench: &Bench, name: &str) -> Result<Device> {
             .find_map(|l| l.strip_prefix(prefix))
             .map(|s| s.trim().to_owned())
     };
-    let errors = |v: DeviceVariant| match v {
-        DeviceVariant::Bpftrace => tool_errors
-            .get(&Some(v))
-            .cloned()
-            .or_else(|| failed("BPFTRACE_FAILED ")),
-        DeviceVariant::Perf => tool_errors
-            .get(&Some(v))
-            .cloned()
-            .or_else(|| failed("PERF_FAILED ")),
-        _ => None,
+    for (v, prefix) in [
+        (DeviceVariant::Bpftrace, "BPFTRACE_FAILED "),
+        (DeviceVariant::Perf, "PERF_FAILED "),
+    ] {
+        if let Some(why) = failed(prefix) {
+            tool_errors.entry(Some(v)).or_insert(why);
+        }
+    }
+    let outcome = Outcome {
+        tool: bench.tool,
+        out: &out,
+        seconds,
+        counted: counted.as_ref().ok(),
+        tool_errors,
     };
     let loads = Workload::ALL
         .into_iter()
-        .map(|work| {
-            let command = match work {
-                Workload::Storm => storm.clone(),
-                Workload::Fio => fio.clone(),
-            };
-            let base = (DeviceVariant::Base, work);
-            let tracers = variants
-                .iter()
-                .filter(|&&v| v != DeviceVariant::Base)
-                .map(|&v| {
-                    let delivered = typical_s((v, work))
-                        .ok_or_else(|| "no result".to_owned())
-                        .and_then(|secs| delivered(bench.tool, &out, v, work, secs));
-                    let (delivered, error) = match delivered {
-                        Ok(d) => (d, None),
-                        Err(e) => (None, Some(errors(v).unwrap_or(e))),
-                    };
-                    let offered = delivered.as_ref().map(|d| (d.events + d.dropped) as f64);
-                    let added = |c: &Counted<Round>, own: bool| {
-                        let r = if own { &c.own } else { &c.all };
-                        r.typical((v, work))
-                            .zip(r.typical(base))
-                            .zip(offered)
-                            .map(|((n, b), e)| (n - b) / e)
-                    };
-                    let c = counted.as_ref().ok();
-                    DeviceTracer {
-                        variant: v,
-                        attach: v.attach(),
-                        rounds: seconds.get(&(v, work)).map_or(0, Vec::len),
-                        insn_ratio: c.and_then(|c| c.own.ratio((v, work), base)),
-                        insn_ratio_all_vcpus: c.and_then(|c| c.all.ratio((v, work), base)),
-                        insn_per_event: c.and_then(|c| added(c, true)),
-                        insn_per_event_all_vcpus: c.and_then(|c| added(c, false)),
-                        time_ratio: typical_s((v, work))
-                            .zip(typical_s(base))
-                            .map(|(s, b)| s / b),
-                        delivered,
-                        target: v.target(work).map(str::to_owned),
-                        error,
-                    }
-                })
-                .collect();
-            let c = counted.as_ref().ok();
-            DeviceLoad {
-                workload: work,
-                command,
-                untraced_instructions: c.and_then(|c| c.own.typical(base)),
-                all_vcpus_untraced_instructions: c.and_then(|c| c.all.typical(base)),
-                untraced_seconds: typical_s(base),
-                tracers,
-            }
+        .map(|work| match work {
+            Workload::Storm => outcome.load(work, &storm),
+            Workload::Fio => outcome.load(work, &fio),
         })
         .collect();
-
-    let sweep = |kib: u32| -> Storm {
-        let text = read(&format!("ring-{kib}.txt"));
-        let secs = fields(&text, "storm ").and_then(|f| f.get("seconds").copied());
-        let (delivered, error) = match secs {
-            Some(s) => {
-                match record_delivered(bench.tool, &out.join(format!("ring-{kib}.rwt")), s) {
-                    Ok(d) => (Some(d), None),
-                    Err(e) => (None, Some(e)),
-                }
-            }
-            None => (
-                None,
-                Some(text.lines().last().unwrap_or("no output").to_owned()),
-            ),
-        };
-        Storm {
-            attach: Attach::Kprobe,
-            ring_kib: Some(kib),
-            delivered,
-            error,
-        }
-    };
-    let ring_sweep: Vec<Storm> = RINGS_KIB.iter().map(|&kib| sweep(kib)).collect();
+    let ring_sweep: Vec<Storm> = RINGS_KIB
+        .iter()
+        .map(|&kib| sweep(bench.tool, &out, kib))
+        .collect();
     let smallest_ring_kib_without_drops = ring_sweep
         .iter()
         .rfind(|r| r.delivered.as_ref().is_some_and(|d| d.dropped == 0))
@@ -243,6 +177,101 @@ pub fn device(bench: &Bench, name: &str) -> Result<Device> {
         smallest_ring_kib_without_drops,
         target_dropped: TARGETS.device_dropped,
     })
+}
+
+/// What the device boot left, read into each workload's figures.
+struct Outcome<'a> {
+    tool: &'a Path,
+    out: &'a Path,
+    /// Each round's own time, by what it was.
+    seconds: BTreeMap<Round, Vec<f64>>,
+    counted: Option<&'a Counted<Round>>,
+    /// Why a peer could not run (its .deb, or it never started in the guest).
+    tool_errors: BTreeMap<Option<DeviceVariant>, String>,
+}
+
+impl Outcome<'_> {
+    fn typical_s(&self, r: Round) -> Option<f64> {
+        self.seconds.get(&r).cloned().and_then(median)
+    }
+
+    fn load(&self, work: Workload, command: &str) -> DeviceLoad {
+        let base = (DeviceVariant::Base, work);
+        let c = self.counted;
+        DeviceLoad {
+            workload: work,
+            command: command.to_owned(),
+            untraced_instructions: c.and_then(|c| c.own.typical(base)),
+            all_vcpus_untraced_instructions: c.and_then(|c| c.all.typical(base)),
+            untraced_seconds: self.typical_s(base),
+            tracers: DeviceVariant::ALL
+                .into_iter()
+                .filter(|&v| v != DeviceVariant::Base)
+                .map(|v| self.tracer(v, work))
+                .collect(),
+        }
+    }
+
+    fn tracer(&self, v: DeviceVariant, work: Workload) -> DeviceTracer {
+        let (round, base) = ((v, work), (DeviceVariant::Base, work));
+        let delivered = self
+            .typical_s(round)
+            .ok_or_else(|| "no result".to_owned())
+            .and_then(|secs| delivered(self.tool, self.out, v, work, secs));
+        let (delivered, error) = match delivered {
+            Ok(d) => (d, None),
+            Err(e) => (
+                None,
+                Some(self.tool_errors.get(&Some(v)).cloned().unwrap_or(e)),
+            ),
+        };
+        let offered = delivered.as_ref().map(|d| (d.events + d.dropped) as f64);
+        let added = |r: &Rounds<Round>| {
+            r.typical(round)
+                .zip(r.typical(base))
+                .zip(offered)
+                .map(|((n, b), e)| (n - b) / e)
+        };
+        let c = self.counted;
+        DeviceTracer {
+            variant: v,
+            attach: v.attach(),
+            rounds: self.seconds.get(&round).map_or(0, Vec::len),
+            insn_ratio: c.and_then(|c| c.own.ratio(round, base)),
+            insn_ratio_all_vcpus: c.and_then(|c| c.all.ratio(round, base)),
+            insn_per_event: c.and_then(|c| added(&c.own)),
+            insn_per_event_all_vcpus: c.and_then(|c| added(&c.all)),
+            time_ratio: self
+                .typical_s(round)
+                .zip(self.typical_s(base))
+                .map(|(s, b)| s / b),
+            delivered,
+            target: v.target(work).map(str::to_owned),
+            error,
+        }
+    }
+}
+
+/// The storm under `record` with a `kib` KiB ring.
+fn sweep(tool: &Path, out: &Path, kib: u32) -> Storm {
+    let text = std::fs::read_to_string(out.join(format!("ring-{kib}.txt"))).unwrap_or_default();
+    let secs = fields(&text, "storm ").and_then(|f| f.get("seconds").copied());
+    let (delivered, error) = match secs {
+        Some(s) => match record_delivered(tool, &out.join(format!("ring-{kib}.rwt")), s) {
+            Ok(d) => (Some(d), None),
+            Err(e) => (None, Some(e)),
+        },
+        None => (
+            None,
+            Some(text.lines().last().unwrap_or("no output").to_owned()),
+        ),
+    };
+    Storm {
+        attach: Attach::Kprobe,
+        ring_kib: Some(kib),
+        delivered,
+        error,
+    }
 }
 
 /// The guest's "RESULT variant=V rep=R work=W storm|run seconds=S …" lines, in order.
@@ -328,4 +357,24 @@ fn delivered(
         }
     };
     Ok(Some(d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_read_both_workloads_lines() {
+        let stdout = "LOG base 0 storm: x\n\
+            RESULT variant=base rep=0 work=storm storm seconds=0.25 pages=4096 passes=8\n\
+            RESULT variant=check-fentry rep=2 work=fio run seconds=1.5 status=0\n\
+            RESULT variant=nosuch rep=0 work=fio run seconds=1\n";
+        assert_eq!(
+            results(stdout),
+            vec![
+                (DeviceVariant::Base, Workload::Storm, 0.25),
+                (DeviceVariant::CheckFentry, Workload::Fio, 1.5),
+            ]
+        );
+    }
 }

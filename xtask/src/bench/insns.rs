@@ -71,3 +71,22 @@ pub fn count<K: Ord + Copy>(
         ),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_skip_the_unmeasured_ones_on_both_sides() {
+        // vCPU, all vCPUs' count, its own count; one warm-up round, two measured, one after.
+        let marks = "mark 1 0 0\nmark 1 10 5\n\
+                     mark 1 100 50\nmark 1 130 70\n\
+                     mark 1 200 100\nmark 1 260 160\n\
+                     mark 1 300 200\nmark 1 999 999\n";
+        let c = count(&["a", "b"], marks, (1, 1)).unwrap();
+        assert_eq!(c.own.typical("a"), Some(20.0));
+        assert_eq!(c.all.typical("b"), Some(60.0));
+        assert_eq!(c.own.ratio("b", "a"), Some(3.0));
+        assert!(count(&["a", "b"], marks, (1, 0)).is_err());
+    }
+}
