@@ -160,7 +160,7 @@ pub fn device(bench: &Bench, name: &str) -> Result<Device> {
     let smallest_ring_kib_without_drops = ring_sweep
         .iter()
         .rfind(|r| r.delivered.as_ref().is_some_and(|d| d.dropped == 0))
-        .and_then(|r| r.ring_kib);
+        .map(|r| r.ring_kib);
     for kib in RINGS_KIB {
         std::fs::remove_file(out.join(format!("ring-{kib}.rwt"))).ok();
     }
@@ -268,7 +268,7 @@ fn sweep(tool: &Path, out: &Path, kib: u32) -> Storm {
     };
     Storm {
         attach: Attach::Kprobe,
-        ring_kib: Some(kib),
+        ring_kib: kib,
         delivered,
         error,
     }

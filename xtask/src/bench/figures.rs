@@ -342,10 +342,10 @@ pub struct DeviceTracer {
 }
 
 #[derive(Serialize, Deserialize)]
+/// The storm under `record` with a smaller ring (the ring sweep).
 pub struct Storm {
     pub attach: Attach,
-    /// None: the default ring (4 MiB).
-    pub ring_kib: Option<u32>,
+    pub ring_kib: u32,
     pub delivered: Option<Delivered>,
     pub error: Option<String>,
 }

@@ -232,7 +232,7 @@ fn device_rows(t: &mut Table, d: &Device) {
             let x = s.delivered.as_ref().expect("first_drops has a result");
             format!(
                 "{} KiB: {} of {} dropped at {:.0} events/s offered",
-                s.ring_kib.unwrap_or(0),
+                s.ring_kib,
                 x.dropped,
                 x.events + x.dropped,
                 x.offered_per_s
