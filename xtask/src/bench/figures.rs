@@ -341,8 +341,8 @@ pub struct DeviceTracer {
     pub error: Option<String>,
 }
 
-#[derive(Serialize, Deserialize)]
 /// The storm under `record` with a smaller ring (the ring sweep).
+#[derive(Serialize, Deserialize)]
 pub struct Storm {
     pub attach: Attach,
     pub ring_kib: u32,
