@@ -192,16 +192,19 @@ fn device_rows(t: &mut Table, d: &Device) {
             k,
         );
         for r in &load.tracers {
-            let mut cell = format!(
-                "{}× in instructions (all vCPUs {}×; per event {} / {}); wall clock {}×; \
-                 {} rounds",
-                num(r.insn_ratio, 3),
-                num(r.insn_ratio_all_vcpus, 3),
-                num(r.insn_per_event, 0),
-                num(r.insn_per_event_all_vcpus, 0),
-                num(r.time_ratio, 3),
-                r.rounds
-            );
+            let mut cell = match (r.rounds, &r.error) {
+                (0, Some(e)) => format!("n/a: {e}"),
+                _ => format!(
+                    "{}× in instructions (all vCPUs {}×; per event {} / {}); wall clock {}×; \
+                     {} rounds",
+                    num(r.insn_ratio, 3),
+                    num(r.insn_ratio_all_vcpus, 3),
+                    num(r.insn_per_event, 0),
+                    num(r.insn_per_event_all_vcpus, 0),
+                    num(r.time_ratio, 3),
+                    r.rounds
+                ),
+            };
             if let Some(x) = &r.delivered {
                 let _ = write!(
                     cell,
@@ -209,7 +212,7 @@ fn device_rows(t: &mut Table, d: &Device) {
                     x.events, x.events_per_s, x.dropped
                 );
             }
-            if let Some(e) = &r.error {
+            if let (Some(e), 1..) = (&r.error, r.rounds) {
                 let _ = write!(cell, "; n/a: {e}");
             }
             t.row(
