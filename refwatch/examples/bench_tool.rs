@@ -18,6 +18,11 @@
 //! - `bpftrace TRACE`: a bpftrace script hooking the functions the trace's recording attached,
 //!   with the same in-kernel filter as refwatch (the page's zone bits == ZONE_DEVICE), that
 //!   counts device hits per probe. Prints "ready" once attached.
+//! - `bpftrace --print TRACE`: the same script printing a line per event instead ("PROBE PAGE"
+//!   for a device page, "PROBE" for a pgmap or range event): what a tracer that delivers every
+//!   event to user space does, as refwatch does.
+//! - `functions TRACE`: the functions the trace's recording attached, one a line (for
+//!   `perf probe`).
 
 use std::{fmt::Write as _, path::Path, process::ExitCode};
 
@@ -39,7 +44,9 @@ fn main() -> ExitCode {
             .parse()
             .context("EVENTS")
             .and_then(|n| replicate(Path::new(input), Path::new(output), n)),
-        ["bpftrace", trace] => bpftrace(Path::new(trace)),
+        ["bpftrace", trace] => bpftrace(Path::new(trace), Delivery::Count),
+        ["bpftrace", "--print", trace] => bpftrace(Path::new(trace), Delivery::Print),
+        ["functions", trace] => functions(Path::new(trace)),
         ["rerecord", trace, output] => rerecord(Path::new(trace), Path::new(output)),
         ["scale", template, output, pages] => pages
             .parse()
@@ -47,7 +54,7 @@ fn main() -> ExitCode {
             .and_then(|n| scale(Path::new(template), Path::new(output), n)),
         _ => Err(anyhow::anyhow!(
             "usage: bench_tool stats TRACE | replicate IN OUT EVENTS | rerecord TRACE OUT | \
-             scale TEMPLATE OUT PAGES | bpftrace TRACE"
+             scale TEMPLATE OUT PAGES | bpftrace [--print] TRACE | functions TRACE"
         )),
     };
     match result {
@@ -361,14 +368,39 @@ impl Synth {
     }
 }
 
-fn bpftrace(path: &Path) -> Result<()> {
+/// What the bpftrace script does with an event.
+#[derive(Clone, Copy)]
+enum Delivery {
+    /// A count per probe in a map, read once at exit.
+    Count,
+    /// A line per event, through bpftrace's perf ring to its output.
+    Print,
+}
+
+impl Delivery {
+    /// The action for an event of `map`'s kind (device, pgmap, range); `page` is set for a
+    /// device page.
+    fn action(self, map: &str, page: bool) -> String {
+        match (self, page) {
+            (Delivery::Count, _) => format!("@{map}[probe] = count();"),
+            (Delivery::Print, true) => "printf(\"%s %lx\\n\", probe, $page);".into(),
+            (Delivery::Print, false) => "printf(\"%s\\n\", probe);".into(),
+        }
+    }
+}
+
+fn bpftrace(path: &Path, delivery: Delivery) -> Result<()> {
     let reader = open(path)?;
     let header = reader.header();
     let layout = header.layout.as_ref().context("the trace has no layout")?;
     let mut s = String::new();
+    let what = match delivery {
+        Delivery::Count => "count per probe",
+        Delivery::Print => "a line per event",
+    };
     writeln!(
         s,
-        "// refwatch's probe set on {}: zone(page) == ZONE_DEVICE, count per probe.",
+        "// refwatch's probe set on {}: zone(page) == ZONE_DEVICE, {what}.",
         header.kernel
     )?;
     writeln!(s, "BEGIN {{ printf(\"ready\\n\"); }}")?;
@@ -401,8 +433,9 @@ fn bpftrace(path: &Path) -> Result<()> {
             | Arg::Migration { .. } => {
                 writeln!(
                     s,
-                    "kprobe:{} {{ @pgmap[probe] = count(); }}",
-                    probe.function
+                    "kprobe:{} {{ {} }}",
+                    probe.function,
+                    delivery.action("pgmap", false)
                 )?;
                 continue;
             }
@@ -410,9 +443,10 @@ fn bpftrace(path: &Path) -> Result<()> {
             Arg::Range { vma, .. } | Arg::Move { vma, .. } => {
                 writeln!(
                     s,
-                    "kprobe:{} {{ if (@mms[*(uint64 *)(arg{vma} + {})]) \
-                     {{ @range[probe] = count(); }} }}",
-                    probe.function, layout.off_vma_mm
+                    "kprobe:{} {{ if (@mms[*(uint64 *)(arg{vma} + {})]) {{ {} }} }}",
+                    probe.function,
+                    layout.off_vma_mm,
+                    delivery.action("range", false)
                 )?;
                 continue;
             }
@@ -429,10 +463,22 @@ fn bpftrace(path: &Path) -> Result<()> {
         };
         writeln!(
             s,
-            "kprobe:{} {{ {page} if ({zone}) {{ @device[probe] = count(); {remember_mm} }} }}",
-            probe.function
+            "kprobe:{} {{ {page} if ({zone}) {{ {} {remember_mm} }} }}",
+            probe.function,
+            delivery.action("device", true)
         )?;
     }
     print!("{s}");
+    Ok(())
+}
+
+fn functions(path: &Path) -> Result<()> {
+    let reader = open(path)?;
+    for entry in reader.header().plan.attached() {
+        let probe = CATALOG
+            .get(entry.id as usize)
+            .context("probe id out of the catalog")?;
+        println!("{}", probe.function);
+    }
     Ok(())
 }

@@ -16,7 +16,11 @@
  *       device-event storm on fsdax: map MIB of a file on /mnt/dax (PTEs only), fault every
  *       page in, then PASSES times pin and release every page through GUP (one
  *       process_vm_readv over the whole mapping), then unmap.
- *       prints "storm seconds=S pages=N passes=P"
+ *       prints "storm seconds=S pages=N passes=P". The timed part is marked for the
+ *       instruction-count plugin.
+ *   benchload run COMMAND [ARGS...]
+ *       runs COMMAND to its end between two marks (a program that cannot mark its own rounds,
+ *       e.g. fio); prints "run seconds=S status=X" (X: its wait status).
  *   benchload stamp [COMMAND ARGS...]
  *       start-up timing: prints "stamp seconds=S" (CLOCK_MONOTONIC), then execs COMMAND if
  *       given. `benchload stamp TRACER ... -- benchload stamp` times exec to the moment the
@@ -30,6 +34,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/uio.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -134,6 +139,7 @@ static int storm(long passes, size_t size)
 	char *buf = malloc(size);
 	if (!buf)
 		die("malloc");
+	mark();
 	double t0 = now();
 	for (size_t off = 0; off < size; off += PAGE)
 		p[off] = 1;
@@ -146,9 +152,30 @@ static int storm(long passes, size_t size)
 	if (munmap(p, size))
 		die("munmap");
 	double t = now() - t0;
+	mark();
 	close(fd);
 	unlink(path);
 	printf("storm seconds=%.6f pages=%lu passes=%ld\n", t, (unsigned long)(size / PAGE), passes);
+	return 0;
+}
+
+static int run(char **argv)
+{
+	mark();
+	double t0 = now();
+	pid_t pid = fork();
+	if (pid < 0)
+		die("fork");
+	if (pid == 0) {
+		execvp(argv[0], argv);
+		die(argv[0]);
+	}
+	int status;
+	if (waitpid(pid, &status, 0) != pid)
+		die("waitpid");
+	double t = now() - t0;
+	mark();
+	printf("run seconds=%.6f status=%d\n", t, status);
 	return 0;
 }
 
@@ -161,6 +188,8 @@ int main(int argc, char **argv)
 		return zap(atol(argv[2]), (size_t)atol(argv[3]) << 20);
 	if (argc == 4 && !strcmp(argv[1], "storm"))
 		return storm(atol(argv[2]), (size_t)atol(argv[3]) << 20);
+	if (argc >= 3 && !strcmp(argv[1], "run"))
+		return run(argv + 2);
 	if (argc >= 2 && !strcmp(argv[1], "stamp")) {
 		printf("stamp seconds=%.6f\n", now());
 		if (argc == 2)
@@ -168,6 +197,6 @@ int main(int argc, char **argv)
 		execvp(argv[2], argv + 2);
 		die(argv[2]);
 	}
-	fprintf(stderr, "usage: benchload churn ROUNDS MIB [BLOCKDEV] | zap ROUNDS MIB | storm PASSES MIB | stamp [COMMAND...]\n");
+	fprintf(stderr, "usage: benchload churn ROUNDS MIB [BLOCKDEV] | zap ROUNDS MIB | storm PASSES MIB | run COMMAND... | stamp [COMMAND...]\n");
 	return 2;
 }

@@ -26,6 +26,8 @@ pub struct Figures {
 #[derive(Serialize, Deserialize)]
 pub struct Targets {
     pub hot_path_ratio_max: f64,
+    /// refwatch's instruction ratio on the storm, and below bpftrace's and perf's.
+    pub device_storm_ratio_max: f64,
     pub device_dropped: u64,
     pub analysis_events_per_s_min: f64,
     pub trace_bytes_per_event_max: f64,
@@ -38,6 +40,7 @@ pub struct Targets {
 
 pub const TARGETS: Targets = Targets {
     hot_path_ratio_max: 1.02,
+    device_storm_ratio_max: 1.10,
     device_dropped: 0,
     analysis_events_per_s_min: 20e6,
     trace_bytes_per_event_max: 12.0,
@@ -53,10 +56,6 @@ pub const TARGETS: Targets = Targets {
 pub enum Attach {
     Kprobe,
     Fentry,
-}
-
-impl Attach {
-    pub const ALL: [Attach; 2] = [Attach::Kprobe, Attach::Fentry];
 }
 
 impl fmt::Display for Attach {
@@ -183,16 +182,116 @@ pub struct HotTracer {
     pub target: Option<String>,
 }
 
-/// The fsdax fault + pin storm under `refwatch record`, on one kernel.
+/// What runs beside a device workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceVariant {
+    /// Untraced.
+    Base,
+    /// Untraced again: its ratio to `Base` is what the run cannot resolve.
+    Again,
+    RecordKprobe,
+    RecordFentry,
+    CheckKprobe,
+    CheckFentry,
+    /// bpftrace with the same probes and filter, printing a line per event to a file.
+    Bpftrace,
+    /// `perf record` on kprobe events of the same functions, unfiltered.
+    Perf,
+}
+
+impl DeviceVariant {
+    pub const ALL: [DeviceVariant; 8] = [
+        DeviceVariant::Base,
+        DeviceVariant::Again,
+        DeviceVariant::RecordKprobe,
+        DeviceVariant::RecordFentry,
+        DeviceVariant::CheckKprobe,
+        DeviceVariant::CheckFentry,
+        DeviceVariant::Bpftrace,
+        DeviceVariant::Perf,
+    ];
+
+    /// The guest script's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            DeviceVariant::Base => "base",
+            DeviceVariant::Again => "again",
+            DeviceVariant::RecordKprobe => "record-kprobe",
+            DeviceVariant::RecordFentry => "record-fentry",
+            DeviceVariant::CheckKprobe => "check-kprobe",
+            DeviceVariant::CheckFentry => "check-fentry",
+            DeviceVariant::Bpftrace => "bpftrace",
+            DeviceVariant::Perf => "perf",
+        }
+    }
+
+    pub fn attach(self) -> Option<Attach> {
+        match self {
+            DeviceVariant::RecordKprobe | DeviceVariant::CheckKprobe => Some(Attach::Kprobe),
+            DeviceVariant::RecordFentry | DeviceVariant::CheckFentry => Some(Attach::Fentry),
+            _ => None,
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            DeviceVariant::Base => "untraced",
+            DeviceVariant::Again => "untraced again: what this run cannot resolve",
+            DeviceVariant::RecordKprobe => "refwatch record, kprobe",
+            DeviceVariant::RecordFentry => "refwatch record, fentry",
+            DeviceVariant::CheckKprobe => "refwatch check, kprobe",
+            DeviceVariant::CheckFentry => "refwatch check, fentry",
+            DeviceVariant::Bpftrace => "bpftrace 0.17, same probes + filter, printf per event",
+            DeviceVariant::Perf => "perf record -e 'probe:*' -a, same functions, unfiltered",
+        }
+    }
+
+    /// The target on `work`: refwatch's on the storm.
+    pub fn target(self, work: Workload) -> Option<&'static str> {
+        match (self, work) {
+            (DeviceVariant::Again, _) => Some("1×"),
+            (v, Workload::Storm) if v.attach().is_some() => {
+                Some("≤ 1.10×, < bpftrace and perf; 0 dropped")
+            }
+            (v, Workload::Fio) if v.attach().is_some() => Some("0 dropped"),
+            _ => None,
+        }
+    }
+}
+
+/// The device workloads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    /// `benchload storm`: fsdax faults, then GUP pins and releases in passes.
+    Storm,
+    /// fio's mmap engine on a file in /mnt/dax, run whole between marks (`benchload run`).
+    Fio,
+}
+
+impl Workload {
+    pub const ALL: [Workload; 2] = [Workload::Storm, Workload::Fio];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Storm => "storm",
+            Workload::Fio => "fio",
+        }
+    }
+}
+
+/// The device workloads under each tracer, then the storm with smaller rings, on one kernel.
 #[derive(Serialize, Deserialize)]
 pub struct Device {
     pub kernel: String,
-    pub workload: String,
-    pub untraced_seconds: Option<f64>,
+    pub repetitions: usize,
+    pub estimator: String,
     /// Cores other processes kept busy on average during the boot.
     pub host_other_cores: f64,
-    /// The storm in each attach mode, default ring.
-    pub storms: Vec<Storm>,
+    pub loads: Vec<DeviceLoad>,
+    /// Why the instruction counts are missing, if they are.
+    pub instructions_error: Option<String>,
     /// kprobe, smaller and smaller rings.
     pub ring_sweep: Vec<Storm>,
     pub smallest_ring_kib_without_drops: Option<u32>,
@@ -200,10 +299,6 @@ pub struct Device {
 }
 
 impl Device {
-    pub fn storm(&self, attach: Attach) -> Option<&Storm> {
-        self.storms.iter().find(|s| s.attach == attach)
-    }
-
     /// The largest ring of the sweep that dropped events.
     pub fn first_drops(&self) -> Option<&Storm> {
         self.ring_sweep
@@ -212,11 +307,45 @@ impl Device {
     }
 }
 
+/// One device workload under every tracer.
+#[derive(Serialize, Deserialize)]
+pub struct DeviceLoad {
+    pub workload: Workload,
+    pub command: String,
+    /// Median untraced round: guest instructions on the workload's vCPU, and on all vCPUs.
+    pub untraced_instructions: Option<f64>,
+    pub all_vcpus_untraced_instructions: Option<f64>,
+    pub untraced_seconds: Option<f64>,
+    pub tracers: Vec<DeviceTracer>,
+}
+
+/// One tracer's figures on one device workload: ratios of median rounds to the untraced one.
+#[derive(Serialize, Deserialize)]
+pub struct DeviceTracer {
+    pub variant: DeviceVariant,
+    pub attach: Option<Attach>,
+    /// Rounds measured (fewer than the repetitions where a tracer stopped starting).
+    pub rounds: usize,
+    /// Guest instructions on the workload's vCPU: the figure judged.
+    pub insn_ratio: Option<f64>,
+    pub insn_ratio_all_vcpus: Option<f64>,
+    /// Instructions the tracer added per event it was offered (delivered or dropped), on the
+    /// workload's vCPU (the probe and its ring reserve) and on all vCPUs (the reader too).
+    pub insn_per_event: Option<f64>,
+    pub insn_per_event_all_vcpus: Option<f64>,
+    /// Wall clock (TCG: the host's load moves it).
+    pub time_ratio: Option<f64>,
+    /// What it delivered in the last repetition.
+    pub delivered: Option<Delivered>,
+    pub target: Option<String>,
+    pub error: Option<String>,
+}
+
+/// The storm under `record` with a smaller ring (the ring sweep).
 #[derive(Serialize, Deserialize)]
 pub struct Storm {
     pub attach: Attach,
-    /// None: the default ring (4 MiB).
-    pub ring_kib: Option<u32>,
+    pub ring_kib: u32,
     pub delivered: Option<Delivered>,
     pub error: Option<String>,
 }

@@ -14,8 +14,35 @@ use crate::cmd;
 use crate::lab::{Apt, Assets, GuestJob, Kernel, run_in_vm};
 use crate::paths;
 
-/// bpftrace from the same Debian release as the default (6.1, bookworm) guest kernel.
-const BPFTRACE_DEB: (&str, &str) = ("bpftrace", "0.17.0-1");
+/// A Debian package of a tool the guest runs, and its binary in the package.
+pub struct DebTool {
+    pub package: &'static str,
+    pub version: &'static str,
+    pub binary: &'static str,
+}
+
+/// The peers' tools, from the same Debian release as the default (6.1, bookworm) guest
+/// kernel; the host has the same packages installed for their libraries.
+pub const BPFTRACE: DebTool = DebTool {
+    package: "bpftrace",
+    version: "0.17.0-1",
+    binary: "usr/bin/bpftrace",
+};
+pub const FIO: DebTool = DebTool {
+    package: "fio",
+    version: "3.33-3",
+    binary: "usr/bin/fio",
+};
+pub const PERF: DebTool = DebTool {
+    package: "linux-perf",
+    version: "6.1.192-3",
+    binary: "usr/bin/perf",
+};
+
+/// The shell functions every bench guest program starts with, then `own`.
+pub fn script(own: &str) -> String {
+    format!("{}{own}", include_str!("../../lab/scripts/bench-common.sh"))
+}
 
 /// What every VM part of the bench runs with.
 pub struct Bench<'a> {
@@ -73,6 +100,17 @@ impl Bench<'_> {
         })
     }
 
+    /// QEMU's options for the instruction-count plugin, and the marks file it writes.
+    pub fn insncount(&self, label: &str) -> Result<(Vec<String>, PathBuf)> {
+        let marks = self.work.join(format!("{label}.marks"));
+        let plugin = format!(
+            "{},out={}",
+            crate::lab::insncount::build(self.apt)?.display(),
+            marks.display()
+        );
+        Ok((vec!["-plugin".to_owned(), plugin], marks))
+    }
+
     /// bpftrace's script with refwatch's probe set and filter on `kernel`, at a guest path,
     /// and bpftrace's files; or why bpftrace cannot run there.
     pub fn bpftrace_job_files(
@@ -96,7 +134,7 @@ impl Bench<'_> {
         let host = self.work.join(format!("refwatch-{kernel}.bt"));
         std::fs::write(&host, script)?;
         let mut files = vec![(host, "/bench/refwatch.bt".to_owned())];
-        match bpftrace_files(self.apt) {
+        match deb_tool_files(self.apt, &BPFTRACE) {
             Ok(f) => files.extend(f),
             Err(e) => return Ok(Err(format!("{e:#}"))),
         }
@@ -128,16 +166,16 @@ pub fn reference_trace(work: &Path, kernel: &str) -> PathBuf {
     work.join(format!("device-{kernel}/storm-kprobe.rwt"))
 }
 
-/// The bookworm bpftrace .deb unpacked in the lab cache; its libraries come from the host
-/// (a Debian 12 host, the same release), found with ldd.
-fn bpftrace_files(apt: &Apt) -> Result<Vec<(PathBuf, String)>> {
-    let (name, version) = BPFTRACE_DEB;
+/// A bookworm tool's .deb unpacked in the lab cache, its binary at the same path in the
+/// guest; its libraries come from the host (a Debian 12 host, the same release), found with
+/// ldd.
+pub fn deb_tool_files(apt: &Apt, tool: &DebTool) -> Result<Vec<(PathBuf, String)>> {
     let tree = paths::lab_cache()?
         .join("tools")
-        .join(format!("{name}-{version}"));
-    let binary = tree.join("usr/bin/bpftrace");
+        .join(format!("{}-{}", tool.package, tool.version));
+    let binary = tree.join(tool.binary);
     if !binary.exists() {
-        crate::lab::extract_packages(apt, &[BPFTRACE_DEB], &tree)?;
+        crate::lab::extract_packages(apt, &[(tool.package, tool.version)], &tree)?;
     }
     let ldd = Command::new("ldd")
         .arg(&binary)
@@ -151,11 +189,13 @@ fn bpftrace_files(apt: &Apt) -> Result<Vec<(PathBuf, String)>> {
         .collect();
     if !missing.is_empty() {
         bail!(
-            "host lacks bpftrace's libraries ({}); `apt-get install bpftrace` provides them",
-            missing.join(", ")
+            "host lacks {}'s libraries ({}); `apt-get install {}` provides them",
+            tool.package,
+            missing.join(", "),
+            tool.package
         );
     }
-    let mut files = vec![(binary, "/usr/bin/bpftrace".to_owned())];
+    let mut files = vec![(binary, format!("/{}", tool.binary))];
     for line in listing.lines() {
         if let Some(path) = line
             .split("=>")

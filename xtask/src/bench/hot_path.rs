@@ -9,9 +9,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use super::figures::{HotPath, HotTracer, Instructions, Variant};
-use super::guest::{Bench, Measured, fields, trace_stats};
+use super::guest::{self, Bench, Measured, fields, trace_stats};
+use super::insns::{self, Counted, Rounds};
 use super::stats::median;
-use crate::lab::{GuestJob, insncount::Mark};
+use crate::lab::GuestJob;
 
 pub fn hot_path(bench: &Bench, name: &str) -> Result<HotPath> {
     let kernel = bench.kernel(name)?;
@@ -60,7 +61,7 @@ pub fn hot_path(bench: &Bench, name: &str) -> Result<HotPath> {
     if bpftrace_reason.is_none() {
         variants.push(Variant::Bpftrace);
     }
-    let mut script = String::from(include_str!("../../lab/scripts/bench-hot-path.sh"))
+    let mut script = guest::script(include_str!("../../lab/scripts/bench-hot-path.sh"))
         .replace("CHURN", &churn)
         .replace("ZAP", &zap)
         .replace("HOT_OPTIONS", &hot_options());
@@ -72,16 +73,11 @@ pub fn hot_path(bench: &Bench, name: &str) -> Result<HotPath> {
         }
     }
     writeln!(script, "exit 0")?;
-    let marks_file = bench.work.join(format!("{label}.marks"));
-    let plugin = format!(
-        "{},out={}",
-        crate::lab::insncount::build(bench.apt)?.display(),
-        marks_file.display()
-    );
+    let (qemu_args, marks_file) = bench.insncount(&label)?;
     let job = GuestJob {
         files,
         setup,
-        qemu_args: vec!["-plugin".to_owned(), plugin],
+        qemu_args,
         timeout: Some(Duration::from_secs(2400)),
         ..GuestJob::default()
     };
@@ -92,7 +88,7 @@ pub fn hot_path(bench: &Bench, name: &str) -> Result<HotPath> {
     let stdout = std::fs::read_to_string(out.join("stdout"))?;
     let results = results(&stdout, &variants);
     let warmup_rounds = (sizes.churn_rounds + sizes.zap_rounds) as usize;
-    let insns = instructions(
+    let counted = instructions(
         &results,
         &std::fs::read_to_string(&marks_file)?,
         warmup_rounds,
@@ -138,7 +134,7 @@ pub fn hot_path(bench: &Bench, name: &str) -> Result<HotPath> {
         .and_then(|st| st.calls)
         .map(|c| c.values().sum::<u64>() as f64 / f64::from(sizes.churn_rounds));
     let zap_pages = f64::from(sizes.zap_pages_per_round());
-    let (insn_figures, insn_error) = match insns {
+    let (insn_figures, insn_error) = match counted {
         Ok(i) => (Some(i), None),
         Err(e) => (None, Some(e)),
     };
@@ -151,13 +147,16 @@ pub fn hot_path(bench: &Bench, name: &str) -> Result<HotPath> {
             let per_entry_ns = typical(v, "zap_round")
                 .zip(base_zap)
                 .map(|(z, b)| (z - b) / zap_pages * 1e9);
-            let insn = |f: fn(&InsnFigures) -> &InsnCounts| insn_figures.as_ref().map(f);
+            let churn =
+                |r: &Rounds<Round>| r.ratio((v, "churn_round"), (Variant::Base, "churn_round"));
             HotTracer {
                 variant: v,
                 attach: v.attach(),
-                insn_ratio: insn(|i| &i.own).and_then(|c| c.ratio(v)),
-                insn_ratio_all_vcpus: insn(|i| &i.all).and_then(|c| c.ratio(v)),
-                insn_per_entry: insn(|i| &i.own).and_then(|c| c.per_entry(v, zap_pages)),
+                insn_ratio: insn_figures.as_ref().and_then(|i| churn(&i.own)),
+                insn_ratio_all_vcpus: insn_figures.as_ref().and_then(|i| churn(&i.all)),
+                insn_per_entry: insn_figures
+                    .as_ref()
+                    .and_then(|i| per_entry(&i.own, v, zap_pages)),
                 ratio: typical(v, "churn_round").map(|r| r / base_round),
                 median_run_ratio: typical(v, "churn").zip(base_median).map(|(m, b)| m / b),
                 per_entry_ns,
@@ -168,6 +167,11 @@ pub fn hot_path(bench: &Bench, name: &str) -> Result<HotPath> {
             }
         })
         .collect();
+    let untraced = |f: fn(&Counted<Round>) -> &Rounds<Round>, what| {
+        insn_figures
+            .as_ref()
+            .and_then(|i| f(i).typical((Variant::Base, what)))
+    };
     Ok(HotPath {
         kernel: kernel.spec.release.to_owned(),
         workload: churn,
@@ -182,10 +186,10 @@ pub fn hot_path(bench: &Bench, name: &str) -> Result<HotPath> {
             estimator:
                 "median guest instructions per round on the workload's vCPU (QEMU TCG plugin)"
                     .into(),
-            untraced_churn_round: insn_figures.as_ref().map(|i| i.own.churn),
-            untraced_zap_round: insn_figures.as_ref().map(|i| i.own.zap),
-            all_vcpus_untraced_churn_round: insn_figures.as_ref().map(|i| i.all.churn),
-            all_vcpus_untraced_zap_round: insn_figures.as_ref().map(|i| i.all.zap),
+            untraced_churn_round: untraced(|i| &i.own, "churn_round"),
+            untraced_zap_round: untraced(|i| &i.own, "zap_round"),
+            all_vcpus_untraced_churn_round: untraced(|i| &i.all, "churn_round"),
+            all_vcpus_untraced_zap_round: untraced(|i| &i.all, "zap_round"),
             error: insn_error,
         },
         tracers,
@@ -211,92 +215,38 @@ fn results<'a>(stdout: &'a str, variants: &[Variant]) -> Vec<(Variant, &'a str, 
         .collect()
 }
 
-/// Instructions per round of each variant, on one set of vCPUs.
-struct InsnCounts {
-    by: BTreeMap<(Variant, &'static str), Vec<f64>>,
-    churn: f64,
-    zap: f64,
-}
+/// What a marked round of the hot path was: a variant's churn or zap round.
+type Round = (Variant, &'static str);
 
-impl InsnCounts {
-    fn new(rounds: &[(Variant, &str)], counts: impl Iterator<Item = u64>) -> Result<Self, String> {
-        let mut by: BTreeMap<(Variant, &'static str), Vec<f64>> = BTreeMap::new();
-        for (&(v, what), n) in rounds.iter().zip(counts) {
-            let what = if what == "churn_round" {
-                "churn_round"
-            } else {
-                "zap_round"
-            };
-            by.entry((v, what)).or_default().push(n as f64);
-        }
-        let typical = |what| by.get(&(Variant::Base, what)).cloned().and_then(median);
-        let (Some(churn), Some(zap)) = (typical("churn_round"), typical("zap_round")) else {
-            return Err("no untraced rounds".into());
-        };
-        Ok(Self { by, churn, zap })
-    }
-
-    fn typical(&self, v: Variant, what: &'static str) -> Option<f64> {
-        self.by.get(&(v, what)).cloned().and_then(median)
-    }
-
-    /// The variant's median churn round over the untraced one.
-    fn ratio(&self, v: Variant) -> Option<f64> {
-        self.typical(v, "churn_round").map(|n| n / self.churn)
-    }
-
-    /// Instructions one unmap-probe entry adds (benchload zap unmaps one page per entry).
-    fn per_entry(&self, v: Variant, zap_pages: f64) -> Option<f64> {
-        self.typical(v, "zap_round")
-            .map(|n| (n - self.zap) / zap_pages)
-    }
-}
-
-/// Counted twice: on the workload's (pinned) vCPU, which is what the probes add to its own
-/// path, and on all vCPUs, which adds the tracer's reader and whatever else the system ran.
-struct InsnFigures {
-    own: InsnCounts,
-    all: InsnCounts,
-}
-
-/// Guest instructions per round, from the insncount plugin's marks: one pair per round, the
-/// warm-up's first, then the rounds in the order of the results.
+/// Instructions per round, by variant; an error if the untraced rounds are missing.
 fn instructions(
     results: &[(Variant, &str, f64)],
     marks: &str,
     warmup_rounds: usize,
-) -> Result<InsnFigures, String> {
-    let marks = crate::lab::insncount::marks(marks);
-    let rounds: Vec<(Variant, &str)> = results
+) -> Result<Counted<Round>, String> {
+    let rounds: Vec<Round> = results
         .iter()
-        .filter(|(_, what, _)| what.ends_with("_round"))
-        .map(|&(v, what, _)| (v, what))
+        .filter_map(|&(v, what, _)| match what {
+            "churn_round" => Some((v, "churn_round")),
+            "zap_round" => Some((v, "zap_round")),
+            _ => None,
+        })
         .collect();
-    let pairs: Vec<&[Mark]> = marks.chunks_exact(2).collect();
-    if pairs.len() != warmup_rounds + rounds.len() {
-        return Err(format!(
-            "{} marked rounds for {} warm-up and {} measured ones",
-            pairs.len(),
-            warmup_rounds,
-            rounds.len()
-        ));
+    let counted = insns::count(&rounds, marks, (warmup_rounds, 0))?;
+    for what in ["churn_round", "zap_round"] {
+        if counted.own.typical((Variant::Base, what)).is_none() {
+            return Err("no untraced rounds".into());
+        }
     }
-    if let Some(p) = pairs.iter().find(|p| p[0].vcpu != p[1].vcpu) {
-        return Err(format!(
-            "a round began on vCPU {} and ended on vCPU {}: the workload was not pinned",
-            p[0].vcpu, p[1].vcpu
-        ));
-    }
-    let measured = &pairs[warmup_rounds..];
-    Ok(InsnFigures {
-        own: InsnCounts::new(&rounds, measured.iter().map(|p| p[1].own - p[0].own))?,
-        all: InsnCounts::new(
-            &rounds,
-            measured
-                .iter()
-                .map(|p| p[1].total.saturating_sub(p[0].total)),
-        )?,
-    })
+    Ok(counted)
+}
+
+/// Instructions one unmap-probe entry adds (benchload zap unmaps one page per entry).
+fn per_entry(r: &Rounds<Round>, v: Variant, zap_pages: f64) -> Option<f64> {
+    let zap = |v| r.typical((v, "zap_round"));
+    zap(v)
+        .zip(zap(Variant::Base))
+        .map(|(n, b)| (n - b) / zap_pages)
 }
 
 /// `--with` for every hot catalog entry (vm_normal_page, folio_remove_rmap_*: every normal

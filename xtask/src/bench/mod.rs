@@ -1,8 +1,10 @@
 //! `cargo xtask bench`: refwatch's performance figures, measured in the VM lab and on the host.
 //!
 //! Per kernel (`--kernels`, `--all-kernels`), one boot each:
-//! 1. device events ([`device`]): the fsdax fault + GUP pin storm under `refwatch record` in
-//!    each attach mode, then with smaller rings until events are dropped;
+//! 1. device events ([`device`]): the fsdax fault + GUP pin storm and fio's mmap engine on
+//!    /mnt/dax untraced, under `refwatch record` and `check` in each attach mode, bpftrace and
+//!    `perf record`, in guest instructions and events delivered; then the storm with smaller
+//!    rings until events are dropped;
 //! 2. time to watching ([`startup`]): exec to "probes attached" for `refwatch check` in each
 //!    attach mode and bpftrace with the same probes, with refwatch's phases;
 //! 3. hot path ([`hot_path`]): normal-page churn untraced, under refwatch and under bpftrace,
@@ -28,6 +30,7 @@ mod device;
 mod figures;
 mod guest;
 mod hot_path;
+mod insns;
 mod scale;
 mod startup;
 mod stats;
@@ -58,9 +61,9 @@ pub struct BenchArgs {
     /// Every lab kernel from Debian's packages: 5.10, 6.1, 6.12, 7.2, 7.3.
     #[arg(long, conflicts_with = "kernels")]
     all_kernels: bool,
-    /// Measure one part alone: `scale` (host only, no VM), or `startup` or `hot-path` (with
-    /// the device part first where no storm trace of that kernel is left from an earlier run:
-    /// bpftrace's probe set comes from it).
+    /// Measure one part alone: `scale` (host only, no VM), `device`, or `startup` or
+    /// `hot-path` (with the device part first where no storm trace of that kernel is left
+    /// from an earlier run: bpftrace's probe set comes from it).
     #[arg(long, value_enum)]
     only: Option<Part>,
     /// pgmap sizes of the scale part, in GiB of 4 KiB pages [default: 4,16,64,256; --quick: 4,16].
@@ -75,6 +78,7 @@ pub struct BenchArgs {
 #[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
 enum Part {
     Scale,
+    Device,
     Startup,
     HotPath,
 }
@@ -86,6 +90,9 @@ struct Sizes {
     zap_rounds: u32,
     storm_passes: u32,
     storm_mib: u32,
+    /// fio's file on /mnt/dax and the I/O it does there.
+    fio_mib: u32,
+    fio_io_mib: u32,
     big_events: u64,
     startup_reps: usize,
 }
@@ -105,6 +112,8 @@ impl Sizes {
                 zap_rounds: 10,
                 storm_passes: 8,
                 storm_mib: 16,
+                fio_mib: 32,
+                fio_io_mib: 64,
                 big_events: 2_000_000,
                 startup_reps: 3,
             }
@@ -116,6 +125,8 @@ impl Sizes {
                 zap_rounds: 20,
                 storm_passes: 24,
                 storm_mib: 16,
+                fio_mib: 32,
+                fio_io_mib: 256,
                 big_events: 10_000_000,
                 startup_reps: 7,
             }
@@ -205,8 +216,13 @@ fn bench(args: BenchArgs) -> Result<()> {
         return write_json(&args, &out);
     }
     crate::setup::run()?;
-    // The guest's bpftrace (bookworm's .deb) runs on the host's copies of its libraries.
-    crate::setup::install_debian_packages(&[("bpftrace", "bpftrace")])?;
+    // The guest's bpftrace, fio and perf (bookworm's .debs) run on the host's copies of their
+    // libraries.
+    crate::setup::install_debian_packages(&[
+        ("bpftrace", "bpftrace"),
+        ("fio", "fio"),
+        ("linux-perf", "perf"),
+    ])?;
     let sizes = Sizes::new(args.quick);
     let work = root.join("target/bench");
     // `--only startup|hot-path` reuses the storm traces an earlier run left (bpftrace's probes).
@@ -234,7 +250,7 @@ fn bench(args: BenchArgs) -> Result<()> {
     let started = Instant::now();
     for kernel in &kernels {
         let reference = guest::reference_trace(&work, kernel);
-        if args.only.is_none() || !reference.exists() {
+        if matches!(args.only, None | Some(Part::Device)) || !reference.exists() {
             out.device.push(device::device(&bench, kernel)?);
         }
         if matches!(args.only, None | Some(Part::Startup)) {

@@ -2,9 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::figures::{
-    Attach, Device, Figures, HotPath, ReportRun, Scale, Startup, TARGETS, Variant,
-};
+use super::figures::{Device, Figures, HotPath, ReportRun, Scale, Startup, TARGETS, Variant};
 use super::stats::BUSY_HOST_CORES;
 
 /// A number with `digits` decimals, or "n/a".
@@ -176,26 +174,54 @@ fn hot_rows(t: &mut Table, h: &HotPath) {
 fn device_rows(t: &mut Table, d: &Device) {
     let k = d.kernel.as_str();
     busy_row(t, "device", d.host_other_cores, k);
-    for mode in Attach::ALL {
-        let cell = match d.storm(mode) {
-            Some(s) => match (&s.delivered, &s.error) {
-                (Some(x), _) => format!(
-                    "{:.0} events/s delivered, {} dropped (storm {:.2} s; untraced {} s)",
-                    x.events_per_s,
-                    x.dropped,
-                    x.seconds,
-                    num(d.untraced_seconds, 2)
-                ),
-                (None, e) => format!("n/a: {}", e.as_deref().unwrap_or("no result")),
-            },
-            None => "n/a".into(),
-        };
+    if let Some(e) = &d.instructions_error {
+        t.row("device: instruction counts", format!("n/a: {e}"), "", k);
+    }
+    for load in &d.loads {
+        let w = load.workload.name();
         t.row(
-            &format!("device: storm, {mode}, 4 MiB ring"),
-            cell,
-            "0 dropped",
+            &format!("device {w}: untraced round (median of {})", d.repetitions),
+            format!(
+                "{} instructions on the workload's vCPU ({} on all), {} s: `{}`",
+                num(load.untraced_instructions, 0),
+                num(load.all_vcpus_untraced_instructions, 0),
+                num(load.untraced_seconds, 3),
+                load.command
+            ),
+            "",
             k,
         );
+        for r in &load.tracers {
+            let mut cell = match (r.rounds, &r.error) {
+                (0, Some(e)) => format!("n/a: {e}"),
+                _ => format!(
+                    "{}× in instructions (all vCPUs {}×; per event {} / {}); wall clock {}×; \
+                     {} rounds",
+                    num(r.insn_ratio, 3),
+                    num(r.insn_ratio_all_vcpus, 3),
+                    num(r.insn_per_event, 0),
+                    num(r.insn_per_event_all_vcpus, 0),
+                    num(r.time_ratio, 3),
+                    r.rounds
+                ),
+            };
+            if let Some(x) = &r.delivered {
+                let _ = write!(
+                    cell,
+                    "; {} events, {:.0}/s delivered, {} dropped",
+                    x.events, x.events_per_s, x.dropped
+                );
+            }
+            if let (Some(e), 1..) = (&r.error, r.rounds) {
+                let _ = write!(cell, "; n/a: {e}");
+            }
+            t.row(
+                &format!("device {w}: {}", r.variant.describe()),
+                cell,
+                r.target.as_deref().unwrap_or(""),
+                k,
+            );
+        }
     }
     t.row(
         "device: smallest ring without drops (KiB)",
@@ -209,7 +235,7 @@ fn device_rows(t: &mut Table, d: &Device) {
             let x = s.delivered.as_ref().expect("first_drops has a result");
             format!(
                 "{} KiB: {} of {} dropped at {:.0} events/s offered",
-                s.ring_kib.unwrap_or(0),
+                s.ring_kib,
                 x.dropped,
                 x.events + x.dropped,
                 x.offered_per_s

@@ -1,0 +1,46 @@
+# The device bench's guest program (xtask/src/bench/device.rs), after bench-common.sh:
+# `run VARIANT REP WORK` lines follow it, then the ring sweep. The host replaces its
+# upper-case placeholders (the two workloads, each one marked round) before the guest gets it.
+mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null
+measure() { # variant rep work [tracer command…]: the workload under the tracer
+	v=$1; rep=$2; w=$3; shift 3
+	case $w in storm) work="STORM" ;; fio) work="FIO" ;; esac
+	out=$("$@" $work 2>&1)
+	echo "$out" | grep -E '^(storm|run) ' | sed "s/^/RESULT variant=$v rep=$rep work=$w /"
+	echo "$out" | grep -vE '^(storm|run) ' | sed "s/^/LOG $v $rep $w: /"
+}
+# What each tracer delivered, the last repetition's: /out/VARIANT-WORK.* for the host.
+run_variant() { # variant rep work
+	case $1 in
+	base|again) measure "$@" ;;
+	record-*)
+		measure "$@" refwatch record --force -o /tmp/d.rwt --attach ${1#record-} --
+		mv /tmp/d.rwt /out/$3-${1#record-}.rwt ;;
+	check-*)
+		measure "$@" refwatch check --json --force -o /out/$1-$3.json --attach ${1#check-} -- ;;
+	bpftrace)
+		[ $BT_OK = 1 ] && start_bpftrace /tmp/print.bt $2 || return 0
+		measure "$@"
+		stop_bpftrace
+		echo "events=$(grep -c '^kprobe:' /tmp/bt.out)" \
+		     "dropped=$(sed -n 's/.*Lost \([0-9]*\) events.*/\1/p' /tmp/bt.out | awk '{s += $1} END {print s + 0}')" \
+		     > /out/$1-$3.delivered
+		grep -v '^kprobe:' /tmp/bt.out | tail -n 20 > /out/$1-$3.log ;;
+	perf)
+		[ $PERF_OK = 1 ] || return 0
+		measure "$@" perf record -q -e 'probe:*' -a -o /tmp/perf.data --
+		perf report -i /tmp/perf.data --stats > /out/$1-$3.stats 2>&1
+		rm -f /tmp/perf.data ;;
+	esac
+}
+# Warm-up (the first runs after boot are slower), and the recording the peers' probes come
+# from: refwatch's plan on this kernel, its functions and its filter.
+refwatch record --force -o /tmp/ref.rwt --attach kprobe -- STORM > /out/reference.txt 2>&1
+bench_tool bpftrace --print /tmp/ref.rwt > /tmp/print.bt
+cp /tmp/print.bt /out/print.bt
+PERF_OK=0
+for f in $(bench_tool functions /tmp/ref.rwt); do
+	perf probe -q -a $f >> /out/perf-probe.log 2>&1 && PERF_OK=1
+done
+[ $PERF_OK = 1 ] || echo "PERF_FAILED $(grep -v '^$' /out/perf-probe.log | tail -n 3 | tr '\n' ' ')"
+FIO > /dev/null
