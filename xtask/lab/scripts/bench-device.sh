@@ -16,6 +16,9 @@ run_variant() { # variant rep work
 	record-*)
 		measure "$@" refwatch record --force -o /tmp/d.rwt --attach ${1#record-} --
 		mv /tmp/d.rwt /out/$3-${1#record-}.rwt ;;
+	nostacks-*)
+		measure "$@" refwatch record --force --no-stacks -o /tmp/d.rwt --attach ${1#nostacks-} --
+		mv /tmp/d.rwt /out/$3-$1.rwt ;;
 	check-*)
 		measure "$@" refwatch check --json --force -o /out/$1-$3.json --attach ${1#check-} -- ;;
 	bpftrace)

@@ -324,6 +324,9 @@ fn delivered(
             let mode = v.attach().unwrap_or(Attach::Kprobe);
             record_delivered(tool, &out.join(format!("{w}-{mode}.rwt")), seconds)?
         }
+        DeviceVariant::NoStacksKprobe | DeviceVariant::NoStacksFentry => {
+            record_delivered(tool, &out.join(format!("{w}-{}.rwt", v.name())), seconds)?
+        }
         DeviceVariant::CheckKprobe | DeviceVariant::CheckFentry => {
             let summary: serde_json::Value =
                 serde_json::from_str(&read(format!("{}-{w}.json", v.name()))?)

@@ -194,6 +194,9 @@ pub enum DeviceVariant {
     RecordFentry,
     CheckKprobe,
     CheckFentry,
+    /// `record --no-stacks`: what the kernel stack of each event costs, beside `Record*`.
+    NoStacksKprobe,
+    NoStacksFentry,
     /// bpftrace with the same probes and filter, printing a line per event to a file.
     Bpftrace,
     /// `perf record` on kprobe events of the same functions, unfiltered.
@@ -201,13 +204,15 @@ pub enum DeviceVariant {
 }
 
 impl DeviceVariant {
-    pub const ALL: [DeviceVariant; 8] = [
+    pub const ALL: [DeviceVariant; 10] = [
         DeviceVariant::Base,
         DeviceVariant::Again,
         DeviceVariant::RecordKprobe,
         DeviceVariant::RecordFentry,
         DeviceVariant::CheckKprobe,
         DeviceVariant::CheckFentry,
+        DeviceVariant::NoStacksKprobe,
+        DeviceVariant::NoStacksFentry,
         DeviceVariant::Bpftrace,
         DeviceVariant::Perf,
     ];
@@ -221,6 +226,8 @@ impl DeviceVariant {
             DeviceVariant::RecordFentry => "record-fentry",
             DeviceVariant::CheckKprobe => "check-kprobe",
             DeviceVariant::CheckFentry => "check-fentry",
+            DeviceVariant::NoStacksKprobe => "nostacks-kprobe",
+            DeviceVariant::NoStacksFentry => "nostacks-fentry",
             DeviceVariant::Bpftrace => "bpftrace",
             DeviceVariant::Perf => "perf",
         }
@@ -228,8 +235,12 @@ impl DeviceVariant {
 
     pub fn attach(self) -> Option<Attach> {
         match self {
-            DeviceVariant::RecordKprobe | DeviceVariant::CheckKprobe => Some(Attach::Kprobe),
-            DeviceVariant::RecordFentry | DeviceVariant::CheckFentry => Some(Attach::Fentry),
+            DeviceVariant::RecordKprobe
+            | DeviceVariant::CheckKprobe
+            | DeviceVariant::NoStacksKprobe => Some(Attach::Kprobe),
+            DeviceVariant::RecordFentry
+            | DeviceVariant::CheckFentry
+            | DeviceVariant::NoStacksFentry => Some(Attach::Fentry),
             _ => None,
         }
     }
@@ -242,6 +253,8 @@ impl DeviceVariant {
             DeviceVariant::RecordFentry => "refwatch record, fentry",
             DeviceVariant::CheckKprobe => "refwatch check, kprobe",
             DeviceVariant::CheckFentry => "refwatch check, fentry",
+            DeviceVariant::NoStacksKprobe => "refwatch record --no-stacks, kprobe",
+            DeviceVariant::NoStacksFentry => "refwatch record --no-stacks, fentry",
             DeviceVariant::Bpftrace => "bpftrace 0.17, same probes + filter, printf per event",
             DeviceVariant::Perf => "perf record -e 'probe:*' -a, same functions, unfiltered",
         }
