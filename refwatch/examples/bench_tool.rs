@@ -21,6 +21,8 @@
 //! - `bpftrace --print TRACE`: the same script printing a line per event instead ("PROBE PAGE"
 //!   for a device page, "PROBE" for a pgmap or range event): what a tracer that delivers every
 //!   event to user space does, as refwatch does.
+//! - `bpftrace --print-stacks TRACE`: the same with each event's kernel stack (`kstack`), as
+//!   `refwatch record` takes by default.
 //! - `functions TRACE`: the functions the trace's recording attached, one a line (for
 //!   `perf probe`).
 
@@ -46,6 +48,9 @@ fn main() -> ExitCode {
             .and_then(|n| replicate(Path::new(input), Path::new(output), n)),
         ["bpftrace", trace] => bpftrace(Path::new(trace), Delivery::Count),
         ["bpftrace", "--print", trace] => bpftrace(Path::new(trace), Delivery::Print),
+        ["bpftrace", "--print-stacks", trace] => {
+            bpftrace(Path::new(trace), Delivery::PrintStacks)
+        }
         ["functions", trace] => functions(Path::new(trace)),
         ["rerecord", trace, output] => rerecord(Path::new(trace), Path::new(output)),
         ["scale", template, output, pages] => pages
@@ -54,7 +59,7 @@ fn main() -> ExitCode {
             .and_then(|n| scale(Path::new(template), Path::new(output), n)),
         _ => Err(anyhow::anyhow!(
             "usage: bench_tool stats TRACE | replicate IN OUT EVENTS | rerecord TRACE OUT | \
-             scale TEMPLATE OUT PAGES | bpftrace [--print] TRACE | functions TRACE"
+             scale TEMPLATE OUT PAGES | bpftrace [--print|--print-stacks] TRACE | functions TRACE"
         )),
     };
     match result {
@@ -375,6 +380,8 @@ enum Delivery {
     Count,
     /// A line per event, through bpftrace's perf ring to its output.
     Print,
+    /// The same with the event's kernel stack.
+    PrintStacks,
 }
 
 impl Delivery {
@@ -385,6 +392,10 @@ impl Delivery {
             (Delivery::Count, _) => format!("@{map}[probe] = count();"),
             (Delivery::Print, true) => "printf(\"%s %lx\\n\", probe, $page);".into(),
             (Delivery::Print, false) => "printf(\"%s\\n\", probe);".into(),
+            (Delivery::PrintStacks, true) => {
+                "printf(\"%s %lx%s\\n\", probe, $page, kstack);".into()
+            }
+            (Delivery::PrintStacks, false) => "printf(\"%s%s\\n\", probe, kstack);".into(),
         }
     }
 }
@@ -397,6 +408,7 @@ fn bpftrace(path: &Path, delivery: Delivery) -> Result<()> {
     let what = match delivery {
         Delivery::Count => "count per probe",
         Delivery::Print => "a line per event",
+        Delivery::PrintStacks => "a line per event and its kernel stack",
     };
     writeln!(
         s,

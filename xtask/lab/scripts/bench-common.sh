@@ -1,7 +1,6 @@
 # What the bench's guest programs share (xtask/src/bench/): each is this file followed by its
 # own, which defines run_variant and then lists `run VARIANT REP …` lines.
 cd /tmp
-BT_OK=1
 run() { # variant rep …
 	echo "lab: bench $*" > /dev/console
 	# A repetition takes seconds: one still running after 5 min has hung. Show where.
@@ -11,9 +10,10 @@ run() { # variant rep …
 	run_variant "$@"
 	kill $watchdog 2>/dev/null
 }
-# Starts bpftrace on SCRIPT, its output in /tmp/bt.out; returns 1 (and sets BT_OK=0, printing
-# BPFTRACE_FAILED) if it is not ready in 2 min, twice.
+# Starts bpftrace on SCRIPT, its output in /tmp/bt.out; returns 1 (printing BPFTRACE_FAILED
+# SCRIPT) if it is not ready in 2 min, twice, and from then on for that script.
 start_bpftrace() { # script rep
+	grep -qxF "$1" /tmp/bt-failed 2>/dev/null && return 1
 	for attempt in 1 2; do
 		bpftrace "$1" > /tmp/bt.out 2>&1 &
 		bt=$!
@@ -23,11 +23,11 @@ start_bpftrace() { # script rep
 		while ! grep -q '^ready' /tmp/bt.out && kill -0 $bt 2>/dev/null && [ $i -lt 480 ]; do sleep 0.25; i=$((i+1)); done
 		grep -q '^ready' /tmp/bt.out && return 0
 		stop_bpftrace
-		echo "lab: bpftrace not ready (attempt $attempt, repetition $2)" > /dev/console
+		echo "lab: bpftrace $1 not ready (attempt $attempt, repetition $2)" > /dev/console
 	done
-	BT_OK=0
-	echo "BPFTRACE_FAILED repetition $2: $(grep -v '^$' /tmp/bt.out | tail -n 3 | tr '\n' ' ')"
-	cp /tmp/bt.out /out/bpftrace-failed.log
+	echo "$1" >> /tmp/bt-failed
+	echo "BPFTRACE_FAILED $1 repetition $2: $(grep -v '^$' /tmp/bt.out | tail -n 3 | tr '\n' ' ')"
+	cp /tmp/bt.out /out/bpftrace-failed-$(basename $1 .bt).log
 	return 1
 }
 # A bpftrace that does not exit on SIGINT must not hang the run: KILL it after 10 s.

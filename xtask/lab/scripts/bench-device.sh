@@ -21,17 +21,22 @@ run_variant() { # variant rep work
 		mv /tmp/d.rwt /out/$3-$1.rwt ;;
 	check-*)
 		measure "$@" refwatch check --json --force -o /out/$1-$3.json --attach ${1#check-} -- ;;
-	bpftrace)
-		[ $BT_OK = 1 ] && start_bpftrace /tmp/print.bt $2 || return 0
+	bpftrace|bpftrace-stacks)
+		start_bpftrace /tmp/$(echo $1 | sed 's/bpftrace/print/').bt $2 || return 0
 		measure "$@"
 		stop_bpftrace
 		echo "events=$(grep -c '^kprobe:' /tmp/bt.out)" \
 		     "dropped=$(sed -n 's/.*Lost \([0-9]*\) events.*/\1/p' /tmp/bt.out | awk '{s += $1} END {print s + 0}')" \
 		     > /out/$1-$3.delivered
-		grep -v '^kprobe:' /tmp/bt.out | tail -n 20 > /out/$1-$3.log ;;
-	perf)
+		grep -v '^kprobe:' /tmp/bt.out | grep -v '^[[:space:]]' | tail -n 20 > /out/$1-$3.log ;;
+	floor-*)
+		start_bpftrace /tmp/$1.bt $2 || return 0
+		measure "$@"
+		stop_bpftrace ;;
+	perf|perf-stacks)
 		[ $PERF_OK = 1 ] || return 0
-		measure "$@" perf record -q -e 'probe:*' -a -o /tmp/perf.data --
+		g=; [ $1 = perf-stacks ] && g=-g
+		measure "$@" perf record -q $g -e 'probe:*' -a -o /tmp/perf.data --
 		perf report -i /tmp/perf.data --stats > /out/$1-$3.stats 2>&1
 		rm -f /tmp/perf.data ;;
 	esac
@@ -40,7 +45,14 @@ run_variant() { # variant rep work
 # from: refwatch's plan on this kernel, its functions and its filter.
 refwatch record --force -o /tmp/ref.rwt --attach kprobe -- STORM > /out/reference.txt 2>&1
 bench_tool bpftrace --print /tmp/ref.rwt > /tmp/print.bt
-cp /tmp/print.bt /out/print.bt
+bench_tool bpftrace --print-stacks /tmp/ref.rwt > /tmp/print-stacks.bt
+floor() { # kind: empty programs of that kind on the recording's functions
+	echo 'BEGIN { printf("ready\n"); }'
+	bench_tool functions /tmp/ref.rwt | sed "s/^/$1:/; s/\$/ {}/"
+}
+floor kprobe > /tmp/floor-kprobe.bt
+floor kfunc > /tmp/floor-fentry.bt
+cp /tmp/*.bt /out/
 PERF_OK=0
 for f in $(bench_tool functions /tmp/ref.rwt); do
 	perf probe -q -a $f >> /out/perf-probe.log 2>&1 && PERF_OK=1

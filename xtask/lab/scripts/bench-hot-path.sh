@@ -18,7 +18,7 @@ run_variant() { # variant rep
 	kprobe|fentry) measure $1 $2 refwatch record --force -o /tmp/h.rwt --attach $1 -- ;;
 	wide) measure $1 $2 refwatch record --force -o /tmp/h.rwt --attach kprobe HOT_OPTIONS -- ;;
 	bpftrace)
-		[ $BT_OK = 1 ] && start_bpftrace /bench/refwatch.bt $2 || return 0
+		start_bpftrace /bench/refwatch.bt $2 || return 0
 		measure $1 $2
 		stop_bpftrace
 		cat /tmp/bt.out >> /out/bpftrace.log ;;

@@ -1,7 +1,7 @@
 //! Device events: the fsdax fault + GUP pin storm (`benchload storm`) and fio's mmap engine on
 //! /mnt/dax, untraced, under `refwatch record` and `refwatch check` in each attach mode, under
-//! bpftrace printing each event and under `perf record` on the same functions, interleaved in
-//! one boot. Ratios of median rounds in guest instructions on the workload's vCPU (insncount
+//! bpftrace printing each event and under `perf record` on the same functions (each with and
+//! without stacks), and under empty programs on them (the floor), interleaved in one boot. Ratios of median rounds in guest instructions on the workload's vCPU (insncount
 //! plugin) and what each tracer delivered; then the storm with smaller and smaller rings.
 
 use std::collections::BTreeMap;
@@ -77,15 +77,28 @@ pub fn device(bench: &Bench, name: &str) -> Result<Device> {
         "/usr/local/bin/bench_tool".to_owned(),
     )];
     let mut tool_errors = BTreeMap::new();
-    for (variant, tool) in [
-        (None, &guest::FIO),
-        (Some(DeviceVariant::Bpftrace), &guest::BPFTRACE),
-        (Some(DeviceVariant::Perf), &guest::PERF),
+    for (variants, tool) in [
+        (&[][..], &guest::FIO),
+        (
+            &[
+                DeviceVariant::Bpftrace,
+                DeviceVariant::BpftraceStacks,
+                DeviceVariant::FloorKprobe,
+                DeviceVariant::FloorFentry,
+            ][..],
+            &guest::BPFTRACE,
+        ),
+        (
+            &[DeviceVariant::Perf, DeviceVariant::PerfStacks][..],
+            &guest::PERF,
+        ),
     ] {
         match guest::deb_tool_files(bench.apt, tool) {
             Ok(f) => files.extend(f),
-            Err(e) if variant.is_some() => {
-                tool_errors.insert(variant, format!("{e:#}"));
+            Err(e) if !variants.is_empty() => {
+                for &v in variants {
+                    tool_errors.insert(Some(v), format!("{e:#}"));
+                }
             }
             Err(e) => return Err(e),
         }
@@ -131,11 +144,13 @@ pub fn device(bench: &Bench, name: &str) -> Result<Device> {
             .find_map(|l| l.strip_prefix(prefix))
             .map(|s| s.trim().to_owned())
     };
-    for (v, prefix) in [
-        (DeviceVariant::Bpftrace, "BPFTRACE_FAILED "),
-        (DeviceVariant::Perf, "PERF_FAILED "),
-    ] {
-        if let Some(why) = failed(prefix) {
+    for v in DeviceVariant::ALL {
+        let prefix = match (v, v.bpftrace_script()) {
+            (_, Some(script)) => format!("BPFTRACE_FAILED {script} "),
+            (DeviceVariant::Perf | DeviceVariant::PerfStacks, _) => "PERF_FAILED ".to_owned(),
+            _ => continue,
+        };
+        if let Some(why) = failed(&prefix) {
             tool_errors.entry(Some(v)).or_insert(why);
         }
     }
@@ -225,7 +240,15 @@ impl Outcome<'_> {
                 Some(self.tool_errors.get(&Some(v)).cloned().unwrap_or(e)),
             ),
         };
-        let offered = delivered.as_ref().map(|d| (d.events + d.dropped) as f64);
+        // A floor delivers nothing: its hits are those of the same workload under `record`.
+        let of = |d: &Delivered| (d.events + d.dropped) as f64;
+        let offered = match v.is_floor() {
+            true => self.typical_s(round).and_then(|s| {
+                let under = DeviceVariant::RecordKprobe;
+                Some(of(&self::delivered(self.tool, self.out, under, work, s).ok()??))
+            }),
+            false => delivered.as_ref().map(of),
+        };
         let added = |r: &Rounds<Round>| {
             r.typical(round)
                 .zip(r.typical(base))
@@ -319,7 +342,10 @@ fn delivered(
     let read = |f: String| std::fs::read_to_string(out.join(&f)).map_err(|e| format!("{f}: {e}"));
     let w = work.name();
     let d = match v {
-        DeviceVariant::Base | DeviceVariant::Again => return Ok(None),
+        DeviceVariant::Base
+        | DeviceVariant::Again
+        | DeviceVariant::FloorKprobe
+        | DeviceVariant::FloorFentry => return Ok(None),
         DeviceVariant::RecordKprobe | DeviceVariant::RecordFentry => {
             let mode = v.attach().unwrap_or(Attach::Kprobe);
             record_delivered(tool, &out.join(format!("{w}-{mode}.rwt")), seconds)?
@@ -335,14 +361,14 @@ fn delivered(
             let events = n("events").ok_or("check's summary has no events")?;
             rates(seconds, events, n("dropped").unwrap_or(0))
         }
-        DeviceVariant::Bpftrace => {
-            let f = fields(&read(format!("bpftrace-{w}.delivered"))?, "events=")
+        DeviceVariant::Bpftrace | DeviceVariant::BpftraceStacks => {
+            let f = fields(&read(format!("{}-{w}.delivered", v.name()))?, "events=")
                 .ok_or("no bpftrace counts")?;
             let n = |k: &str| f.get(k).copied().unwrap_or(0.0) as u64;
             rates(seconds, n("events"), n("dropped"))
         }
-        DeviceVariant::Perf => {
-            let stats = read(format!("perf-{w}.stats"))?;
+        DeviceVariant::Perf | DeviceVariant::PerfStacks => {
+            let stats = read(format!("{}-{w}.stats", v.name()))?;
             let count = |kind: &str| {
                 stats.lines().find_map(|l| {
                     let rest = l.trim_start().strip_prefix(kind)?;

@@ -199,12 +199,20 @@ pub enum DeviceVariant {
     NoStacksFentry,
     /// bpftrace with the same probes and filter, printing a line per event to a file.
     Bpftrace,
+    /// The same with each event's kernel stack, as `record` takes it by default.
+    BpftraceStacks,
     /// `perf record` on kprobe events of the same functions, unfiltered.
     Perf,
+    /// The same with each event's kernel call chain (`-g`).
+    PerfStacks,
+    /// Empty BPF programs on the same functions (bpftrace): what every hit costs before a
+    /// tracer does anything, the floor no tracer of these functions goes below.
+    FloorKprobe,
+    FloorFentry,
 }
 
 impl DeviceVariant {
-    pub const ALL: [DeviceVariant; 10] = [
+    pub const ALL: [DeviceVariant; 14] = [
         DeviceVariant::Base,
         DeviceVariant::Again,
         DeviceVariant::RecordKprobe,
@@ -214,7 +222,11 @@ impl DeviceVariant {
         DeviceVariant::NoStacksKprobe,
         DeviceVariant::NoStacksFentry,
         DeviceVariant::Bpftrace,
+        DeviceVariant::BpftraceStacks,
         DeviceVariant::Perf,
+        DeviceVariant::PerfStacks,
+        DeviceVariant::FloorKprobe,
+        DeviceVariant::FloorFentry,
     ];
 
     /// The guest script's name for it.
@@ -229,18 +241,44 @@ impl DeviceVariant {
             DeviceVariant::NoStacksKprobe => "nostacks-kprobe",
             DeviceVariant::NoStacksFentry => "nostacks-fentry",
             DeviceVariant::Bpftrace => "bpftrace",
+            DeviceVariant::BpftraceStacks => "bpftrace-stacks",
             DeviceVariant::Perf => "perf",
+            DeviceVariant::PerfStacks => "perf-stacks",
+            DeviceVariant::FloorKprobe => "floor-kprobe",
+            DeviceVariant::FloorFentry => "floor-fentry",
         }
     }
 
+    /// How it attaches: every variant but the untraced ones and the peers' own.
     pub fn attach(self) -> Option<Attach> {
         match self {
             DeviceVariant::RecordKprobe
             | DeviceVariant::CheckKprobe
-            | DeviceVariant::NoStacksKprobe => Some(Attach::Kprobe),
+            | DeviceVariant::NoStacksKprobe
+            | DeviceVariant::FloorKprobe => Some(Attach::Kprobe),
             DeviceVariant::RecordFentry
             | DeviceVariant::CheckFentry
-            | DeviceVariant::NoStacksFentry => Some(Attach::Fentry),
+            | DeviceVariant::NoStacksFentry
+            | DeviceVariant::FloorFentry => Some(Attach::Fentry),
+            _ => None,
+        }
+    }
+
+    pub fn is_refwatch(self) -> bool {
+        self.attach().is_some() && !self.is_floor()
+    }
+
+    pub fn is_floor(self) -> bool {
+        matches!(self, DeviceVariant::FloorKprobe | DeviceVariant::FloorFentry)
+    }
+
+    /// The guest's bpftrace script, for the variants bpftrace runs.
+    pub fn bpftrace_script(self) -> Option<&'static str> {
+        match self {
+            DeviceVariant::Bpftrace => Some("/tmp/print.bt"),
+            DeviceVariant::BpftraceStacks => Some("/tmp/print-stacks.bt"),
+            DeviceVariant::FloorKprobe => Some("/tmp/floor-kprobe.bt"),
+            DeviceVariant::FloorFentry => Some("/tmp/floor-fentry.bt"),
             _ => None,
         }
     }
@@ -256,7 +294,11 @@ impl DeviceVariant {
             DeviceVariant::NoStacksKprobe => "refwatch record --no-stacks, kprobe",
             DeviceVariant::NoStacksFentry => "refwatch record --no-stacks, fentry",
             DeviceVariant::Bpftrace => "bpftrace 0.17, same probes + filter, printf per event",
+            DeviceVariant::BpftraceStacks => "bpftrace 0.17, the same printing kstack too",
             DeviceVariant::Perf => "perf record -e 'probe:*' -a, same functions, unfiltered",
+            DeviceVariant::PerfStacks => "perf record -g, the same with call chains",
+            DeviceVariant::FloorKprobe => "floor: empty kprobe programs (bpftrace), same functions",
+            DeviceVariant::FloorFentry => "floor: empty kfunc programs (bpftrace), same functions",
         }
     }
 
@@ -264,10 +306,10 @@ impl DeviceVariant {
     pub fn target(self, work: Workload) -> Option<&'static str> {
         match (self, work) {
             (DeviceVariant::Again, _) => Some("1×"),
-            (v, Workload::Storm) if v.attach().is_some() => {
+            (v, Workload::Storm) if v.is_refwatch() => {
                 Some("≤ 1.10×, < bpftrace and perf; 0 dropped")
             }
-            (v, Workload::Fio) if v.attach().is_some() => Some("0 dropped"),
+            (v, Workload::Fio) if v.is_refwatch() => Some("0 dropped"),
             _ => None,
         }
     }
