@@ -48,9 +48,7 @@ fn main() -> ExitCode {
             .and_then(|n| replicate(Path::new(input), Path::new(output), n)),
         ["bpftrace", trace] => bpftrace(Path::new(trace), Delivery::Count),
         ["bpftrace", "--print", trace] => bpftrace(Path::new(trace), Delivery::Print),
-        ["bpftrace", "--print-stacks", trace] => {
-            bpftrace(Path::new(trace), Delivery::PrintStacks)
-        }
+        ["bpftrace", "--print-stacks", trace] => bpftrace(Path::new(trace), Delivery::PrintStacks),
         ["functions", trace] => functions(Path::new(trace)),
         ["rerecord", trace, output] => rerecord(Path::new(trace), Path::new(output)),
         ["scale", template, output, pages] => pages

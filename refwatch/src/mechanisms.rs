@@ -109,7 +109,7 @@ mod tests {
 
     #[test]
     fn one_usable_mode_is_enough() {
-        let e = entry(&[AttachMode::Fentry, AttachMode::Kprobe]);
+        let e = entry(&[AttachMode::Kprobe, AttachMode::Fentry]);
         let kprobes_only = Mechanisms {
             kprobes: true,
             fentry: Fentry::Refused("EPERM".into()),

@@ -163,10 +163,10 @@ fn fentry_carries_every_entry_from_6_1() {
         assert_eq!(p.modes, vec![AttachMode::Fentry], "{}", p.function);
     }
     let auto = plan_modes("6.1", "__vm_insert_mixed");
-    assert_eq!(auto, vec![AttachMode::Fentry, AttachMode::Kprobe]);
+    assert_eq!(auto, vec![AttachMode::Kprobe, AttachMode::Fentry]);
     assert_eq!(
         plan_modes("6.1", "vm_normal_page"),
-        vec![AttachMode::Fentry, AttachMode::Kprobe]
+        vec![AttachMode::Kprobe, AttachMode::Fentry]
     );
     assert_eq!(
         plan_modes("5.10", "vm_normal_page"),
@@ -183,11 +183,11 @@ fn fentry_on_5_10_keeps_pfn_t_entries_on_kprobe() {
     );
     assert_eq!(
         plan_modes("5.10", "try_grab_page"),
-        vec![AttachMode::Fentry, AttachMode::Kprobe]
+        vec![AttachMode::Kprobe, AttachMode::Fentry]
     );
     assert_eq!(
         plan_modes("6.1", "vmf_insert_pfn_pmd_prot"),
-        vec![AttachMode::Fentry, AttachMode::Kprobe]
+        vec![AttachMode::Kprobe, AttachMode::Fentry]
     );
 }
 

@@ -67,8 +67,8 @@ enum Command {
 /// Options shared by every command that attaches probes: how, and until when.
 #[derive(Args, Clone)]
 pub struct RunArgs {
-    /// kprobe, fentry, or auto: fentry where the kernel allows it, else kprobe (fentry costs
-    /// less per probe hit).
+    /// kprobe, fentry, or auto: a kprobe where the kernel allows it, else fentry (a kernel
+    /// stack costs about twice as much from an fentry program; fentry costs less per hit).
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub attach: AttachMode,
     /// Leave out the probe on this kernel function (repeatable): less overhead where normal

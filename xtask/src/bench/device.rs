@@ -1,8 +1,9 @@
 //! Device events: the fsdax fault + GUP pin storm (`benchload storm`) and fio's mmap engine on
 //! /mnt/dax, untraced, under `refwatch record` and `refwatch check` in each attach mode, under
 //! bpftrace printing each event and under `perf record` on the same functions (each with and
-//! without stacks), and under empty programs on them (the floor), interleaved in one boot. Ratios of median rounds in guest instructions on the workload's vCPU (insncount
-//! plugin) and what each tracer delivered; then the storm with smaller and smaller rings.
+//! without stacks), and under empty programs on them (the floor), interleaved in one boot.
+//! Ratios of median rounds in guest instructions on the workload's vCPU (insncount plugin)
+//! and what each tracer delivered; then the storm with smaller and smaller rings.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -227,6 +228,13 @@ impl Outcome<'_> {
         }
     }
 
+    /// What `record` in kprobe mode delivered of `work`: the events a floor's probes saw.
+    fn record_kprobe(&self, work: Workload) -> Option<Delivered> {
+        let v = DeviceVariant::RecordKprobe;
+        let secs = self.typical_s((v, work))?;
+        delivered(self.tool, self.out, v, work, secs).ok().flatten()
+    }
+
     fn tracer(&self, v: DeviceVariant, work: Workload) -> DeviceTracer {
         let (round, base) = ((v, work), (DeviceVariant::Base, work));
         let delivered = self
@@ -243,10 +251,7 @@ impl Outcome<'_> {
         // A floor delivers nothing: its hits are those of the same workload under `record`.
         let of = |d: &Delivered| (d.events + d.dropped) as f64;
         let offered = match v.is_floor() {
-            true => self.typical_s(round).and_then(|s| {
-                let under = DeviceVariant::RecordKprobe;
-                Some(of(&self::delivered(self.tool, self.out, under, work, s).ok()??))
-            }),
+            true => self.record_kprobe(work).as_ref().map(of),
             false => delivered.as_ref().map(of),
         };
         let added = |r: &Rounds<Round>| {

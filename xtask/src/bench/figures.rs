@@ -269,7 +269,10 @@ impl DeviceVariant {
     }
 
     pub fn is_floor(self) -> bool {
-        matches!(self, DeviceVariant::FloorKprobe | DeviceVariant::FloorFentry)
+        matches!(
+            self,
+            DeviceVariant::FloorKprobe | DeviceVariant::FloorFentry
+        )
     }
 
     /// The guest's bpftrace script, for the variants bpftrace runs.

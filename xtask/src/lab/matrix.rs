@@ -225,7 +225,7 @@ pub const CASES: &[Case] = &[
     case("6.1", "devdax", Kprobe, DEVDAX),
     case("6.1", "teardown", Kprobe, TEARDOWN),
     case("6.1", "fsdax-mmap", Fentry, MMAP_6),
-    // The default mode: fentry for every entry from 6.1 on.
+    // The default mode: a kprobe for every entry that takes one.
     case("6.1", "fsdax-gup", Auto, GUP_6),
     case("7.2", "fsdax-mmap", Kprobe, MMAP_7),
     case("7.2", "fsdax-gup", Kprobe, GUP_7),
