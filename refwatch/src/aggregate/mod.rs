@@ -24,7 +24,7 @@ use refwatch_common::{
 use serde::Serialize;
 
 use mappings::Mappings;
-use pages::Pages;
+use pages::{Pages, Slot};
 use rules::PageView;
 pub use rules::{Coverage, Rule};
 use state::Step;
@@ -514,14 +514,14 @@ impl Aggregator {
 
     /// Page `pfn`'s PTE, zapped by `ev`.
     fn zapped(&mut self, ev: &Event, pfn: u64) {
-        let Some(page) = self.pages.get(pfn) else {
+        let Some((page, slot)) = self.pages.get_slot(pfn) else {
             return;
         };
         let after = Counts {
             refcount: page.refcount,
             mapped: (page.mapped - 1).max(0),
         };
-        self.pages.set_counts(pfn, after.refcount, after.mapped);
+        self.pages.set_counts_at(slot, after.refcount, after.mapped);
         let step = Step {
             ts_ns: ev.ts_ns,
             refs: 1,
@@ -531,11 +531,11 @@ impl Aggregator {
             probe: ev.probe,
             kind: EventKind::Unmap,
         };
-        self.pages.push_step(pfn, step);
+        self.pages.push_step_at(slot, step);
         if let Some(pg) = self.pgmaps.get_mut(&page.pgmap) {
             pg.counters.count(EventKind::Unmap);
         }
-        self.forget_if_idle(pfn, page.ty, after, false);
+        self.forget_if_idle((pfn, slot), page.ty, after, false);
     }
 
     /// mremap: the device PTEs of `[extra, extra2)` in mm `page` move to `pfn` onwards.
@@ -547,17 +547,23 @@ impl Aggregator {
         }
     }
 
-    /// Drops live page `pfn` of type `ty` whose state says nothing any more: idle (where that
-    /// is visible) and unmapped at the counts just set (`now`), or its pgmap is being torn
-    /// down.
-    fn forget_if_idle(&mut self, pfn: u64, ty: MemoryType, now: Counts, teardown: bool) {
+    /// Drops live page `pfn` (at `slot`) of type `ty` whose state says nothing any more: idle
+    /// (where that is visible) and unmapped at the counts just set (`now`), or its pgmap is
+    /// being torn down.
+    fn forget_if_idle(
+        &mut self,
+        (pfn, slot): (u64, Slot),
+        ty: MemoryType,
+        now: Counts,
+        teardown: bool,
+    ) {
         let model = self.context().model;
         let idle_now = match model.idle(ty) {
             Some(i) if model.idle_visible(ty) => now.refcount <= i,
             _ => true,
         };
         if teardown || (idle_now && now.mapped <= 0) {
-            self.pages.remove(pfn);
+            self.pages.remove_at(slot, pfn);
         }
     }
 
@@ -675,7 +681,7 @@ impl Aggregator {
             raised = 1;
         }
         self.track_grab(ev, kind, ty);
-        self.forget_if_idle(ev.pfn, ty, after, teardown);
+        self.forget_if_idle((ev.pfn, touched.slot), ty, after, teardown);
         raised
     }
 

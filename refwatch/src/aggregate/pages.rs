@@ -129,12 +129,12 @@ pub struct Touched {
     pub refcount: i64,
     pub mapped: i64,
     pub last: Option<Step>,
-    /// Where the page is, for [`Pages::set_counts_at`].
+    /// Where the page is, for [`Pages::set_counts_at`] and [`Pages::remove_at`].
     pub slot: Slot,
 }
 
-/// Where a live page's counts are (its chunk and lane): valid until the pages change (an event
-/// on another page may fold its chunk).
+/// Where a live page is (its chunk and lane): valid until the pages change, but for the
+/// page's own steps and counts (a step on another page may fold its chunk).
 #[derive(Clone, Copy, Debug)]
 pub struct Slot((usize, usize));
 
@@ -473,6 +473,13 @@ impl Pages {
         }
     }
 
+    /// A live page as [`Pages::get`] gives it, taken out of its run if it is in one, and where
+    /// its counts are.
+    pub fn get_slot(&mut self, pfn: u64) -> Option<(Page, Slot)> {
+        let (c, lane) = self.at_mut(pfn)?;
+        Some((self.view(c, lane), Slot((c, lane))))
+    }
+
     /// Sets a live page's counts.
     pub fn set_counts(&mut self, pfn: u64, refcount: i64, mapped: i64) {
         if let Some(at) = self.at_mut(pfn) {
@@ -501,12 +508,19 @@ impl Pages {
         }
     }
 
+    /// Appends a step to the history of the page at `slot`: it stays there (a page holding a
+    /// history stays in its chunk).
+    pub fn push_step_at(&mut self, Slot(at): Slot, step: Step) {
+        self.push_at(at, step);
+    }
+
     /// Appends a step to the history of the live page in chunk `c`, `lane`.
     fn push_at(&mut self, (c, lane): (usize, usize), step: Step) {
-        let mut h = self.chunks[c].lanes[lane].history;
-        if h == NONE {
-            let evicted;
-            (h, evicted) = self.histories.take(owner(c, lane));
+        let h = self.chunks[c].lanes[lane].history;
+        if h != NONE {
+            self.histories.push(h, step);
+        } else {
+            let (h, evicted) = self.histories.take(owner(c, lane), step);
             let chunk = &mut self.chunks[c];
             chunk.lanes[lane].history = h;
             chunk.rings |= 1 << lane;
@@ -521,7 +535,6 @@ impl Pages {
                 self.fold(ec);
             }
         }
-        self.histories.push(h, step);
     }
 
     pub fn last_finding(&self, pfn: u64) -> Option<LastFinding> {
@@ -553,9 +566,13 @@ impl Pages {
 
     /// Forgets a page that went idle.
     pub fn remove(&mut self, pfn: u64) {
-        let Some((c, lane)) = self.at_mut(pfn) else {
-            return;
-        };
+        if let Some(at) = self.at_mut(pfn) {
+            self.remove_at(Slot(at), pfn);
+        }
+    }
+
+    /// Forgets page `pfn`, found at `slot` before anything else changed the pages.
+    pub fn remove_at(&mut self, Slot((c, lane)): Slot, pfn: u64) {
         let chunk = &mut self.chunks[c];
         chunk.live &= !(1 << lane);
         chunk.rings &= !(1 << lane);
