@@ -152,6 +152,7 @@ impl RefModel {
     /// page while any FS_DAX pgmap exists (the static key), and returns false without touching
     /// the count unless the page is FS_DAX: the put then goes on through folio_put (inline, or
     /// the probed free at 0). Such a hit moves nothing and must not be judged as a put.
+    #[inline]
     pub fn passthrough(self, probe: &Probe, ty: MemoryType) -> bool {
         self == RefModel::FsdaxOneBased
             && probe.site == Site::DevmapPut
@@ -159,7 +160,9 @@ impl RefModel {
     }
 
     /// A page's counts after a probe hit: what the probed function does to the refcount read
-    /// at its entry, and to the mappings refwatch counts.
+    /// at its entry, and to the mappings refwatch counts. Inlined: the aggregator calls it for
+    /// every event, from another crate.
+    #[inline]
     pub fn after(self, hit: &Hit<'_>, before: Counts) -> Counts {
         let (r, m, refs) = (hit.refcount, hit.mapcount, hit.refs);
         let zero_based = self == RefModel::ZeroBased;
@@ -248,6 +251,7 @@ pub struct Hit<'a> {
 /// The references a get or put moves (an unmap: the PTEs it clears). A pin of a small folio is
 /// `GUP_PIN_COUNTING_BIAS` references (try_grab_folio, gup_put_folio): on 6.15+, where a
 /// mapping holds one, a second unpin of a mapped page is at refcount 1 and must still be found.
+#[inline]
 pub fn moved(probe: &Probe, ev: &Event) -> i64 {
     // A kernel moves a folio's worth at most; a corrupt trace's count is cut to 32 bits, so
     // that the refcount arithmetic on it stays within i64.

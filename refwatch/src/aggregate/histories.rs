@@ -56,17 +56,21 @@ impl Histories {
         self.rings.iter().flat_map(|r| r.iter().map(|s| s.task))
     }
 
-    /// An empty ring for page `owner`, and the page whose ring it was when the pool is full.
-    pub fn take(&mut self, owner: u64) -> (u32, Option<u64>) {
+    /// A ring for page `owner` holding `first` alone, and the page whose ring it was when the
+    /// pool is full.
+    pub fn take(&mut self, owner: u64, first: Step) -> (u32, Option<u64>) {
         if let Some(i) = self.free.pop() {
             self.owners[i as usize] = owner;
+            self.start(i as usize, first);
             return (i, None);
         }
         if self.rings.len() < self.cap {
             self.rings.push(Ring::new());
             self.owners.push(owner);
             self.touched.push(false);
-            return ((self.rings.len() - 1) as u32, None);
+            let i = self.rings.len() - 1;
+            self.start(i, first);
+            return (i as u32, None);
         }
         while std::mem::take(&mut self.touched[self.hand]) {
             self.advance();
@@ -74,9 +78,16 @@ impl Histories {
         let i = self.hand;
         self.advance();
         self.prefetch(if i + AHEAD < self.cap { i + AHEAD } else { 0 });
-        self.rings[i].clear();
+        self.start(i, first);
         let evicted = std::mem::replace(&mut self.owners[i], owner);
         (i as u32, Some(evicted))
+    }
+
+    /// Ring `i` now holds `first` alone: one write of the line its counters share with its
+    /// first step, without the ring's wrap-around arithmetic.
+    fn start(&mut self, i: usize, first: Step) {
+        self.touched[i] = true;
+        self.rings[i].start(first);
     }
 
     /// Moves the hand on (without a division: the hand moves once or twice every event).

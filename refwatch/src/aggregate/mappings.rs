@@ -20,6 +20,16 @@ struct Chunk {
 }
 
 impl Chunk {
+    /// Maps `lane` to `pfn`: the pfn it mapped before, and whether the chunk is now full and
+    /// linear (it may fold).
+    fn set(&mut self, lane: usize, pfn: u64) -> (Option<u64>, bool) {
+        let old = (self.mapped & (1 << lane) != 0).then_some(self.pfns[lane]);
+        self.mapped |= 1 << lane;
+        self.pfns[lane] = pfn;
+        let linear = self.mapped == FULL && Self::linear(self.pfns[0]).pfns == self.pfns;
+        (old, linear)
+    }
+
     /// Every lane mapped, to `pfn0` onwards.
     fn linear(pfn0: u64) -> Self {
         Self {
@@ -65,25 +75,28 @@ impl Mappings {
             return self.odd.insert(at, pfn);
         }
         let (key, lane) = split(at);
-        if !self.chunks.contains_key(&key)
-            && let Some((start, run)) = self.run_of(key)
-        {
-            let old = run
-                .pfn0
-                .wrapping_add((key.1 - start.1) * SPAN + lane as u64);
-            if old == pfn {
-                return Some(old);
+        // Most inserts land in a chunk that is there already (a workload maps a range in
+        // order): one search of the tree for those.
+        let (old, linear) = match self.chunks.get_mut(&key) {
+            Some(chunk) => chunk.set(lane, pfn),
+            None => {
+                if let Some((start, run)) = self.run_of(key) {
+                    let old = run
+                        .pfn0
+                        .wrapping_add((key.1 - start.1) * SPAN + lane as u64);
+                    if old == pfn {
+                        return Some(old);
+                    }
+                    self.unfold(start, run, key);
+                }
+                let chunk = self.chunks.entry(key).or_insert(Chunk {
+                    mapped: 0,
+                    pfns: [0; SPAN as usize],
+                });
+                chunk.set(lane, pfn)
             }
-            self.unfold(start, run, key);
-        }
-        let chunk = self.chunks.entry(key).or_insert(Chunk {
-            mapped: 0,
-            pfns: [0; SPAN as usize],
-        });
-        let old = (chunk.mapped & (1 << lane) != 0).then_some(chunk.pfns[lane]);
-        chunk.mapped |= 1 << lane;
-        chunk.pfns[lane] = pfn;
-        if chunk.mapped == FULL && Chunk::linear(chunk.pfns[0]).pfns == chunk.pfns {
+        };
+        if linear {
             self.fold(key);
         }
         old

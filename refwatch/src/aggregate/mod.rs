@@ -24,7 +24,7 @@ use refwatch_common::{
 use serde::Serialize;
 
 use mappings::Mappings;
-use pages::{Page, Pages};
+use pages::{Pages, Slot};
 use rules::PageView;
 pub use rules::{Coverage, Rule};
 use state::Step;
@@ -514,11 +514,14 @@ impl Aggregator {
 
     /// Page `pfn`'s PTE, zapped by `ev`.
     fn zapped(&mut self, ev: &Event, pfn: u64) {
-        let Some(page) = self.pages.get(pfn) else {
+        let Some((page, slot)) = self.pages.get_slot(pfn) else {
             return;
         };
-        self.pages
-            .set_counts(pfn, page.refcount, (page.mapped - 1).max(0));
+        let after = Counts {
+            refcount: page.refcount,
+            mapped: (page.mapped - 1).max(0),
+        };
+        self.pages.set_counts_at(slot, after.refcount, after.mapped);
         let step = Step {
             ts_ns: ev.ts_ns,
             refs: 1,
@@ -528,11 +531,11 @@ impl Aggregator {
             probe: ev.probe,
             kind: EventKind::Unmap,
         };
-        self.pages.push_step(pfn, step);
+        self.pages.push_step_at(slot, step);
         if let Some(pg) = self.pgmaps.get_mut(&page.pgmap) {
             pg.counters.count(EventKind::Unmap);
         }
-        self.forget_if_idle(pfn, false);
+        self.forget_if_idle((pfn, slot), page.ty, after, false);
     }
 
     /// mremap: the device PTEs of `[extra, extra2)` in mm `page` move to `pfn` onwards.
@@ -544,19 +547,23 @@ impl Aggregator {
         }
     }
 
-    /// Drops a page whose state says nothing any more: idle (where that is visible) and
-    /// unmapped, or its pgmap is being torn down.
-    fn forget_if_idle(&mut self, pfn: u64, teardown: bool) {
+    /// Drops live page `pfn` (at `slot`) of type `ty` whose state says nothing any more: idle
+    /// (where that is visible) and unmapped at the counts just set (`now`), or its pgmap is
+    /// being torn down.
+    fn forget_if_idle(
+        &mut self,
+        (pfn, slot): (u64, Slot),
+        ty: MemoryType,
+        now: Counts,
+        teardown: bool,
+    ) {
         let model = self.context().model;
-        let Some(page) = self.pages.get(pfn) else {
-            return;
-        };
-        let idle_now = match model.idle(page.ty) {
-            Some(i) if model.idle_visible(page.ty) => page.refcount <= i,
+        let idle_now = match model.idle(ty) {
+            Some(i) if model.idle_visible(ty) => now.refcount <= i,
             _ => true,
         };
-        if teardown || (idle_now && page.mapped <= 0) {
-            self.pages.remove(pfn);
+        if teardown || (idle_now && now.mapped <= 0) {
+            self.pages.remove_at(slot, pfn);
         }
     }
 
@@ -612,27 +619,6 @@ impl Aggregator {
                 counters: Counters::default(),
             })),
         };
-        let fresh = self
-            .pages
-            .touch(ev.pfn, ev.pgmap, ty, ev.page, i64::from(ev.refcount));
-        // gup_put_folio hands the same references on to __put_devmap_managed_*_refs (≤6.12):
-        // one drop seen at two nested probes, counted once. (A history is never evicted
-        // between two such consecutive events: HISTORIES other pages would need one first.)
-        let nested = kind == EventKind::Put
-            && self
-                .pages
-                .history(ev.pfn)
-                .and_then(|h| h.last())
-                .is_some_and(|prev| {
-                    prev.kind == EventKind::Put
-                        && self.tasks.get(prev.task).pid_tgid == ev.pid_tgid
-                        && prev.refcount == ev.refcount
-                        && CATALOG[prev.probe as usize].site != probe.site
-                });
-        if let Some(pg) = pg.filter(|_| !nested) {
-            pg.counters.count(kind);
-            pg.counters.pages_seen += u64::from(fresh);
-        }
         let step = Step {
             ts_ns: ev.ts_ns,
             // An insert's extra is its address where its probe knows it; it maps the page once.
@@ -647,16 +633,37 @@ impl Aggregator {
             probe: ev.probe,
             kind,
         };
-        self.pages.push_step(ev.pfn, step);
-        let page = self.pages.get(ev.pfn).expect("started above");
+        let touched =
+            self.pages
+                .record(ev.pfn, ev.pgmap, ty, ev.page, i64::from(ev.refcount), step);
+        // gup_put_folio hands the same references on to __put_devmap_managed_*_refs (≤6.12):
+        // one drop seen at two nested probes, counted once. (A history is never evicted
+        // between two such consecutive events: HISTORIES other pages would need one first.)
+        let nested = kind == EventKind::Put
+            && touched.last.is_some_and(|prev| {
+                prev.kind == EventKind::Put
+                    && self.tasks.get(prev.task).pid_tgid == ev.pid_tgid
+                    && prev.refcount == ev.refcount
+                    && CATALOG[prev.probe as usize].site != probe.site
+            });
+        if let Some(pg) = pg.filter(|_| !nested) {
+            pg.counters.count(kind);
+            pg.counters.pages_seen += u64::from(touched.fresh);
+        }
+        // record named the page's type as the event's.
+        let before = Counts {
+            refcount: touched.refcount,
+            mapped: touched.mapped,
+        };
         let view = PageView {
             ty,
-            mapped: page.mapped,
+            mapped: before.mapped,
             pgmap_in_teardown: teardown,
         };
         let verdict = rules::judge(ctx, probe, ev, &view);
-        let after = advance(ctx, probe, kind, ev, &page, new_mapping);
-        self.pages.set_counts(ev.pfn, after.refcount, after.mapped);
+        let after = advance(ctx, probe, kind, ev, ty, before, new_mapping);
+        self.pages
+            .set_counts_at(touched.slot, after.refcount, after.mapped);
         let key = verdict
             .as_ref()
             .map(|(rule, _)| (*rule, ev.pid_tgid, ev.refcount));
@@ -674,7 +681,7 @@ impl Aggregator {
             raised = 1;
         }
         self.track_grab(ev, kind, ty);
-        self.forget_if_idle(ev.pfn, teardown);
+        self.forget_if_idle((ev.pfn, touched.slot), ty, after, teardown);
         raised
     }
 
@@ -693,11 +700,6 @@ impl Aggregator {
                 .pages
                 .get(pfn)
                 .map_or((ev.pgmap, ty), |p| (p.pgmap, p.ty));
-            self.pages
-                .touch(pfn, pgmap, ty, page, i64::from(ev.refcount));
-            let now = self.pages.get(pfn).expect("touched above");
-            self.pages
-                .set_counts(pfn, now.refcount, now.mapped + i64::from(new));
             let step = Step {
                 ts_ns: ev.ts_ns,
                 refs: 1,
@@ -707,7 +709,11 @@ impl Aggregator {
                 probe: ev.probe,
                 kind: EventKind::Insert,
             };
-            self.pages.push_step(pfn, step);
+            let now = self
+                .pages
+                .record(pfn, pgmap, ty, page, i64::from(ev.refcount), step);
+            self.pages
+                .set_counts_at(now.slot, now.refcount, now.mapped + i64::from(new));
         }
     }
 
@@ -787,7 +793,8 @@ fn advance(
     probe: &Probe,
     kind: EventKind,
     ev: &Event,
-    page: &Page,
+    ty: MemoryType,
+    before: Counts,
     new_mapping: bool,
 ) -> Counts {
     let tracked = ctx
@@ -798,15 +805,11 @@ fn advance(
     let hit = Hit {
         probe,
         kind,
-        ty: page.ty,
+        ty,
         refcount: i64::from(ev.refcount),
         mapcount: i64::from(ev.mapcount),
         refs: moved(probe, ev),
         counts_mapping: tracked && new_mapping,
-    };
-    let before = Counts {
-        refcount: page.refcount,
-        mapped: page.mapped,
     };
     ctx.model.after(&hit, before)
 }

@@ -82,6 +82,9 @@ struct Chunk {
     ty: MemoryType,
     /// Bit per live lane.
     live: u16,
+    /// Bit per lane holding a history: an eviction asks whether the chunk may fold, and the
+    /// answer is mostly no (its neighbours' rings are taken in order after it).
+    rings: u16,
     lanes: [Lane; LANES as usize],
 }
 
@@ -117,6 +120,23 @@ impl Run {
 
 /// Every lane live.
 const FULL: u16 = u16::MAX;
+
+/// A page as [`Pages::record`] found it: whether it was not live, its counts and the last
+/// step of its history.
+#[derive(Clone, Copy, Debug)]
+pub struct Touched {
+    pub fresh: bool,
+    pub refcount: i64,
+    pub mapped: i64,
+    pub last: Option<Step>,
+    /// Where the page is, for [`Pages::set_counts_at`] and [`Pages::remove_at`].
+    pub slot: Slot,
+}
+
+/// Where a live page is (its chunk and lane): valid until the pages change, but for the
+/// page's own steps and counts (a step on another page may fold its chunk).
+#[derive(Clone, Copy, Debug)]
+pub struct Slot((usize, usize));
 
 /// The finding a page's previous event raised (rule, pid_tgid, refcount at entry).
 pub type LastFinding = (Rule, u64, i32);
@@ -183,6 +203,7 @@ impl Pages {
         (self.index.len(), self.runs.len())
     }
 
+    #[inline]
     fn chunk_of(&self, pfn: u64) -> Option<u32> {
         let no = pfn / LANES;
         if let Some((last_no, i)) = self.last.get()
@@ -196,6 +217,7 @@ impl Pages {
     }
 
     /// The chunk and lane of a live page.
+    #[inline]
     fn at(&self, pfn: u64) -> Option<(usize, usize)> {
         let c = self.chunk_of(pfn)? as usize;
         let lane = (pfn % LANES) as usize;
@@ -241,6 +263,7 @@ impl Pages {
         let chunk = &mut self.chunks[c as usize];
         (chunk.pgmap, chunk.page0, chunk.ty) = (run.pgmap, page0(no), run.ty);
         chunk.live = FULL;
+        chunk.rings = 0;
         chunk.lanes = [Lane {
             refcount: run.refcount,
             mapped: run.mapped,
@@ -256,10 +279,11 @@ impl Pages {
         let l0 = chunk.lanes[0];
         if !self.compact
             || chunk.live != FULL
+            || chunk.rings != 0
             || chunk
                 .lanes
                 .iter()
-                .any(|l| l.history != NONE || (l.refcount, l.mapped) != (l0.refcount, l0.mapped))
+                .any(|l| (l.refcount, l.mapped) != (l0.refcount, l0.mapped))
         {
             return;
         }
@@ -283,20 +307,21 @@ impl Pages {
             refcount: l0.refcount,
             mapped: l0.mapped,
         };
-        let mut start = no;
-        if let Some((&s, prev)) = self.runs.range(..no).next_back()
-            && s + prev.chunks == no
-            && prev.joins(&run, no - s)
-        {
-            (start, run.chunks, run.page0) = (s, prev.chunks + 1, prev.page0);
-        }
         if let Some(next) = self.runs.get(&(no + 1)).copied()
-            && run.joins(&next, no + 1 - start)
+            && run.joins(&next, 1)
         {
             self.runs.remove(&(no + 1));
             run.chunks += next.chunks;
         }
-        self.runs.insert(start, run);
+        // The run before grows in place (a sweep folds chunks in order): no second search.
+        match self.runs.range_mut(..no).next_back() {
+            Some((&s, prev)) if s + prev.chunks == no && prev.joins(&run, no - s) => {
+                prev.chunks += run.chunks;
+            }
+            _ => {
+                self.runs.insert(no, run);
+            }
+        }
         // Free chunks hold no live page (iter() walks them all).
         self.chunks[c].live = 0;
         self.index.remove(&no);
@@ -354,16 +379,19 @@ impl Pages {
         chunked.chain(runs)
     }
 
-    /// Starts `pfn` with `refcount` unless it is live (true if it was not), and names its
-    /// pgmap, type and `struct page *` as the event did.
-    pub fn touch(
+    /// An event on page `pfn`: starts it with `refcount` unless it is live, names its pgmap,
+    /// type and `struct page *` as the event did and appends `step` to its history; returns
+    /// what the rules read of the page before the event, found by one lookup instead of one
+    /// for each.
+    pub fn record(
         &mut self,
         pfn: u64,
         pgmap: u64,
         ty: MemoryType,
         page: u64,
         refcount: i64,
-    ) -> bool {
+        step: Step,
+    ) -> Touched {
         let lane = (pfn % LANES) as usize;
         let c = match self.chunk_of(pfn) {
             Some(c) => c,
@@ -383,8 +411,20 @@ impl Pages {
             };
             self.live += 1;
         }
+        let l = chunk.lanes[lane];
         self.set_identity((c, lane), pfn, Odd { pgmap, page, ty });
-        fresh
+        let last = match l.history {
+            NONE => None,
+            h => self.histories.get(h).last().copied(),
+        };
+        self.push_at((c, lane), step);
+        Touched {
+            fresh,
+            refcount: i64::from(l.refcount),
+            mapped: i64::from(l.mapped),
+            last,
+            slot: Slot((c, lane)),
+        }
     }
 
     fn new_chunk(&mut self, no: u64) -> u32 {
@@ -394,6 +434,7 @@ impl Pages {
             page0: 0,
             ty: MemoryType::Unknown,
             live: 0,
+            rings: 0,
             lanes: [Lane {
                 refcount: 0,
                 mapped: 0,
@@ -432,12 +473,25 @@ impl Pages {
         }
     }
 
+    /// A live page as [`Pages::get`] gives it, taken out of its run if it is in one, and where
+    /// its counts are.
+    pub fn get_slot(&mut self, pfn: u64) -> Option<(Page, Slot)> {
+        let (c, lane) = self.at_mut(pfn)?;
+        Some((self.view(c, lane), Slot((c, lane))))
+    }
+
     /// Sets a live page's counts.
     pub fn set_counts(&mut self, pfn: u64, refcount: i64, mapped: i64) {
-        if let Some((c, lane)) = self.at_mut(pfn) {
-            let l = &mut self.chunks[c].lanes[lane];
-            (l.refcount, l.mapped) = (narrow(refcount), narrow(mapped));
+        if let Some(at) = self.at_mut(pfn) {
+            self.set_counts_at(Slot(at), refcount, mapped);
         }
+    }
+
+    /// Sets the counts of the page [`Pages::record`] found at `slot`, before anything else
+    /// changed the pages.
+    pub fn set_counts_at(&mut self, Slot((c, lane)): Slot, refcount: i64, mapped: i64) {
+        let l = &mut self.chunks[c].lanes[lane];
+        (l.refcount, l.mapped) = (narrow(refcount), narrow(mapped));
     }
 
     /// The steps remembered of a live page.
@@ -449,24 +503,38 @@ impl Pages {
 
     /// Appends a step to a live page's history, taking one from the pool if it has none.
     pub fn push_step(&mut self, pfn: u64, step: Step) {
-        let Some((c, lane)) = self.at_mut(pfn) else {
-            return;
-        };
-        let mut h = self.chunks[c].lanes[lane].history;
-        if h == NONE {
-            let evicted;
-            (h, evicted) = self.histories.take(owner(c, lane));
-            self.chunks[c].lanes[lane].history = h;
+        if let Some(at) = self.at_mut(pfn) {
+            self.push_at(at, step);
+        }
+    }
+
+    /// Appends a step to the history of the page at `slot`: it stays there (a page holding a
+    /// history stays in its chunk).
+    pub fn push_step_at(&mut self, Slot(at): Slot, step: Step) {
+        self.push_at(at, step);
+    }
+
+    /// Appends a step to the history of the live page in chunk `c`, `lane`.
+    fn push_at(&mut self, (c, lane): (usize, usize), step: Step) {
+        let h = self.chunks[c].lanes[lane].history;
+        if h != NONE {
+            self.histories.push(h, step);
+        } else {
+            let (h, evicted) = self.histories.take(owner(c, lane), step);
+            let chunk = &mut self.chunks[c];
+            chunk.lanes[lane].history = h;
+            chunk.rings |= 1 << lane;
             // A page holding a history stays in its chunk (no fold, no removal without giving
             // the history back): the owner names its lane without a lookup. Its chunk may
             // fold now.
             if let Some(e) = evicted {
                 let (ec, elane) = lane_of(e);
-                self.chunks[ec].lanes[elane].history = NONE;
+                let chunk = &mut self.chunks[ec];
+                chunk.lanes[elane].history = NONE;
+                chunk.rings &= !(1 << elane);
                 self.fold(ec);
             }
         }
-        self.histories.push(h, step);
     }
 
     pub fn last_finding(&self, pfn: u64) -> Option<LastFinding> {
@@ -476,6 +544,7 @@ impl Pages {
         self.last_findings.get(&pfn).copied()
     }
 
+    #[inline]
     pub fn set_last_finding(&mut self, pfn: u64, key: Option<LastFinding>) {
         match key {
             Some(key) => {
@@ -497,11 +566,16 @@ impl Pages {
 
     /// Forgets a page that went idle.
     pub fn remove(&mut self, pfn: u64) {
-        let Some((c, lane)) = self.at_mut(pfn) else {
-            return;
-        };
+        if let Some(at) = self.at_mut(pfn) {
+            self.remove_at(Slot(at), pfn);
+        }
+    }
+
+    /// Forgets page `pfn`, found at `slot` before anything else changed the pages.
+    pub fn remove_at(&mut self, Slot((c, lane)): Slot, pfn: u64) {
         let chunk = &mut self.chunks[c];
         chunk.live &= !(1 << lane);
+        chunk.rings &= !(1 << lane);
         let h = std::mem::replace(&mut chunk.lanes[lane].history, NONE);
         if chunk.live == 0 {
             self.index.remove(&(chunk.base / LANES));
@@ -611,13 +685,12 @@ mod tests {
             Op::Sweep(pfn, len, pgmap, refcount, mapped) => {
                 for p in pfn..(pfn + len).min(PFNS) {
                     let page = VMEMMAP + p * STRUCT_PAGE;
-                    pages.touch(p, pgmap, MemoryType::FsDax, page, refcount);
-                    pages.push_step(p, step(ts));
+                    pages.record(p, pgmap, MemoryType::FsDax, page, refcount, step(ts));
                     pages.set_counts(p, refcount, mapped);
                 }
             }
             Op::Odd(pfn) => {
-                pages.touch(pfn, 1, MemoryType::FsDax, 0x1000 + pfn, 1);
+                pages.record(pfn, 1, MemoryType::FsDax, 0x1000 + pfn, 1, step(ts));
             }
             Op::Counts(pfn, refcount, mapped) => pages.set_counts(pfn, refcount, mapped),
             Op::Finding(pfn, set) => {
@@ -650,6 +723,7 @@ mod tests {
                 apply(&mut runs, op, ts as u64);
                 apply(&mut plain, op, ts as u64);
                 prop_assert_eq!(runs.len(), plain.len());
+                prop_assert!(rings_agree(&runs) && rings_agree(&plain));
                 for pfn in 0..PFNS {
                     prop_assert_eq!(seen(&runs, pfn), seen(&plain, pfn), "pfn {}", pfn);
                 }
@@ -660,6 +734,17 @@ mod tests {
                 prop_assert_eq!(a, b);
             }
         }
+    }
+
+    /// Each chunk's bit per lane holding a history agrees with its lanes.
+    fn rings_agree(pages: &Pages) -> bool {
+        pages.chunks.iter().filter(|c| c.live != 0).all(|c| {
+            (0..LANES as usize).all(|l| {
+                let live = c.live & (1 << l) != 0;
+                let held = live && c.lanes[l].history != NONE;
+                (c.rings & (1 << l) != 0) == held
+            })
+        })
     }
 
     /// A sweep over whole chunks with one history leaves them as one run.

@@ -117,6 +117,7 @@ pub struct PageView {
 }
 
 /// The rule an event breaks, with a one-line explanation. At most one rule per event.
+#[inline]
 pub fn judge(
     ctx: &KernelView,
     probe: &Probe,

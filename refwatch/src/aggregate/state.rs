@@ -124,6 +124,12 @@ impl Ring {
         (self.next, self.len) = (0, 0);
     }
 
+    /// Clears the ring and adds `step`.
+    pub fn start(&mut self, step: Step) {
+        self.steps[0] = step;
+        (self.next, self.len) = (1, 1);
+    }
+
     pub fn last(&self) -> Option<&Step> {
         (self.len > 0).then(|| &self.steps[(usize::from(self.next) + RING - 1) % RING])
     }

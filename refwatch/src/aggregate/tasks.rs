@@ -32,20 +32,27 @@ pub struct Tasks {
 }
 
 impl Tasks {
-    /// The index of `task`, valid until a sweep that does not find it held.
+    /// The index of `task`, valid until a sweep that does not find it held. Inlined: every
+    /// event and step asks, and mostly for the task of the event before.
+    #[inline]
     pub fn hold(&mut self, task: Task) -> u32 {
-        let i = match self.last {
+        match self.last {
             Some(i) if self.entries[i as usize] == task => i,
-            _ => match self.index.get(&task) {
-                Some(&i) => i,
-                None => self.insert(task),
-            },
+            _ => self.look_up(task),
+        }
+    }
+
+    fn look_up(&mut self, task: Task) -> u32 {
+        let i = match self.index.get(&task) {
+            Some(&i) => i,
+            None => self.insert(task),
         };
         self.last = Some(i);
         i
     }
 
     /// The index of the task that ran `ev`.
+    #[inline]
     pub fn hold_event(&mut self, ev: &refwatch_common::Event) -> u32 {
         self.hold(Task {
             pid_tgid: ev.pid_tgid,
