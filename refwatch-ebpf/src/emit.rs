@@ -11,9 +11,7 @@ use refwatch_common::{
     event::{PGMAP_TYPE_UNKNOWN, WATCH_PROBE, flags},
 };
 
-use crate::{
-    CALLS, DEVICE_MMS, DROPS, EVENTS, PGMAPS_SEEN, STACKS, args::Args, layout, page, scan,
-};
+use crate::{CALLS, DEVICE_MMS, DROPS, EVENTS, STACKS, args::Args, layout, page, pgmaps, scan};
 
 /// Bits of a DAX xarray entry (`xa_mk_value(flags | pfn << DAX_SHIFT)`, fs/dax.c): the value
 /// marker is bit 0, so `DAX_PMD` is bit 2, the zero-page and empty markers bits 3 and 4.
@@ -31,9 +29,9 @@ pub fn handle<C: Args + StackIdContext>(ctx: &C, id: u8, probe: &Probe) {
     if let Arg::Pgmap(n) | Arg::PgmapScan(n) = probe.arg {
         let pgmap = ctx.arg_u64(n);
         if probe.kind == EventKind::PgmapRemove {
-            let _ = PGMAPS_SEEN.remove(pgmap);
+            pgmaps::removed(pgmap);
         } else {
-            let _ = PGMAPS_SEEN.insert(pgmap, 1, 0);
+            pgmaps::added(pgmap);
         }
         let f = match probe.arg {
             // Before the pgmap event, so the aggregator has every held page when it judges.
@@ -90,7 +88,8 @@ pub fn handle<C: Args + StackIdContext>(ctx: &C, id: u8, probe: &Probe) {
         return;
     };
     // The filter every hit pays for: one read and a compare.
-    if page::zone_device_flags(page).is_none() || !wanted_task() {
+    let mut snapshot = page::Snapshot::new();
+    if !snapshot.read_zone_device(page) || !wanted_task() {
         return;
     }
     // After the page filter: reading the return address is a helper call, and the functions
@@ -98,9 +97,11 @@ pub fn handle<C: Args + StackIdContext>(ctx: &C, id: u8, probe: &Probe) {
     if !called_from_wanted_caller(ctx, id, probe.params.len() as u8) {
         return;
     }
-    let head = page::head(page);
-    let state = page::state(head);
-    discover(ctx, id, state.pgmap);
+    if !snapshot.move_to_head() {
+        return;
+    }
+    let state = snapshot.state();
+    let pgmap_type = reported_pgmap_type(ctx, id, state.pgmap);
     let mut extra = match probe.refs {
         Refs::One | Refs::Pin => 1,
         Refs::Arg(n) | Refs::PinArg(n) => ctx.arg_u64(n),
@@ -111,8 +112,10 @@ pub fn handle<C: Args + StackIdContext>(ctx: &C, id: u8, probe: &Probe) {
     };
     if let Some((mm, address)) = mapped_at(ctx, probe.at) {
         (extra, extra2) = (address, mm);
-        // Before the zap of this address can run: its range event needs the mm known.
-        if mm != 0 {
+        // Before the zap of this address can run: its range event needs the mm known. Looked
+        // up first: an update allocates and takes the map's lock, and most inserts are of
+        // an mm already known.
+        if mm != 0 && unsafe { DEVICE_MMS.get(mm) }.is_none() {
             let _ = DEVICE_MMS.insert(mm, 1, 0);
         }
     }
@@ -121,7 +124,15 @@ pub fn handle<C: Args + StackIdContext>(ctx: &C, id: u8, probe: &Probe) {
     } else {
         0
     };
-    submit_page(&common(ctx), id, probe.kind, head, &state, extra, extra2, f);
+    let event = PageEvent {
+        page: snapshot.addr(),
+        state,
+        pgmap_type,
+        extra,
+        extra2,
+        flags: f,
+    };
+    submit_page(&common(ctx), id, probe.kind, &event);
 }
 
 /// A write to a watched page's `_refcount`: the counts right after it (a data breakpoint traps
@@ -131,18 +142,12 @@ pub fn handle<C: Args + StackIdContext>(ctx: &C, id: u8, probe: &Probe) {
 pub fn watch(ctx: &PerfEventContext) {
     // perf hands a breakpoint's own address to the program as the sample address.
     let addr = unsafe { (*ctx.ctx).addr };
-    let page = addr - layout!(off_refcount);
-    let state = page::state(page);
-    submit_page(
-        &common(ctx),
-        WATCH_PROBE,
-        EventKind::Watch,
-        page,
-        &state,
-        0,
-        0,
-        0,
-    );
+    let mut snapshot = page::Snapshot::new();
+    if !snapshot.fill(addr - layout!(off_refcount)) {
+        return;
+    }
+    let event = PageEvent::of(&snapshot, 0, 0);
+    submit_page(&common(ctx), WATCH_PROBE, EventKind::Watch, &event);
 }
 
 /// `-p PID`: whether a page event of the current task is wanted (the task is a thread of
@@ -158,13 +163,22 @@ fn wanted_task() -> bool {
     tgid == 0 || (bpf_get_current_pid_tgid() >> 32) as u32 == tgid
 }
 
-/// Reports a pgmap created before refwatch started, the first time one of its pages is seen.
+/// The type of the pgmap of a page about to be reported; reports the pgmap first if it was
+/// created before refwatch started (the first time one of its pages is seen).
 #[inline(always)]
-fn discover<C: Args + StackIdContext>(ctx: &C, id: u8, pgmap: u64) {
-    if pgmap != 0 && unsafe { PGMAPS_SEEN.get(pgmap) }.is_none() {
-        let _ = PGMAPS_SEEN.insert(pgmap, 1, 0);
+fn reported_pgmap_type<C: Args + StackIdContext>(ctx: &C, id: u8, pgmap: u64) -> u8 {
+    if pgmap == 0 {
+        return PGMAP_TYPE_UNKNOWN;
+    }
+    if let Some(ty) = pgmaps::cached_type(pgmap) {
+        return ty;
+    }
+    if !pgmaps::seen_before(pgmap) {
         pgmap_event(ctx, id, EventKind::PgmapAdd, pgmap, flags::DISCOVERED);
     }
+    let ty = pgmaps::type_of(pgmap);
+    pgmaps::cache(pgmap, ty);
+    ty
 }
 
 /// The (mm, user address) an insert maps its page at, where its probe knows them.
@@ -199,23 +213,39 @@ fn dax_entry<C: Args + StackIdContext>(
         return;
     }
     let first = entry >> DAX_ENTRY_PFN_SHIFT;
-    let Some(page) = page::pfn_to_page(first) else {
-        return;
-    };
-    if page::zone_device_flags(page).is_none() || !wanted_task() {
-        return;
-    }
     let pages = if entry & DAX_ENTRY_PMD != 0 {
         PMD_PAGES
     } else {
         1
     };
-    let common = common(ctx);
-    let state = page::state(page);
-    discover(ctx, id, state.pgmap);
-    submit_page(&common, id, kind, page, &state, pages, 0, 0);
+    // The first page in a block of its own, so that its snapshot's stack is free for the scan.
+    let (common, known) = {
+        let Some(page) = page::pfn_to_page(first) else {
+            return;
+        };
+        let mut snapshot = page::Snapshot::new();
+        if !snapshot.read_zone_device(page) || !wanted_task() {
+            return;
+        }
+        let common = common(ctx);
+        let state = snapshot.state();
+        let known = scan::KnownPgmap {
+            pgmap: state.pgmap,
+            ty: reported_pgmap_type(ctx, id, state.pgmap),
+        };
+        let event = PageEvent {
+            page,
+            state,
+            pgmap_type: known.ty,
+            extra: pages,
+            extra2: 0,
+            flags: 0,
+        };
+        submit_page(&common, id, kind, &event);
+        (common, known)
+    };
     if each_page && pages > 1 {
-        scan::busy_pages(common, id, kind, first + 1, pages - 1, 0, 1);
+        scan::busy_pages(common, id, kind, first + 1, pages - 1, 0, known, 1);
     }
 }
 
@@ -245,19 +275,34 @@ pub fn common<C: StackIdContext>(ctx: &C) -> Common {
     }
 }
 
-/// One event about the (head) page `page` in state `state`.
-#[allow(clippy::too_many_arguments)]
+/// An event about one (head) page.
+pub struct PageEvent {
+    pub page: u64,
+    pub state: page::PageState,
+    pub pgmap_type: u8,
+    pub extra: u64,
+    pub extra2: u64,
+    pub flags: u8,
+}
+
+impl PageEvent {
+    /// The page of `snapshot` as it is, its pgmap's type read.
+    #[inline(always)]
+    pub fn of(snapshot: &page::Snapshot, extra: u64, extra2: u64) -> PageEvent {
+        let state = snapshot.state();
+        PageEvent {
+            page: snapshot.addr(),
+            pgmap_type: pgmaps::type_of(state.pgmap),
+            state,
+            extra,
+            extra2,
+            flags: 0,
+        }
+    }
+}
+
 #[inline(always)]
-pub fn submit_page(
-    c: &Common,
-    id: u8,
-    kind: EventKind,
-    page: u64,
-    state: &page::PageState,
-    extra: u64,
-    extra2: u64,
-    f: u8,
-) {
+pub fn submit_page(c: &Common, id: u8, kind: EventKind, e: &PageEvent) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count_drop();
         return;
@@ -265,15 +310,15 @@ pub fn submit_page(
     let ev = entry.as_mut_ptr();
     unsafe {
         fill_common(c, ev, id, kind);
-        (*ev).pfn = page::page_to_pfn(page).unwrap_or(u64::MAX);
-        (*ev).page = page;
-        (*ev).pgmap = state.pgmap;
-        (*ev).extra = extra;
-        (*ev).extra2 = extra2;
-        (*ev).refcount = state.refcount;
-        (*ev).mapcount = state.mapcount;
-        (*ev).pgmap_type = pgmap_type_u8(state.pgmap);
-        (*ev).flags = f | if state.is_head { flags::HEAD } else { 0 };
+        (*ev).pfn = page::page_to_pfn(e.page).unwrap_or(u64::MAX);
+        (*ev).page = e.page;
+        (*ev).pgmap = e.state.pgmap;
+        (*ev).extra = e.extra;
+        (*ev).extra2 = e.extra2;
+        (*ev).refcount = e.state.refcount;
+        (*ev).mapcount = e.state.mapcount;
+        (*ev).pgmap_type = e.pgmap_type;
+        (*ev).flags = e.flags | if e.state.is_head { flags::HEAD } else { 0 };
     }
     entry.submit(0);
 }
@@ -347,14 +392,6 @@ fn called_from_wanted_caller<C: Args>(ctx: &C, id: u8, nr_args: u8) -> bool {
         .is_some_and(|ret| ret >= range[0] && ret < range[1])
 }
 
-#[inline(always)]
-pub fn pgmap_type_u8(pgmap: u64) -> u8 {
-    if pgmap == 0 {
-        return PGMAP_TYPE_UNKNOWN;
-    }
-    page::pgmap_type(pgmap).map_or(PGMAP_TYPE_UNKNOWN, |t| t as u8)
-}
-
 /// One event for the pgmap, carrying its first range: `extra..extra2` are its pfns and
 /// `mapcount` its `nr_range`. One range, not a loop over all: the loop multiplied the states
 /// older verifiers (6.1 and before) walk in every program past what a TCG guest can wait for.
@@ -369,7 +406,7 @@ fn pgmap_event<C: Args + StackIdContext>(ctx: &C, id: u8, kind: EventKind, pgmap
         extra: first,
         extra2: end,
         mapcount: nr,
-        pgmap_type: pgmap_type_u8(pgmap),
+        pgmap_type: pgmaps::type_of(pgmap),
         flags: f,
     };
     submit_other(&common(ctx), id, kind, o);

@@ -6,6 +6,7 @@
 mod args;
 mod emit;
 mod page;
+mod pgmaps;
 mod scan;
 
 use aya_ebpf::{
@@ -55,13 +56,21 @@ static STACKS: StackTrace = StackTrace::with_max_entries(MAX_STACKS, 0);
 #[map]
 static PGMAPS_SEEN: HashMap<u64, u8> = HashMap::with_max_entries(256, 0);
 
+/// pgmaps torn down so far: a cache entry made before the last removal is stale.
+#[map]
+static PGMAP_REMOVALS: Array<u64> = Array::with_max_entries(1, 0);
+
+/// The pgmap this CPU reported last, with its type ([`pgmaps::cached_type`]).
+#[map]
+static PGMAP_CACHE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// mms that had a device page inserted: range zaps ([`refwatch_common::Arg::Range`]) of other
 /// mms emit nothing.
 #[map]
 static DEVICE_MMS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(MAX_DEVICE_MMS, 0);
 
-/// The vmemmap base as the programs see it, for userspace to place watchpoints: written by
-/// [`vmemmap`].
+/// The vmemmap base as the programs see it: read once by the first program that needs it (the
+/// variable is set at boot), and by userspace to place watchpoints ([`vmemmap`]).
 #[map]
 static VMEMMAP: Array<u64> = Array::with_max_entries(1, 0);
 
@@ -76,9 +85,7 @@ pub fn watch(ctx: PerfEventContext) -> u32 {
 /// (randomized at boot, and only readable from the kernel) in [`VMEMMAP`].
 #[perf_event]
 pub fn vmemmap(_ctx: PerfEventContext) -> u32 {
-    if let (Some(base), Some(slot)) = (page::vmemmap(), VMEMMAP.get_ptr_mut(0)) {
-        unsafe { *slot = base };
-    }
+    let _ = page::vmemmap();
     0
 }
 

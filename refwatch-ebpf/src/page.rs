@@ -1,6 +1,11 @@
 //! Reading struct page / folio / dev_pagemap fields at the offsets the loader found in BTF.
 
-use aya_ebpf::helpers::bpf_probe_read_kernel;
+use core::mem::MaybeUninit;
+
+use aya_ebpf::{
+    cty::c_void,
+    helpers::{bpf_probe_read_kernel, generated},
+};
 use refwatch_common::globals::COMPOUND_MASK;
 
 use crate::layout;
@@ -8,6 +13,20 @@ use crate::layout;
 #[inline(always)]
 pub fn read<T>(addr: u64) -> Option<T> {
     unsafe { bpf_probe_read_kernel(addr as *const T) }.ok()
+}
+
+/// The value at `addr`, or `fallback` where it cannot be read: a value on every path. (From
+/// an Option the optimizer may compute on the register of a value that was never read, and
+/// the verifier refuses a register never written.)
+#[inline(always)]
+pub fn read_or<T: Copy>(addr: u64, fallback: T) -> T {
+    let mut value = fallback;
+    let dst = (&raw mut value).cast::<c_void>();
+    let size = core::mem::size_of::<T>() as u32;
+    match unsafe { generated::bpf_probe_read_kernel(dst, size, addr as *const c_void) } {
+        0 => value,
+        _ => fallback,
+    }
 }
 
 // x86-64 page-table entry bits (arch facts, the same in every kernel refwatch supports).
@@ -21,11 +40,22 @@ const PFN_DEV: u64 = 1 << 61;
 const PFN_MAP: u64 = 1 << 60;
 const PFN_T_MASK: u64 = 0x000f_ffff_ffff_ffff;
 
+/// The vmemmap base: fixed, or (randomized at boot) read from its variable once and kept in
+/// [`crate::VMEMMAP`].
 #[inline(always)]
 pub fn vmemmap() -> Option<u64> {
-    match layout!(vmemmap_base_addr) {
-        0 => Some(layout!(vmemmap_start)),
-        addr => read::<u64>(addr),
+    let addr = match layout!(vmemmap_base_addr) {
+        0 => return Some(layout!(vmemmap_start)),
+        addr => addr,
+    };
+    let slot = crate::VMEMMAP.get_ptr_mut(0)?;
+    match unsafe { *slot } {
+        0 => {
+            let base = read::<u64>(addr)?;
+            unsafe { *slot = base };
+            Some(base)
+        }
+        base => Some(base),
     }
 }
 
@@ -70,29 +100,131 @@ pub fn pmd_page(pmd_ptr: u64) -> Option<u64> {
     pfn_to_page((pmd & PMD_PFN_MASK) >> 12)
 }
 
-/// `page->flags` when the page is in ZONE_DEVICE.
-#[inline(always)]
-pub fn zone_device_flags(page: u64) -> Option<u64> {
-    let flags = read::<u64>(page + layout!(off_flags))?;
-    if (flags >> layout!(zones_shift)) & layout!(zones_mask) == layout!(zone_device) {
-        Some(flags)
-    } else {
-        None
-    }
+/// The first 64 bytes of a `struct page`, read in one helper call: flags, compound head,
+/// pgmap, mapcount and refcount all lie there in every kernel refwatch knows, and each helper
+/// call saved is some 50 instructions on the workload's path. A field the loader placed
+/// further out is read on its own.
+pub struct Snapshot {
+    addr: u64,
+    /// Written by the read helper before anything reads it (zeroed where the read failed).
+    words: MaybeUninit<[u64; 8]>,
 }
 
-/// The head page of a compound page, or the page itself.
-#[inline(always)]
-pub fn head(page: u64) -> u64 {
-    let Some(info) = read::<u64>(page + layout!(off_compound_head)) else {
-        return page;
-    };
-    if info & 1 == 0 {
-        page
-    } else if layout!(compound_mode) == COMPOUND_MASK {
-        page & info
-    } else {
-        info - 1
+impl Snapshot {
+    /// A snapshot to read into: one per program, filled in place, as the stack is small.
+    #[inline(always)]
+    pub const fn new() -> Snapshot {
+        Snapshot {
+            addr: 0,
+            words: MaybeUninit::uninit(),
+        }
+    }
+
+    /// Reads the page at `addr`; whether it is a ZONE_DEVICE page.
+    #[inline(always)]
+    pub fn read_zone_device(&mut self, addr: u64) -> bool {
+        self.fill(addr) && self.is_zone_device()
+    }
+
+    /// Reads the page at `addr`.
+    #[inline(always)]
+    pub fn fill(&mut self, addr: u64) -> bool {
+        let dst = self.words.as_mut_ptr().cast::<c_void>();
+        let size = core::mem::size_of::<[u64; 8]>() as u32;
+        self.addr = addr;
+        unsafe { generated::bpf_probe_read_kernel(dst, size, addr as *const c_void) == 0 }
+    }
+
+    /// The 64-bit field at byte `off`, or `fallback` where it cannot be read.
+    #[inline(always)]
+    fn u64_at(&self, off: u64, fallback: u64) -> u64 {
+        if off & 7 != 0 {
+            return read_or(self.addr + off, fallback);
+        }
+        // One arm per slot, each load volatile: the optimizer then keeps a constant stack
+        // offset on every path instead of computing one from `off` (a variable stack offset,
+        // which 5.10's verifier refuses).
+        let w = unsafe { self.words.assume_init_ref() };
+        unsafe {
+            match off >> 3 {
+                0 => core::ptr::read_volatile(&w[0]),
+                1 => core::ptr::read_volatile(&w[1]),
+                2 => core::ptr::read_volatile(&w[2]),
+                3 => core::ptr::read_volatile(&w[3]),
+                4 => core::ptr::read_volatile(&w[4]),
+                5 => core::ptr::read_volatile(&w[5]),
+                6 => core::ptr::read_volatile(&w[6]),
+                7 => core::ptr::read_volatile(&w[7]),
+                _ => read_or(self.addr + off, fallback),
+            }
+        }
+    }
+
+    /// The 32-bit field at byte `off` (x86-64 is little-endian), or `fallback`.
+    #[inline(always)]
+    fn i32_at(&self, off: u64, fallback: i32) -> i32 {
+        if off & 3 != 0 || off >= 64 {
+            return read_or(self.addr + off, fallback);
+        }
+        (self.u64_at(off & !7, 0) >> ((off & 4) * 8)) as u32 as i32
+    }
+
+    #[inline(always)]
+    fn flags(&self) -> u64 {
+        self.u64_at(layout!(off_flags), 0)
+    }
+
+    #[inline(always)]
+    fn is_zone_device(&self) -> bool {
+        (self.flags() >> layout!(zones_shift)) & layout!(zones_mask) == layout!(zone_device)
+    }
+
+    /// The head page's address, or this page's where it is no tail.
+    #[inline(always)]
+    pub fn head_addr(&self) -> u64 {
+        let info = self.u64_at(layout!(off_compound_head), 0);
+        if info & 1 == 0 {
+            self.addr
+        } else if layout!(compound_mode) == COMPOUND_MASK {
+            self.addr & info
+        } else {
+            info - 1
+        }
+    }
+
+    /// Makes this the snapshot of its head page (read, where this one is a tail).
+    #[inline(always)]
+    pub fn move_to_head(&mut self) -> bool {
+        let head = self.head_addr();
+        head == self.addr || self.fill(head)
+    }
+
+    #[inline(always)]
+    pub fn addr(&self) -> u64 {
+        self.addr
+    }
+
+    /// The counts refwatch reports for this (head) page.
+    #[inline(always)]
+    pub fn state(&self) -> PageState {
+        let is_head = self.flags() & layout!(pg_head_mask) != 0;
+        let large = layout!(off_large_mapcount);
+        // The kernel's mapcount is one less than the count; i32::MIN stays "unreadable".
+        let mapcount = if is_head && large != u64::MAX {
+            read_or(self.addr + large, i32::MIN)
+        } else {
+            self.i32_at(layout!(off_mapcount), i32::MIN)
+        };
+        PageState {
+            refcount: self.i32_at(layout!(off_refcount), i32::MIN),
+            mapcount: if mapcount == i32::MIN {
+                mapcount
+            } else {
+                mapcount.wrapping_add(1)
+            },
+            pgmap: self.u64_at(layout!(off_pgmap), 0),
+            is_head,
+        }
     }
 }
 
@@ -101,24 +233,6 @@ pub struct PageState {
     pub mapcount: i32,
     pub pgmap: u64,
     pub is_head: bool,
-}
-
-#[inline(always)]
-pub fn state(head: u64) -> PageState {
-    let flags = read::<u64>(head + layout!(off_flags)).unwrap_or(0);
-    let is_head = flags & layout!(pg_head_mask) != 0;
-    let large = layout!(off_large_mapcount);
-    let mapcount_off = if is_head && large != u64::MAX {
-        large
-    } else {
-        layout!(off_mapcount)
-    };
-    PageState {
-        refcount: read::<i32>(head + layout!(off_refcount)).unwrap_or(i32::MIN),
-        mapcount: read::<i32>(head + mapcount_off).map_or(i32::MIN, |m| m + 1),
-        pgmap: read::<u64>(head + layout!(off_pgmap)).unwrap_or(0),
-        is_head,
-    }
 }
 
 const PAGE_SHIFT: u64 = 12;

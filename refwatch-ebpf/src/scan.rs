@@ -9,8 +9,8 @@ use refwatch_common::{EventKind, catalog::MigrationSide, event::flags};
 
 use crate::{
     args::Args,
-    emit::{Common, common, submit_page},
-    layout, page,
+    emit::{Common, PageEvent, common, submit_page},
+    layout, page, pgmaps,
 };
 
 // Migrate-pfn bits (include/linux/migrate.h, unchanged since 5.x): a slot names a page only
@@ -28,11 +28,31 @@ struct Scan {
     common: Common,
     /// Only pages of this pgmap count (0: any).
     pgmap: u64,
+    /// A pgmap whose type is known, and the type: most pages are of it.
+    known: KnownPgmap,
     first: u64,
     /// Pages above this refcount, or mapped, are reported.
     idle: i32,
     id: u8,
     kind: EventKind,
+}
+
+/// A pgmap and its type, as events carry it.
+#[derive(Clone, Copy)]
+pub struct KnownPgmap {
+    pub pgmap: u64,
+    pub ty: u8,
+}
+
+impl KnownPgmap {
+    #[inline(always)]
+    fn type_of(&self, pgmap: u64) -> u8 {
+        if pgmap == self.pgmap {
+            self.ty
+        } else {
+            pgmaps::type_of(pgmap)
+        }
+    }
 }
 
 /// Sends a [`EventKind::Held`] event for each page of `pgmap`'s first range whose refcount is
@@ -49,7 +69,21 @@ pub fn held_pages<C: Args + StackIdContext>(ctx: &C, id: u8, pgmap: u64) -> u8 {
         0
     };
     let pages = end.saturating_sub(first);
-    busy_pages(common(ctx), id, EventKind::Held, first, pages, pgmap, idle);
+    // As events carry it: u32::MAX, unreadable, becomes PGMAP_TYPE_UNKNOWN.
+    let known = KnownPgmap {
+        pgmap,
+        ty: ty as u8,
+    };
+    busy_pages(
+        common(ctx),
+        id,
+        EventKind::Held,
+        first,
+        pages,
+        pgmap,
+        known,
+        idle,
+    );
     if pages > MAX_PAGES {
         flags::SCAN_CUT
     } else {
@@ -59,6 +93,7 @@ pub fn held_pages<C: Args + StackIdContext>(ctx: &C, id: u8, pgmap: u64) -> u8 {
 
 /// Sends a `kind` event for each of `pages` pages from pfn `first` (of `pgmap`, unless 0)
 /// whose refcount is above `idle` or that is mapped. At most [`MAX_PAGES`].
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub fn busy_pages(
     common: Common,
@@ -67,11 +102,13 @@ pub fn busy_pages(
     first: u64,
     pages: u64,
     pgmap: u64,
+    known: KnownPgmap,
     idle: i32,
 ) {
     let mut scan = Scan {
         common,
         pgmap,
+        known,
         first,
         idle,
         id,
@@ -91,16 +128,25 @@ fn each<T>(n: u64, body: extern "C" fn(u64, *mut c_void) -> i64, state: &mut T) 
 #[inline(never)]
 extern "C" fn busy_page(i: u64, ctx: *mut c_void) -> i64 {
     let scan = unsafe { &*ctx.cast::<Scan>() };
-    let Some(page) = page::pfn_to_page(scan.first + (i & 0xffff_ffff)) else {
+    let Some(addr) = page::pfn_to_page(scan.first + (i & 0xffff_ffff)) else {
         return 0;
     };
-    if page::zone_device_flags(page).is_none() || page::head(page) != page {
+    let mut page = page::Snapshot::new();
+    if !page.read_zone_device(addr) || page.head_addr() != addr {
         return 0;
     }
-    let state = page::state(page);
+    let state = page.state();
     let ours = scan.pgmap == 0 || state.pgmap == scan.pgmap;
     if ours && (state.refcount > scan.idle || state.mapcount > 0) {
-        submit_page(&scan.common, scan.id, scan.kind, page, &state, 0, 0, 0);
+        let event = PageEvent {
+            page: page.addr(),
+            pgmap_type: scan.known.type_of(state.pgmap),
+            state,
+            extra: 0,
+            extra2: 0,
+            flags: 0,
+        };
+        submit_page(&scan.common, scan.id, scan.kind, &event);
     }
     0
 }
@@ -155,16 +201,17 @@ extern "C" fn migration_slot(i: u64, ctx: *mut c_void) -> i64 {
     if !valid(mpfn) {
         return 0;
     }
-    let Some(page) = page::pfn_to_page(mpfn >> MIGRATE_PFN_SHIFT) else {
+    let Some(addr) = page::pfn_to_page(mpfn >> MIGRATE_PFN_SHIFT) else {
         return 0;
     };
-    if page::zone_device_flags(page).is_none() {
+    let mut page = page::Snapshot::new();
+    if !page.read_zone_device(addr) {
         return 0;
     }
     // No pgmap discovery here (its event needs the program's context): a page event of an
     // unknown pgmap makes the aggregator learn it, as the teardown scan's do.
-    let head = page::head(page);
-    let state = page::state(head);
-    submit_page(&m.common, m.id, m.kind, head, &state, 1, 0, 0);
+    if page.move_to_head() {
+        submit_page(&m.common, m.id, m.kind, &PageEvent::of(&page, 1, 0));
+    }
     0
 }
