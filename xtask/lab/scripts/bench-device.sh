@@ -22,7 +22,7 @@ run_variant() { # variant rep work
 	check-*)
 		measure "$@" refwatch check --json --force -o /out/$1-$3.json --attach ${1#check-} -- ;;
 	bpftrace|bpftrace-stacks)
-		start_bpftrace /tmp/$(echo $1 | sed 's/bpftrace/print/').bt $2 || return 0
+		start_bpftrace /tmp/$1.bt $2 || return 0
 		measure "$@"
 		stop_bpftrace
 		echo "events=$(grep -c '^kprobe:' /tmp/bt.out)" \
@@ -44,8 +44,9 @@ run_variant() { # variant rep work
 # Warm-up (the first runs after boot are slower), and the recording the peers' probes come
 # from: refwatch's plan on this kernel, its functions and its filter.
 refwatch record --force -o /tmp/ref.rwt --attach kprobe -- STORM > /out/reference.txt 2>&1
-bench_tool bpftrace --print /tmp/ref.rwt > /tmp/print.bt
-bench_tool bpftrace --print-stacks /tmp/ref.rwt > /tmp/print-stacks.bt
+# Each bpftrace variant's script is /tmp/VARIANT.bt (the host names a failed start by it).
+bench_tool bpftrace --print /tmp/ref.rwt > /tmp/bpftrace.bt
+bench_tool bpftrace --print-stacks /tmp/ref.rwt > /tmp/bpftrace-stacks.bt
 floor() { # kind: empty programs of that kind on the recording's functions
 	echo 'BEGIN { printf("ready\n"); }'
 	bench_tool functions /tmp/ref.rwt | sed "s/^/$1:/; s/\$/ {}/"

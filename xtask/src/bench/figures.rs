@@ -275,15 +275,15 @@ impl DeviceVariant {
         )
     }
 
-    /// The guest's bpftrace script, for the variants bpftrace runs.
-    pub fn bpftrace_script(self) -> Option<&'static str> {
-        match self {
-            DeviceVariant::Bpftrace => Some("/tmp/print.bt"),
-            DeviceVariant::BpftraceStacks => Some("/tmp/print-stacks.bt"),
-            DeviceVariant::FloorKprobe => Some("/tmp/floor-kprobe.bt"),
-            DeviceVariant::FloorFentry => Some("/tmp/floor-fentry.bt"),
-            _ => None,
-        }
+    /// Whether bpftrace runs it (the guest's script is then `/tmp/NAME.bt`).
+    pub fn runs_bpftrace(self) -> bool {
+        matches!(
+            self,
+            DeviceVariant::Bpftrace
+                | DeviceVariant::BpftraceStacks
+                | DeviceVariant::FloorKprobe
+                | DeviceVariant::FloorFentry
+        )
     }
 
     pub fn describe(self) -> &'static str {
