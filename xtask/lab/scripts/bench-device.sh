@@ -2,6 +2,9 @@
 # `run VARIANT REP WORK` lines follow it, then the ring sweep. The host replaces its
 # upper-case placeholders (the two workloads, each one marked round) before the guest gets it.
 mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null
+# bpftrace's output buffer: 8 MiB a CPU (its default is 256 KiB), so that, like refwatch's
+# 4 MiB ring, it holds a storm's events rather than losing most of them.
+export BPFTRACE_PERF_RB_PAGES=2048
 measure() { # variant rep work [tracer command…]: the workload under the tracer
 	v=$1; rep=$2; w=$3; shift 3
 	case $w in storm) work="STORM" ;; fio) work="FIO" ;; esac

@@ -296,7 +296,9 @@ impl DeviceVariant {
             DeviceVariant::CheckFentry => "refwatch check, fentry",
             DeviceVariant::NoStacksKprobe => "refwatch record --no-stacks, kprobe",
             DeviceVariant::NoStacksFentry => "refwatch record --no-stacks, fentry",
-            DeviceVariant::Bpftrace => "bpftrace 0.17, same probes + filter, printf per event",
+            DeviceVariant::Bpftrace => {
+                "bpftrace 0.17, same probes + filter, printf per event, 8 MiB buffer a CPU"
+            }
             DeviceVariant::BpftraceStacks => "bpftrace 0.17, the same printing kstack too",
             DeviceVariant::Perf => "perf record -e 'probe:*' -a, same functions, unfiltered",
             DeviceVariant::PerfStacks => "perf record -g, the same with call chains",
