@@ -723,7 +723,7 @@ where
 }
 
 /// An error with its sources, on one line (aya's errors keep the useful part in `source`).
-/// A verifier log is cut to its verdict: the line before the statistics line.
+/// A verifier log is cut to its verdict ([`verifier_verdict`]).
 /// A source whose text is already in the message (aya repeats the errno) is left out.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -737,24 +737,48 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = inner.source();
     }
     match s.split_once("Verifier output:") {
-        Some((head, log)) => {
-            let lines: Vec<&str> = log
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .collect();
-            let verdict = lines
-                .iter()
-                .rposition(|l| l.starts_with("processed "))
-                .and_then(|i| i.checked_sub(1))
-                .map_or_else(|| lines.last().copied().unwrap_or(""), |i| lines[i]);
-            // No log at all: the kernel refused the program before the verifier ran.
-            if verdict.is_empty() {
-                head.trim_end().trim_end_matches('.').to_owned()
-            } else {
-                format!("{head}verifier: {verdict}")
-            }
-        }
+        // No log at all: the kernel refused the program before the verifier ran.
+        Some((head, log)) => match verifier_verdict(log) {
+            "" => head.trim_end().trim_end_matches('.').to_owned(),
+            verdict => format!("{head}verifier: {verdict}"),
+        },
         None => s,
+    }
+}
+
+/// The line of a verifier log that says why: the last one before its statistics. Kernels
+/// end the log with some of "verification time", "stack depth", per-subprogram lines and
+/// "processed N insns", in an order that changed over the versions.
+pub fn verifier_verdict(log: &str) -> &str {
+    const STATISTICS: [&str; 5] = [
+        "processed ",
+        "verification time ",
+        "stack depth ",
+        "subprog ",
+        "max_states_per_insn ",
+    ];
+    log.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .rev()
+        .find(|l| !STATISTICS.iter().any(|s| l.starts_with(s)))
+        .unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::verifier_verdict;
+
+    #[test]
+    fn verdict_is_the_line_before_the_statistics() {
+        // 6.1's ending, and 6.12's onwards (stack depth and per-subprogram lines first).
+        let old = "12: (85) call bpf_probe_read_kernel#113\nR9 !read_ok\n\
+            processed 1209 insns (limit 1000000) max_states_per_insn 2 total_states 70\n";
+        let new = "235: (07) r9 += 1\nR9 !read_ok\nverification time 2327 usec\n\
+            stack depth 184+0\nsubprog 1 (memset) static insns_self 794 stack 0\n\
+            processed 1209 insns (limit 1000000) max_states_per_insn 2 total_states 70\n";
+        assert_eq!(verifier_verdict(old), "R9 !read_ok");
+        assert_eq!(verifier_verdict(new), "R9 !read_ok");
+        assert_eq!(verifier_verdict("\n"), "");
     }
 }

@@ -11,7 +11,8 @@ run() { # variant rep …
 	kill $watchdog 2>/dev/null
 }
 # Starts bpftrace on SCRIPT, its output in /tmp/bt.out; returns 1 (printing BPFTRACE_FAILED
-# SCRIPT) if it is not ready in 2 min, twice, and from then on for that script.
+# and the script's name without .bt) if it is not ready in 2 min, twice, and from then on
+# for that script.
 start_bpftrace() { # script rep
 	grep -qxF "$1" /tmp/bt-failed 2>/dev/null && return 1
 	for attempt in 1 2; do
@@ -26,7 +27,7 @@ start_bpftrace() { # script rep
 		echo "lab: bpftrace $1 not ready (attempt $attempt, repetition $2)" > /dev/console
 	done
 	echo "$1" >> /tmp/bt-failed
-	echo "BPFTRACE_FAILED $1 repetition $2: $(grep -v '^$' /tmp/bt.out | tail -n 3 | tr '\n' ' ')"
+	echo "BPFTRACE_FAILED $(basename $1 .bt) repetition $2: $(grep -v '^$' /tmp/bt.out | tail -n 3 | tr '\n' ' ')"
 	cp /tmp/bt.out /out/bpftrace-failed-$(basename $1 .bt).log
 	return 1
 }

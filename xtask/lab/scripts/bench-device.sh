@@ -2,6 +2,9 @@
 # `run VARIANT REP WORK` lines follow it, then the ring sweep. The host replaces its
 # upper-case placeholders (the two workloads, each one marked round) before the guest gets it.
 mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null
+# bpftrace's output buffer: 8 MiB a CPU (its default is 256 KiB), so that, like refwatch's
+# 4 MiB ring, it holds a storm's events rather than losing most of them.
+export BPFTRACE_PERF_RB_PAGES=2048
 measure() { # variant rep work [tracer command…]: the workload under the tracer
 	v=$1; rep=$2; w=$3; shift 3
 	case $w in storm) work="STORM" ;; fio) work="FIO" ;; esac
@@ -22,7 +25,7 @@ run_variant() { # variant rep work
 	check-*)
 		measure "$@" refwatch check --json --force -o /out/$1-$3.json --attach ${1#check-} -- ;;
 	bpftrace|bpftrace-stacks)
-		start_bpftrace /tmp/$(echo $1 | sed 's/bpftrace/print/').bt $2 || return 0
+		start_bpftrace /tmp/$1.bt $2 || return 0
 		measure "$@"
 		stop_bpftrace
 		echo "events=$(grep -c '^kprobe:' /tmp/bt.out)" \
@@ -44,8 +47,9 @@ run_variant() { # variant rep work
 # Warm-up (the first runs after boot are slower), and the recording the peers' probes come
 # from: refwatch's plan on this kernel, its functions and its filter.
 refwatch record --force -o /tmp/ref.rwt --attach kprobe -- STORM > /out/reference.txt 2>&1
-bench_tool bpftrace --print /tmp/ref.rwt > /tmp/print.bt
-bench_tool bpftrace --print-stacks /tmp/ref.rwt > /tmp/print-stacks.bt
+# Each bpftrace variant's script is /tmp/VARIANT.bt (the host names a failed start by it).
+bench_tool bpftrace --print /tmp/ref.rwt > /tmp/bpftrace.bt
+bench_tool bpftrace --print-stacks /tmp/ref.rwt > /tmp/bpftrace-stacks.bt
 floor() { # kind: empty programs of that kind on the recording's functions
 	echo 'BEGIN { printf("ready\n"); }'
 	bench_tool functions /tmp/ref.rwt | sed "s/^/$1:/; s/\$/ {}/"

@@ -146,9 +146,9 @@ pub fn device(bench: &Bench, name: &str) -> Result<Device> {
             .map(|s| s.trim().to_owned())
     };
     for v in DeviceVariant::ALL {
-        let prefix = match (v, v.bpftrace_script()) {
-            (_, Some(script)) => format!("BPFTRACE_FAILED {script} "),
-            (DeviceVariant::Perf | DeviceVariant::PerfStacks, _) => "PERF_FAILED ".to_owned(),
+        let prefix = match v {
+            _ if v.runs_bpftrace() => format!("BPFTRACE_FAILED {} ", v.name()),
+            DeviceVariant::Perf | DeviceVariant::PerfStacks => "PERF_FAILED ".to_owned(),
             _ => continue,
         };
         if let Some(why) = failed(&prefix) {

@@ -275,15 +275,15 @@ impl DeviceVariant {
         )
     }
 
-    /// The guest's bpftrace script, for the variants bpftrace runs.
-    pub fn bpftrace_script(self) -> Option<&'static str> {
-        match self {
-            DeviceVariant::Bpftrace => Some("/tmp/print.bt"),
-            DeviceVariant::BpftraceStacks => Some("/tmp/print-stacks.bt"),
-            DeviceVariant::FloorKprobe => Some("/tmp/floor-kprobe.bt"),
-            DeviceVariant::FloorFentry => Some("/tmp/floor-fentry.bt"),
-            _ => None,
-        }
+    /// Whether bpftrace runs it (the guest's script is then `/tmp/NAME.bt`).
+    pub fn runs_bpftrace(self) -> bool {
+        matches!(
+            self,
+            DeviceVariant::Bpftrace
+                | DeviceVariant::BpftraceStacks
+                | DeviceVariant::FloorKprobe
+                | DeviceVariant::FloorFentry
+        )
     }
 
     pub fn describe(self) -> &'static str {
@@ -296,7 +296,9 @@ impl DeviceVariant {
             DeviceVariant::CheckFentry => "refwatch check, fentry",
             DeviceVariant::NoStacksKprobe => "refwatch record --no-stacks, kprobe",
             DeviceVariant::NoStacksFentry => "refwatch record --no-stacks, fentry",
-            DeviceVariant::Bpftrace => "bpftrace 0.17, same probes + filter, printf per event",
+            DeviceVariant::Bpftrace => {
+                "bpftrace 0.17, same probes + filter, printf per event, 8 MiB buffer a CPU"
+            }
             DeviceVariant::BpftraceStacks => "bpftrace 0.17, the same printing kstack too",
             DeviceVariant::Perf => "perf record -e 'probe:*' -a, same functions, unfiltered",
             DeviceVariant::PerfStacks => "perf record -g, the same with call chains",
