@@ -89,6 +89,8 @@ pub struct Aggregator {
     /// Device PTEs by (mm, user address) → pfn, where unmaps come as zapped ranges
     /// ([`KernelView::keyed`]): bounded by the device pages mapped.
     mappings: Mappings,
+    /// The PTEs of a range zap's current batch.
+    zap_batch: Vec<((u64, u64), u64)>,
     /// Pages the teardown scan found held, until their pgmap's event comes.
     held: Vec<Held>,
     /// The last reference seen taken on each page of a type whose return to idle no probe
@@ -497,19 +499,21 @@ impl Aggregator {
     }
 
     /// The device PTEs a zap of `[extra, extra2)` in mm `page` clears: those inserted there,
-    /// in address order, a batch at a time (a whole device's would be gigabytes at once).
+    /// in address order, a batch at a time (a whole device's would be gigabytes at once), in
+    /// one buffer kept from zap to zap (a fresh one is 1.5 MiB of pages to fault in again).
     fn range_unmap(&mut self, ev: &Event) {
+        let mut batch = std::mem::take(&mut self.zap_batch);
         loop {
-            let batch = self
-                .mappings
-                .take_range(ev.page, ev.extra, ev.extra2, ZAP_BATCH);
+            self.mappings
+                .take_range((ev.page, ev.extra, ev.extra2), ZAP_BATCH, &mut batch);
             if batch.is_empty() {
-                return;
+                break;
             }
-            for (_, pfn) in batch {
+            for &(_, pfn) in &batch {
                 self.zapped(ev, pfn);
             }
         }
+        self.zap_batch = batch;
     }
 
     /// Page `pfn`'s PTE, zapped by `ev`.
@@ -542,7 +546,10 @@ impl Aggregator {
     fn range_move(&mut self, ev: &Event) {
         let (mm, start, to) = (ev.page, ev.extra, ev.pfn);
         // All at once: the moved PTEs may land inside the range.
-        for ((_, at), pfn) in self.mappings.take_range(mm, start, ev.extra2, usize::MAX) {
+        let mut moved = Vec::new();
+        self.mappings
+            .take_range((mm, start, ev.extra2), usize::MAX, &mut moved);
+        for ((_, at), pfn) in moved {
             self.map_at((mm, to.wrapping_add(at - start)), pfn);
         }
     }
