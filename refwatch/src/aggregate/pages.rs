@@ -514,7 +514,10 @@ impl Pages {
         self.push_at(at, step);
     }
 
-    /// Appends a step to the history of the live page in chunk `c`, `lane`.
+    /// Appends a step to the history of the live page in chunk `c`, `lane`. Inlined, with
+    /// [`Histories::take`]: their calls and returns were 4 % of the aggregating thread's
+    /// instructions at pmem scale.
+    #[inline]
     fn push_at(&mut self, (c, lane): (usize, usize), step: Step) {
         let h = self.chunks[c].lanes[lane].history;
         if h != NONE {
