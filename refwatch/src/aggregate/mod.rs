@@ -525,6 +525,16 @@ impl Aggregator {
             refcount: page.refcount,
             mapped: (page.mapped - 1).max(0),
         };
+        if let Some(pg) = self.pgmaps.get_mut(&page.pgmap) {
+            pg.counters.count(EventKind::Unmap);
+        }
+        // A page the zap leaves idle is forgotten with its history: no step for it (it would
+        // take a ring from the pool, evicting another page's history when the pool is full,
+        // only to give it back at once).
+        if self.idle(page.ty, after) {
+            self.pages.remove_at(slot, pfn);
+            return;
+        }
         self.pages.set_counts_at(slot, after.refcount, after.mapped);
         let step = Step {
             ts_ns: ev.ts_ns,
@@ -536,10 +546,6 @@ impl Aggregator {
             kind: EventKind::Unmap,
         };
         self.pages.push_step_at(slot, step);
-        if let Some(pg) = self.pgmaps.get_mut(&page.pgmap) {
-            pg.counters.count(EventKind::Unmap);
-        }
-        self.forget_if_idle((pfn, slot), page.ty, after, false);
     }
 
     /// mremap: the device PTEs of `[extra, extra2)` in mm `page` move to `pfn` onwards.
@@ -554,9 +560,8 @@ impl Aggregator {
         }
     }
 
-    /// Drops live page `pfn` (at `slot`) of type `ty` whose state says nothing any more: idle
-    /// (where that is visible) and unmapped at the counts just set (`now`), or its pgmap is
-    /// being torn down.
+    /// Drops live page `pfn` (at `slot`) of type `ty` whose state says nothing any more:
+    /// [`Aggregator::idle`] at the counts just set (`now`), or its pgmap is being torn down.
     fn forget_if_idle(
         &mut self,
         (pfn, slot): (u64, Slot),
@@ -564,14 +569,20 @@ impl Aggregator {
         now: Counts,
         teardown: bool,
     ) {
+        if teardown || self.idle(ty, now) {
+            self.pages.remove_at(slot, pfn);
+        }
+    }
+
+    /// Whether a page of type `ty` at counts `now` is idle (where that is visible) and
+    /// unmapped: refwatch need not keep it.
+    fn idle(&self, ty: MemoryType, now: Counts) -> bool {
         let model = self.context().model;
         let idle_now = match model.idle(ty) {
             Some(i) if model.idle_visible(ty) => now.refcount <= i,
             _ => true,
         };
-        if teardown || (idle_now && now.mapped <= 0) {
-            self.pages.remove_at(slot, pfn);
-        }
+        idle_now && now.mapped <= 0
     }
 
     /// Records that (mm, address) `at` maps `pfn`; false when it mapped that page already (a
