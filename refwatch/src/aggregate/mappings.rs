@@ -113,21 +113,27 @@ impl Mappings {
 
     /// Takes chunk `key` out of `run` (starting at `start`) as a chunk of its own.
     fn unfold(&mut self, start: Key, run: Run, key: Key) {
+        self.cut(start, run, key, 1);
+        let pfn0 = run.pfn0.wrapping_add((key.1 - start.1) * SPAN);
+        self.chunks.insert(key, Chunk::linear(pfn0));
+    }
+
+    /// Takes the `n` chunks from `key` on out of `run` (starting at `start`), leaving the
+    /// parts before and after them as runs.
+    fn cut(&mut self, start: Key, run: Run, key: Key, n: u64) {
         let at = key.1 - start.1;
         if at > 0 {
             self.runs.get_mut(&start).expect("a run").chunks = at;
         } else {
             self.runs.remove(&start);
         }
-        if at + 1 < run.chunks {
+        if at + n < run.chunks {
             let rest = Run {
-                chunks: run.chunks - at - 1,
-                pfn0: run.pfn0.wrapping_add((at + 1) * SPAN),
+                chunks: run.chunks - at - n,
+                pfn0: run.pfn0.wrapping_add((at + n) * SPAN),
             };
-            self.runs.insert((key.0, key.1 + 1), rest);
+            self.runs.insert((key.0, key.1 + n), rest);
         }
-        let pfn0 = run.pfn0.wrapping_add(at * SPAN);
-        self.chunks.insert(key, Chunk::linear(pfn0));
     }
 
     /// Folds the full, linear chunk `key` into a run, joining its neighbours where they go on.
@@ -155,30 +161,57 @@ impl Mappings {
         self.runs.insert(start, run);
     }
 
-    /// Removes and returns the mappings of `[start, end)` in `mm`, in address order: the first
-    /// `limit` or so (whole chunks) where every address is page-aligned, all of them otherwise.
-    pub fn take_range(&mut self, mm: u64, start: u64, end: u64, limit: usize) -> Vec<(Key, u64)> {
+    /// Removes the mappings of `[start, end)` in `mm` and puts them in `out` (emptied first;
+    /// the caller's buffer, reused from batch to batch), in address order: the first `limit`
+    /// or so (whole chunks) where every address is page-aligned, all of them otherwise.
+    pub fn take_range(
+        &mut self,
+        (mm, start, end): (u64, u64, u64),
+        limit: usize,
+        out: &mut Vec<(Key, u64)>,
+    ) {
+        out.clear();
         if start >= end {
-            return Vec::new();
+            return;
         }
         let limit = if self.odd.is_empty() {
             limit
         } else {
             usize::MAX
         };
-        let mut out = Vec::new();
         let mut cursor = split((mm, start)).0;
         let last = split((mm, end - 1)).0;
+        // Whether every page of chunk number `c` is in the range.
+        let whole = |c: u64| {
+            (c * SPAN) << PAGE_SHIFT >= start && ((c * SPAN + SPAN - 1) << PAGE_SHIFT) < end
+        };
         while out.len() < limit && cursor <= last {
             let next = self.chunks.range(cursor..=last).next().map(|(k, _)| *k);
-            // A run before the next chunk gives its first chunk in range back.
+            // A run before the next chunk: its chunks wholly in range are taken as they are (a
+            // zap of a whole device walks runs), one at the range's edge becomes a chunk.
             let run = self
                 .run_of(cursor)
                 .or_else(|| self.runs.range(cursor..=last).next().map(|(k, r)| (*k, *r)));
             if let Some((s, run)) = run {
                 let key = s.max(cursor);
                 if next.is_none_or(|n| key < n) {
-                    self.unfold(s, run, key);
+                    let room = (limit - out.len()).div_ceil(SPAN as usize);
+                    let n = (key.1..s.1 + run.chunks)
+                        .take(room)
+                        .take_while(|&c| whole(c))
+                        .count() as u64;
+                    if n == 0 {
+                        self.unfold(s, run, key);
+                    } else {
+                        self.cut(s, run, key, n);
+                        let pfn0 = run.pfn0.wrapping_add((key.1 - s.1) * SPAN);
+                        out.extend((0..n * SPAN).map(|i| {
+                            let address = (key.1 * SPAN + i) << PAGE_SHIFT;
+                            ((mm, address), pfn0.wrapping_add(i))
+                        }));
+                        cursor = (mm, key.1 + n);
+                        continue;
+                    }
                 }
             }
             let Some((&key, chunk)) = self.chunks.range_mut(cursor..=last).next() else {
@@ -208,7 +241,6 @@ impl Mappings {
             }
             out.sort_unstable_by_key(|&(k, _)| k);
         }
-        out
     }
 
     /// Every mapping, in (mm, address) order.
@@ -329,7 +361,8 @@ mod tests {
                         } else {
                             Vec::new()
                         };
-                        let got = m.take_range(mm, s, e, limit);
+                        let mut got = Vec::new();
+                        m.take_range((mm, s, e), limit, &mut got);
                         // A prefix in address order: at least `limit` of them, whole chunks.
                         prop_assert!(got.len() >= limit.min(all.len()));
                         prop_assert_eq!(&got[..], &all[..got.len()]);

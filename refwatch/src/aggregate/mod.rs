@@ -89,6 +89,8 @@ pub struct Aggregator {
     /// Device PTEs by (mm, user address) → pfn, where unmaps come as zapped ranges
     /// ([`KernelView::keyed`]): bounded by the device pages mapped.
     mappings: Mappings,
+    /// The PTEs of a range zap's current batch.
+    zap_batch: Vec<((u64, u64), u64)>,
     /// Pages the teardown scan found held, until their pgmap's event comes.
     held: Vec<Held>,
     /// The last reference seen taken on each page of a type whose return to idle no probe
@@ -497,19 +499,21 @@ impl Aggregator {
     }
 
     /// The device PTEs a zap of `[extra, extra2)` in mm `page` clears: those inserted there,
-    /// in address order, a batch at a time (a whole device's would be gigabytes at once).
+    /// in address order, a batch at a time (a whole device's would be gigabytes at once), in
+    /// one buffer kept from zap to zap (a fresh one is 1.5 MiB of pages to fault in again).
     fn range_unmap(&mut self, ev: &Event) {
+        let mut batch = std::mem::take(&mut self.zap_batch);
         loop {
-            let batch = self
-                .mappings
-                .take_range(ev.page, ev.extra, ev.extra2, ZAP_BATCH);
+            self.mappings
+                .take_range((ev.page, ev.extra, ev.extra2), ZAP_BATCH, &mut batch);
             if batch.is_empty() {
-                return;
+                break;
             }
-            for (_, pfn) in batch {
+            for &(_, pfn) in &batch {
                 self.zapped(ev, pfn);
             }
         }
+        self.zap_batch = batch;
     }
 
     /// Page `pfn`'s PTE, zapped by `ev`.
@@ -521,6 +525,16 @@ impl Aggregator {
             refcount: page.refcount,
             mapped: (page.mapped - 1).max(0),
         };
+        if let Some(pg) = self.pgmaps.get_mut(&page.pgmap) {
+            pg.counters.count(EventKind::Unmap);
+        }
+        // A page the zap leaves idle is forgotten with its history: no step for it (it would
+        // take a ring from the pool, evicting another page's history when the pool is full,
+        // only to give it back at once).
+        if self.idle(page.ty, after) {
+            self.pages.remove_at(slot, pfn);
+            return;
+        }
         self.pages.set_counts_at(slot, after.refcount, after.mapped);
         let step = Step {
             ts_ns: ev.ts_ns,
@@ -532,24 +546,22 @@ impl Aggregator {
             kind: EventKind::Unmap,
         };
         self.pages.push_step_at(slot, step);
-        if let Some(pg) = self.pgmaps.get_mut(&page.pgmap) {
-            pg.counters.count(EventKind::Unmap);
-        }
-        self.forget_if_idle((pfn, slot), page.ty, after, false);
     }
 
     /// mremap: the device PTEs of `[extra, extra2)` in mm `page` move to `pfn` onwards.
     fn range_move(&mut self, ev: &Event) {
         let (mm, start, to) = (ev.page, ev.extra, ev.pfn);
         // All at once: the moved PTEs may land inside the range.
-        for ((_, at), pfn) in self.mappings.take_range(mm, start, ev.extra2, usize::MAX) {
+        let mut moved = Vec::new();
+        self.mappings
+            .take_range((mm, start, ev.extra2), usize::MAX, &mut moved);
+        for ((_, at), pfn) in moved {
             self.map_at((mm, to.wrapping_add(at - start)), pfn);
         }
     }
 
-    /// Drops live page `pfn` (at `slot`) of type `ty` whose state says nothing any more: idle
-    /// (where that is visible) and unmapped at the counts just set (`now`), or its pgmap is
-    /// being torn down.
+    /// Drops live page `pfn` (at `slot`) of type `ty` whose state says nothing any more:
+    /// [`Aggregator::idle`] at the counts just set (`now`), or its pgmap is being torn down.
     fn forget_if_idle(
         &mut self,
         (pfn, slot): (u64, Slot),
@@ -557,14 +569,20 @@ impl Aggregator {
         now: Counts,
         teardown: bool,
     ) {
+        if teardown || self.idle(ty, now) {
+            self.pages.remove_at(slot, pfn);
+        }
+    }
+
+    /// Whether a page of type `ty` at counts `now` is idle (where that is visible) and
+    /// unmapped: refwatch need not keep it.
+    fn idle(&self, ty: MemoryType, now: Counts) -> bool {
         let model = self.context().model;
         let idle_now = match model.idle(ty) {
             Some(i) if model.idle_visible(ty) => now.refcount <= i,
             _ => true,
         };
-        if teardown || (idle_now && now.mapped <= 0) {
-            self.pages.remove_at(slot, pfn);
-        }
+        idle_now && now.mapped <= 0
     }
 
     /// Records that (mm, address) `at` maps `pfn`; false when it mapped that page already (a

@@ -450,6 +450,35 @@ fn range_zaps_unmap_the_inserts_inside_them() {
     assert_eq!(agg.live_pages(), 0);
 }
 
+/// A zap that leaves a page idle forgets it without a step: it takes no ring from the pool, so
+/// it evicts no other page's history.
+#[test]
+fn a_zap_that_forgets_a_page_evicts_no_history() {
+    let p = Probes::for_model(RefModel::FsdaxOneBased);
+    let mut sim = super::synth::Sim::new(&p, false, 2);
+    let mut agg = Aggregator::with_history_cap(p.context(), 1, true);
+    let mm = 0xffff_8881_0000_4000;
+    agg.observe(&sim.out[0]);
+    let mut pfns = Vec::new();
+    for (page, at) in [(0, 0x1000), (1, 0x2000)] {
+        let mut ev = sim.event(p.insert, page, EventKind::Insert);
+        (ev.extra, ev.extra2) = (at, mm);
+        pfns.push(ev.pfn);
+        agg.observe(&ev);
+    }
+    // The one ring is page 1's: page 0's was evicted.
+    let steps = |agg: &Aggregator, pfn| agg.pages.history(pfn).map(|h| h.iter().count());
+    assert_eq!(
+        (steps(&agg, pfns[0]), steps(&agg, pfns[1])),
+        (None, Some(1))
+    );
+    let mut zap = sim.event(p.unmap, 0, EventKind::Unmap);
+    (zap.pfn, zap.page, zap.extra, zap.extra2) = (0, mm, 0x1000, 0x2000);
+    agg.observe(&zap);
+    assert_eq!(agg.live_pages(), 1);
+    assert_eq!(steps(&agg, pfns[1]), Some(1));
+}
+
 /// `--with vm_normal_page` on ≤6.14: unmaps come per PTE while mremap is still probed, and a
 /// page faulted in again after its unmap is mapped again.
 #[test]

@@ -229,19 +229,35 @@ impl<R: Read> TraceReader<R> {
     where
         R: Send,
     {
-        // Batches of events that fit in a core's L2 cache, a few in flight, recycled; 4,096
-        // (384 KiB) rather than 1,024: each batch costs a wake-up of the other thread, 6 % of
-        // the aggregating thread's time at 1,024.
+        // Batches of events that fit in a core's L2 cache, recycled; 4,096 (384 KiB) rather
+        // than 1,024: each wake-up of the other thread costs the aggregating one, 6 % of its
+        // time at 1,024.
         const BATCH: usize = 4096;
-        const IN_FLIGHT: usize = 4;
-        let (full_tx, full_rx) = mpsc::sync_channel::<Vec<Event>>(IN_FLIGHT);
+        // Batches in all: filled, waiting, aggregated, and given back.
+        const BATCHES: usize = 6;
+        // Empty batches are given back to the decoder this many at a time, so that a decoder
+        // waiting for one (it is the faster thread) is woken once for them, not once each.
+        const GIVE_BACK: usize = 3;
+        let (full_tx, full_rx) = mpsc::channel::<Vec<Event>>();
         let (empty_tx, empty_rx) = mpsc::channel::<Vec<Event>>();
-        thread::scope(|s| {
+        // Moved in: if `f` panics, its ends of the channels hang up, so that a decoder waiting
+        // on them returns and the scope can re-raise the panic.
+        thread::scope(move |s| {
             let decoder = s.spawn(move || {
+                let mut made = 0;
                 loop {
-                    let mut batch = empty_rx
-                        .try_recv()
-                        .unwrap_or_else(|_| Vec::with_capacity(BATCH));
+                    let mut batch = match empty_rx.try_recv() {
+                        Ok(batch) => batch,
+                        Err(_) if made < BATCHES => {
+                            made += 1;
+                            Vec::with_capacity(BATCH)
+                        }
+                        Err(_) => match empty_rx.recv() {
+                            Ok(batch) => batch,
+                            // The consumer only hangs up by panicking, which the scope re-raises.
+                            Err(_) => return Ok(()),
+                        },
+                    };
                     batch.clear();
                     let end = loop {
                         match self.next_event() {
@@ -253,7 +269,6 @@ impl<R: Read> TraceReader<R> {
                             break None;
                         }
                     };
-                    // The consumer only hangs up by panicking, which the scope re-raises.
                     if full_tx.send(batch).is_err() {
                         return Ok(());
                     }
@@ -262,9 +277,30 @@ impl<R: Read> TraceReader<R> {
                     }
                 }
             });
-            for batch in full_rx {
+            let mut emptied = Vec::with_capacity(GIVE_BACK);
+            let give_back = |emptied: &mut Vec<Vec<Event>>| {
+                for batch in emptied.drain(..) {
+                    let _ = empty_tx.send(batch);
+                }
+            };
+            loop {
+                let batch = match full_rx.try_recv() {
+                    Ok(batch) => batch,
+                    Err(mpsc::TryRecvError::Empty) => {
+                        // About to wait for the decoder: it may be waiting for these.
+                        give_back(&mut emptied);
+                        match full_rx.recv() {
+                            Ok(batch) => batch,
+                            Err(_) => break,
+                        }
+                    }
+                    Err(mpsc::TryRecvError::Disconnected) => break,
+                };
                 batch.iter().for_each(&mut f);
-                let _ = empty_tx.send(batch);
+                emptied.push(batch);
+                if emptied.len() == GIVE_BACK {
+                    give_back(&mut emptied);
+                }
             }
             decoder
                 .join()

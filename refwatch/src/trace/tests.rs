@@ -186,6 +186,26 @@ fn events_handed_over_by_the_decoder_thread_are_the_same() {
     }
 }
 
+/// Past the batches in flight (the decoder waits for the aggregating thread to give emptied
+/// ones back): every event in order, and a panic of the consumer comes back out instead of
+/// leaving the decoder waiting.
+#[test]
+fn a_long_trace_is_handed_over_in_order() {
+    let (p, events) = fsdax_stream(30_000);
+    let bytes = p.trace(&events, 7);
+    let (serial, _) = read_all(&bytes).unwrap();
+    assert!(serial.len() > 8 * 4096, "{} events", serial.len());
+    let mut handed = Vec::new();
+    let mut r = TraceReader::new(&bytes[..]).unwrap();
+    r.for_each_event(|ev| handed.push(*ev)).unwrap();
+    assert_eq!(handed, serial);
+    let panicked = std::panic::catch_unwind(|| {
+        let mut r = TraceReader::new(&bytes[..]).unwrap();
+        let _ = r.for_each_event(|_| panic!("the consumer gives up"));
+    });
+    assert!(panicked.is_err());
+}
+
 /// `check --trace` judges the command recorded as `check -- CMD` judges it live.
 #[test]
 fn the_footer_says_what_became_of_the_command() {
