@@ -27,6 +27,12 @@ run_variant() { # variant rep work
 	bpftrace|bpftrace-stacks)
 		start_bpftrace /tmp/$1.bt $2 || return 0
 		measure "$@"
+		# It prints from its buffer in user space, behind the kernel, and exits on INT with
+		# the rest unprinted: let it drain first (until its output stops growing, ≤ 60 s).
+		n=-1; i=0
+		while [ "$n" != "$(wc -l < /tmp/bt.out)" ] && [ $i -lt 60 ]; do
+			n=$(wc -l < /tmp/bt.out); sleep 1; i=$((i+1))
+		done
 		stop_bpftrace
 		echo "events=$(grep -c '^kprobe:' /tmp/bt.out)" \
 		     "dropped=$(sed -n 's/.*Lost \([0-9]*\) events.*/\1/p' /tmp/bt.out | awk '{s += $1} END {print s + 0}')" \
