@@ -48,22 +48,28 @@ fn removals() -> u64 {
         .map_or(0, |n| unsafe { core::ptr::read_volatile(n) })
 }
 
+/// The address-and-count part of `pgmap`'s cache word, where its pointer fits one.
+#[inline(always)]
+fn key(pgmap: u64) -> Option<u64> {
+    (pgmap & !ADDR_BITS == !ADDR_BITS & !TYPE_BITS)
+        .then(|| (pgmap & ADDR_BITS) | (removals() << GEN_SHIFT))
+}
+
 /// The type of a reported `pgmap` this CPU saw last, if it is that one.
 #[inline(always)]
 pub fn cached_type(pgmap: u64) -> Option<u8> {
     let word = unsafe { core::ptr::read_volatile(PGMAP_CACHE.get(0)?) };
-    let current = (pgmap & ADDR_BITS) | (removals() << GEN_SHIFT);
-    (word & !TYPE_BITS == current && pgmap & !ADDR_BITS == !ADDR_BITS & !TYPE_BITS)
-        .then_some((word & TYPE_BITS) as u8)
+    (word & !TYPE_BITS == key(pgmap)?).then_some((word & TYPE_BITS) as u8)
 }
 
 /// Remembers a reported `pgmap` and its type on this CPU, where they fit a cache word.
 #[inline(always)]
 pub fn cache(pgmap: u64, ty: u8) {
-    let fits = pgmap & !ADDR_BITS == !ADDR_BITS & !TYPE_BITS && u64::from(ty) <= TYPE_BITS;
-    if let (true, Some(slot)) = (fits, PGMAP_CACHE.get_ptr_mut(0)) {
-        let word = (pgmap & ADDR_BITS) | u64::from(ty) | (removals() << GEN_SHIFT);
-        unsafe { core::ptr::write_volatile(slot, word) };
+    if u64::from(ty) > TYPE_BITS {
+        return;
+    }
+    if let (Some(key), Some(slot)) = (key(pgmap), PGMAP_CACHE.get_ptr_mut(0)) {
+        unsafe { core::ptr::write_volatile(slot, key | u64::from(ty)) };
     }
 }
 
