@@ -12,8 +12,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
-
+use super::checked::{Check, Finding};
 use super::runner::{VmCase, last_lines, run_job};
 use super::{Assets, GuestJob, Kernel, PMEM_PFNS, VmResult};
 
@@ -143,18 +142,6 @@ dmesg > /out/dmesg.txt
 "#,
         args = reproducer.join(" ")
     )
-}
-
-#[derive(Deserialize)]
-struct Check {
-    findings_total: u64,
-    findings: Vec<Finding>,
-}
-
-#[derive(Deserialize)]
-struct Finding {
-    rule: String,
-    pfn: u64,
 }
 
 /// What the kernel prints when it oopses.

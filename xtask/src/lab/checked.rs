@@ -1,6 +1,7 @@
 //! A workload run under `refwatch check --json` in the guest, and what its cases read back:
 //! the guest script, check's JSON, and the judging every such case shares.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -37,16 +38,20 @@ pub fn job(workload: &str, attach: Attach, scenario: Option<&str>, timeout: Dura
     }
 }
 
-/// `refwatch check --json`, the fields the cases read.
+/// `refwatch check --json` (live or `--trace`), the fields the cases read.
 #[derive(Deserialize)]
 pub struct Check {
     pub attach: String,
     pub events: u64,
-    pub dropped: u64,
+    /// None when unknown: `--trace` of a trace cut off before its footer.
+    pub dropped: Option<u64>,
     pub findings_total: u64,
     pub rules: Vec<Rule>,
     pub findings: Vec<Finding>,
     pub pgmaps: Vec<Pgmap>,
+    /// Entries of each attached function (absent from older traces).
+    #[serde(default)]
+    pub calls: BTreeMap<String, u64>,
 }
 
 /// One rule's line of the verdict: how many findings it made, and whether it could check.
@@ -84,6 +89,8 @@ pub struct Pgmap {
     pub gets: u64,
     pub puts: u64,
     pub frees: u64,
+    pub unmaps: u64,
+    pub mapped_pages: u64,
 }
 
 /// What the pgmaps of one type counted, summed.
@@ -121,8 +128,13 @@ impl Check {
             .collect()
     }
 
+    /// One counter of every pgmap, summed.
+    pub fn total(&self, counter: impl Fn(&Pgmap) -> u64) -> u64 {
+        self.pgmaps.iter().map(counter).sum()
+    }
+
     /// Every finding, one line each, for a failure message.
-    fn describe_findings(&self) -> String {
+    pub fn describe_findings(&self) -> String {
         self.findings
             .iter()
             .map(|f| {
@@ -187,11 +199,10 @@ impl Check {
                 attach.as_str()
             ));
         }
-        if self.dropped > 0 {
-            failures.push(format!(
-                "{} of {} events dropped",
-                self.dropped, self.events
-            ));
+        match self.dropped {
+            Some(0) => {}
+            Some(n) => failures.push(format!("{n} of {} events dropped", self.events)),
+            None => failures.push("drops unknown".into()),
         }
         // fentry programs and trampolines are frames of the stacks they take: refwatch drops
         // them by their kallsyms module, read after attaching.

@@ -14,6 +14,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
+use super::checked::{Check, Pgmap};
 use super::runner::{VmCase, last_lines, run_job};
 use super::{Assets, Attach, GuestJob, Kernel, PMEM_PFNS, VmResult};
 
@@ -36,15 +37,15 @@ pub enum Expect {
     DistinctPmemPfns { kind: &'static str, at_least: usize },
     /// At least `at_least` events of `kind`, wherever (pgmap events carry no page).
     Events { kind: &'static str, at_least: usize },
-    /// At least `at_least` transitions of `kind` counted by `refwatch check` over its pgmaps:
+    /// At least `at_least` pages unmapped by `refwatch check`'s reckoning over its pgmaps:
     /// where one event stands for many pages (a range zap), the pages it names.
-    Counted { kind: &'static str, at_least: usize },
+    Unmapped { at_least: usize },
     /// No page of any pgmap is left mapped by `refwatch check`'s reckoning at the end.
     NoneMapped,
 }
 
 use Attach::{Auto, Fentry, Kprobe};
-use Expect::{Counted, DistinctPmemPfns, Events, NoneMapped};
+use Expect::{DistinctPmemPfns, Events, NoneMapped, Unmapped};
 
 /// 5.10–6.12 map fsdax pages by pfn without taking a reference (insert_pfn); nothing is
 /// freed at munmap, which zaps the whole range (one unmap_page_range event) and with it the
@@ -58,10 +59,7 @@ const MMAP_6: &[Expect] = &[
         kind: "unmap",
         at_least: 1,
     },
-    Counted {
-        kind: "unmaps",
-        at_least: PAGES,
-    },
+    Unmapped { at_least: PAGES },
     NoneMapped,
 ];
 /// mremap moves the 4096 PTEs (move_page_tables: one remap event); the munmap at the new
@@ -75,10 +73,7 @@ const MREMAP_6: &[Expect] = &[
         kind: "remap",
         at_least: 1,
     },
-    Counted {
-        kind: "unmaps",
-        at_least: PAGES,
-    },
+    Unmapped { at_least: PAGES },
     NoneMapped,
 ];
 /// The same with the per-PTE unmap probe asked for where unmap_page_range is left out:
@@ -93,10 +88,7 @@ const MMAP_6_PTE_UNMAPS: &[Expect] = &[
         kind: "unmap",
         at_least: PAGES,
     },
-    Counted {
-        kind: "unmaps",
-        at_least: PAGES,
-    },
+    Unmapped { at_least: PAGES },
     NoneMapped,
 ];
 /// 7.x takes a folio reference per PTE (vmf_insert_page_mkwrite) and frees each page at
@@ -327,77 +319,54 @@ fn assess(case: &Case, result: &VmResult) -> Vec<String> {
         Some(_) => {}
         None => failures.push("no {\"summary\":…} line on stderr".into()),
     }
-    failures.extend(healthy(&out.join("check.json")));
-    let counted = counted(&out.join("check.json"));
+    let check = match read_check(&out.join("check.json")) {
+        Ok(check) => Some(check),
+        Err(e) => {
+            failures.push(e);
+            None
+        }
+    };
+    failures.extend(check.as_ref().and_then(healthy));
     match load_events(&out.join("events.jsonl")) {
         Ok(events) => failures.extend(
             case.expect
                 .iter()
-                .filter_map(|e| check(e, &events, &counted)),
+                .filter_map(|e| unmet(e, &events, check.as_ref())),
         ),
         Err(e) => failures.push(format!("{e:#}")),
     }
     failures
 }
 
-/// The per-pgmap counters of `refwatch check --json`, summed over its pgmaps.
-fn counted(check_json: &Path) -> BTreeMap<String, u64> {
-    #[derive(Deserialize)]
-    struct Check {
-        pgmaps: Vec<BTreeMap<String, serde_json::Value>>,
-    }
-    let text = std::fs::read_to_string(check_json).unwrap_or_default();
-    let mut sums = BTreeMap::new();
-    for pgmap in serde_json::from_str::<Check>(&text)
-        .map(|c| c.pgmaps)
-        .unwrap_or_default()
-    {
-        for (name, value) in pgmap {
-            if let Some(n) = value.as_u64() {
-                *sums.entry(name).or_default() += n;
-            }
-        }
-    }
-    sums
+fn read_check(path: &Path) -> Result<Check, String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    serde_json::from_str(&text).map_err(|e| format!("check.json: {e} ({})", last_lines(&text, 3)))
 }
 
 /// The lab's kernels are healthy: `refwatch check` must pass with no finding, and say which
 /// rules it could not check there.
-fn healthy(check_json: &Path) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Check {
-        findings_total: u64,
-        findings: Vec<serde_json::Value>,
-        events: u64,
-        pgmaps: Vec<serde_json::Value>,
-        #[serde(default)]
-        calls: std::collections::BTreeMap<String, u64>,
+fn healthy(c: &Check) -> Option<String> {
+    // Every event comes from an entry of a probed function, but for the one event per pgmap
+    // that a page's first event may bring along.
+    if c.calls.values().sum::<u64>() + (c.pgmaps.len() as u64) < c.events {
+        return Some(format!(
+            "refwatch check counted {} events but only these entries of the probed \
+             functions: {:?}",
+            c.events, c.calls
+        ));
     }
-    let text = std::fs::read_to_string(check_json).unwrap_or_default();
-    match serde_json::from_str::<Check>(&text) {
-        // Every event comes from an entry of a probed function, but for the one event per
-        // pgmap that a page's first event may bring along.
-        Ok(c) if c.calls.values().sum::<u64>() + (c.pgmaps.len() as u64) < c.events => {
-            Some(format!(
-                "refwatch check counted {} events but only these entries of the probed \
-                 functions: {:?}",
-                c.events, c.calls
-            ))
-        }
-        Ok(c) if c.findings_total == 0 => None,
-        Ok(c) => Some(format!(
-            "refwatch check found {} violation(s) on a healthy kernel, first: {}",
+    (c.findings_total > 0).then(|| {
+        format!(
+            "refwatch check found {} violation(s) on a healthy kernel: {}",
             c.findings_total,
-            c.findings
-                .first()
-                .map(|f| f.to_string())
-                .unwrap_or_default()
-        )),
-        Err(e) => Some(format!("check.json: {e} ({})", last_lines(&text, 3))),
-    }
+            c.describe_findings()
+        )
+    })
 }
 
-fn check(expect: &Expect, events: &[Event], counted: &BTreeMap<String, u64>) -> Option<String> {
+/// Why `expect` is not met by the trace's events and check's counters, if it is not.
+fn unmet(expect: &Expect, events: &[Event], check: Option<&Check>) -> Option<String> {
+    let total = |counter: fn(&Pgmap) -> u64| check.map_or(0, |c| c.total(counter));
     let (kind, at_least, seen, what) = match *expect {
         DistinctPmemPfns { kind, at_least } => {
             let pfns: HashSet<u64> = events
@@ -414,14 +383,14 @@ fn check(expect: &Expect, events: &[Event], counted: &BTreeMap<String, u64>) -> 
             events.iter().filter(|e| e.kind == kind).count(),
             "events",
         ),
-        Counted { kind, at_least } => (
-            kind,
+        Unmapped { at_least } => (
+            "unmaps",
             at_least,
-            counted.get(kind).copied().unwrap_or(0) as usize,
+            total(|p| p.unmaps) as usize,
             "counted by refwatch check",
         ),
         NoneMapped => {
-            let mapped = counted.get("mapped_pages").copied().unwrap_or(0);
+            let mapped = total(|p| p.mapped_pages);
             return (mapped > 0)
                 .then(|| format!("{mapped} page(s) left mapped by refwatch check's reckoning"));
         }
