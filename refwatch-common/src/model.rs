@@ -101,6 +101,13 @@ impl MemoryType {
 /// `GUP_PIN_COUNTING_BIAS`: the references one pin holds on a small folio.
 pub const GUP_PIN_COUNTING_BIAS: i64 = 1024;
 
+/// `FOLL_PIN` where include/linux/mm.h defines it as a macro, which BTF does not carry (read
+/// on 5.10 and 6.1). Later kernels keep it in an enum of mm/internal.h, which BTF has
+/// (`1 << 19` on 6.12 and 7.x).
+pub const FOLL_PIN_MACRO: u64 = 0x40000;
+/// The newest kernel read whose `FOLL_PIN` is [`FOLL_PIN_MACRO`].
+pub const FOLL_PIN_MACRO_UNTIL: KernelVersion = KernelVersion::new(6, 1);
+
 impl RefModel {
     /// Whether a user mapping holds a reference and a mapcount: the page's own counts then
     /// say whether it is mapped, and no unmap needs to be traced to know it.
@@ -251,13 +258,20 @@ pub struct Hit<'a> {
 /// The references a get or put moves (an unmap: the PTEs it clears). A pin of a small folio is
 /// `GUP_PIN_COUNTING_BIAS` references (try_grab_folio, gup_put_folio): on 6.15+, where a
 /// mapping holds one, a second unpin of a mapped page is at refcount 1 and must still be found.
+/// GUP's own gets and puts pin where the flags they carry have `foll_pin` (the kernel's
+/// `FOLL_PIN`; 0 where it is unknown, and they count as references).
 #[inline]
-pub fn moved(probe: &Probe, ev: &Event) -> i64 {
+pub fn moved(probe: &Probe, ev: &Event, foll_pin: u64) -> i64 {
     // A kernel moves a folio's worth at most; a corrupt trace's count is cut to 32 bits, so
     // that the refcount arithmetic on it stays within i64.
     let refs = ev.extra.clamp(1, u32::MAX.into()) as i64;
-    match probe.refs {
-        Refs::Pin | Refs::PinArg(_) if ev.flags & flags::HEAD == 0 => refs * GUP_PIN_COUNTING_BIAS,
-        _ => refs,
+    let pins = match probe.refs {
+        Refs::Pin | Refs::PinArg(_) => true,
+        Refs::One | Refs::Arg(_) => probe.gup_flags.is_some() && ev.extra2 & foll_pin != 0,
+    };
+    if pins && ev.flags & flags::HEAD == 0 {
+        refs * GUP_PIN_COUNTING_BIAS
+    } else {
+        refs
     }
 }

@@ -33,6 +33,10 @@ pub struct KernelFacts {
     pub layout: Result<Layout, String>,
     /// `enum memory_type` value → short name.
     pub pgmap_types: BTreeMap<u8, String>,
+    /// `FOLL_PIN`, where BTF has it: an enumerator of mm/internal.h on 6.12 and 7.x, a macro
+    /// (which BTF lacks) on 5.10 and 6.1.
+    #[serde(default)]
+    pub foll_pin: Option<u64>,
 }
 
 /// Symbols besides the catalog functions that refwatch reads.
@@ -90,6 +94,9 @@ impl KernelFacts {
             None => Err(btf_error.unwrap_or_else(|| format!("{BTF_PATH} not present"))),
         };
         let pgmap_types = btf.map(pgmap_types).unwrap_or_default();
+        let foll_pin = btf
+            .and_then(|btf| btf.enumerator("FOLL_PIN"))
+            .and_then(|v| u64::try_from(v).ok());
         Self {
             version: parse_version(&release).unwrap_or((0, 0)),
             release,
@@ -99,6 +106,7 @@ impl KernelFacts {
             prototypes,
             layout,
             pgmap_types,
+            foll_pin,
         }
     }
 }

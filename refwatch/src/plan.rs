@@ -6,7 +6,7 @@ use refwatch_common::{
     CATALOG, EventKind, KernelVersion, Probe, RefModel, Site,
     catalog::{FENTRY_STRUCT_ARGS_SINCE, INLINES, NEWEST_CHECKED},
     event::probe_function,
-    model::era,
+    model::{FOLL_PIN_MACRO, FOLL_PIN_MACRO_UNTIL, era},
 };
 use serde::{Deserialize, Serialize};
 
@@ -97,6 +97,10 @@ pub struct Plan {
     pub probes: Vec<ProbeEntry>,
     pub inlines: Vec<InlineCoverage>,
     pub pgmap_types: BTreeMap<u8, String>,
+    /// The kernel's `FOLL_PIN`, which tells GUP's pins from its plain references; absent
+    /// from traces of older refwatch versions.
+    #[serde(default)]
+    pub foll_pin: Option<u64>,
     /// Problems that stop refwatch from running at all on this kernel.
     pub blockers: Vec<String>,
     /// What the user should know but does not stop refwatch.
@@ -266,6 +270,17 @@ pub fn resolve(facts: &KernelFacts, requested: AttachMode) -> Plan {
         notes.push(format!("{no_kprobes}: fentry only{stuck}"));
     }
     let version = KernelVersion::from(facts.version);
+    let foll_pin = facts
+        .foll_pin
+        .or_else(|| (version <= FOLL_PIN_MACRO_UNTIL).then_some(FOLL_PIN_MACRO));
+    if foll_pin.is_none() {
+        notes.push(
+            "FOLL_PIN is not in BTF: GUP's own gets and puts (try_grab_folio, gup_put_folio) \
+             count one reference a pin, so a second unpin of a page its mapping holds may \
+             be missed"
+                .into(),
+        );
+    }
     if version > NEWEST_CHECKED {
         notes.push(format!(
             "{version} is newer than any kernel the catalog was checked on ({NEWEST_CHECKED}): \
@@ -283,6 +298,7 @@ pub fn resolve(facts: &KernelFacts, requested: AttachMode) -> Plan {
         probes,
         inlines,
         pgmap_types: facts.pgmap_types.clone(),
+        foll_pin,
         blockers,
         notes,
     }

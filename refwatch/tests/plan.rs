@@ -226,6 +226,29 @@ fn newer_kernels_get_a_note_not_a_refusal() {
     assert_eq!(plan.model, RefModel::ZeroBased);
 }
 
+/// FOLL_PIN, which tells GUP's pins from its references: a macro on 5.10 and 6.1, an
+/// enumerator in BTF from then on; unknown (and said so) where BTF lacks it on a later kernel.
+#[test]
+fn foll_pin_comes_from_btf_or_the_macro() {
+    for (kernel, want) in [
+        ("5.10", 0x40000),
+        ("6.1", 0x40000),
+        ("6.12", 1 << 19),
+        ("7.2", 1 << 19),
+    ] {
+        let plan = plan(kernel, AttachMode::Kprobe);
+        assert_eq!(plan.foll_pin, Some(want), "{kernel}");
+        assert!(plan.notes.is_empty(), "{kernel}: {:?}", plan.notes);
+    }
+    let path = format!("{}/tests/facts/7.2.json", env!("CARGO_MANIFEST_DIR"));
+    let mut facts: KernelFacts =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    facts.foll_pin = None;
+    let plan = plan::resolve(&facts, AttachMode::Kprobe);
+    assert_eq!(plan.foll_pin, None);
+    assert!(plan.notes[0].contains("FOLL_PIN"), "{:?}", plan.notes);
+}
+
 #[test]
 fn no_kprobes_blocks_kprobe_mode_only() {
     let path = format!("{}/tests/facts/6.1.json", env!("CARGO_MANIFEST_DIR"));

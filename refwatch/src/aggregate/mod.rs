@@ -826,7 +826,7 @@ fn advance(
         ty,
         refcount: i64::from(ev.refcount),
         mapcount: i64::from(ev.mapcount),
-        refs: moved(probe, ev),
+        refs: moved(probe, ev, ctx.foll_pin),
         counts_mapping: tracked && new_mapping,
     };
     ctx.model.after(&hit, before)

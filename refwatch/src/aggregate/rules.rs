@@ -125,7 +125,7 @@ pub fn judge(
     page: &PageView,
 ) -> Option<(Rule, String)> {
     let r = i64::from(ev.refcount);
-    let refs = moved(probe, ev);
+    let refs = moved(probe, ev, ctx.foll_pin);
     let idle = ctx.model.idle(page.ty);
     let underflow = |why: String| Some((Rule::PutUnderflow, why));
     if ctx.model.passthrough(probe, page.ty) {

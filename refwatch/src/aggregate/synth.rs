@@ -433,6 +433,8 @@ impl Probes {
             probes,
             inlines: Vec::new(),
             pgmap_types: ctx.pgmap_types.clone(),
+            // Synthetic events carry no GUP flags.
+            foll_pin: None,
             blockers: Vec::new(),
             notes: Vec::new(),
         }

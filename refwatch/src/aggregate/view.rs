@@ -26,6 +26,8 @@ pub struct KernelView {
     pub(super) tracked: [bool; CATALOG_LEN],
     /// Unmaps come as zapped address ranges, matched against the inserts' (mm, address).
     range_unmaps: bool,
+    /// The kernel's `FOLL_PIN`, to read the GUP flags events carry; 0 where unknown.
+    pub(super) foll_pin: u64,
 }
 
 impl KernelView {
@@ -80,6 +82,15 @@ impl KernelView {
             unmap_levels,
             tracked,
             range_unmaps,
+            foll_pin: 0,
+        }
+    }
+
+    /// The kernel's `FOLL_PIN` (`None`: unknown, GUP's gets and puts count as references).
+    pub fn with_foll_pin(self, foll_pin: Option<u64>) -> Self {
+        Self {
+            foll_pin: foll_pin.unwrap_or(0),
+            ..self
         }
     }
 
@@ -89,6 +100,7 @@ impl KernelView {
             plan.attached().map(|p| p.id),
             plan.pgmap_types.clone(),
         )
+        .with_foll_pin(plan.foll_pin)
     }
 
     pub(super) fn attached_probes(&self) -> impl Iterator<Item = &'static Probe> {

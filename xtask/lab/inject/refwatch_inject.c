@@ -369,15 +369,17 @@ static noinline int inj_get_from_zero(struct page *page, struct inj_fire *f)
 }
 
 /*
- * put-underflow: pin once, unpin twice (the classic double unpin).  The
- * second unpin_user_page -> gup_put_folio(refs=1, FOLL_PIN) subtracts
+ * put-underflow: pin once, unpin twice (the classic double unpin), first
+ * with unpin_user_page, then with unpin_user_pages (a driver's release of
+ * its page array).  The second unpin -> gup_put_folio(refs=1, FOLL_PIN) subtracts
  * GUP_PIN_COUNTING_BIAS from a page at 1: FS_DAX goes through
  * __put_devmap_managed_*_refs(refs=1024) -> -1023 (no free, no wake);
  * GENERIC through folio_put_refs -> -1023 (not 0, so no free either).
  * No WARN on either kernel (no DEBUG_VM).  INJ_RESTORE puts it back to 1
  * and undoes the NR_FOLL_PIN_RELEASED skew.  From 6.15 the FS_DAX page is
  * at 1 because it is mapped (idle 0 + the mapping), the same numbers; the
- * unpins are unpin_user_page with gup_put_folio inlined.
+ * first unpin is unpin_user_page with gup_put_folio inlined, the second the
+ * out-of-line gup_put_folio, whose flags say FOLL_PIN.
  */
 static noinline int inj_put_underflow(struct inj_fire *f)
 {
@@ -391,7 +393,7 @@ static noinline int inj_put_underflow(struct inj_fire *f)
 	unpin_user_page(page);
 	f->refcount_at = page_ref_count(page);
 	inj_log("unpinned once (balanced); unpinning again", page);
-	unpin_user_page(page);
+	unpin_user_pages(&page, 1);
 	inj.pin_stat_fix -= 1;
 	f->refcount = page_ref_count(page);
 	inj_log("after double unpin", page);
