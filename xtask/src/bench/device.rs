@@ -94,7 +94,7 @@ pub fn device(bench: &Bench, name: &str) -> Result<Device> {
             &guest::PERF,
         ),
     ] {
-        match guest::deb_tool_files(bench.apt, tool) {
+        match tool.files(bench.apt) {
             Ok(f) => files.extend(f),
             Err(e) if !variants.is_empty() => {
                 for &v in variants {

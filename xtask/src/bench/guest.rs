@@ -19,6 +19,8 @@ pub struct DebTool {
     pub package: &'static str,
     pub version: &'static str,
     pub binary: &'static str,
+    /// It parses C with the kernel's user-space headers (bpftrace without the kernel's BTF).
+    pub uapi_headers: bool,
 }
 
 /// The peers' tools, from the same Debian release as the default (6.1, bookworm) guest
@@ -27,17 +29,34 @@ pub const BPFTRACE: DebTool = DebTool {
     package: "bpftrace",
     version: "0.17.0-1",
     binary: "usr/bin/bpftrace",
+    uapi_headers: true,
 };
 pub const FIO: DebTool = DebTool {
     package: "fio",
     version: "3.33-3",
     binary: "usr/bin/fio",
+    uapi_headers: false,
 };
 pub const PERF: DebTool = DebTool {
     package: "linux-perf",
     version: "6.1.192-3",
     binary: "usr/bin/perf",
+    uapi_headers: false,
 };
+/// The kernel's user-space headers. bpftrace 0.17's C front end includes `linux/types.h`
+/// wherever it cannot read the kernel's BTF, as on 5.10 (`bpftrace --info`: "btf: no").
+const UAPI_HEADERS: DebTool = DebTool {
+    package: "linux-libc-dev",
+    version: "6.1.192-3",
+    binary: "usr/include/linux/types.h",
+    uapi_headers: false,
+};
+/// Where bpftrace's front end finds them: the multiarch `asm` at the plain path.
+const UAPI_DIRS: &[(&str, &str)] = &[
+    ("usr/include/linux", "/usr/include/linux"),
+    ("usr/include/asm-generic", "/usr/include/asm-generic"),
+    ("usr/include/x86_64-linux-gnu/asm", "/usr/include/asm"),
+];
 
 /// The shell functions every bench guest program starts with, then `own`.
 pub fn script(own: &str) -> String {
@@ -134,7 +153,7 @@ impl Bench<'_> {
         let host = self.work.join(format!("refwatch-{kernel}.bt"));
         std::fs::write(&host, script)?;
         let mut files = vec![(host, "/bench/refwatch.bt".to_owned())];
-        match deb_tool_files(self.apt, &BPFTRACE) {
+        match BPFTRACE.files(self.apt) {
             Ok(f) => files.extend(f),
             Err(e) => return Ok(Err(format!("{e:#}"))),
         }
@@ -166,17 +185,55 @@ pub fn reference_trace(work: &Path, kernel: &str) -> PathBuf {
     work.join(format!("device-{kernel}/storm-kprobe.rwt"))
 }
 
-/// A bookworm tool's .deb unpacked in the lab cache, its binary at the same path in the
-/// guest; its libraries come from the host (a Debian 12 host, the same release), found with
-/// ldd.
-pub fn deb_tool_files(apt: &Apt, tool: &DebTool) -> Result<Vec<(PathBuf, String)>> {
+/// A bookworm package unpacked in the lab cache (once: `tool.binary` is there after).
+fn unpacked(apt: &Apt, tool: &DebTool) -> Result<PathBuf> {
     let tree = paths::lab_cache()?
         .join("tools")
         .join(format!("{}-{}", tool.package, tool.version));
-    let binary = tree.join(tool.binary);
-    if !binary.exists() {
+    if !tree.join(tool.binary).exists() {
         crate::lab::extract_packages(apt, &[(tool.package, tool.version)], &tree)?;
     }
+    Ok(tree)
+}
+
+/// The uapi headers bpftrace's front end may ask for, at their guest paths.
+fn uapi_header_files(apt: &Apt) -> Result<Vec<(PathBuf, String)>> {
+    let tree = unpacked(apt, &UAPI_HEADERS)?;
+    let mut files = Vec::new();
+    for (host, guest) in UAPI_DIRS {
+        let mut dirs = vec![(tree.join(host), (*guest).to_owned())];
+        while let Some((dir, guest)) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).with_context(|| format!("{}", dir.display()))? {
+                let entry = entry?;
+                let to = format!("{guest}/{}", entry.file_name().to_string_lossy());
+                if entry.file_type()?.is_dir() {
+                    dirs.push((entry.path(), to));
+                } else {
+                    files.push((entry.path(), to));
+                }
+            }
+        }
+    }
+    Ok(files)
+}
+
+impl DebTool {
+    /// What the guest needs to run it: its binary and libraries, and the uapi headers where
+    /// it asks for them.
+    pub fn files(&self, apt: &Apt) -> Result<Vec<(PathBuf, String)>> {
+        let mut files = deb_tool_files(apt, self)?;
+        if self.uapi_headers {
+            files.extend(uapi_header_files(apt)?);
+        }
+        Ok(files)
+    }
+}
+
+/// A bookworm tool's .deb unpacked in the lab cache, its binary at the same path in the
+/// guest; its libraries come from the host (a Debian 12 host, the same release), found with
+/// ldd.
+fn deb_tool_files(apt: &Apt, tool: &DebTool) -> Result<Vec<(PathBuf, String)>> {
+    let binary = unpacked(apt, tool)?.join(tool.binary);
     let ldd = Command::new("ldd")
         .arg(&binary)
         .output()
