@@ -203,7 +203,9 @@ fn uapi_header_files(apt: &Apt) -> Result<Vec<(PathBuf, String)>> {
     for (host, guest) in UAPI_DIRS {
         let mut dirs = vec![(tree.join(host), (*guest).to_owned())];
         while let Some((dir, guest)) = dirs.pop() {
-            for entry in std::fs::read_dir(&dir).with_context(|| format!("{}", dir.display()))? {
+            for entry in
+                std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?
+            {
                 let entry = entry?;
                 let to = format!("{guest}/{}", entry.file_name().to_string_lossy());
                 if entry.file_type()?.is_dir() {
