@@ -276,10 +276,9 @@ impl Case {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let check: Check = match serde_json::from_str(&text) {
+        let check = match Check::read(path) {
             Ok(c) => c,
-            Err(e) => return Some(format!("{name}: {e} ({})", last_lines(&text, 3))),
+            Err(e) => return Some(e),
         };
         match self.verdict {
             Silent if check.findings_total > 0 => Some(format!(

@@ -2,6 +2,7 @@
 //! the guest script, check's JSON, and the judging every such case shares.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -105,6 +106,15 @@ pub struct Counted {
 }
 
 impl Check {
+    /// check's JSON in the file at `path`; Err names the file and what it holds at its end.
+    pub fn read(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        serde_json::from_str(&text).map_err(|e| {
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            format!("{name}: {e} ({})", last_lines(&text, 3))
+        })
+    }
+
     pub fn counted(&self, type_name: &str) -> Counted {
         self.pgmaps
             .iter()
@@ -308,11 +318,10 @@ pub fn read(result: &VmResult, attach: Attach, want_status: &str) -> Outcome {
             last_lines(&read("check.err"), 3)
         ));
     }
-    let text = read("check.json");
-    let check = match serde_json::from_str::<Check>(&text) {
+    let check = match Check::read(&out.join("check.json")) {
         Ok(check) => Some(check),
         Err(e) => {
-            failures.push(format!("check.json: {e} ({})", last_lines(&text, 3)));
+            failures.push(e);
             None
         }
     };

@@ -319,7 +319,7 @@ fn assess(case: &Case, result: &VmResult) -> Vec<String> {
         Some(_) => {}
         None => failures.push("no {\"summary\":…} line on stderr".into()),
     }
-    let check = match read_check(&out.join("check.json")) {
+    let check = match Check::read(&out.join("check.json")) {
         Ok(check) => Some(check),
         Err(e) => {
             failures.push(e);
@@ -336,11 +336,6 @@ fn assess(case: &Case, result: &VmResult) -> Vec<String> {
         Err(e) => failures.push(format!("{e:#}")),
     }
     failures
-}
-
-fn read_check(path: &Path) -> Result<Check, String> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    serde_json::from_str(&text).map_err(|e| format!("check.json: {e} ({})", last_lines(&text, 3)))
 }
 
 /// The lab's kernels are healthy: `refwatch check` must pass with no finding, and say which
