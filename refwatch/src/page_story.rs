@@ -77,13 +77,16 @@ pub fn from_trace<R: std::io::Read + Send>(
             return;
         };
         let new_findings = &agg.findings()[agg.findings().len().saturating_sub(raised)..];
+        let refs = CATALOG
+            .get(usize::from(ev.probe))
+            .map_or(ev.extra, |p| agg.context().moves(p, kind, ev));
         for (story, stacks) in &mut stories {
             if !names(ev, kind, story.pfn) {
                 continue;
             }
             let counts = agg.page_counts(story.pfn);
             story.entries.push(Entry {
-                transition: Transition::of(ev, kind),
+                transition: Transition::of(ev, kind, refs),
                 pgmap_pfns: matches!(kind, EventKind::PgmapAdd | EventKind::PgmapRemove)
                     .then_some([ev.extra, ev.extra2]),
                 refcount_after: counts.map(|(refcount, _)| refcount),

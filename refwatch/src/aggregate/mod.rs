@@ -477,9 +477,10 @@ impl Aggregator {
             kind == EventKind::Get && !(CATALOG[ev.probe as usize].speculative && ev.refcount <= 0);
         if held && (self.grabs.len() < MAX_GRABS || self.grabs.contains_key(&ev.pfn)) {
             let task = self.tasks.hold_event(ev);
+            let refs = self.context().moves(&CATALOG[ev.probe as usize], kind, ev);
             let step = Step {
                 ts_ns: ev.ts_ns,
-                refs: ev.extra,
+                refs,
                 refcount: ev.refcount,
                 mapcount: ev.mapcount,
                 task,
@@ -639,12 +640,7 @@ impl Aggregator {
         };
         let step = Step {
             ts_ns: ev.ts_ns,
-            // An insert's extra is its address where its probe knows it; it maps the page once.
-            refs: if kind == EventKind::Insert && probe.at.is_some() {
-                1
-            } else {
-                ev.extra
-            },
+            refs: ctx.moves(probe, kind, ev),
             refcount: ev.refcount,
             mapcount: ev.mapcount,
             task: self.tasks.hold_event(ev),

@@ -29,15 +29,16 @@ pub struct Transition {
 }
 
 impl Transition {
-    /// An event as it is, with the task that ran it.
-    pub fn of(ev: &refwatch_common::Event, kind: EventKind) -> Self {
+    /// An event with the task that ran it and what it `refs` moves
+    /// ([`super::KernelView::moves`]).
+    pub fn of(ev: &refwatch_common::Event, kind: EventKind, refs: u64) -> Self {
         Transition {
             ts_ns: ev.ts_ns,
             kind,
             function: probe_function(ev.probe),
             refcount: ev.refcount,
             mapcount: ev.mapcount,
-            refs: ev.extra,
+            refs,
             pid: ev.pid_tgid as u32,
             comm: comm_str(&ev.comm).into_owned(),
         }

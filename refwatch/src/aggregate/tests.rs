@@ -778,36 +778,40 @@ fn an_unpin_of_a_small_folio_needs_the_pin_bias() {
     const FOLL_PIN: u64 = 1 << 19;
     const FOLL_GET: u64 = 1 << 1;
     let p = Probes::for_model(RefModel::ZeroBased);
-    let found = |function: &str, foll_pin: Option<u64>, gup_flags: u64, refcounts: &[i32], head| {
-        let unpin = super::synth::probe_id(function, "7.2");
-        let mut events = healthy(&p, false, 1, &[Op::Map(0)]);
-        let at = events
-            .iter()
-            .rposition(|e| kind(e) == EventKind::Insert)
-            .unwrap();
-        let unpins: Vec<Event> = refcounts
-            .iter()
-            .map(|&refcount| Event {
-                probe: unpin,
-                kind: EventKind::Put as u8,
-                refcount,
-                mapcount: 1,
-                extra: 1,
-                extra2: gup_flags,
-                flags: if head {
-                    refwatch_common::event::flags::HEAD
-                } else {
-                    0
-                },
-                ..events[at]
-            })
-            .collect();
-        events.splice(at + 1..at + 1, unpins);
-        let mut agg = Aggregator::new(p.context().with_foll_pin(foll_pin));
-        for ev in &events {
-            agg.observe(ev);
-        }
-        agg.count(Rule::PutUnderflow)
+    let unpinned =
+        |function: &str, foll_pin: Option<u64>, gup_flags: u64, refcounts: &[i32], head| {
+            let unpin = super::synth::probe_id(function, "7.2");
+            let mut events = healthy(&p, false, 1, &[Op::Map(0)]);
+            let at = events
+                .iter()
+                .rposition(|e| kind(e) == EventKind::Insert)
+                .unwrap();
+            let unpins: Vec<Event> = refcounts
+                .iter()
+                .map(|&refcount| Event {
+                    probe: unpin,
+                    kind: EventKind::Put as u8,
+                    refcount,
+                    mapcount: 1,
+                    extra: 1,
+                    extra2: gup_flags,
+                    flags: if head {
+                        refwatch_common::event::flags::HEAD
+                    } else {
+                        0
+                    },
+                    ..events[at]
+                })
+                .collect();
+            events.splice(at + 1..at + 1, unpins);
+            let mut agg = Aggregator::new(p.context().with_foll_pin(foll_pin));
+            for ev in &events {
+                agg.observe(ev);
+            }
+            agg
+        };
+    let found = |function: &str, foll_pin, gup_flags, refcounts: &[i32], head| {
+        unpinned(function, foll_pin, gup_flags, refcounts, head).count(Rule::PutUnderflow)
     };
     let unpin_user_page =
         |refcounts: &[i32], head| found("unpin_user_page", None, 0, refcounts, head);
@@ -826,6 +830,21 @@ fn an_unpin_of_a_small_folio_needs_the_pin_bias() {
     assert_eq!(gup_put_folio(Some(FOLL_PIN), FOLL_GET, &[3, 2], false), 0);
     // FOLL_PIN unknown (the plan says so): each unpin is one reference, the second is missed.
     assert_eq!(gup_put_folio(None, FOLL_PIN, &[1025, 1], false), 0);
+    // The finding's history shows what the rule counted: the mapping 1, each unpin 1024.
+    let agg = unpinned("gup_put_folio", Some(FOLL_PIN), FOLL_PIN, &[1025, 1], false);
+    let moved: Vec<(EventKind, u64)> = agg.findings()[0]
+        .recent
+        .iter()
+        .map(|t| (t.kind, t.refs))
+        .collect();
+    assert_eq!(
+        moved[moved.len() - 3..],
+        [
+            (EventKind::Insert, 1),
+            (EventKind::Put, 1024),
+            (EventKind::Put, 1024)
+        ]
+    );
 }
 
 /// Counts and addresses of a corrupt trace at the top of their range: an unpin of 2^62 pages

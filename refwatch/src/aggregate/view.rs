@@ -3,10 +3,10 @@
 use std::collections::BTreeMap;
 
 use refwatch_common::{
-    Arg, CATALOG, EventKind, Probe, RefModel,
+    Arg, CATALOG, Event, EventKind, Probe, RefModel,
     catalog::{CATALOG_LEN, Level},
     event::PGMAP_TYPE_UNKNOWN,
-    model::MemoryType,
+    model::{MemoryType, moved},
 };
 
 use super::{Coverage, Rule, rules};
@@ -133,6 +133,17 @@ impl KernelView {
     /// Whether an insert through `probe` is a mapping that a range zap will take away.
     pub(super) fn keyed(&self, probe: &Probe) -> bool {
         self.range_unmaps && probe.at.is_some() && self.model != RefModel::ZeroBased
+    }
+
+    /// What an event of `kind` moves, as a history's `n=` shows it: a get's or put's references
+    /// as the rules count them (a pin is `GUP_PIN_COUNTING_BIAS`), one mapping for an insert
+    /// that says where it maps (its `extra` is the address), else the event's own count.
+    pub fn moves(&self, probe: &Probe, kind: EventKind, ev: &Event) -> u64 {
+        match kind {
+            EventKind::Get | EventKind::Put => moved(probe, ev, self.foll_pin).unsigned_abs(),
+            EventKind::Insert if probe.at.is_some() => 1,
+            _ => ev.extra,
+        }
     }
 
     pub fn coverage(&self, rule: Rule) -> Coverage {
