@@ -7,7 +7,9 @@
  * RWP_SETUP hands 2 MiB of free physical address space (request_free_mem_region) to
  * memremap_pages as a MEMORY_DEVICE_PRIVATE pgmap; its pages wait on a free list, linked
  * through zone_device_data. An allocated page keeps the content in a backing system page
- * (zone_device_data too) instead of device memory. RWP_MIGRATE moves the caller's anonymous
+ * (zone_device_data too) instead of device memory. With coherent_phys set, the pgmap is
+ * MEMORY_DEVICE_COHERENT instead, over the 2 MiB of real memory there (RAM the kernel was told
+ * to leave alone): the CPU maps and reads those pages in place, so they need no backing page. RWP_MIGRATE moves the caller's anonymous
  * pages there (migrate_vma_*, MIGRATE_VMA_SELECT_SYSTEM), a CPU touch brings one back
  * (ops->migrate_to_ram), and the last put of a page returns it to the list (ops->folio_free).
  * Each wrong step runs in a noinline function of its own, which refwatch's finding must show.
@@ -33,7 +35,13 @@
 #define RWP_SIZE (2UL << 20)
 
 static struct dev_pagemap pgmap;
+/* The pgmap's range while it is set up: free address space, or coherent_res. */
 static struct resource *res;
+
+static unsigned long coherent_phys;
+module_param(coherent_phys, ulong, 0444);
+MODULE_PARM_DESC(coherent_phys, "2 MiB of reserved RAM there as device-coherent memory");
+static struct resource coherent_res;
 /* Serialises the ioctls (not the faults, nor folio_free). */
 static DEFINE_MUTEX(rwp_lock);
 /* Guards the free list and the stats. */
@@ -55,11 +63,14 @@ static void free_list_push(struct page *page)
 /* 0 -> 1 and locked, through the kernel's allocation (refwatch's zone_device_page_init). */
 static noinline struct page *rwp_alloc_page(void)
 {
-	struct page *backing = alloc_page(GFP_HIGHUSER);
+	struct page *backing = NULL;
 	struct page *page;
 
-	if (!backing)
-		return NULL;
+	if (pgmap.type == MEMORY_DEVICE_PRIVATE) {
+		backing = alloc_page(GFP_HIGHUSER);
+		if (!backing)
+			return NULL;
+	}
 	spin_lock(&free_lock);
 	page = free_list;
 	if (page) {
@@ -69,7 +80,8 @@ static noinline struct page *rwp_alloc_page(void)
 	}
 	spin_unlock(&free_lock);
 	if (!page) {
-		__free_page(backing);
+		if (backing)
+			__free_page(backing);
 		return NULL;
 	}
 	zone_device_page_init(page, &pgmap, 0);
@@ -138,15 +150,21 @@ static int rwp_setup(void)
 
 	if (res)
 		return -EBUSY;
-	res = request_free_mem_region(&iomem_resource, RWP_SIZE, "refwatch_private");
-	if (IS_ERR_OR_NULL(res)) {
-		int ret = res ? PTR_ERR(res) : -ENOMEM;
-
-		res = NULL;
-		return ret;
-	}
 	memset(&pgmap, 0, sizeof(pgmap));
-	pgmap.type = MEMORY_DEVICE_PRIVATE;
+	if (coherent_phys) {
+		coherent_res = DEFINE_RES_MEM(coherent_phys, RWP_SIZE);
+		res = &coherent_res;
+		pgmap.type = MEMORY_DEVICE_COHERENT;
+	} else {
+		res = request_free_mem_region(&iomem_resource, RWP_SIZE, "refwatch_private");
+		if (IS_ERR_OR_NULL(res)) {
+			int ret = res ? PTR_ERR(res) : -ENOMEM;
+
+			res = NULL;
+			return ret;
+		}
+		pgmap.type = MEMORY_DEVICE_PRIVATE;
+	}
 	pgmap.range.start = res->start;
 	pgmap.range.end = res->end;
 	pgmap.nr_range = 1;
@@ -154,7 +172,8 @@ static int rwp_setup(void)
 	pgmap.owner = &owner;
 	addr = memremap_pages(&pgmap, numa_node_id());
 	if (IS_ERR_OR_NULL(addr)) {
-		release_mem_region(res->start, resource_size(res));
+		if (!coherent_phys)
+			release_mem_region(res->start, resource_size(res));
 		res = NULL;
 		return addr ? PTR_ERR(addr) : -EFAULT;
 	}
@@ -166,7 +185,8 @@ static int rwp_setup(void)
 	for (pfn = first; pfn < end; pfn++)
 		free_list_push(pfn_to_page(pfn));
 	spin_unlock(&free_lock);
-	pr_info("refwatch_private: device-private pfns %#lx-%#lx\n", first, end);
+	pr_info("refwatch_private: device-%s pfns %#lx-%#lx\n",
+		coherent_phys ? "coherent" : "private", first, end);
 	return 0;
 }
 
@@ -205,17 +225,19 @@ static long rwp_migrate(struct rwp_range range)
 	}
 	for (i = 0; i < args.npages; i++) {
 		struct page *spage = migrate_pfn_to_page(src[i]);
-		struct page *dpage;
+		struct page *dpage, *to;
 
 		if (!(src[i] & MIGRATE_PFN_MIGRATE))
 			continue;
 		dpage = rwp_alloc_page();
 		if (!dpage)
 			continue; /* dst 0: the page stays where it is */
+		/* A coherent page holds the content itself, a private one in its backing page. */
+		to = dpage->zone_device_data ? dpage->zone_device_data : dpage;
 		if (spage)
-			copy_highpage(dpage->zone_device_data, spage);
+			copy_highpage(to, spage);
 		else
-			clear_highpage(dpage->zone_device_data);
+			clear_highpage(to);
 		dst[i] = migrate_pfn(page_to_pfn(dpage)) | (src[i] & MIGRATE_PFN_WRITE);
 	}
 	migrate_vma_pages(&args);
@@ -322,7 +344,8 @@ static noinline int rwp_teardown(void)
 	if (!res)
 		return -ENODEV;
 	memunmap_pages(&pgmap);
-	release_mem_region(res->start, resource_size(res));
+	if (!coherent_phys)
+		release_mem_region(res->start, resource_size(res));
 	res = NULL;
 	last_page = NULL;
 	spin_lock(&free_lock);

@@ -18,6 +18,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use super::bugs::{self, Verdict};
+use super::device_memory::Memory;
 use super::guest::COMMAND_STARTED;
 use super::{Apt, Assets, GuestJob, Kernel, inject, kernel, private, run_in_vm};
 
@@ -149,7 +150,7 @@ impl Scenario {
                     timeout: Some(TIMEOUT),
                     ..GuestJob::default()
                 };
-                private::with_module(kernel, apt, job)?
+                private::with_module(kernel, apt, Memory::Private, job)?
             }
             Scenario::Real(case) => case.job(script, TIMEOUT),
         })

@@ -5,6 +5,7 @@ pub mod bugs;
 mod build;
 mod checked;
 pub mod debug_kernel;
+pub mod device_memory;
 mod guest;
 pub mod hmm;
 mod initramfs;

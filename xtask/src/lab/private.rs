@@ -8,6 +8,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use super::checked::{self, Counted, Expect, Injected};
+use super::device_memory::{COHERENT_BASE, Memory};
 use super::runner::{self, VmCase};
 use super::{Apt, Assets, Attach, GuestJob, Kernel, VmResult, inject};
 use crate::paths;
@@ -29,6 +30,7 @@ use Scenario::{FreeWhileMapped, Healthy, PutUnderflow, TeardownBusy};
 
 pub struct Case {
     pub kernel: &'static str,
+    pub memory: Memory,
     pub scenario: Scenario,
     pub attach: Attach,
 }
@@ -36,15 +38,25 @@ pub struct Case {
 /// The kernels built with DEVICE_PRIVATE from source, where the module builds.
 const KERNELS: &[&str] = &["7.3-src"];
 pub const SCENARIOS: [Scenario; 4] = [Healthy, PutUnderflow, FreeWhileMapped, TeardownBusy];
+/// On device-coherent memory: the scenarios whose steps do not depend on the memory type
+/// (`healthy` counts CPU faults, which coherent pages never take; `free-while-mapped` restores
+/// a private page's backing). hmm-tests' coherent variants are the healthy case there.
+const COHERENT_SCENARIOS: [Scenario; 2] = [PutUnderflow, TeardownBusy];
 
-/// Every scenario in both attach modes.
+/// Every scenario in both attach modes, on device-private memory and, where it applies, on
+/// device-coherent memory.
 pub static CASES: LazyLock<Vec<Case>> = LazyLock::new(|| {
+    let memories = SCENARIOS
+        .into_iter()
+        .map(|scenario| (Memory::Private, scenario))
+        .chain(COHERENT_SCENARIOS.map(|scenario| (Memory::Coherent, scenario)));
     KERNELS
         .iter()
         .flat_map(|&kernel| {
-            SCENARIOS.into_iter().flat_map(move |scenario| {
+            memories.clone().flat_map(move |(memory, scenario)| {
                 [Attach::Kprobe, Attach::Fentry].map(|attach| Case {
                     kernel,
+                    memory,
                     scenario,
                     attach,
                 })
@@ -70,8 +82,8 @@ impl Scenario {
         }
     }
 
-    /// The finding, and the module's function that does the wrong step.
-    fn injected(self) -> Option<Injected> {
+    /// The finding on `memory`'s pages, and the module's function that does the wrong step.
+    fn injected(self, memory: Memory) -> Option<Injected> {
         let (rule, frame) = match self {
             Healthy => return None,
             // Seen at the next allocation: zone_device_page_init ← rwp_alloc_page.
@@ -81,7 +93,7 @@ impl Scenario {
         };
         Some(Injected {
             rule,
-            type_name: "private",
+            type_name: memory.pgmap_type(),
             frame,
             module: MODULE,
         })
@@ -117,8 +129,8 @@ impl Case {
         let expect = Expect {
             workload: format!("privload {name}"),
             done: format!("privload: {name}: done"),
-            injected: self.scenario.injected(),
-            type_name: "private",
+            injected: self.scenario.injected(self.memory),
+            type_name: self.memory.pgmap_type(),
             at_least: self.scenario.at_least(),
         };
         checked::assess(result, self.attach, &expect)
@@ -133,12 +145,12 @@ impl Case {
             Some(self.scenario.name()),
             Duration::from_secs(240),
         );
-        with_module(kernel, &Apt::new()?, job)
+        with_module(kernel, &Apt::new()?, self.memory, job)
     }
 }
 
-/// `job` in a guest with the module built for `kernel` and loaded.
-pub fn with_module(kernel: &Kernel, apt: &Apt, job: GuestJob) -> Result<GuestJob> {
+/// `job` in a guest with the module built for `kernel` and loaded, its pgmap of `memory`.
+pub fn with_module(kernel: &Kernel, apt: &Apt, memory: Memory, job: GuestJob) -> Result<GuestJob> {
     if kernel.built().is_none() {
         bail!(
             "kernel {} is Debian's binary, without device-private pages",
@@ -147,17 +159,27 @@ pub fn with_module(kernel: &Kernel, apt: &Apt, job: GuestJob) -> Result<GuestJob
     }
     let src = paths::workspace_root().join("xtask/lab/private");
     let ko = inject::build_module(kernel.spec, apt, &src, MODULE, MODULE_SOURCES)?;
+    let params = match memory {
+        Memory::Private => String::new(),
+        Memory::Coherent => format!(" coherent_phys={COHERENT_BASE:#x}"),
+    };
     Ok(GuestJob {
         files: vec![(ko, GUEST_MODULE.to_owned())],
-        setup: vec![format!("insmod {GUEST_MODULE}")],
+        setup: vec![format!("insmod {GUEST_MODULE}{params}")],
+        cmdline: memory.cmdline(),
         ..job
     })
 }
 
 impl VmCase for Case {
     fn id(&self) -> String {
+        // The private cases keep their names; the others are named by memory type.
+        let memory = match self.memory {
+            Memory::Private => "private",
+            Memory::Coherent => "private-coherent",
+        };
         format!(
-            "{}/private-{}/{}",
+            "{}/{memory}-{}/{}",
             self.kernel,
             self.scenario.name(),
             self.attach.as_str()
