@@ -13,7 +13,8 @@ pub enum Memory {
 }
 
 /// [1.25 GiB, 1.75 GiB) of the guest's 2 GiB, reserved: above the lab's pmem at
-/// [1 GiB, 1.25 GiB) and below the initrd, which QEMU loads at the top of RAM.
+/// [1 GiB, 1.25 GiB) and below the initrd, which QEMU loads at the top of RAM. The XFS cases'
+/// second pmem (bugs.rs) lies in it too: no guest has both.
 const COHERENT_MEMMAP: &str = "memmap=512M$0x50000000";
 /// The start of that range.
 pub const COHERENT_BASE: u64 = 0x5000_0000;
