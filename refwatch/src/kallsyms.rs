@@ -33,7 +33,7 @@ pub struct Kallsyms {
     modules: Vec<Arc<str>>,
     /// vmlinux and modules, by address.
     sorted: Vec<Entry>,
-    /// BPF programs and trampolines, by address: apart, so that [`Kallsyms::reread_bpf`]
+    /// BPF programs and trampolines, by address: apart, so that [`Kallsyms::load_bpf`]
     /// replaces them alone.
     bpf: Vec<Entry>,
     /// (hash of the name, index into `sorted`), ordered: sorting hashes is several times
@@ -116,10 +116,21 @@ impl Kallsyms {
         }
     }
 
-    /// Reads /proc/kallsyms again for the BPF programs and trampolines alone: those attached
-    /// since the first read have symbols of their own, and stacks drop them by name.
-    pub fn reread_bpf(&mut self) -> std::io::Result<()> {
+    /// The lines of the BPF programs and trampolines in /proc/kallsyms, read again: those
+    /// attached since the first read have symbols of their own, and stacks drop them by name.
+    /// For [`Kallsyms::load_bpf`]; it needs no table, so it may run on another thread.
+    pub fn read_bpf() -> std::io::Result<String> {
         let text = std::fs::read_to_string("/proc/kallsyms")?;
+        Ok(text
+            .lines()
+            .filter(|l| l.ends_with("[bpf]"))
+            .flat_map(|l| [l, "\n"])
+            .collect())
+    }
+
+    /// Replaces the BPF programs' and trampolines' symbols with those of `lines`
+    /// ([`Kallsyms::read_bpf`]).
+    pub fn load_bpf(&mut self, lines: &str) {
         let module = match self.modules.iter().position(|m| &**m == BPF) {
             Some(i) => i as u16,
             None => {
@@ -129,14 +140,13 @@ impl Kallsyms {
         };
         // Their names are few; the old ones stay in the buffer, unused.
         self.bpf.clear();
-        for line in text.lines().filter(|l| l.ends_with("[bpf]")) {
+        for line in lines.lines() {
             if let Some((addr, ty, name, _)) = fields(line) {
                 let entry = self.entry(addr, ty, name, module);
                 self.bpf.push(entry);
             }
         }
         self.bpf.sort_by_key(|e| e.addr);
-        Ok(())
     }
 
     fn name_of(&self, e: &Entry) -> &str {
@@ -255,6 +265,20 @@ ffffffffc0003000 t bpf_prog_6deef7357e7b4530_f_3\t[bpf]
             "inject_fault+0x10/0x100 [refwatch_inject]"
         );
         assert_eq!(k.symbolize(0x1000), "0x1000");
+    }
+
+    /// Programs loaded after the first read replace the BPF symbols of that read.
+    #[test]
+    fn bpf_symbols_are_replaced_by_a_later_read() {
+        let mut k = Kallsyms::parse(SAMPLE);
+        assert!(k.is_bpf(0xffffffffc0002010));
+        k.load_bpf("ffffffffc0009000 t bpf_prog_0123456789abcdef_f_7\t[bpf]\n");
+        assert!(k.is_bpf(0xffffffffc0009010));
+        assert!(!k.is_bpf(0xffffffffc0002010));
+        assert!(
+            k.symbolize(0xffffffffc0009010)
+                .starts_with("bpf_prog_0123456789abcdef_f_7+0x10")
+        );
     }
 
     #[test]

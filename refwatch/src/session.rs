@@ -144,7 +144,10 @@ pub struct Session {
     calls: PerCpuArray<MapData, u64>,
     stacks: StackTraceMap<MapData>,
     pub plan: Plan,
-    pub kallsyms: Kallsyms,
+    kallsyms: Kallsyms,
+    /// With fentry programs, their symbols read again beside the workload rather than before
+    /// it starts: loaded into `kallsyms` at the first stack symbolized.
+    bpf_symbols: Option<std::thread::JoinHandle<std::io::Result<String>>>,
     pub watchpoints: Vec<Watchpoint>,
     breakpoints: Breakpoints,
     symbolized: HashMap<i32, Vec<String>>,
@@ -267,17 +270,14 @@ impl Session {
             .map_err(|e| SessionError::Map(globals::CALLS, e.to_string()))?;
         let stacks = StackTraceMap::try_from(take(&mut ebpf, globals::STACKS)?)
             .map_err(|e| SessionError::Map(globals::STACKS, e.to_string()))?;
-        let Kernel { mut kallsyms, .. } = kernel;
+        let Kernel { kallsyms, .. } = kernel;
         // fentry programs and their trampolines are frames of the stacks they take, dropped by
         // name: read their symbols, which did not exist at the first read. kprobe and perf_event
         // programs unwind from the probed context and never see their own frames.
-        if plan
+        let bpf_symbols = plan
             .attached()
             .any(|p| p.attached == Some(Ok(AttachMode::Fentry)))
-        {
-            phases::time(|p| &mut p.kallsyms_ms, || kallsyms.reread_bpf())
-                .map_err(SessionError::Kallsyms)?;
-        }
+            .then(|| std::thread::spawn(Kallsyms::read_bpf));
         let session = Self {
             _ebpf: ebpf,
             // SAFETY: the ring buffer owns its fd and outlives the registration (both are moved
@@ -288,6 +288,7 @@ impl Session {
             stacks,
             plan,
             kallsyms,
+            bpf_symbols,
             watchpoints,
             breakpoints,
             symbolized: HashMap::new(),
@@ -352,6 +353,17 @@ impl Session {
     pub fn stack(&mut self, id: i32) -> &[String] {
         if id < 0 {
             return &[];
+        }
+        if let Some(reading) = self.bpf_symbols.take() {
+            match reading.join() {
+                Ok(Ok(lines)) => self.kallsyms.load_bpf(&lines),
+                // It was read moments before; the frames of refwatch's own programs stay in.
+                Ok(Err(e)) => eprintln!(
+                    "refwatch: cannot read /proc/kallsyms again for the fentry programs' \
+                     symbols ({e}): their frames stay in the stacks"
+                ),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
         }
         let Self {
             symbolized,
