@@ -77,14 +77,14 @@ pub fn from_trace<R: std::io::Read + Send>(
             return;
         };
         let new_findings = &agg.findings()[agg.findings().len().saturating_sub(raised)..];
-        let refs = CATALOG
-            .get(usize::from(ev.probe))
-            .map_or(ev.extra, |p| agg.context().moves(p, kind, ev));
         for (story, stacks) in &mut stories {
             if !names(ev, kind, story.pfn) {
                 continue;
             }
             let counts = agg.page_counts(story.pfn);
+            let refs = CATALOG
+                .get(usize::from(ev.probe))
+                .map_or(ev.extra, |p| agg.context().moves(p, kind, ev));
             story.entries.push(Entry {
                 transition: Transition::of(ev, kind, refs),
                 pgmap_pfns: matches!(kind, EventKind::PgmapAdd | EventKind::PgmapRemove)

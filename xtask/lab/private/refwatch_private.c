@@ -9,9 +9,10 @@
  * through zone_device_data. An allocated page keeps the content in a backing system page
  * (zone_device_data too) instead of device memory. With coherent_phys set, the pgmap is
  * MEMORY_DEVICE_COHERENT instead, over the 2 MiB of real memory there (RAM the kernel was told
- * to leave alone): the CPU maps and reads those pages in place, so they need no backing page. RWP_MIGRATE moves the caller's anonymous
- * pages there (migrate_vma_*, MIGRATE_VMA_SELECT_SYSTEM), a CPU touch brings one back
- * (ops->migrate_to_ram), and the last put of a page returns it to the list (ops->folio_free).
+ * to leave alone): the CPU maps and reads those pages in place, so they need no backing page.
+ * RWP_MIGRATE moves the caller's anonymous pages there (migrate_vma_*,
+ * MIGRATE_VMA_SELECT_SYSTEM), a CPU touch brings one back (ops->migrate_to_ram), and the last
+ * put of a page returns it to the list (ops->folio_free).
  * Each wrong step runs in a noinline function of its own, which refwatch's finding must show.
  *
  * Load it only in a throw-away VM.
@@ -66,7 +67,7 @@ static noinline struct page *rwp_alloc_page(void)
 	struct page *backing = NULL;
 	struct page *page;
 
-	if (pgmap.type == MEMORY_DEVICE_PRIVATE) {
+	if (!coherent_phys) {
 		backing = alloc_page(GFP_HIGHUSER);
 		if (!backing)
 			return NULL;
@@ -233,7 +234,7 @@ static long rwp_migrate(struct rwp_range range)
 		if (!dpage)
 			continue; /* dst 0: the page stays where it is */
 		/* A coherent page holds the content itself, a private one in its backing page. */
-		to = dpage->zone_device_data ? dpage->zone_device_data : dpage;
+		to = coherent_phys ? dpage : dpage->zone_device_data;
 		if (spage)
 			copy_highpage(to, spage);
 		else
